@@ -1,0 +1,141 @@
+// Torch-side helpers shared by the CPU and CUDA bindings: argument checks and the
+// translation of op arguments into the plain parameter structs of csrc/ferret/params.h.
+// The Python op layer validates first (with friendlier messages); these checks keep the
+// backend ops safe when they are called directly.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
+
+#include "ferret/core.h"
+#include "ferret/params.h"
+
+namespace ferret {
+
+inline int parse_dist(c10::string_view dist) {
+  if (dist == "rademacher") return kRademacher;
+  if (dist == "uniform") return kUniform;
+  if (dist == "gaussian") return kGaussian;
+  TORCH_CHECK(false, "ferret: unknown dist '", std::string(dist), "' (expected rademacher, uniform or gaussian)");
+}
+
+inline int parse_dtype(at::ScalarType t, const char* what) {
+  switch (t) {
+    case at::kFloat: return kF32;
+    case at::kBFloat16: return kBF16;
+    case at::kHalf: return kF16;
+    default: TORCH_CHECK(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", t);
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset) {
+  TORCH_CHECK(num_bases > 0 && num_bases <= (int64_t(1) << 31) - 1, "ferret: num_bases must be in [1, 2^31), got ", num_bases);
+  TORCH_CHECK(block_size > 0 && block_size <= (int64_t(1) << 33), "ferret: block_size must be in [1, 2^33], got ", block_size);
+  TORCH_CHECK(block_offset >= 0, "ferret: block_offset must be >= 0, got ", block_offset);
+  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", numel);
+  const int64_t nb = ceil_div(numel, block_size);
+  TORCH_CHECK(block_offset + nb <= (int64_t(1) << 32), "ferret: global block indices must stay below 2^32 (block_offset ",
+              block_offset, " + ", nb, " blocks)");
+}
+
+// Active counts as a contiguous int32 tensor on `device`, or an undefined tensor.
+inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks, const at::Device& device) {
+  if (!active.has_value()) return at::Tensor();
+  const at::Tensor& a = *active;
+  TORCH_CHECK(a.device() == device, "ferret: active must be on ", device, ", got ", a.device());
+  TORCH_CHECK(a.dim() == 1 && a.size(0) == num_blocks, "ferret: active must have shape [", num_blocks, "], got ", a.sizes());
+  TORCH_CHECK(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong, "ferret: active must be int32 or int64, got ",
+              a.scalar_type());
+  return a.to(at::kInt).contiguous();
+}
+
+struct ProjectArgs {
+  at::Tensor x, y, active, out;
+  ProjectParams p;
+};
+
+inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
+                                int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                                const c10::optional<at::Tensor>& active) {
+  ProjectArgs a;
+  const int dt = parse_dtype(x.scalar_type(), "x");
+  check_plan(x.numel(), num_bases, block_size, block_offset);
+  a.x = x.contiguous();
+  if (y.has_value()) {
+    TORCH_CHECK(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", x.scalar_type(), ", got ",
+                y->scalar_type());
+    TORCH_CHECK(y->device() == x.device(), "ferret: y must be on x's device ", x.device(), ", got ", y->device());
+    TORCH_CHECK(y->numel() == x.numel(), "ferret: y must have x's numel ", x.numel(), ", got ", y->numel());
+    a.y = y->contiguous();
+  }
+  const int64_t nb = ceil_div(x.numel(), block_size);
+  a.active = checked_active(active, nb, x.device());
+  a.out = at::zeros({nb, num_bases}, x.options().dtype(at::kFloat));
+  ProjectParams& p = a.p;
+  p.x = a.x.data_ptr();
+  p.y = a.y.defined() ? a.y.data_ptr() : nullptr;
+  p.dtype = dt;
+  p.dist = parse_dist(dist);
+  p.numel = x.numel();
+  p.block_size = block_size;
+  p.num_blocks = nb;
+  p.block_offset = (uint32_t)block_offset;
+  p.num_bases = (int32_t)num_bases;
+  p.seed = (uint64_t)seed;
+  p.scale = (float)scale;
+  p.active = a.active.defined() ? a.active.data_ptr<int32_t>() : nullptr;
+  p.out = a.out.data_ptr<float>();
+  return a;
+}
+
+struct ReconstructArgs {
+  at::Tensor coeffs, active;
+  ReconstructParams p;
+};
+
+// `out` must already be allocated (numel elements, contiguous, float32/bfloat16/float16).
+inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size,
+                                        int64_t block_offset, c10::string_view dist, double scale, double alpha,
+                                        bool accumulate, const c10::optional<at::Tensor>& active) {
+  ReconstructArgs a;
+  TORCH_CHECK(out.is_contiguous(), "ferret: the output of reconstruct_ must be contiguous");
+  const int dt = parse_dtype(out.scalar_type(), "out");
+  TORCH_CHECK(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got ", coeffs.sizes());
+  TORCH_CHECK(coeffs.is_floating_point(), "ferret: coeffs must be floating point, got ", coeffs.scalar_type());
+  TORCH_CHECK(coeffs.device() == out.device(), "ferret: coeffs must be on ", out.device(), ", got ", coeffs.device());
+  const int64_t num_bases = coeffs.size(1);
+  check_plan(out.numel(), num_bases, block_size, block_offset);
+  const int64_t nb = ceil_div(out.numel(), block_size);
+  TORCH_CHECK(coeffs.size(0) == nb, "ferret: coeffs must have ", nb, " rows (one per block of ", block_size, " in ",
+              out.numel(), " elements), got ", coeffs.size(0));
+  a.coeffs = coeffs.to(at::kFloat).contiguous();
+  a.active = checked_active(active, nb, out.device());
+  ReconstructParams& p = a.p;
+  p.coeffs = a.coeffs.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.dtype = dt;
+  p.dist = parse_dist(dist);
+  p.numel = out.numel();
+  p.block_size = block_size;
+  p.num_blocks = nb;
+  p.block_offset = (uint32_t)block_offset;
+  p.num_bases = (int32_t)num_bases;
+  p.seed = (uint64_t)seed;
+  p.scale = (float)scale;
+  p.alpha = (float)alpha;
+  p.accumulate = accumulate;
+  p.active = a.active.defined() ? a.active.data_ptr<int32_t>() : nullptr;
+  return a;
+}
+
+inline void check_active_range(const at::Tensor& active_cpu, int64_t num_bases) {
+  if (!active_cpu.defined() || active_cpu.numel() == 0) return;
+  const int64_t lo = active_cpu.min().item<int64_t>(), hi = active_cpu.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi <= num_bases, "ferret: active counts must be in [0, num_bases=", num_bases, "], got [", lo,
+              ", ", hi, "]");
+}
+
+}  // namespace ferret

@@ -1,0 +1,63 @@
+"""Builds ferret_kernels._C.
+
+The C++ CPU kernels are always built (OpenMP; one object per instruction set, chosen at run
+time). The CUDA kernels are added when torch is a CUDA build and CUDA_HOME is set; this
+never probes for a GPU. Environment flags:
+
+  FERRET_BUILD_CUDA=0   never build the CUDA kernels
+  FERRET_BUILD_CUDA=1   require them (fails if torch or nvcc cannot build them)
+  FERRET_CUDA_ARCH      TORCH_CUDA_ARCH_LIST to use when not set (default "8.0;9.0")
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda():
+    flag = os.environ.get("FERRET_BUILD_CUDA", "auto").lower()
+    if flag in ("0", "no", "off", "false"):
+        return False
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if flag in ("1", "yes", "on", "true") and not possible:
+        raise RuntimeError(
+            "FERRET_BUILD_CUDA=1 but the CUDA kernels cannot be built: "
+            f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}"
+        )
+    return possible
+
+
+def _extensions():
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    sources = rel("csrc/module.cpp") + rel("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    if _want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FERRET_CUDA_ARCH", "8.0;9.0"))
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        return [
+            CUDAExtension(
+                "ferret_kernels._C",
+                sources + rel("csrc/cuda/*.cu"),
+                extra_compile_args={"cxx": cxx + ["-DFERRET_WITH_CUDA"], "nvcc": nvcc + ["-DFERRET_WITH_CUDA"]},
+                **kwargs,
+            )
+        ]
+    return [CppExtension("ferret_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)]
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=os.environ.get("FERRET_USE_NINJA", "0") == "1")}
+
+
+setup(ext_modules=_extensions(), cmdclass=_cmdclass())

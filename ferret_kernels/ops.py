@@ -53,12 +53,16 @@ def num_blocks(numel: int, block_size: int) -> int:
     return (numel + block_size - 1) // block_size
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
+
+
 def _check_plan(numel: int, num_bases: int, block_size: int, block_offset: int, dist: str) -> None:
-    if isinstance(num_bases, bool) or not isinstance(num_bases, int) or num_bases <= 0:
+    if not _is_int(num_bases) or num_bases <= 0:
         raise ValueError(f"ferret: num_bases must be a positive int, got {num_bases!r}")
     if num_bases >= 2**31:
         raise ValueError(f"ferret: num_bases must be < 2^31, got {num_bases}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+    if not _is_int(block_size) or block_size <= 0:
         raise ValueError(f"ferret: block_size must be a positive int, got {block_size!r}")
     if block_size > 2**33:
         raise ValueError(f"ferret: block_size must be <= 2^33, got {block_size}")
@@ -70,7 +74,7 @@ def _check_plan(numel: int, num_bases: int, block_size: int, block_offset: int, 
         raise ValueError(f"ferret: unknown dist {dist!r}; expected one of {', '.join(DISTS)}")
 
 
-def _check_active(active, nb: int, num_bases: int, device) -> None:
+def _check_active(active, nb: int, num_bases: int, device, values: bool = True) -> None:
     if active is None:
         return
     if not isinstance(active, torch.Tensor) or active.dtype not in (torch.int32, torch.int64):
@@ -79,7 +83,7 @@ def _check_active(active, nb: int, num_bases: int, device) -> None:
         raise ValueError(f"ferret: active must be on {device}, got {active.device}")
     if tuple(active.shape) != (nb,):
         raise ValueError(f"ferret: active must have shape [{nb}] (one count per block), got {list(active.shape)}")
-    if nb and (int(active.min()) < 0 or int(active.max()) > num_bases):
+    if values and nb and (int(active.min()) < 0 or int(active.max()) > num_bases):
         raise ValueError(f"ferret: active counts must be in [0, num_bases={num_bases}]")
 
 
@@ -88,7 +92,8 @@ def _check_float(t: torch.Tensor, what: str) -> None:
         raise TypeError(f"ferret: {what} must be float32, bfloat16 or float16, got {t.dtype}")
 
 
-def validate_project(x, y, num_bases, block_size, block_offset, dist, active) -> None:
+def validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=True) -> None:
+    """Raises a clear error for bad project arguments; `values=False` skips data-dependent checks (fake tensors)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"ferret: x must be a tensor, got {type(x).__name__}")
     _check_float(x, "x")
@@ -100,10 +105,10 @@ def validate_project(x, y, num_bases, block_size, block_offset, dist, active) ->
         if y.numel() != x.numel():
             raise ValueError(f"ferret: y must have as many elements as x ({x.numel()}), got {y.numel()}")
     _check_plan(x.numel(), num_bases, block_size, block_offset, dist)
-    _check_active(active, num_blocks(x.numel(), block_size), num_bases, x.device)
+    _check_active(active, num_blocks(x.numel(), block_size), num_bases, x.device, values)
 
 
-def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active) -> None:
+def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=True) -> None:
     if not isinstance(coeffs, torch.Tensor):
         raise TypeError(f"ferret: coeffs must be a tensor, got {type(coeffs).__name__}")
     _check_float(coeffs, "coeffs")
@@ -118,7 +123,7 @@ def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active) 
         raise ValueError(
             f"ferret: coeffs must have {nb} rows (blocks of {block_size} in {numel} elements), got shape {list(coeffs.shape)}"
         )
-    _check_active(active, nb, num_bases, coeffs.device)
+    _check_active(active, nb, num_bases, coeffs.device, values)
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -131,21 +136,29 @@ def _project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher
 @torch.library.impl(_lib, "reconstruct", "CompositeExplicitAutograd")
 def _reconstruct(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None):
     validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active)
-    if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise TypeError(f"ferret: dtype must be float32, bfloat16 or float16, got {dtype}")
+    _check_out_dtype(dtype)
     return backends.resolve(coeffs.device).reconstruct(
         coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active
     )
 
 
-@torch.library.impl(_lib, "reconstruct_", "CompositeExplicitAutograd")
-def _reconstruct_(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None):
+def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=True) -> None:
     _check_float(out, "out")
     if coeffs.device != out.device:
         raise ValueError(f"ferret: coeffs must be on out's device {out.device}, got {coeffs.device}")
     if not out.is_contiguous():
         raise ValueError("ferret: reconstruct_ needs a contiguous out tensor")
-    validate_reconstruct(coeffs, out.numel(), block_size, block_offset, dist, active)
+    validate_reconstruct(coeffs, out.numel(), block_size, block_offset, dist, active, values)
+
+
+def _check_out_dtype(dtype) -> None:
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"ferret: dtype must be float32, bfloat16 or float16, got {dtype}")
+
+
+@torch.library.impl(_lib, "reconstruct_", "CompositeExplicitAutograd")
+def _reconstruct_(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None):
+    validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active)
     backends.resolve(out.device).reconstruct_(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active)
 
 
@@ -159,16 +172,20 @@ def _philox(counter, seed):
 # ----------------------------------------------------------------------------- fake kernels
 @torch.library.register_fake("ferret::project")
 def _project_fake(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
+    validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=False)
     return x.new_empty((num_blocks(x.numel(), block_size), num_bases), dtype=torch.float32)
 
 
 @torch.library.register_fake("ferret::reconstruct")
 def _reconstruct_fake(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None):
+    validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=False)
+    _check_out_dtype(dtype)
     return coeffs.new_empty((numel,), dtype=dtype or torch.float32)
 
 
 @torch.library.register_fake("ferret::reconstruct_")
 def _reconstruct__fake(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None):
+    validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=False)
     return None
 
 

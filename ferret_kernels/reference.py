@@ -15,6 +15,7 @@ import torch
 M0, M1 = 0xD2511F53, 0xCD9E8D57
 W0, W1 = 0x9E3779B9, 0xBB67AE85
 _MASK = 0xFFFFFFFF
+_UNIFORM_SCALE = torch.tensor(math.sqrt(3.0) * 2.0**-24, dtype=torch.float32).item()
 _ELEMS_PER_CHUNK = 1 << 20  # values (elements x bases) materialized at a time
 
 
@@ -61,8 +62,8 @@ def basis_values(seed: int, g: int, num_bases: int, start: int, length: int, dis
         return 1.0 - 2.0 * bit.to(torch.float64)
     if dist == "uniform":
         x = words[:, w - w0, j & 3]
-        u = ((x >> 8).to(torch.float64) + 0.5) * 2.0**-24
-        return math.sqrt(3.0) * (2.0 * u - 1.0)
+        s = ((x >> 8) * 2 + 1 - 2**24).to(torch.float32)  # exact: |s| < 2^24
+        return (s * _UNIFORM_SCALE).to(torch.float64)  # one float32 rounding (docs/rng.md)
     if dist == "gaussian":
         u = ((words >> 8).to(torch.float64) + 0.5) * 2.0**-24  # [K, nw, 4]
         r = torch.sqrt(-2.0 * torch.log(u[..., 0::2]))

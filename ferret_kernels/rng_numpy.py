@@ -14,6 +14,7 @@ M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 W0, W1 = 0x9E3779B9, 0xBB67AE85
 MASK32 = np.uint64(0xFFFFFFFF)
 DISTS = ("rademacher", "uniform", "gaussian")
+UNIFORM_SCALE = np.float32(np.sqrt(3.0) * 2.0**-24)
 
 
 def philox4x32_10(counter, key):
@@ -56,10 +57,12 @@ def basis(seed: int, block: int, k: int, length: int, dist: str = "rademacher") 
         word = words[w, (j >> np.uint64(5)) & np.uint64(3)]
         bit = (word >> (j & np.uint64(31))) & np.uint64(1)
         return np.where(bit == 1, -1.0, 1.0).astype(np.float32)
-    x = words[w, j & np.uint64(3)]
-    u = ((x >> np.uint64(8)).astype(np.float64) + 0.5) * 2.0**-24
     if dist == "uniform":
-        return (np.sqrt(3.0) * (2.0 * u - 1.0)).astype(np.float32)
+        x = words[w, j & np.uint64(3)]
+        # sqrt(3) (2u - 1) as the contract fixes it in float32: float(s) * float(sqrt(3) 2^-24),
+        # s = 2 (x >> 8) + 1 - 2^24 (exact in float32), one rounding.
+        s = ((x >> np.uint64(8)).astype(np.int64) * 2 + 1 - 2**24).astype(np.float32)
+        return s * UNIFORM_SCALE
     pair = words.reshape(-1, 2, 2)  # (group, pair, [a, b])
     ua = ((pair[..., 0] >> np.uint64(8)).astype(np.float64) + 0.5) * 2.0**-24
     ub = ((pair[..., 1] >> np.uint64(8)).astype(np.float64) + 0.5) * 2.0**-24

@@ -1,0 +1,84 @@
+import os
+
+import pytest
+import torch
+
+import ferret_kernels as fk
+
+DISTS = fk.DISTS
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# |v| bound used in tolerances (gaussian values stay below 6 for 24-bit uniforms)
+VMAX = {"rademacher": 1.0, "uniform": 3**0.5, "gaussian": 6.0}
+
+
+def native_backends():
+    """Compiled backends to check against the reference on CPU tensors."""
+    names = ["cpu"] if "cpu" in fk.available_backends("cpu") else []
+    return names
+
+
+def project_tol(x_blocks_l1: torch.Tensor, dist: str) -> torch.Tensor:
+    """Per-block absolute tolerance for project: fp32 accumulation plus the approximation of
+    gaussian values (docs/rng.md), both bounded by c * |v|max * ||x_b||_1."""
+    return 4e-6 * VMAX[dist] * x_blocks_l1 + 1e-6
+
+
+def block_l1(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    flat = x.reshape(-1).double().abs()
+    nb = (flat.numel() + block_size - 1) // block_size
+    pad = torch.zeros(nb * block_size, dtype=torch.float64)
+    pad[: flat.numel()] = flat
+    return pad.view(nb, block_size).sum(1).float()
+
+
+def assert_project_close(got, ref, x, block_size, dist, extra=None):
+    tol = project_tol(block_l1(x, block_size), dist)[:, None]
+    if extra is not None:
+        tol = tol + extra
+    err = (got - ref).abs()
+    bad = err > tol
+    if bad.any():
+        i = bad.nonzero()[0].tolist()
+        raise AssertionError(
+            f"project mismatch at {bad.sum().item()} of {bad.numel()} entries; first [block {i[0]}, basis {i[1]}]: "
+            f"got {got[i[0], i[1]].item():.8g}, ref {ref[i[0], i[1]].item():.8g}, tol {tol[i[0], 0].item():.3g}"
+        )
+
+
+def assert_recon_close(got, ref, coeffs, block_size, dist, dtype=torch.float32, base=None):
+    """Elementwise tolerance: fp32 accumulation over K terms, plus one rounding into dtype."""
+    n = got.numel()
+    per_block = coeffs.double().abs().sum(1).float()
+    rows = torch.arange(n) // block_size
+    tol = 4e-6 * VMAX[dist] * per_block[rows] + 1e-6
+    ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    mag = ref.float().abs() if base is None else torch.maximum(ref.float().abs(), base.float().abs())
+    tol = tol + ulp * mag
+    err = (got.float() - ref.float()).abs()
+    bad = err > tol
+    if bad.any():
+        j = bad.nonzero()[0].item()
+        raise AssertionError(
+            f"reconstruct mismatch at {bad.sum().item()} of {n} elements; first j={j} (block {j // block_size}): "
+            f"got {got[j].item():.8g}, ref {ref[j].item():.8g}, tol {tol[j].item():.3g}"
+        )
+
+
+@pytest.fixture(params=native_backends() or [pytest.param("cpu", marks=pytest.mark.skip(reason="ferret_kernels._C not built"))])
+def backend(request):
+    with fk.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(1234)
+    yield
+
+
+def pytest_report_header(config):
+    return [
+        f"ferret_kernels: native={'ok' if fk.native_load_error() is None else fk.native_load_error()}, "
+        f"cpu isa={fk.cpu_isa() if fk.native_load_error() is None else '-'}, backends(cpu)={fk.available_backends('cpu')}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"
+    ]

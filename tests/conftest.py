@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter. The variable is
+# read when the kernels are defined, so it is set before ferret_kernels.triton_kernels loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import ferret_kernels as fk
 
 DISTS = fk.DISTS

@@ -1,0 +1,327 @@
+"""Triton backend: the ops for GPUs (NVIDIA, AMD), and for CPU tensors under TRITON_INTERPRET=1.
+
+Implements docs/rng.md exactly (Philox4x32-10, same key and counter layout, same value
+formulas and the same float32 polynomial log / sincos as csrc/ferret/core.h). Registered
+with torch.library.triton_op + wrap_triton, so torch.compile traces into the kernels.
+
+A chunk of CHUNK consecutive elements of one block is a [ROWS, COLS] tile: COLS = 32 for
+rademacher (one Philox output word per row, one bit per element), COLS = 4 for uniform
+and gaussian (one Philox call per row). Offsets are int64.
+
+- project: one program per (block, chunk) loads x (- y) once and sweeps all active bases,
+  writing per-chunk partial sums; a second kernel adds the partials of each block in a
+  fixed order (two passes, no atomics: bit-identical from run to run). The configuration
+  is fixed (a different num_warps may change tl.sum's order).
+- reconstruct / reconstruct_: one program per (block, chunk) accumulates sum_k c_k v_k in
+  float32 registers and writes (or adds into) the output once. Every element's result is
+  independent of the launch configuration, so it is autotuned on (K, block_size, dtype).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from . import backends
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
+
+PHILOX_M0: tl.constexpr = 0xD2511F53
+PHILOX_M1: tl.constexpr = 0xCD9E8D57
+PHILOX_W0: tl.constexpr = 0x9E3779B9
+PHILOX_W1: tl.constexpr = 0xBB67AE85
+
+
+@triton.jit
+def _philox(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on uint32 tensors of one shape; k0, k1 the key words (scalars)."""
+    k0 = k0.to(tl.uint32)
+    k1 = k1.to(tl.uint32)
+    for _ in tl.static_range(10):
+        a0 = c0
+        a2 = c2
+        c0 = tl.umulhi(a2, PHILOX_M1) ^ c1 ^ k0
+        c2 = tl.umulhi(a0, PHILOX_M0) ^ c3 ^ k1
+        c1 = a2 * PHILOX_M1
+        c3 = a0 * PHILOX_M0
+        k0 = k0 + PHILOX_W0
+        k1 = k1 + PHILOX_W1
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _uniform(x):
+    # float32(s) * float32(sqrt(3) 2^-24), s = 2 (x >> 8) + 1 - 2^24 (exact), one rounding
+    s = ((x >> 8) * 2).to(tl.int32) + (1 - 16777216)
+    return s.to(tl.float32) * 1.0323827126512697e-07
+
+
+@triton.jit
+def _open_unit(x):
+    return ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+
+
+@triton.jit
+def _fast_log(x):
+    """cephes logf for positive normal floats, as csrc/ferret/core.h fast_logf."""
+    bits = x.to(tl.uint32, bitcast=True)
+    e = ((bits >> 23) & 0xFF).to(tl.int32) - 126
+    m = ((bits & 0x007FFFFF) | 0x3F000000).to(tl.float32, bitcast=True)
+    small = m < 0.70710678118654752440
+    e = tl.where(small, e - 1, e)
+    m = tl.where(small, m + m, m) - 1.0
+    z = m * m
+    y = 7.0376836292e-2
+    y = y * m - 1.1514610310e-1
+    y = y * m + 1.1676998740e-1
+    y = y * m - 1.2420140846e-1
+    y = y * m + 1.4249322787e-1
+    y = y * m - 1.6668057665e-1
+    y = y * m + 2.0000714765e-1
+    y = y * m - 2.4999993993e-1
+    y = y * m + 3.3333331174e-1
+    y = y * m * z
+    fe = e.to(tl.float32)
+    y += fe * -2.12194440e-4
+    y += -0.5 * z
+    return m + y + fe * 0.693359375
+
+
+@triton.jit
+def _gaussian_pair(a, b):
+    """Box-Muller on words (a, b): (r cos t, r sin t), r = sqrt(-2 ln u_a), t = 2 pi u_b."""
+    r = tl.sqrt_rn(-2.0 * _fast_log(_open_unit(a)))
+    u = _open_unit(b)
+    qf = (u * 4.0 + 0.5).to(tl.int32)
+    q = qf & 3
+    t = (u - qf.to(tl.float32) * 0.25) * 6.28318530717958647692
+    t2 = t * t
+    s = -1.9515295891e-4
+    s = s * t2 + 8.3321608736e-3
+    s = s * t2 - 1.6666654611e-1
+    s = s * t2 * t + t
+    c = 2.443315711809948e-5
+    c = c * t2 - 1.388731625493765e-3
+    c = c * t2 + 4.166664568298827e-2
+    c = c * t2 * t2 - 0.5 * t2 + 1.0
+    swap = (q & 1) == 1
+    ss = tl.where(swap, c, s)
+    cc = tl.where(swap, s, c)
+    ss = tl.where(q >= 2, -ss, ss)
+    cc = tl.where((q == 1) | (q == 2), -cc, cc)
+    return r * cc, r * ss
+
+
+@triton.jit
+def _basis_tile(DIST: tl.constexpr, ROWS: tl.constexpr, cstart, k, g, k0, k1):
+    """Values [ROWS, COLS] of basis k of block g for the chunk starting at element cstart."""
+    rows = tl.arange(0, ROWS)
+    zero = tl.zeros([ROWS], dtype=tl.uint32)
+    ku = zero + k  # uint32 + int32 -> uint32 (k is a Python int in the interpreter)
+    gu = zero + g
+    if DIST == 0:
+        cols = tl.arange(0, 32)
+        w = ((cstart >> 7) + (rows >> 2)).to(tl.uint32)
+        r0, r1, r2, r3 = _philox(w, ku, gu, zero, k0, k1)
+        sel = rows & 3
+        word = tl.where(sel == 0, r0, tl.where(sel == 1, r1, tl.where(sel == 2, r2, r3)))
+        bit = (word[:, None] >> cols[None, :].to(tl.uint32)) & 1
+        return 1.0 - 2.0 * bit.to(tl.float32)
+    else:
+        cols = tl.arange(0, 4)[None, :]
+        w = ((cstart >> 2) + rows).to(tl.uint32)
+        r0, r1, r2, r3 = _philox(w, ku, gu, zero, k0, k1)
+        if DIST == 1:
+            v0 = _uniform(r0)
+            v1 = _uniform(r1)
+            v2 = _uniform(r2)
+            v3 = _uniform(r3)
+        else:
+            v0, v1 = _gaussian_pair(r0, r1)
+            v2, v3 = _gaussian_pair(r2, r3)
+        return tl.where(cols == 0, v0[:, None], tl.where(cols == 1, v1[:, None], tl.where(cols == 2, v2[:, None], v3[:, None])))
+
+
+@triton.jit
+def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    return tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
+
+
+@triton.jit
+def _project_kernel(x_ptr, y_ptr, act_ptr, part_ptr, numel, block_size, block_offset, K, k0, k1,
+                    HAS_Y: tl.constexpr, HAS_ACT: tl.constexpr, DIST: tl.constexpr, CHUNK: tl.constexpr):
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    ROWS: tl.constexpr = CHUNK // COLS
+    pid = tl.program_id(0).to(tl.int64)
+    cpb = (block_size + CHUNK - 1) // CHUNK
+    b = pid // cpb
+    cstart = (pid % cpb) * CHUNK
+    blk_start = b * block_size
+    blk_len = tl.minimum(block_size, numel - blk_start)
+    j = cstart + _tile_offsets(DIST, ROWS)
+    mask = j < blk_len
+    xv = tl.load(x_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Y:
+        xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+    kb = K
+    if HAS_ACT:
+        kb = tl.load(act_ptr + b).to(tl.int32)
+    g = (block_offset + b).to(tl.uint32)
+    for k in range(0, kb):
+        v = _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+        d = tl.sum(tl.sum(xv * v, axis=1), axis=0)
+        tl.store(part_ptr + pid * K + k, d)
+
+
+@triton.jit
+def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    kk = tl.program_id(1) * KT + tl.arange(0, KT)
+    m = kk < K
+    acc = tl.zeros([KT], dtype=tl.float32)
+    for c in range(0, cpb):  # fixed order
+        acc += tl.load(part_ptr + (b * cpb + c) * K + kk, mask=m, other=0.0)
+    tl.store(out_ptr + b * K + kk, acc * scale, mask=m)
+
+
+def _recon_configs():
+    if _INTERPRET:
+        return [triton.Config({"CHUNK": 2048}, num_warps=4)]
+    return [triton.Config({"CHUNK": c}, num_warps=w) for c in (1024, 2048, 4096) for w in (4, 8)]
+
+
+# restore_value: benchmarking configs must not accumulate into `out` more than once
+@triton.autotune(configs=_recon_configs(), key=["K", "block_size", "DIST", "ACCUM"], restore_value=["out_ptr"])
+@triton.jit
+def _reconstruct_kernel(c_ptr, out_ptr, act_ptr, numel, block_size, block_offset, K, k0, k1, factor,
+                        ACCUM: tl.constexpr, HAS_ACT: tl.constexpr, DIST: tl.constexpr, CHUNK: tl.constexpr):
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    ROWS: tl.constexpr = CHUNK // COLS
+    pid = tl.program_id(0).to(tl.int64)
+    cpb = (block_size + CHUNK - 1) // CHUNK
+    b = pid // cpb
+    cstart = (pid % cpb) * CHUNK
+    blk_start = b * block_size
+    blk_len = tl.minimum(block_size, numel - blk_start)
+    kb = K
+    if HAS_ACT:
+        kb = tl.load(act_ptr + b).to(tl.int32)
+    g = (block_offset + b).to(tl.uint32)
+    acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
+    if cstart < blk_len:
+        for k in range(0, kb):
+            gk = tl.load(c_ptr + b * K + k)
+            acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+        j = cstart + _tile_offsets(DIST, ROWS)
+        mask = j < blk_len
+        ptrs = out_ptr + blk_start + j
+        res = acc * factor
+        if ACCUM:
+            res = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + res
+        tl.store(ptrs, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _philox_kernel(c_ptr, o_ptr, n, k0, k1, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    c0 = tl.load(c_ptr + 4 * i, mask=m, other=0).to(tl.uint32)
+    c1 = tl.load(c_ptr + 4 * i + 1, mask=m, other=0).to(tl.uint32)
+    c2 = tl.load(c_ptr + 4 * i + 2, mask=m, other=0).to(tl.uint32)
+    c3 = tl.load(c_ptr + 4 * i + 3, mask=m, other=0).to(tl.uint32)
+    r0, r1, r2, r3 = _philox(c0, c1, c2, c3, k0, k1)
+    tl.store(o_ptr + 4 * i, r0.to(tl.int64), mask=m)
+    tl.store(o_ptr + 4 * i + 1, r1.to(tl.int64), mask=m)
+    tl.store(o_ptr + 4 * i + 2, r2.to(tl.int64), mask=m)
+    tl.store(o_ptr + 4 * i + 3, r3.to(tl.int64), mask=m)
+
+
+def _key(seed: int):
+    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return s & 0xFFFFFFFF, s >> 32
+
+
+def _project_chunk(block_size: int) -> int:
+    # fixed per shape (determinism); small blocks use a smaller tile
+    return max(128, min(2048, triton.next_power_of_2(block_size)))
+
+
+def _active32(active):
+    return None if active is None else active.to(torch.int32).contiguous()
+
+
+@triton_op("ferret::_triton_project", mutates_args=())
+def project(x: torch.Tensor, y: Optional[torch.Tensor], seed: int, num_bases: int, block_size: int,
+            block_offset: int, dist: str, scale: float, active: Optional[torch.Tensor]) -> torch.Tensor:
+    n = x.numel()
+    nb = (n + block_size - 1) // block_size
+    out = torch.zeros(nb, num_bases, device=x.device, dtype=torch.float32)
+    if nb == 0:
+        return out
+    chunk = _project_chunk(block_size)
+    cpb = (block_size + chunk - 1) // chunk
+    part = torch.zeros(nb * cpb, num_bases, device=x.device, dtype=torch.float32)
+    xc = x.reshape(-1).contiguous()
+    yc = y.reshape(-1).contiguous() if y is not None else xc
+    act = _active32(active)
+    k0, k1 = _key(seed)
+    wrap_triton(_project_kernel)[(nb * cpb,)](
+        xc, yc, act if act is not None else out, part, n, block_size, block_offset, num_bases, k0, k1,
+        HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4,
+    )
+    kt = min(64, triton.next_power_of_2(num_bases))
+    wrap_triton(_reduce_kernel)[(nb, triton.cdiv(num_bases, kt))](part, out, cpb, num_bases, scale, KT=kt)
+    return out
+
+
+def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, factor, accum, active):
+    n = out.numel()
+    nb, K = coeffs.shape
+    if nb == 0:
+        return
+    c = coeffs.to(torch.float32).contiguous()
+    act = _active32(active)
+    k0, k1 = _key(seed)
+
+    def grid(meta):
+        return (nb * triton.cdiv(block_size, meta["CHUNK"]),)
+
+    wrap_triton(_reconstruct_kernel)[grid](
+        c, out, act if act is not None else c, n, block_size, block_offset, K, k0, k1, factor,
+        ACCUM=accum, HAS_ACT=act is not None, DIST=_DIST_ID[dist],
+    )
+
+
+@triton_op("ferret::_triton_reconstruct", mutates_args=())
+def reconstruct(coeffs: torch.Tensor, seed: int, numel: int, block_size: int, block_offset: int, dist: str,
+                scale: float, dtype: Optional[torch.dtype], active: Optional[torch.Tensor]) -> torch.Tensor:
+    out = torch.empty(numel, device=coeffs.device, dtype=dtype or torch.float32)
+    _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, False, active)
+    return out
+
+
+@triton_op("ferret::_triton_reconstruct_", mutates_args={"out"})
+def reconstruct_(out: torch.Tensor, coeffs: torch.Tensor, seed: int, block_size: int, block_offset: int, dist: str,
+                 scale: float, alpha: float, active: Optional[torch.Tensor]) -> None:
+    _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, alpha * scale, True, active)
+
+
+@triton_op("ferret::_triton_philox", mutates_args=())
+def philox(counter: torch.Tensor, seed: int) -> torch.Tensor:
+    c = counter.to(torch.int64).contiguous()
+    out = torch.empty_like(c)
+    n = c.shape[0]
+    k0, k1 = _key(seed)
+    if n:
+        wrap_triton(_philox_kernel)[(triton.cdiv(n, 256),)](c, out, n, k0, k1, BLOCK=256)
+    return out
+
+
+BACKEND = backends.Backend("triton", project, reconstruct, reconstruct_, philox)

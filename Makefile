@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: test build bench bench-quick cuda-check cuda-binding-check clean
+.PHONY: test build bench bench-quick cuda-binding-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,17 @@ bench: build
 
 bench-quick: build
 	$(BIN)/python benchmarks/bench_ops.py --quick
+
+# Compile-and-link check of the CUDA binding against a CUDA build of torch (no GPU needed):
+# a separate venv with torch 2.14.1 (CUDA 13) from the local package index, then the full
+# extension with FERRET_BUILD_CUDA=1 into build-cuda/. Several GB; not part of `make test`.
+CUDA_VENV ?= .venv-cuda
+CUDA_HOME ?= /usr/local/cuda
+cuda-binding-check:
+	test -x $(CUDA_VENV)/bin/python || $(PY) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q torch==2.14.1 numpy setuptools wheel ninja
+	CUDA_HOME=$(CUDA_HOME) FERRET_BUILD_CUDA=1 FERRET_USE_NINJA=1 MAX_JOBS=2 $(CUDA_VENV)/bin/python setup.py -q build_ext -b build-cuda/lib -t build-cuda/tmp
+	@ls -la build-cuda/lib/ferret_kernels/_C*.so && nm -D --defined-only build-cuda/lib/ferret_kernels/_C*.so | grep -c ferret
 
 clean:
 	rm -rf build *.egg-info ferret_kernels/*.so

@@ -46,7 +46,7 @@ def _extensions():
         return [
             CUDAExtension(
                 "ferret_kernels._C",
-                sources + rel("csrc/cuda/*.cu"),
+                sources + rel("csrc/cuda/ops.cu"),
                 extra_compile_args={"cxx": cxx + ["-DFERRET_WITH_CUDA"], "nvcc": nvcc + ["-DFERRET_WITH_CUDA"]},
                 **kwargs,
             )

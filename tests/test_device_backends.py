@@ -1,7 +1,8 @@
-"""Triton backend against the contract and the reference.
+"""The device backends (Triton, CUDA) against the contract, the reference and the CPU kernel.
 
-Without a GPU these run in Triton's interpreter on CPU tensors (small grids); with a CUDA
-device they run on it, and the GPU's bases are also compared with the CPU kernel's.
+Without a GPU the Triton backend runs in Triton's interpreter on CPU tensors (small grids)
+and the CUDA backend is skipped; with a CUDA device both run on it, and the GPU's bases are
+compared bit for bit with the CPU kernel's.
 """
 
 import importlib.util
@@ -15,23 +16,28 @@ from ferret_kernels import rng_numpy
 
 from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close
 
-pytestmark = pytest.mark.triton
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
-if fk.backends.unavailable_reason("triton", torch.device(DEV)) is not None:
-    pytest.skip(fk.backends.unavailable_reason("triton", torch.device(DEV)), allow_module_level=True)
 
-from ferret_kernels import triton_kernels  # noqa: E402,F401  (registers ferret::_triton_*)
+
+def _params():
+    out = []
+    for name in ("triton", "cuda"):
+        why = fk.backends.unavailable_reason(name, torch.device(DEV))
+        out.append(pytest.param(name, marks=pytest.mark.skip(reason=why)) if why else name)
+    return out
+
+
+if importlib.util.find_spec("triton") is not None and fk.backends.unavailable_reason("triton", torch.device(DEV)) is None:
+    from ferret_kernels import triton_kernels  # noqa: F401  (registers ferret::_triton_*)
 
 BS = 512
 SIZES = [1, 127, 509, BS - 1, BS, BS + 1, 3 * BS + 17]
 
 
-@pytest.fixture(autouse=True)
-def _triton():
-    with fk.use_backend("triton"):
-        yield
+@pytest.fixture(autouse=True, params=_params())
+def gb(request):
+    with fk.use_backend(request.param):
+        yield request.param
 
 
 def ref(fn, *args, **kw):
@@ -118,8 +124,13 @@ def test_active_counts_adjoint_and_determinism():
     assert torch.equal(fk.project(x, 3, K, bs, dist="uniform"), full)  # repeatable, bit for bit
 
 
-def test_triton_ops_registered_for_torch_library():
+def test_ops_registered_for_torch_library(gb):
     x = torch.randn(600, device=DEV)
+    if gb == "cuda":
+        torch.library.opcheck(torch.ops.ferret._cuda_project.default, (x, None, 1, 3, 256, 0, "uniform", 1.0, None))
+        torch.library.opcheck(torch.ops.ferret.reconstruct_.default,
+                              (torch.randn(600, device=DEV), torch.randn(3, 3, device=DEV), 1, 256, 0, "gaussian", 1.0, 2.0, None))
+        return
     # the interpreter executes kernels even under FakeTensorMode, so fake-tensor checks of the
     # triton_op itself need a GPU; the public op's fake kernel is checked everywhere
     utils = ("test_schema", "test_faketensor") if DEV == "cuda" else ("test_schema",)
@@ -129,12 +140,33 @@ def test_triton_ops_registered_for_torch_library():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-@pytest.mark.skipif(DEV != "cuda", reason="torch.compile of Triton kernels needs a GPU (the interpreter runs eager only)")
-def test_torch_compile_fullgraph_cuda():
+@pytest.mark.skipif(DEV != "cuda", reason="torch.compile of device kernels needs a GPU (the interpreter runs eager only)")
+def test_torch_compile_fullgraph_cuda(gb):
     x = torch.randn(5000, device=DEV)
+    ns = getattr(torch.ops.ferret, f"_{gb}_project"), getattr(torch.ops.ferret, f"_{gb}_reconstruct")
 
     def f(x):
-        g = torch.ops.ferret._triton_project(x, None, 9, 8, 1024, 0, "rademacher", 1.0, None)
-        return torch.ops.ferret._triton_reconstruct(g, 9, x.numel(), 1024, 0, "rademacher", 1.0, None, None)
+        g = ns[0](x, None, 9, 8, 1024, 0, "rademacher", 1.0, None)
+        r = ns[1](g, 9, x.numel(), 1024, 0, "rademacher", 1.0, None, None)
+        return g, r, fk.reconstruct(fk.project(x, 9, 8, 1024), 9, x.numel(), 1024)
 
-    assert torch.equal(torch.compile(f, fullgraph=True)(x), f(x))
+    for a, b in zip(torch.compile(f, fullgraph=True)(x), f(x)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="needs a CUDA device")
+def test_large_tensor_64bit_offsets(gb):
+    """More than 2^31 elements: offsets past int32 are computed in 64 bits."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 12 * 2**30:
+        pytest.skip("needs 12 GiB of free GPU memory")
+    n = 2**31 + 4097
+    x = torch.zeros(n, dtype=torch.bfloat16, device=DEV)
+    x[-3000:] = torch.randn(3000, device=DEV).bfloat16()
+    bs = 2**20
+    g = fk.project(x, 5, 2, bs)
+    tail = x[(fk.num_blocks(n, bs) - 1) * bs:]
+    want = fk.project(tail.cpu().float(), 5, 2, bs, block_offset=fk.num_blocks(n, bs) - 1)
+    torch.testing.assert_close(g[-1:].cpu(), want, rtol=1e-5, atol=1e-4)
+    assert torch.equal(g[:-1].cpu(), torch.zeros_like(g[:-1].cpu()))
+    del x

@@ -1,0 +1,304 @@
+// CUDA kernels for project / reconstruct. Torch-free: they use only the shared core
+// (csrc/ferret/core.h) and the plain parameter structs, so CI compiles them with nvcc
+// alone (csrc/cuda/compile_check.cu) and the binding (ops.cu) stays thin.
+//
+// Mapping: a CTA of kThreads threads owns one chunk of one block; thread t owns kElems
+// consecutive elements (rademacher: one Philox output word = 32 elements; uniform/gaussian:
+// 4 Philox calls = 16 elements) and keeps them in registers while the K bases sweep.
+//   project:     per basis, thread partial -> warp shuffle -> per-warp slots in shared
+//                memory -> fixed-order sum -> partial[chunk, k]; a second kernel adds the
+//                chunks of a block in order (two passes, no atomics: deterministic).
+//   reconstruct: per basis, acc[e] += c_k * v_k[e] in fp32 registers; one store (or
+//                read-add-store for the in-place form) at the end, 16-byte vectorized
+//                when aligned.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "ferret/core.h"
+#include "ferret/params.h"
+
+namespace ferret {
+namespace cuda {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTileK = 32;  // bases reduced together through shared memory
+
+template <int DIST>
+struct Layout {
+  // elements per thread
+  static constexpr int kElems = DIST == kRademacher ? 32 : 16;
+  static constexpr int kChunk = kElems * kThreads;
+};
+
+template <typename T>
+__device__ __forceinline__ float to_f32(T v);
+template <>
+__device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <>
+__device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+
+// Loads n consecutive elements starting at p (the first `valid` of them real, the rest 0) as
+// fp32, with 16-byte loads when the whole run is valid and aligned.
+template <typename T, int N>
+__device__ __forceinline__ void load_run(const T* __restrict__ p, int64_t valid, float (&out)[N]) {
+  constexpr int kPer16 = 16 / sizeof(T);
+  static_assert(N % kPer16 == 0, "run must be a whole number of 16-byte vectors");
+  if (valid >= N && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+#pragma unroll
+    for (int v = 0; v < N / kPer16; ++v) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + v);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < kPer16; ++i) out[v * kPer16 + i] = to_f32<T>(e[i]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = i < valid ? to_f32<T>(p[i]) : 0.0f;
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_run(T* __restrict__ p, int64_t valid, const float (&v)[N], bool accumulate,
+                                          float f) {
+  constexpr int kPer16 = 16 / sizeof(T);
+  if (valid >= N && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+#pragma unroll
+    for (int w = 0; w < N / kPer16; ++w) {
+      uint4 raw;
+      if (accumulate) raw = *(reinterpret_cast<const uint4*>(p) + w);
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < kPer16; ++i) {
+        const float r = f * v[w * kPer16 + i];
+        e[i] = from_f32<T>(accumulate ? to_f32<T>(e[i]) + r : r);
+      }
+      *(reinterpret_cast<uint4*>(p) + w) = raw;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      if (i < valid) {
+        const float r = f * v[i];
+        p[i] = from_f32<T>(accumulate ? to_f32<T>(p[i]) + r : r);
+      }
+    }
+  }
+}
+
+// The rademacher sign word of elements j0 .. j0 + 31 (j0 a multiple of 32), selected without
+// dynamic indexing so the Philox outputs stay in registers.
+__device__ __forceinline__ uint32_t rademacher_word(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1) {
+  const U32x4 r = philox4x32_10((uint32_t)(j0 >> 7), k, g, kStreamBasis, k0, k1);
+  const int q = (int)((j0 >> 5) & 3);
+  const uint32_t lo = q & 1 ? r.v[1] : r.v[0];
+  const uint32_t hi = q & 1 ? r.v[3] : r.v[2];
+  return q & 2 ? hi : lo;
+}
+
+// Basis k at the thread's kElems elements (element e is at in-block index j0 + e) applied
+// to x: returns sum_e v[e] * x[e] (project) or adds c * v[e] into acc[e] (reconstruct).
+template <int DIST, int N>
+__device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1,
+                                           const float (&x)[N]) {
+  float s = 0.0f;
+  if (DIST == kRademacher) {
+    const uint32_t wd = rademacher_word(j0, k, g, k0, k1);
+#pragma unroll
+    for (int t = 0; t < 32; ++t) s += rademacher_apply(x[t], wd, t);
+  } else {
+#pragma unroll
+    for (int c = 0; c < N / 4; ++c) {
+      const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, k0, k1);
+      float v[4];
+      values4(DIST, r, v);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s += v[i] * x[c * 4 + i];
+    }
+  }
+  return s;
+}
+
+template <int DIST, int N>
+__device__ __forceinline__ void basis_axpy(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1, float c,
+                                           float (&acc)[N]) {
+  if (DIST == kRademacher) {
+    const uint32_t wd = rademacher_word(j0, k, g, k0, k1);
+#pragma unroll
+    for (int t = 0; t < 32; ++t) acc[t] += rademacher_apply(c, wd, t);
+  } else {
+#pragma unroll
+    for (int cc = 0; cc < N / 4; ++cc) {
+      const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, k0, k1);
+      float v[4];
+      values4(DIST, r, v);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[cc * 4 + i] += c * v[i];
+    }
+  }
+}
+
+// Grid: (num_blocks * chunks_per_block). part: [grid, K].
+template <typename T, int DIST>
+__global__ void __launch_bounds__(kThreads) project_kernel(ProjectParams p, int64_t chunks_per_block, float* part) {
+  using L = Layout<DIST>;
+  const int64_t cta = (int64_t)blockIdx.x;
+  const int64_t b = cta / chunks_per_block;
+  const int64_t j0 = (cta % chunks_per_block) * L::kChunk + (int64_t)threadIdx.x * L::kElems;  // in-block
+  const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);
+  const int64_t start = b * p.block_size + j0;
+  const int64_t valid = blk_len - j0;
+  float x[L::kElems];
+  load_run<T, L::kElems>(static_cast<const T*>(p.x) + start, valid, x);
+  if (p.y) {
+    float y[L::kElems];
+    load_run<T, L::kElems>(static_cast<const T*>(p.y) + start, valid, y);
+#pragma unroll
+    for (int i = 0; i < L::kElems; ++i) x[i] -= y[i];
+  }
+  const int K = p.num_bases;
+  const int kb = p.active ? p.active[b] : K;
+  const uint32_t g = p.block_offset + (uint32_t)b;
+  const uint32_t k0 = seed_lo(p.seed), k1 = seed_hi(p.seed);
+  __shared__ float red[kWarps][kTileK];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int kt = 0; kt < kb; kt += kTileK) {
+    const int kn = min(kTileK, kb - kt);
+    for (int i = 0; i < kn; ++i) {
+      float s = valid > 0 ? basis_dot<DIST>(j0, (uint32_t)(kt + i), g, k0, k1, x) : 0.0f;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane == 0) red[warp][i] = s;
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < kn) {
+      float s = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) s += red[w][threadIdx.x];
+      part[cta * K + kt + threadIdx.x] = s;
+    }
+    __syncthreads();
+  }
+}
+
+// Grid: (num_blocks, ceil(K / kThreads)). out[b, k] = scale * sum_c part[b * cpb + c, k], c in order.
+__global__ void __launch_bounds__(kThreads) reduce_kernel(const float* part, int64_t chunks_per_block, int K,
+                                                          float scale, float* out) {
+  const int64_t b = blockIdx.x;
+  const int k = blockIdx.y * kThreads + threadIdx.x;
+  if (k >= K) return;
+  float s = 0.0f;
+  for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];
+  out[b * K + k] = s * scale;
+}
+
+template <typename T, int DIST>
+__global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams p, int64_t chunks_per_block) {
+  using L = Layout<DIST>;
+  const int64_t cta = (int64_t)blockIdx.x;
+  const int64_t b = cta / chunks_per_block;
+  const int64_t j0 = (cta % chunks_per_block) * L::kChunk + (int64_t)threadIdx.x * L::kElems;
+  const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);
+  const int64_t valid = blk_len - j0;
+  if (valid <= 0) return;
+  const int K = p.num_bases;
+  const int kb = p.active ? p.active[b] : K;
+  const uint32_t g = p.block_offset + (uint32_t)b;
+  const uint32_t k0 = seed_lo(p.seed), k1 = seed_hi(p.seed);
+  const float* coeffs = p.coeffs + b * (int64_t)K;
+  float acc[L::kElems];
+#pragma unroll
+  for (int i = 0; i < L::kElems; ++i) acc[i] = 0.0f;
+  for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, k0, k1, __ldg(coeffs + k), acc);
+  const float f = p.accumulate ? p.alpha * p.scale : p.scale;
+  store_run<T, L::kElems>(static_cast<T*>(p.out) + b * p.block_size + j0, valid, acc, p.accumulate, f);
+}
+
+// ------------------------------------------------------------------ host-side launchers
+// The template ladder: dtype x dist -> one kernel instantiation. Returns the launch error.
+template <template <typename, int> class Launch, typename... Args>
+cudaError_t dispatch(int dtype, int dist, Args&&... args) {
+#define FERRET_DIST_CASES(T)                                                 \
+  switch (dist) {                                                            \
+    case kRademacher: return Launch<T, kRademacher>::run(args...);           \
+    case kUniform: return Launch<T, kUniform>::run(args...);                 \
+    default: return Launch<T, kGaussian>::run(args...);                      \
+  }
+  switch (dtype) {
+    case kF32: FERRET_DIST_CASES(float)
+    case kBF16: FERRET_DIST_CASES(__nv_bfloat16)
+    default: FERRET_DIST_CASES(__half)
+  }
+#undef FERRET_DIST_CASES
+}
+
+inline int64_t chunks_per_block(int64_t block_size, int dist) {
+  const int64_t c = dist == kRademacher ? Layout<kRademacher>::kChunk : Layout<kUniform>::kChunk;
+  return (block_size + c - 1) / c;
+}
+
+template <typename T, int DIST>
+struct ProjectLaunch {
+  static cudaError_t run(const ProjectParams& p, float* part, cudaStream_t stream) {
+    const int64_t cpb = chunks_per_block(p.block_size, DIST);
+    project_kernel<T, DIST><<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb, part);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const dim3 grid((unsigned)p.num_blocks, (unsigned)((p.num_bases + kThreads - 1) / kThreads));
+    reduce_kernel<<<grid, kThreads, 0, stream>>>(part, cpb, p.num_bases, p.scale, p.out);
+    return cudaGetLastError();
+  }
+};
+
+template <typename T, int DIST>
+struct ReconstructLaunch {
+  static cudaError_t run(const ReconstructParams& p, cudaStream_t stream) {
+    const int64_t cpb = chunks_per_block(p.block_size, DIST);
+    reconstruct_kernel<T, DIST><<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb);
+    return cudaGetLastError();
+  }
+};
+
+// part must hold num_blocks * chunks_per_block(block_size, dist) * K floats (zeroed).
+inline cudaError_t launch_project(const ProjectParams& p, float* part, cudaStream_t stream) {
+  if (p.num_blocks == 0) return cudaSuccess;
+  return dispatch<ProjectLaunch>(p.dtype, p.dist, p, part, stream);
+}
+
+inline cudaError_t launch_reconstruct(const ReconstructParams& p, cudaStream_t stream) {
+  if (p.num_blocks == 0) return cudaSuccess;
+  return dispatch<ReconstructLaunch>(p.dtype, p.dist, p, stream);
+}
+
+__global__ void philox_kernel(const int64_t* ctr, int64_t n, uint32_t k0, uint32_t k1, int64_t* out) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const U32x4 r = philox4x32_10((uint32_t)ctr[4 * i], (uint32_t)ctr[4 * i + 1], (uint32_t)ctr[4 * i + 2],
+                                (uint32_t)ctr[4 * i + 3], k0, k1);
+  for (int q = 0; q < 4; ++q) out[4 * i + q] = (int64_t)r.v[q];
+}
+
+inline cudaError_t launch_philox(const int64_t* ctr, int64_t n, uint64_t seed, int64_t* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  philox_kernel<<<(unsigned)((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(ctr, n, seed_lo(seed),
+                                                                                     seed_hi(seed), out);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace ferret

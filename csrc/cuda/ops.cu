@@ -1,0 +1,80 @@
+// CUDA backend binding: registers ferret::_cuda_* for the CUDA dispatch key. Thin: argument
+// checks and params from binding_common.h, a device guard, the current stream, and a launch
+// check after every launch; the kernels live in the torch-free kernels.cuh.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "binding_common.h"
+#include "cuda/kernels.cuh"
+
+namespace ferret {
+namespace cuda {
+namespace {
+
+void check_launch(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "ferret: CUDA launch of ", what, " failed: ", cudaGetErrorString(e));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
+                   int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                   const c10::optional<at::Tensor>& active) {
+  TORCH_CHECK(x.is_cuda(), "ferret::_cuda_project: x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
+  check_active_range(a.active.defined() ? a.active.cpu() : a.active, num_bases);
+  const int64_t cpb = chunks_per_block(block_size, a.p.dist);
+  at::Tensor part = at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));
+  check_launch(launch_project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
+  return a.out;
+}
+
+void run_reconstruct(const at::Tensor& out, const ReconstructArgs& a, int64_t num_bases) {
+  check_active_range(a.active.defined() ? a.active.cpu() : a.active, num_bases);
+  check_launch(launch_reconstruct(a.p, at::cuda::getCurrentCUDAStream()), "reconstruct");
+}
+
+at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
+                       c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
+                       const c10::optional<at::Tensor>& active) {
+  TORCH_CHECK(coeffs.is_cuda(), "ferret::_cuda_reconstruct: coeffs must be a CUDA tensor");
+  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", numel);
+  const c10::cuda::CUDAGuard guard(coeffs.device());
+  at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
+  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active);
+  run_reconstruct(out, a, coeffs.size(1));
+  return out;
+}
+
+void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
+                  c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active) {
+  TORCH_CHECK(out.is_cuda(), "ferret::_cuda_reconstruct_: out must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(out.device());
+  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active);
+  run_reconstruct(out, a, coeffs.size(1));
+}
+
+at::Tensor philox(const at::Tensor& counter, int64_t seed) {
+  TORCH_CHECK(counter.is_cuda(), "ferret::_cuda_philox: counter must be a CUDA tensor");
+  TORCH_CHECK(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ", counter.sizes());
+  const c10::cuda::CUDAGuard guard(counter.device());
+  at::Tensor c = counter.to(at::kLong).contiguous();
+  at::Tensor out = at::empty_like(c);
+  check_launch(launch_philox(c.data_ptr<int64_t>(), c.size(0), (uint64_t)seed, out.data_ptr<int64_t>(),
+                             at::cuda::getCurrentCUDAStream()),
+               "philox");
+  return out;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace ferret
+
+TORCH_LIBRARY_IMPL(ferret, CUDA, m) {
+  m.impl("_cuda_project", &ferret::cuda::project);
+  m.impl("_cuda_reconstruct", &ferret::cuda::reconstruct);
+  m.impl("_cuda_reconstruct_", &ferret::cuda::reconstruct_);
+  m.impl("_cuda_philox", &ferret::cuda::philox);
+}

@@ -13,7 +13,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) numpy setuptools wheel ninja
-	$(BIN)/pip install -q pytest hypothesis pytest-benchmark expecttest "triton==3.9.*"
+	$(BIN)/pip install -q pytest hypothesis pytest-benchmark expecttest "triton==3.9.*" \
+		safetensors tqdm matplotlib transformers
 	touch $(STAMP)
 
 build: $(STAMP)

@@ -33,16 +33,31 @@ def _want_cuda():
     return possible
 
 
+def _nvidia_wheel_includes():
+    """Headers of the CUDA libraries that pip-installed CUDA torch builds bring (nvidia-* wheels),
+    for toolkits that lack some of them (cusparse.h, ...)."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    dirs = []
+    for base in getattr(nvidia, "__path__", []):
+        dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return dirs
+
+
 def _extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/module.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    # the C++ standard is left to torch's BuildExtension (C++17 for older torch, C++20 for 2.14+)
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if _want_cuda():
+        kwargs["include_dirs"] += _nvidia_wheel_includes()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FERRET_CUDA_ARCH", "8.0;9.0"))
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         return [
             CUDAExtension(
                 "ferret_kernels._C",

@@ -1,0 +1,168 @@
+"""GPU benchmark: Triton and CUDA kernels beside the baselines, on one device, in one run.
+
+    python benchmarks/bench_gpu.py            # n = 2^28 bf16, K = 4 and 64, plus the LLaMA2-7B apply
+    python benchmarks/bench_gpu.py --quick    # n = 2^24, no 7B model
+
+Reports medians (triton.testing.do_bench), GB/s against the copy bandwidth measured in the
+same run, element-bases/s, and ratios to per-seed regeneration and naive dense on the same
+GPU (those two are timed on a slice of blocks x bases and compared as rates). Appends rows
+to benchmarks/results/gpu_ops.csv with the device name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import ferret_kernels as fk  # noqa: E402
+
+
+def do_bench(fn) -> float:
+    """Median seconds."""
+    try:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+    except ImportError:
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(20):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        return sorted(times)[len(times) // 2]
+
+
+def llama2_7b_shapes():
+    """(name, shape) of LLaMA2-7B's parameters: 6.74e9 elements."""
+    d, ff, vocab, layers = 4096, 11008, 32000, 32
+    shapes = [("embed_tokens", (vocab, d))]
+    for i in range(layers):
+        for p in ("q", "k", "v", "o"):
+            shapes.append((f"layers.{i}.{p}_proj", (d, d)))
+        shapes += [(f"layers.{i}.gate_proj", (ff, d)), (f"layers.{i}.up_proj", (ff, d)),
+                   (f"layers.{i}.down_proj", (d, ff)), (f"layers.{i}.input_layernorm", (d,)),
+                   (f"layers.{i}.post_attention_layernorm", (d,))]
+    shapes += [("norm", (d,)), ("lm_head", (vocab, d))]
+    return shapes
+
+
+def bench_7b_apply(backends, dists, bs=1 << 20, K=64):
+    """Reconstruct-and-apply a Ferret update into bf16 parameters of LLaMA2-7B's shapes."""
+    shapes = llama2_7b_shapes()
+    params = [torch.zeros(s, dtype=torch.bfloat16, device="cuda") for _, s in shapes]
+    offsets, off = [], 0
+    for p in params:
+        offsets.append(off)
+        off += fk.num_blocks(p.numel(), bs)
+    coeffs = torch.randn(off, K, device="cuda") * 1e-3
+    total = sum(p.numel() for p in params)
+    rows = []
+    for be in backends:
+        for dist in dists:
+            def apply():
+                with fk.use_backend(be):
+                    for p, o in zip(params, offsets):
+                        nb = fk.num_blocks(p.numel(), bs)
+                        fk.reconstruct_(p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0)
+            t = do_bench(apply)
+            rows.append(dict(op="apply_llama2_7b", backend=be, dist=dist, dtype="bfloat16", n=total, K=K, block_size=bs,
+                             time_ms=t * 1e3, Gelem_bases_per_s=total * K / t / 1e9, GB_per_s=4 * total / t / 1e9))
+    del params
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log2n", type=int, default=28)
+    ap.add_argument("--Ks", default="4,64")
+    ap.add_argument("--dists", default="rademacher,gaussian")
+    ap.add_argument("--block-size", type=int, default=1 << 20)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-7b", action="store_true")
+    ap.add_argument("--no-csv", action="store_true")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_gpu.py needs a CUDA device (use benchmarks/bench_ops.py on the CPU)")
+    if args.quick:
+        args.log2n, args.no_7b = 24, True
+    info = common.machine_info("cuda")
+    n, bs = 1 << args.log2n, args.block_size
+    backends = [b for b in ("triton", "cuda") if b in fk.available_backends("cuda")]
+    print(f"# {info['gpu']} | torch {info['torch']} | triton {info['triton']} | backends {backends}")
+    dists = args.dists.split(",")
+    Ks = [int(k) for k in args.Ks.split(",")]
+
+    # copy bandwidth of this device (bytes read + written)
+    big = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(big)
+    t_copy = do_bench(lambda: dst.copy_(big))
+    copy_gbs = 2 * big.numel() * 2 / t_copy / 1e9
+    del big, dst
+    print(f"# copy bandwidth: {copy_gbs:.0f} GB/s (1 GiB bf16 copy)")
+
+    torch.manual_seed(0)
+    x = torch.randn(n, device="cuda").bfloat16()
+    rows = []
+    # baselines on slices, as rates (element-bases / s)
+    xs = x.float()
+    c1 = torch.randn(2, max(Ks), device="cuda")
+    t = do_bench(lambda: common.per_seed_project(xs, 1, max(Ks), bs, 2, 8))
+    rate_seed = 2 * 8 * bs / t
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rate_dense = {}
+    for K in Ks:
+        t = do_bench(lambda: common.dense_project(xs, K, bs, 4, gen))
+        rate_dense[K] = 4 * K * bs / t
+    t = do_bench(lambda: common.per_seed_reconstruct(c1, 1, n, bs, 2, 8, device="cuda"))
+    rate_seed_r = 2 * 8 * bs / t
+
+    for be in backends:
+        for dist in dists:
+            for K in Ks:
+                with fk.use_backend(be):
+                    g = fk.project(x, 7, K, bs, dist=dist)
+                    out = torch.zeros_like(x)
+                    t_p = do_bench(lambda: fk.project(x, 7, K, bs, dist=dist))
+                    t_r = do_bench(lambda: fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3))
+                for op, t, nbytes, rs in (("project", t_p, 2 * n, rate_seed), ("reconstruct_", t_r, 4 * n, rate_seed_r)):
+                    rate = n * K / t
+                    gbs = nbytes / t / 1e9
+                    rows.append(dict(op=op, backend=be, dist=dist, dtype="bfloat16", n=n, K=K, block_size=bs,
+                                     time_ms=t * 1e3, Gelem_bases_per_s=rate / 1e9, GB_per_s=gbs,
+                                     frac_of_copy=gbs / copy_gbs, x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K]))
+    # bit-identical rademacher bases between the GPU backends and the CPU kernel
+    c = torch.zeros(1, 4)
+    c[0, 3] = 1
+    ident = {}
+    for be in backends:
+        with fk.use_backend(be):
+            v = fk.reconstruct(c.cuda(), 99, 1 << 20, 1 << 20, block_offset=5).cpu()
+        ident[be] = bool(torch.equal(v, fk.reconstruct(c, 99, 1 << 20, 1 << 20, block_offset=5)))
+    print(f"# rademacher bases bit-identical to the CPU kernel: {ident}")
+    if not args.no_7b:
+        rows += bench_7b_apply(backends, dists)
+    cols = ["op", "backend", "dist", "K", "time_ms", "Gelem_bases_per_s", "GB_per_s", "frac_of_copy", "x_vs_per_seed", "x_vs_dense"]
+    common.print_table(rows, cols)
+    print(f"\nbaselines: per-seed {rate_seed / 1e9:.3f} (project) / {rate_seed_r / 1e9:.3f} (reconstruct) G elem-bases/s; "
+          f"dense {', '.join(f'K={k}: {r / 1e9:.2f}' for k, r in rate_dense.items())} G elem-bases/s")
+    if not args.no_csv:
+        extra = dict(info, copy_GBps=copy_gbs, baseline_seed=rate_seed, bit_identical=str(ident))
+        path = common.append_csv("gpu_ops.csv", [dict(extra, **{c: r.get(c, "") for c in cols + ["n", "block_size", "dtype"]}) for r in rows])
+        print(f"appended {len(rows)} rows to {os.path.relpath(path)}")
+
+
+if __name__ == "__main__":
+    main()

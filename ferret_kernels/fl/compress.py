@@ -1,0 +1,182 @@
+"""Compressor: a client's update `w_old - w_new` -> an UpdateMessage, and messages -> the model.
+
+Projection uses the fused difference (no model-sized temporary); applying uses the in-place
+op (no model-sized temporary) in each parameter's own dtype. Per block b with k_b active
+bases the coefficients sent are gamma_b = s_b V_b^T delta_b with s_b = 1/sqrt(k_b), and the
+reconstruction is s_b V_b gamma_b: an unbiased estimate of delta_b (docs/ops.md).
+
+K per block is either uniform (K everywhere) or adaptive, the paper's rule: k_b proportional
+to ||delta_b|| with the same total budget K x num_blocks, capped at k_max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import reconstruct_, project
+from ..ops import DISTS
+from .layout import ParamLayout
+from .message import WIRE_DTYPES, UpdateMessage
+
+
+@dataclass
+class FerretConfig:
+    num_bases: int = 64             # K per block (the average K when adaptive)
+    block_size: int = 1 << 20
+    dist: str = "rademacher"
+    adaptive: bool = False          # k_b proportional to ||delta_b||
+    k_max: int | None = None        # cap per block when adaptive (default 4 K)
+    full_threshold: int = 0         # tensors with fewer elements travel in full
+    wire_dtype: str = "float32"     # coefficients on the wire: float32, bfloat16, float16
+
+    def __post_init__(self):
+        if self.num_bases <= 0:
+            raise ValueError(f"num_bases must be positive, got {self.num_bases}")
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.dist not in DISTS:
+            raise ValueError(f"dist must be one of {DISTS}, got {self.dist!r}")
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {list(WIRE_DTYPES)}, got {self.wire_dtype!r}")
+        if self.k_max is None:
+            self.k_max = 4 * self.num_bases if self.adaptive else self.num_bases
+        if self.k_max < self.num_bases and self.adaptive:
+            raise ValueError("k_max must be >= num_bases")
+
+    @property
+    def max_bases(self) -> int:
+        return self.k_max if self.adaptive else self.num_bases
+
+
+def _as_params(obj, layout: ParamLayout) -> dict:
+    if isinstance(obj, torch.nn.Module):
+        return layout.params(obj)
+    missing = [s.name for s in layout.specs if s.name not in obj]
+    if missing:
+        raise KeyError(f"missing tensors {missing[:5]}")
+    return obj
+
+
+class Compressor:
+    def __init__(self, layout: ParamLayout, config: FerretConfig):
+        if layout.block_size != config.block_size:
+            raise ValueError(f"layout block size {layout.block_size} != config block size {config.block_size}")
+        self.layout = layout
+        self.config = config
+
+    @classmethod
+    def for_module(cls, module: torch.nn.Module, config: FerretConfig) -> "Compressor":
+        return cls(ParamLayout.from_module(module, config.block_size, config.full_threshold), config)
+
+    # ------------------------------------------------------------------ client side
+    @torch.no_grad()
+    def block_norms(self, old: dict, new: dict) -> torch.Tensor:
+        """||delta_b|| of every block (float64 [total_blocks]); one block-sized temporary at a time."""
+        bs = self.layout.block_size
+        norms = torch.zeros(self.layout.total_blocks, dtype=torch.float64)
+        for s in self.layout.projected:
+            a, b = old[s.name].reshape(-1), new[s.name].reshape(-1)
+            for i in range(s.num_blocks):
+                sl = slice(i * bs, min((i + 1) * bs, s.numel))
+                norms[s.block_offset + i] = torch.linalg.vector_norm(a[sl].float() - b[sl].float(), dtype=torch.float64)
+        return norms
+
+    def active_counts(self, norms: torch.Tensor) -> torch.Tensor:
+        """The paper's adaptive rule: k_b proportional to ||delta_b||, budget K x num_blocks."""
+        cfg = self.config
+        nb = norms.numel()
+        if not cfg.adaptive:
+            return torch.full((nb,), cfg.num_bases, dtype=torch.int32)
+        total = norms.sum()
+        if total <= 0:
+            return torch.zeros(nb, dtype=torch.int32)
+        k = torch.round(norms / total * (cfg.num_bases * nb)).clamp(0, cfg.k_max)
+        k[(norms > 0) & (k == 0)] = 1  # every changed block gets at least one basis
+        return k.to(torch.int32)
+
+    @torch.no_grad()
+    def compress(self, old, new, seed: int, *, weight: float = 1.0, round: int = 0, client: str = "") -> UpdateMessage:
+        """Project `old - new` (modules or name -> tensor dicts) under `seed` into a message."""
+        cfg, layout = self.config, self.layout
+        old, new = _as_params(old, layout), _as_params(new, layout)
+        norms = self.block_norms(old, new) if cfg.adaptive else torch.ones(layout.total_blocks, dtype=torch.float64)
+        active = self.active_counts(norms)
+        kop = cfg.max_bases
+        parts = []
+        for s in layout.projected:
+            act = active[s.block_offset : s.block_offset + s.num_blocks]
+            g = project(old[s.name].detach(), seed, kop, cfg.block_size, y=new[s.name].detach(),
+                        block_offset=s.block_offset, dist=cfg.dist, active=act.to(old[s.name].device)).cpu()
+            g *= _block_scale(act)[:, None]
+            parts.append(g)
+        dense = torch.cat(parts) if parts else torch.zeros(0, kop)
+        mask = torch.arange(kop)[None, :] < active[:, None].to(torch.int64)
+        full = {s.name: (old[s.name].detach().float() - new[s.name].detach().float()).cpu() for s in layout.full}
+        return UpdateMessage(layout.fingerprint, seed, cfg.dist, kop, cfg.block_size, active, dense[mask], full,
+                             float(weight), round, client, cfg.wire_dtype)
+
+    # ------------------------------------------------------------------ server side
+    def check(self, msg: UpdateMessage) -> None:
+        """Raises ValueError if `msg` does not fit this compressor (before anything is applied)."""
+        if msg.fingerprint != self.layout.fingerprint:
+            raise ValueError("update was made for another model or block plan (fingerprint differs)")
+        if msg.block_size != self.layout.block_size or msg.active.numel() != self.layout.total_blocks:
+            raise ValueError("update block plan differs from the layout's")
+        if msg.num_bases > self.config.max_bases:
+            raise ValueError(f"update has K={msg.num_bases}, more than this server allows ({self.config.max_bases})")
+        if int(msg.active.sum()) != msg.coeffs.numel():
+            raise ValueError("update coefficient count does not match its active counts")
+        if not torch.isfinite(msg.coeffs).all():
+            raise ValueError("update has NaN or Inf coefficients")
+
+    @torch.no_grad()
+    def apply(self, module, messages: list[UpdateMessage], lr: float = 1.0, weights=None) -> None:
+        """w <- w - lr * sum_c weight_c * reconstruct(update_c), in place, in each parameter's dtype.
+
+        Messages sharing a seed, dist and K are aggregated in coefficient space first and
+        reconstructed once; others are reconstructed one by one (each a fused in-place pass).
+        Weights default to the messages' weights, normalized to sum to 1."""
+        if not messages:
+            return
+        for m in messages:
+            self.check(m)
+        params = _as_params(module, self.layout)
+        w = torch.tensor([m.weight for m in messages] if weights is None else list(weights), dtype=torch.float64)
+        if w.numel() != len(messages) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("weights must be non-negative, one per message, with a positive sum")
+        w = (w / w.sum()).tolist()
+        groups: dict = {}
+        for m, wi in zip(messages, w):
+            groups.setdefault((m.seed, m.dist, m.num_bases), []).append((m, wi))
+        for (seed, dist, K), members in groups.items():
+            agg = sum(wi * m.dense() * _block_scale(m.active)[:, None] for m, wi in members)
+            active = torch.stack([m.active for m, _ in members]).amax(0)
+            self.apply_coefficients(params, agg, seed, dist, active, lr)
+        for s in self.layout.full:
+            delta = sum(wi * m.full[s.name] for m, wi in zip(messages, w))
+            p = params[s.name]
+            p.copy_((p.float() - lr * delta.to(p.device).view(p.shape)).to(p.dtype))
+
+    @torch.no_grad()
+    def apply_coefficients(self, params: dict, coeffs: torch.Tensor, seed: int, dist: str, active, lr: float) -> None:
+        """w <- w - lr * V coeffs for already scaled, dense [total_blocks, K] coefficients."""
+        bs = self.layout.block_size
+        for s in self.layout.projected:
+            p = params[s.name]
+            sl = slice(s.block_offset, s.block_offset + s.num_blocks)
+            act = None if active is None else active[sl].to(p.device)
+            reconstruct_(p.data, coeffs[sl].to(p.device), seed, bs, block_offset=s.block_offset, dist=dist,
+                         alpha=-lr, active=act)
+
+
+def _block_scale(active: torch.Tensor) -> torch.Tensor:
+    """s_b = 1/sqrt(k_b) (0 for blocks without bases)."""
+    a = active.to(torch.float32)
+    return torch.where(a > 0, a.clamp(min=1).rsqrt(), torch.zeros_like(a))
+
+
+def fedavg_bytes(layout: ParamLayout) -> int:
+    """Bytes of a full update at the parameters' own dtypes (what FedAvg uploads)."""
+    return sum(s.numel * torch.tensor([], dtype=s.dtype).element_size() for s in layout.specs)

@@ -82,7 +82,7 @@ def _local_train(task, model, client, cfg, gen):
         loss = task.loss(model, task.batch(client, gen, cfg.batch_size))
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return float(np.mean(losses))
 
 

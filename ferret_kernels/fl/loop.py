@@ -73,7 +73,7 @@ def _optimizer(cfg: LoopConfig, params):
     return torch.optim.AdamW(params, lr=cfg.local_lr)
 
 
-def _local_train(task, model, client, cfg, gen):
+def local_train(task, model, client, cfg, gen):
     model.train()
     opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     losses = []
@@ -139,7 +139,7 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
                     zo_updates.append(_zo_local(task, local, layout, c, cfg, gen, zo_pool))
                     local_loss.append(zo_updates[-1][1])
                 else:
-                    local_loss.append(_local_train(task, local, c, cfg, gen))
+                    local_loss.append(local_train(task, local, c, cfg, gen))
             weight = float(task.client_size(c))
             if cfg.method == "ferret":
                 with tm("project"):

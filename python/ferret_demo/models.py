@@ -47,7 +47,7 @@ def minilm_classifier(num_classes: int, dtype=torch.float32):
     from transformers import AutoModel, AutoTokenizer
 
     d = assets.minilm_dir()
-    enc = AutoModel.from_pretrained(d, torch_dtype=dtype)
+    enc = AutoModel.from_pretrained(d, dtype=dtype, add_pooling_layer=False)  # the pooler is unused
     tok = AutoTokenizer.from_pretrained(d)
     torch.manual_seed(0)
     return Classifier(enc, enc.config.hidden_size, num_classes).to(dtype), tok
@@ -70,13 +70,13 @@ def gemma_lm(cache_dir: str, dtype=torch.float32):
     if not os.path.exists(os.path.join(ckpt, "config.json")):
         gguf = assets.gemma_gguf(cache_dir)
         try:
-            model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
         except ImportError as e:
             raise assets.MissingAsset(f"loading a GGUF needs the gguf package: pip install gguf ({e})") from e
         model.save_pretrained(ckpt)
         tok.save_pretrained(ckpt)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, torch_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(ckpt)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

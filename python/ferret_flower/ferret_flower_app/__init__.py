@@ -1,0 +1,1 @@
+"""Ferret on Flower: fine-tune the demo's model (MiniLM on the health tweets) across SuperNodes."""

@@ -1,0 +1,65 @@
+"""ServerApp: Ferret rounds with central evaluation on the held-out tweets; optionally
+writes rounds.json and the initial and final global models (safetensors) to out-dir."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flwr.app import ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import save_file
+
+from ferret_kernels.fl import FerretConfig, ServerConfig
+from ferret_kernels.fl.flower import FerretStrategy
+
+from . import task
+
+app = ServerApp()
+
+
+def _save(model, path):
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    model, tok = task.build_model(cfg)
+    heldout = task.build_task(cfg, tok, 1)
+    out = str(cfg["out-dir"])
+    if out:
+        os.makedirs(out, exist_ok=True)
+        _save(model, os.path.join(out, "initial.safetensors"))
+    rounds = int(cfg["num-server-rounds"])
+    strategy = FerretStrategy(
+        model,
+        FerretConfig(num_bases=int(cfg["num-bases"]), block_size=int(cfg["block-size"]), dist=str(cfg["dist"]),
+                     adaptive=bool(cfg["adaptive"]), full_threshold=int(cfg["full-threshold"]), wire_dtype=str(cfg["wire-dtype"])),
+        ServerConfig(lr=float(cfg["server-lr"]), momentum=float(cfg["server-momentum"]), seed_scheme=str(cfg["seed-scheme"]),
+                     rounds=rounds, base_seed=int(cfg["seed"])),
+        fraction_train=float(cfg["fraction-train"]), min_train_nodes=int(cfg["min-nodes"]),
+        min_available_nodes=int(cfg["min-nodes"]))
+    evals = {}
+
+    def central_eval(r, m):
+        evals[r] = task.evaluate(heldout, m)
+        return MetricRecord(evals[r])
+
+    strategy.start(grid, num_rounds=rounds, train_config=ConfigRecord({}), evaluate_fn=central_eval)
+    if out:
+        _save(model, os.path.join(out, "final.safetensors"))
+        upd = os.path.join(out, "updates")
+        os.makedirs(upd, exist_ok=True)
+        for rl in strategy.rounds:
+            for i, (blob, _) in enumerate(rl.applied):
+                with open(os.path.join(upd, f"round{rl.round}_{i}.bin"), "wb") as f:
+                    f.write(blob)
+            for node, blob in rl.accepted.items():
+                with open(os.path.join(upd, f"round{rl.round}_node{node}.bin"), "wb") as f:
+                    f.write(blob)
+        report = {"model_bytes_bf16": sum(p.numel() * 2 for p in model.parameters()),
+                  "layout": repr(strategy.compressor.layout), "fingerprint": strategy.compressor.layout.fingerprint,
+                  "rounds": [rl.as_dict() for rl in strategy.rounds], "central_eval": evals}
+        with open(os.path.join(out, "rounds.json"), "w") as f:
+            json.dump(report, f, indent=1)

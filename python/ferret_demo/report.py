@@ -14,13 +14,12 @@ def summarize(runs: dict, fedavg_key: str = "fedavg") -> list[dict]:
     base = runs.get(fedavg_key)
     base_up = base[-1]["bytes_up_per_client"] if base else float("nan")
     for name, recs in runs.items():
-        up = sum(r["bytes_up_per_client"] for r in recs)
-        down = sum(r["bytes_down_per_client"] for r in recs)
         rows.append(dict(
             method=name, rounds=len(recs), final_metric=recs[-1]["metric"], final_loss=recs[-1]["loss"],
             best_metric=max(r["metric"] for r in recs if r["metric"] == r["metric"]) if any(r["metric"] == r["metric"] for r in recs) else float("nan"),
             bytes_up_per_client_round=recs[-1]["bytes_up_per_client"], bytes_down_per_client_round=recs[-1]["bytes_down_per_client"],
-            bytes_up_total=up * recs[-1]["clients"], bytes_down_total=down * recs[-1]["clients"],
+            bytes_up_total=sum(r["bytes_up_per_client"] * r["clients"] for r in recs),
+            bytes_down_total=sum(r["bytes_down_per_client"] * r["clients"] for r in recs),
             compression_vs_fedavg=base_up / recs[-1]["bytes_up_per_client"] if base else float("nan"),
             t_local=sum(r["t_local"] for r in recs), t_project=sum(r["t_project"] for r in recs),
             t_aggregate=sum(r["t_aggregate"] for r in recs), t_eval=sum(r["t_eval"] for r in recs),

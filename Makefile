@@ -32,7 +32,7 @@ test: build
 	$(BIN)/python -m pytest -q tests
 
 # main job: Ferret vs FedAvg vs zeroth-order fine-tuning all-MiniLM-L6-v2 on health tweets
-# (about 13 minutes on 2 cores); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--rounds 4"
+# (about 10 minutes on 2 cores); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--rounds 4"
 demo: build $(DEMO_STAMP)
 	$(BIN)/ferret-demo $(DEMO_ARGS)
 

@@ -27,7 +27,7 @@ from ferret_kernels.fl.loop import LoopConfig, run
 from . import assets, report
 
 PRESETS = {
-    # MiniLM on tweets: the README's main job (about 13 minutes on 2 cores). Every tensor is
+    # MiniLM on tweets: the README's main job (about 10 minutes on 2 cores). Every tensor is
     # projected (full_threshold=0): K=256 uploads 1/206 of FedAvg's bytes, K=32 1/1650.
     "minilm": dict(model="minilm", task="outlet", clients=16, clients_per_round=4, rounds=12, local_steps=4,
                    batch_size=16, local_lr=5e-5, optimizer="adamw", K=256, block_size=65536, compare_K=[32],

@@ -150,7 +150,7 @@ class FerretStrategy(Strategy):
             raise RuntimeError(f"only {len(nodes)} nodes connected after {self.wait_for_nodes_s:.0f} s; "
                                f"the strategy needs {max(self.min_available_nodes, min_nodes)}")
         n = min(len(nodes), max(min_nodes, int(round(fraction * len(nodes)))))
-        rng = random.Random(self.server.seed_for(server_round, (1 << 40) + salt))  # independent of the bases' seeds
+        rng = random.Random(f"sample:{self.server.config.base_seed}:{server_round}:{salt}")  # not the bases' seeds
         return sorted(rng.sample(sorted(nodes), n))
 
     def _sync_records(self, node: int) -> tuple[RecordDict, bool]:
@@ -186,7 +186,8 @@ class FerretStrategy(Strategy):
             rd[CONFIG] = cfg
             msg = Message(rd, dst_node_id=node, message_type=mtype)
             if log_ is not None:
-                log_.sent_bytes[node] = sum(_content_bytes(msg, k) for k in (SYNC, MODEL) if k in rd)
+                log_.sent_bytes[node] = _content_bytes(msg, SYNC) + (
+                    sum(len(a.data) for a in rd[MODEL].values()) if full else 0)  # model: its arrays' bytes
                 if full:
                     log_.full_model_sent.append(node)
             out.append(msg)

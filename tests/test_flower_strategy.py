@@ -196,3 +196,34 @@ def test_lost_client_state_gets_the_full_model_again():
     assert sorted(s.rounds[0].full_model_sent) == [1, 2]
     assert "no copy of the global model" in s.rounds[1].rejected[1]  # it replies with an error ...
     assert s.rounds[2].full_model_sent == [1] and not s.rounds[2].rejected  # ... and gets the model again
+
+
+def test_evaluate_runs_on_synced_copies():
+    """Evaluate messages bring each node's copy up to date first: every node evaluates the
+    global model the server holds (here the metric is the parameters' norm)."""
+    from ferret_kernels.fl.flower import ferret_evaluate
+
+    models, seen = {}, []
+
+    def flat_norm(model):
+        return float(torch.cat([p.detach().flatten() for p in model.parameters()]).double().norm())
+
+    class Grid2(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if not messages or messages[0].metadata.message_type != "evaluate":
+                return super().send_and_receive(messages, timeout=timeout)
+            replies = [ferret_evaluate(m, self.contexts[m.metadata.dst_node_id],
+                                       model_fn=lambda c: models.setdefault(c.node_id, _model()),
+                                       evaluate_fn=lambda model, cfg, ctx: {"norm": flat_norm(model), "num-examples": 1.0})
+                       for m in messages]
+            seen.append(([r.content["metrics"]["norm"] for r in replies], flat_norm(s.model)))
+            return replies
+
+    s = FerretStrategy(_model(), FerretConfig(num_bases=4, block_size=256), fraction_train=2 / 3, min_train_nodes=2,
+                       min_available_nodes=3, fraction_evaluate=1.0, min_evaluate_nodes=3)
+    s.start(Grid2(_handlers(3)), num_rounds=3)
+    assert len(seen) == 3
+    for node_norms, server_norm in seen:
+        assert len(node_norms) == 3 and all(n == server_norm for n in node_norms), (node_norms, server_norm)
+    assert len({server for _, server in seen}) == 3  # the model moved every round

@@ -33,7 +33,6 @@ class LocalGrid(Grid):
     def __init__(self, handlers):
         self.handlers = handlers
         self.contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in handlers}
-        self.replies = 0
 
     def get_node_ids(self):
         return list(self.handlers)

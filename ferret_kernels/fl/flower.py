@@ -46,7 +46,6 @@ from .message import DecodeError, decode, encode
 from .server import FerretServer, ServerConfig
 
 CONFIG, SYNC, MODEL, UPDATE = "ferret.config", "ferret.sync", "ferret.model", "ferret.update"
-_FERRET_KEYS = ("num-bases", "block-size", "dist", "adaptive", "full-threshold", "wire-dtype")
 
 
 def model_digest(module: torch.nn.Module, compressor: Compressor) -> str:
@@ -133,7 +132,6 @@ class FerretStrategy(Strategy):
         self.min_evaluate_nodes, self.wait_for_nodes_s = min_evaluate_nodes, wait_for_nodes_s
         self.verify_sync = verify_sync
         self.round_of_node: dict[int, int] = {}   # node -> global round its copy is at
-        self.applied: dict[int, list[tuple[bytes, float]]] = {}  # round -> updates applied in it
         self.momentum_window: list[list[tuple[bytes, float]]] = []  # earlier rounds' own updates, for momentum
         self.rounds: list[RoundLog] = []
         self.current_round = 0
@@ -158,9 +156,10 @@ class FerretStrategy(Strategy):
         have = self.round_of_node.get(node)
         rounds, updates, alphas = [], [], []
         if have is not None:
-            for r in range(have + 1, self.current_round + 1):
-                for u, a in self.applied.get(r, []):
-                    rounds.append(r), updates.append(u), alphas.append(a)
+            for rl in self.rounds:
+                if have < rl.round <= self.current_round:
+                    for u, a in rl.applied:
+                        rounds.append(rl.round), updates.append(u), alphas.append(a)
         full = have is None or sum(len(u) for u in updates) > self._model_bytes()
         rd = RecordDict()
         if full:
@@ -204,7 +203,7 @@ class FerretStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rl = self.rounds[-1]
-        msgs, losses, examples = [], [], []
+        msgs, losses = [], []
         for rep in replies:
             node = rep.metadata.src_node_id
             if rep.has_error():
@@ -233,7 +232,6 @@ class FerretStrategy(Strategy):
             metrics = rep.content["metrics"] if "metrics" in rep.content else MetricRecord()
             n = float(metrics.get("num-examples", m.weight))
             msgs.append(m)
-            examples.append(n)
             if "train-loss" in metrics:
                 losses.append((float(metrics["train-loss"]), n))
         for node, why in rl.rejected.items():
@@ -251,13 +249,12 @@ class FerretStrategy(Strategy):
         """Aggregate in coefficient space, encode what is applied, and apply those very bytes."""
         cfg = self.server.config
         lr = self.server.lr_at(server_round)
-        agg = self.server.aggregate(msgs)  # clipped, with normalized weights
-        if not agg:
+        if not msgs:
             own: list[tuple[bytes, float]] = []
         elif cfg.seed_scheme == "shared":  # one aggregate: averaged coefficients, one reconstruction
             own = [(encode(self.server.broadcast(msgs)[0]), 1.0)]
-        else:  # per-client seeds: each update with its normalized weight
-            own = [(encode(m), w) for m, w in agg]
+        else:  # per-client seeds: each (clipped) update with its normalized weight
+            own = [(encode(m), w) for m, w in self.server.aggregate(msgs)]
         # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
         entry = [(b, lr * w) for b, w in own]
         for age, old in enumerate(reversed(self.momentum_window), start=1):
@@ -266,7 +263,6 @@ class FerretStrategy(Strategy):
             self.momentum_window = (self.momentum_window + [own])[-(cfg.momentum_window - 1):]
         apply_updates(self.compressor, self.model, [b for b, _ in entry], [a for _, a in entry])
         self.current_round = server_round
-        self.applied[server_round] = entry
         self.rounds[-1].applied = entry
         self.digests[server_round] = model_digest(self.model, self.compressor)
         log(INFO, "round %d: applied %d update(s) from %d node(s), lr %.4g", server_round, len(entry), len(msgs), lr)

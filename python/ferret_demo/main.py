@@ -28,7 +28,7 @@ from . import assets, report
 
 PRESETS = {
     # MiniLM on tweets: the README's main job (about 10 minutes on 2 cores). Every tensor is
-    # projected (full_threshold=0): K=256 uploads 1/206 of FedAvg's bytes, K=32 1/1650.
+    # projected (full_threshold=0): K=256 uploads 1/206 of FedAvg's bytes, K=32 1/1644.
     "minilm": dict(model="minilm", task="outlet", clients=16, clients_per_round=4, rounds=12, local_steps=4,
                    batch_size=16, local_lr=5e-5, optimizer="adamw", K=256, block_size=65536, compare_K=[32],
                    max_per_outlet=600, eval_size=800, max_len=48, server_lr=1.0, zo_lr=2e-5, zo_eps=1e-3,

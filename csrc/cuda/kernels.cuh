@@ -21,6 +21,13 @@
 #include "ferret/core.h"
 #include "ferret/params.h"
 
+// Every launch goes through this macro: FERRET_LAUNCH(grid, block, stream, kernel)(args...).
+// nvcc expands it to the triple-chevron launch; the host emulation used by the tests
+// (tests/cuda_emu) defines it first to run the same kernels on CPU threads.
+#ifndef FERRET_LAUNCH
+#define FERRET_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
+#endif
+
 namespace ferret {
 namespace cuda {
 
@@ -256,11 +263,11 @@ template <typename T, int DIST>
 struct ProjectLaunch {
   static cudaError_t run(const ProjectParams& p, float* part, cudaStream_t stream) {
     const int64_t cpb = chunks_per_block(p.block_size, DIST);
-    project_kernel<T, DIST><<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb, part);
+    FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream, project_kernel<T, DIST>)(p, cpb, part);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     const dim3 grid((unsigned)p.num_blocks, (unsigned)((p.num_bases + kThreads - 1) / kThreads));
-    reduce_kernel<<<grid, kThreads, 0, stream>>>(part, cpb, p.num_bases, p.scale, p.out);
+    FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, p.out);
     return cudaGetLastError();
   }
 };
@@ -269,7 +276,7 @@ template <typename T, int DIST>
 struct ReconstructLaunch {
   static cudaError_t run(const ReconstructParams& p, cudaStream_t stream) {
     const int64_t cpb = chunks_per_block(p.block_size, DIST);
-    reconstruct_kernel<T, DIST><<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb);
+    FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream, reconstruct_kernel<T, DIST>)(p, cpb);
     return cudaGetLastError();
   }
 };
@@ -295,8 +302,8 @@ __global__ void philox_kernel(const int64_t* ctr, int64_t n, uint32_t k0, uint32
 
 inline cudaError_t launch_philox(const int64_t* ctr, int64_t n, uint64_t seed, int64_t* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  philox_kernel<<<(unsigned)((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(ctr, n, seed_lo(seed),
-                                                                                     seed_hi(seed), out);
+  FERRET_LAUNCH((unsigned)((n + kThreads - 1) / kThreads), kThreads, stream, philox_kernel)(ctr, n, seed_lo(seed),
+                                                                                             seed_hi(seed), out);
   return cudaGetLastError();
 }
 

@@ -1,0 +1,252 @@
+"""The CUDA kernels of csrc/cuda/kernels.cuh, executed without a GPU.
+
+tests/cuda_emu compiles the kernels with g++ against a host emulation of the CUDA execution
+model (CTAs of real threads, __syncthreads and __shfl_xor_sync as barriers, strict about
+divergence), under AddressSanitizer + UBSan, so any access outside a tensor aborts the run,
+and once under ThreadSanitizer, where a missing barrier is a reported data race.
+Each test writes the inputs to files, runs one op in that process, and checks the result
+against the reference, the contract (rng_numpy) and the CPU kernel, like the device tests
+do on a real GPU. What this cannot show: speed, and behaviour that only the GPU's memory
+model or nvcc's code generation would produce (those are the device tests' job).
+"""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import ferret_kernels as fk
+from ferret_kernels import rng_numpy
+
+from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMU = os.path.join(ROOT, "tests", "cuda_emu")
+DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
+DT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+# the kernels' work split: a CTA of 256 threads covers 8192 (rademacher) or 4096 elements
+CHUNK = {"rademacher": 8192, "uniform": 4096, "gaussian": 4096}
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+
+
+def _build(out_dir, sanitize):
+    exe = os.path.join(out_dir, f"cuda_emu_{sanitize.replace(',', '_')}")
+    probe = os.path.join(out_dir, "probe.cpp")
+    with open(probe, "w") as f:
+        f.write("int main() { return 0; }\n")
+    if subprocess.run(["g++", f"-fsanitize={sanitize}", probe, "-o", probe + ".out"], capture_output=True).returncode:
+        pytest.skip(f"g++ cannot link -fsanitize={sanitize} here (sanitizer runtime not installed)")
+    cmd = ["g++", "-std=c++20", "-O1", "-g", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+           "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
+           "-I", os.path.join(EMU, "include"), "-I", os.path.join(ROOT, "csrc"),
+           os.path.join(EMU, "main.cpp"), "-o", exe, "-pthread"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return exe
+
+
+class Emu:
+    def __init__(self, exe, tmp):
+        self.exe, self.tmp = exe, tmp
+        self.runs = 0
+
+    def _dir(self):
+        self.runs += 1
+        d = os.path.join(self.tmp, f"run{self.runs}")
+        os.makedirs(d)
+        return d
+
+    def _run(self, cmd, d, **kw):
+        args = [self.exe, cmd, f"dir={d}"] + [f"{k}={v}" for k, v in kw.items()]
+        env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1")
+        res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, f"{' '.join(args)}\nexit {res.returncode}\n{res.stderr[-4000:]}"
+
+    @staticmethod
+    def _put(path, t):
+        t = t.contiguous().cpu()
+        raw = t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t
+        raw.numpy().tofile(path)
+
+    @staticmethod
+    def _get(path, dtype, shape):
+        if dtype in (torch.bfloat16, torch.float16):
+            return torch.from_numpy(np.fromfile(path, dtype=np.int16)).view(dtype).reshape(shape)
+        np_dt = {torch.float32: np.float32, torch.int64: np.int64}[dtype]
+        return torch.from_numpy(np.fromfile(path, dtype=np_dt)).reshape(shape)
+
+    def project(self, x, seed, K, bs, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None, misalign=0):
+        d = self._dir()
+        self._put(os.path.join(d, "x.bin"), x)
+        if y is not None:
+            self._put(os.path.join(d, "y.bin"), y)
+        if active is not None:
+            self._put(os.path.join(d, "active.bin"), active.to(torch.int32))
+        self._run("project", d, dtype=DT[x.dtype], dist=DIST_ID[dist], numel=x.numel(), block_size=bs,
+                  block_offset=block_offset, K=K, seed=seed, scale=repr(float(scale)), misalign=misalign)
+        return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
+
+    def reconstruct(self, coeffs, seed, numel, bs, block_offset=0, dist="rademacher", scale=1.0, dtype=torch.float32,
+                    out=None, alpha=1.0, active=None, misalign=0):
+        d = self._dir()
+        self._put(os.path.join(d, "coeffs.bin"), coeffs.float())
+        if out is not None:
+            self._put(os.path.join(d, "out.bin"), out)
+            dtype = out.dtype
+        if active is not None:
+            self._put(os.path.join(d, "active.bin"), active.to(torch.int32))
+        self._run("reconstruct", d, dtype=DT[dtype], dist=DIST_ID[dist], numel=numel, block_size=bs,
+                  block_offset=block_offset, K=coeffs.shape[1], seed=seed, scale=repr(float(scale)),
+                  alpha=repr(float(alpha)), accumulate=int(out is not None), misalign=misalign)
+        return self._get(os.path.join(d, "out.bin"), dtype, (numel,))
+
+    def philox(self, ctr, seed):
+        d = self._dir()
+        self._put(os.path.join(d, "ctr.bin"), ctr.to(torch.int64))
+        self._run("philox", d, n=ctr.shape[0], seed=seed)
+        return self._get(os.path.join(d, "out.bin"), torch.int64, tuple(ctr.shape))
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("cuda_emu"))
+    return Emu(_build(tmp, "address,undefined"), tmp)
+
+
+def ref(fn, *args, **kw):
+    with fk.use_backend("reference"):
+        return fn(*args, **kw)
+
+
+def cpu(fn, *args, **kw):
+    if "cpu" not in fk.available_backends("cpu"):
+        pytest.skip("ferret_kernels._C not built")
+    with fk.use_backend("cpu"):
+        return fn(*args, **kw)
+
+
+def test_emulator_rejects_divergent_barriers_and_out_of_bounds_reads(emu):
+    """The harness is only worth its passes if it fails on the bugs it is there to catch."""
+    env = dict(os.environ, CUDA_EMU_TIMEOUT_S="5")
+    res = subprocess.run([emu.exe, "selftest", "what=deadlock"], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 86 and "divergence" in res.stderr, res.stderr
+    res = subprocess.run([emu.exe, "selftest", "what=oob"], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "heap-buffer-overflow" in res.stderr, res.stderr[-2000:]
+
+
+def test_philox_known_answer_and_stream(emu):
+    ctr = np.random.default_rng(3).integers(0, 2**32, size=(300, 4), dtype=np.uint64)
+    ctr[0] = 0
+    seed = 2**64 - 2
+    got = emu.philox(torch.from_numpy(ctr.astype(np.int64)), seed).numpy()
+    assert np.array_equal(got, rng_numpy.philox4x32_10(ctr, rng_numpy.seed_key(seed)).astype(np.int64))
+    kat = emu.philox(torch.tensor([[0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344]]), 0xA4093822 | (0x299F31D0 << 32))
+    assert kat[0].tolist() == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_bases_match_contract_and_cpu_kernel(emu, dist):
+    """A unit coefficient reconstructs one basis; the block spans several CTAs and ends mid-chunk."""
+    seed, g, k = 2**63 + 12345, 9, 2
+    n = 2 * CHUNK[dist] + 1000
+    c = torch.zeros(1, 3)
+    c[0, k] = 1.0
+    got = emu.reconstruct(c, seed, n, n, block_offset=g, dist=dist)
+    want = torch.from_numpy(rng_numpy.basis(seed, g, k, n, dist))
+    on_cpu = cpu(fk.reconstruct, c, seed, n, n, block_offset=g, dist=dist)
+    if dist == "gaussian":
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5 + 4e-6 * want.abs().max().item())
+        torch.testing.assert_close(got, on_cpu, rtol=0, atol=1e-6 * on_cpu.abs().max().item())
+    else:
+        assert torch.equal(got, want)
+        assert torch.equal(got, on_cpu)
+
+
+# (numel, block_size, K): single elements, partial warps, block edges, several CTAs per block
+# with a partial last one, and K past the kernel's 32-basis reduction tile
+CASES = [(1, 512, 3), (509, 512, 5), (512, 512, 2), (3 * 512 + 17, 512, 5), (2 * 9000 + 123, 9000, 4),
+         (700, 256, 33)]
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("n,bs,K", CASES)
+def test_project_and_reconstruct_vs_reference(emu, dist, n, bs, K):
+    x = torch.randn(n)
+    got = emu.project(x, 77, K, bs, dist=dist, block_offset=3, scale=0.5)
+    assert_project_close(got, ref(fk.project, x, 77, K, bs, dist=dist, block_offset=3, scale=0.5), x * 0.5, bs, dist)
+    c = torch.randn(fk.num_blocks(n, bs), K)
+    got = emu.reconstruct(c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1)
+    assert_recon_close(got, ref(fk.reconstruct, c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1), 2 * c, bs,
+                       dist)
+    if dist == "rademacher":  # +-c sums in basis order, as the CPU kernel: bit for bit
+        assert torch.equal(got, cpu(fk.reconstruct, c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dist", DISTS)
+def test_dtypes_difference_and_inplace(emu, dtype, dist):
+    n, bs = 5000, 4100  # the second block starts off the 16-byte grid for 16-bit types
+    x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+    d = x.float() - y.float()
+    got = emu.project(x, 4, 3, bs, y=y, dist=dist)
+    assert_project_close(got, ref(fk.project, d, 4, 3, bs, dist=dist), d, bs, dist)
+    c = torch.randn(2, 3)
+    base = torch.randn(n).to(dtype)
+    out = emu.reconstruct(c, 4, n, bs, dist=dist, scale=0.5, alpha=3.0, out=base)
+    want = (base.float() + 1.5 * ref(fk.reconstruct, c, 4, n, bs, dist=dist)).to(dtype)
+    assert_recon_close(out, want, 1.5 * c, bs, dist, dtype=dtype, base=base)
+    r = emu.reconstruct(c, 4, n, bs, dist=dist, dtype=dtype)
+    assert r.dtype == dtype
+    assert_recon_close(r, ref(fk.reconstruct, c, 4, n, bs, dist=dist), c, bs, dist, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unaligned_pointers_give_the_same_bits(emu, dtype):
+    """Shifted by one element the kernels leave their 16-byte vector loads and stores for the
+    element path; every output must be unchanged, bit for bit."""
+    n, bs, K = 9000, 8192 + 64, 3
+    x = torch.randn(n).to(dtype)
+    base = emu.project(x, 11, K, bs, dist="uniform")
+    assert torch.equal(emu.project(x, 11, K, bs, dist="uniform", misalign=1), base)
+    c = torch.randn(2, K)
+    r = emu.reconstruct(c, 11, n, bs, dist="uniform", dtype=dtype)
+    assert torch.equal(emu.reconstruct(c, 11, n, bs, dist="uniform", dtype=dtype, misalign=1), r)
+    acc = emu.reconstruct(c, 11, n, bs, dist="uniform", out=x, alpha=-2.0)
+    assert torch.equal(emu.reconstruct(c, 11, n, bs, dist="uniform", out=x, alpha=-2.0, misalign=1), acc)
+
+
+def test_active_counts_adjoint_and_determinism(emu):
+    n, bs, K = 2100, 512, 40
+    x = torch.randn(n)
+    active = torch.tensor([40, 0, 33, 31, 1], dtype=torch.int32)
+    g = emu.project(x, 3, K, bs, dist="uniform", active=active)
+    full = emu.project(x, 3, K, bs, dist="uniform")
+    mask = torch.arange(K)[None, :] < active[:, None]
+    assert torch.equal(g[~mask], torch.zeros_like(g[~mask])) and torch.equal(g[mask], full[mask])
+    assert_project_close(full, ref(fk.project, x, 3, K, bs, dist="uniform"), x, bs, "uniform")
+    c = torch.randn(5, K)
+    r = emu.reconstruct(c, 3, n, bs, dist="uniform", active=active)
+    torch.testing.assert_close(r, emu.reconstruct(c * mask, 3, n, bs, dist="uniform"), rtol=0, atol=1e-6)
+    lhs = (full.double() * c.double()).sum()
+    rhs = (x.double() * emu.reconstruct(c, 3, n, bs, dist="uniform").double()).sum()
+    assert abs(lhs - rhs).item() <= 1e-6 * (x.abs().sum() * c.abs().max() * 2).item()
+    assert torch.equal(emu.project(x, 3, K, bs, dist="uniform"), full)  # threads race, sums do not
+
+
+def test_shared_memory_protocol_is_race_free(tmp_path):
+    """Under ThreadSanitizer the emulated barriers are the only ordering between a CTA's
+    threads, so a __syncthreads missing around the shared reduction slots is a reported race.
+    Several CTAs per block and K across two reduction tiles; results equal the ASan build's."""
+    exe = _build(str(tmp_path), "thread")
+    tsan = Emu(exe, str(tmp_path))
+    x, K, bs = torch.randn(20000), 40, 9000
+    g = tsan.project(x, 5, K, bs, dist="rademacher")
+    assert_project_close(g, ref(fk.project, x, 5, K, bs, dist="rademacher"), x, bs, "rademacher")
+    c = torch.randn(3, K)
+    r = tsan.reconstruct(c, 5, x.numel(), bs, dist="gaussian", out=x.bfloat16(), alpha=0.5)
+    want = (x.bfloat16().float() + 0.5 * ref(fk.reconstruct, c, 5, x.numel(), bs, dist="gaussian")).bfloat16()
+    assert_recon_close(r, want, 0.5 * c, bs, "gaussian", dtype=torch.bfloat16, base=x.bfloat16())

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_gpu.py            # n = 2^28 bf16, K = 4 and 64, plus the LLaMA2-7B apply
     python benchmarks/bench_gpu.py --quick    # n = 2^24, no 7B model
+    python benchmarks/bench_gpu.py --smoke    # tiny sizes, any device (CPU: Triton's interpreter), no CSV:
+                                              # checks the script end to end; its times mean nothing
 
 Reports medians (triton.testing.do_bench), GB/s against the copy bandwidth measured in the
 same run, element-bases/s, and ratios to per-seed regeneration and naive dense on the same
@@ -24,8 +26,10 @@ import common  # noqa: E402
 import ferret_kernels as fk  # noqa: E402
 
 
-def do_bench(fn) -> float:
+def do_bench(fn, device="cuda") -> float:
     """Median seconds."""
+    if device != "cuda":
+        return common.bench(fn, repeat=3)
     try:
         import triton.testing
 
@@ -58,15 +62,15 @@ def llama2_7b_shapes():
     return shapes
 
 
-def bench_7b_apply(backends, dists, bs=1 << 20, K=64):
+def bench_7b_apply(backends, dists, bs=1 << 20, K=64, shapes=None, device="cuda"):
     """Reconstruct-and-apply a Ferret update into bf16 parameters of LLaMA2-7B's shapes."""
-    shapes = llama2_7b_shapes()
-    params = [torch.zeros(s, dtype=torch.bfloat16, device="cuda") for _, s in shapes]
+    shapes = shapes or llama2_7b_shapes()
+    params = [torch.zeros(s, dtype=torch.bfloat16, device=device) for _, s in shapes]
     offsets, off = [], 0
     for p in params:
         offsets.append(off)
         off += fk.num_blocks(p.numel(), bs)
-    coeffs = torch.randn(off, K, device="cuda") * 1e-3
+    coeffs = torch.randn(off, K, device=device) * 1e-3
     total = sum(p.numel() for p in params)
     rows = []
     for be in backends:
@@ -76,11 +80,12 @@ def bench_7b_apply(backends, dists, bs=1 << 20, K=64):
                     for p, o in zip(params, offsets):
                         nb = fk.num_blocks(p.numel(), bs)
                         fk.reconstruct_(p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0)
-            t = do_bench(apply)
+            t = do_bench(apply, device)
             rows.append(dict(op="apply_llama2_7b", backend=be, dist=dist, dtype="bfloat16", n=total, K=K, block_size=bs,
                              time_ms=t * 1e3, Gelem_bases_per_s=total * K / t / 1e9, GB_per_s=4 * total / t / 1e9))
     del params
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -93,41 +98,49 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-7b", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu.py needs a CUDA device (use benchmarks/bench_ops.py on the CPU)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev != "cuda" and not args.smoke:
+        sys.exit("bench_gpu.py needs a CUDA device (use benchmarks/bench_ops.py on the CPU, or --smoke)")
     if args.quick:
         args.log2n, args.no_7b = 24, True
-    info = common.machine_info("cuda")
+    copy_elems, seed_blocks, seed_bases, shapes_7b, K_7b = 1 << 29, 2, 8, None, 64
+    if args.smoke:
+        args.log2n, args.block_size, args.Ks, args.no_csv, K_7b = 12, 1 << 10, "4", True, 2
+        copy_elems, seed_blocks, seed_bases = 1 << 16, 1, 2
+        shapes_7b = [("embed", (50, 64)), ("norm", (64,)), ("down_proj", (64, 72))]
+    info = common.machine_info(dev)
     n, bs = 1 << args.log2n, args.block_size
-    backends = [b for b in ("triton", "cuda") if b in fk.available_backends("cuda")]
+    backends = [b for b in ("triton", "cuda") if b in fk.available_backends(dev)]
     print(f"# {info['gpu']} | torch {info['torch']} | triton {info['triton']} | backends {backends}")
     dists = args.dists.split(",")
     Ks = [int(k) for k in args.Ks.split(",")]
 
     # copy bandwidth of this device (bytes read + written)
-    big = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")
+    big = torch.empty(copy_elems, dtype=torch.bfloat16, device=dev)
     dst = torch.empty_like(big)
-    t_copy = do_bench(lambda: dst.copy_(big))
+    t_copy = do_bench(lambda: dst.copy_(big), dev)
     copy_gbs = 2 * big.numel() * 2 / t_copy / 1e9
     del big, dst
-    print(f"# copy bandwidth: {copy_gbs:.0f} GB/s (1 GiB bf16 copy)")
+    print(f"# copy bandwidth: {copy_gbs:.0f} GB/s ({copy_elems * 2 / 2**30:g} GiB bf16 copy)")
 
     torch.manual_seed(0)
-    x = torch.randn(n, device="cuda").bfloat16()
+    x = torch.randn(n, device=dev).bfloat16()
     rows = []
     # baselines on slices, as rates (element-bases / s)
     xs = x.float()
-    c1 = torch.randn(2, max(Ks), device="cuda")
-    t = do_bench(lambda: common.per_seed_project(xs, 1, max(Ks), bs, 2, 8))
-    rate_seed = 2 * 8 * bs / t
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    sb, sk = seed_blocks, seed_bases
+    c1 = torch.randn(sb, max(Ks), device=dev)
+    t = do_bench(lambda: common.per_seed_project(xs, 1, max(Ks), bs, sb, sk), dev)
+    rate_seed = sb * sk * bs / t
+    gen = torch.Generator(device=dev).manual_seed(0)
     rate_dense = {}
     for K in Ks:
-        t = do_bench(lambda: common.dense_project(xs, K, bs, 4, gen))
+        t = do_bench(lambda: common.dense_project(xs, K, bs, 4, gen), dev)
         rate_dense[K] = 4 * K * bs / t
-    t = do_bench(lambda: common.per_seed_reconstruct(c1, 1, n, bs, 2, 8, device="cuda"))
-    rate_seed_r = 2 * 8 * bs / t
+    t = do_bench(lambda: common.per_seed_reconstruct(c1, 1, n, bs, sb, sk, device=dev), dev)
+    rate_seed_r = sb * sk * bs / t
 
     for be in backends:
         for dist in dists:
@@ -135,8 +148,8 @@ def main(argv=None):
                 with fk.use_backend(be):
                     g = fk.project(x, 7, K, bs, dist=dist)
                     out = torch.zeros_like(x)
-                    t_p = do_bench(lambda: fk.project(x, 7, K, bs, dist=dist))
-                    t_r = do_bench(lambda: fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3))
+                    t_p = do_bench(lambda: fk.project(x, 7, K, bs, dist=dist), dev)
+                    t_r = do_bench(lambda: fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3), dev)
                 for op, t, nbytes, rs in (("project", t_p, 2 * n, rate_seed), ("reconstruct_", t_r, 4 * n, rate_seed_r)):
                     rate = n * K / t
                     gbs = nbytes / t / 1e9
@@ -149,11 +162,12 @@ def main(argv=None):
     ident = {}
     for be in backends:
         with fk.use_backend(be):
-            v = fk.reconstruct(c.cuda(), 99, 1 << 20, 1 << 20, block_offset=5).cpu()
-        ident[be] = bool(torch.equal(v, fk.reconstruct(c, 99, 1 << 20, 1 << 20, block_offset=5)))
+            v = fk.reconstruct(c.to(dev), 99, bs, bs, block_offset=5).cpu()
+        with fk.use_backend("cpu" if "cpu" in fk.available_backends("cpu") else "reference"):
+            ident[be] = bool(torch.equal(v, fk.reconstruct(c, 99, bs, bs, block_offset=5)))
     print(f"# rademacher bases bit-identical to the CPU kernel: {ident}")
     if not args.no_7b:
-        rows += bench_7b_apply(backends, dists)
+        rows += bench_7b_apply(backends, dists, K=K_7b, shapes=shapes_7b, device=dev)
     cols = ["op", "backend", "dist", "K", "time_ms", "Gelem_bases_per_s", "GB_per_s", "frac_of_copy", "x_vs_per_seed", "x_vs_dense"]
     common.print_table(rows, cols)
     print(f"\nbaselines: per-seed {rate_seed / 1e9:.3f} (project) / {rate_seed_r / 1e9:.3f} (reconstruct) G elem-bases/s; "

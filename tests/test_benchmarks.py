@@ -1,0 +1,31 @@
+"""The GPU benchmark script runs end to end (tiny sizes; on the CPU through Triton's
+interpreter), so a session with a GPU spends its time measuring, not debugging the script."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ferret_kernels as fk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and "triton" not in fk.available_backends("cpu"),
+                    reason="no GPU and no Triton interpreter")
+def test_bench_gpu_smoke():
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = res.stdout
+    assert re.search(r"bit-identical to the CPU kernel: \{'triton': True", out), out
+    for op in ("project", "reconstruct_", "apply_llama2_7b"):
+        for dist in ("rademacher", "gaussian"):
+            assert re.search(rf"^\s*{op}\s+triton\s+{dist}\s", out, re.M), f"no {op}/{dist} row:\n{out}"
+    assert "appended" not in out  # --smoke never writes benchmarks/results

@@ -32,10 +32,10 @@ from . import backends
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
 
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
 
 
 @triton.jit

@@ -1,0 +1,88 @@
+"""Compile every Triton kernel of ferret_kernels ahead of time for NVIDIA GPUs, without one.
+
+    python tests/triton_aot.py 80 90      # prints one JSON line per compiled kernel variant
+
+Each kernel goes through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX) and the ptxas
+that ships with Triton (cubin); ptxas -v then reports registers and spills. The interpreter
+that runs the kernels in CI executes Python, not this pipeline, so only this shows that the
+kernels compile for a GPU. Run by tests/test_triton_compile.py in a process without
+TRITON_INTERPRET.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    sys.exit("run without TRITON_INTERPRET=1: the interpreter replaces the compiler")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+
+from ferret_kernels import triton_kernels as tk  # noqa: E402
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def variants():
+    """(name, jit function, signature, constexprs, num_warps), covering every dist and dtype."""
+    for dist in (0, 1, 2):
+        for dt in DTYPES:
+            for has_y, has_act, ints in ((True, True, "i32"), (False, False, "i64")):
+                sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
+                       "block_size": ints, "block_offset": ints, "K": "i32", "k0": ints, "k1": ints}
+                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": 2048}
+                yield f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints}", tk._project_kernel, sig, const, 4
+            for accum in (False, True):
+                configs = tk._reconstruct_kernel.configs if (dist == 0 and dt == "bf16") else tk._reconstruct_kernel.configs[:1]
+                for cfg in configs:
+                    sig = {"c_ptr": "*fp32", "out_ptr": f"*{dt}", "act_ptr": "*i32", "numel": "i64", "block_size": "i64",
+                           "block_offset": "i64", "K": "i32", "k0": "i64", "k1": "i64", "factor": "fp32"}
+                    const = {"ACCUM": accum, "HAS_ACT": accum, "DIST": dist, **cfg.kwargs}
+                    yield (f"reconstruct dist={dist} {dt} accum={accum} CHUNK={cfg.kwargs['CHUNK']} warps={cfg.num_warps}",
+                           tk._reconstruct_kernel.fn, sig, const, cfg.num_warps)
+    yield ("reduce", tk._reduce_kernel, {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"},
+           {"KT": 64}, 4)
+    yield ("philox", tk._philox_kernel, {"c_ptr": "*i64", "o_ptr": "*i64", "n": "i64", "k0": "i64", "k1": "i64"},
+           {"BLOCK": 256}, 4)
+
+
+def ptxas_stats(ptx: str, arch: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)  # sm_90a on Hopper
+        res = subprocess.run([get_ptxas(arch).path, f"-arch={target}", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True)
+    text = res.stdout + res.stderr
+    if res.returncode:
+        raise RuntimeError(f"ptxas failed: {text[-2000:]}")
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return {"registers": int(regs.group(1)) if regs else None,
+            "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None}
+
+
+def main(archs):
+    for arch in archs:
+        for name, fn, sig, const, warps in variants():
+            full = dict(sig, **{k: "constexpr" for k in const})
+            src = ASTSource(fn=fn, signature=full, constexprs=const)
+            row = {"arch": arch, "kernel": name}
+            try:
+                k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+                row.update(ok=True, cubin_bytes=len(k.asm["cubin"]), shared=k.metadata.shared, **ptxas_stats(k.asm["ptx"], arch))
+            except Exception as e:  # report every failing variant, not just the first
+                row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [90])

@@ -5,6 +5,8 @@
 // Mapping: a CTA of kThreads threads owns one chunk of one block; thread t owns kElems
 // consecutive elements (rademacher: one Philox output word = 32 elements; uniform/gaussian:
 // 4 Philox calls = 16 elements) and keeps them in registers while the K bases sweep.
+// Rademacher bases go four at a time: the 4 lanes whose runs share a Philox output each
+// compute one basis' output and swap words by shuffles (rademacher_words4).
 //   project:     per basis, thread partial -> warp shuffle -> per-warp slots in shared
 //                memory -> fixed-order sum -> partial[chunk, k]; a second kernel adds the
 //                chunks of a block in order (two passes, no atomics: deterministic).
@@ -108,35 +110,64 @@ __device__ __forceinline__ void store_run(T* __restrict__ p, int64_t valid, cons
   }
 }
 
-// The rademacher sign word of elements j0 .. j0 + 31 (j0 a multiple of 32), selected without
-// dynamic indexing so the Philox outputs stay in registers.
-__device__ __forceinline__ uint32_t rademacher_word(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1) {
-  const U32x4 r = philox4x32_10((uint32_t)(j0 >> 7), k, g, kStreamBasis, k0, k1);
-  const int q = (int)((j0 >> 5) & 3);
-  const uint32_t lo = q & 1 ? r.v[1] : r.v[0];
-  const uint32_t hi = q & 1 ? r.v[3] : r.v[2];
-  return q & 2 ? hi : lo;
+__device__ __forceinline__ uint32_t pick(const U32x4& r, int i) {
+  const uint32_t lo = i & 1 ? r.v[1] : r.v[0];
+  const uint32_t hi = i & 1 ? r.v[3] : r.v[2];
+  return i & 2 ? hi : lo;
+}
+
+// Rademacher sign words of bases kq .. kq + 3 for the thread's 32 elements j0 .. j0 + 31.
+// One Philox output covers 128 elements, i.e. the runs of 4 consecutive lanes (a quad; lane
+// q = threadIdx.x & 3 owns word q). Instead of each lane computing the whole output and
+// keeping one word, lane q computes basis kq + q's output and the quad swaps words in three
+// xor-shuffles, so every Philox output is computed once. All 32 lanes of the warp must call it.
+__device__ __forceinline__ void rademacher_words4(int64_t j0, uint32_t kq, uint32_t g, uint32_t k0, uint32_t k1,
+                                                  uint32_t (&w)[4]) {
+  const int q = (int)(threadIdx.x & 3);  // == (j0 >> 5) & 3: a chunk is a whole number of quads
+  const U32x4 r = philox4x32_10((uint32_t)(j0 >> 7), kq + (uint32_t)q, g, kStreamBasis, k0, k1);
+  uint32_t got[4];  // got[m]: word q of basis kq + (q ^ m), from lane q ^ m
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    const uint32_t send = pick(r, q ^ m);  // lane q ^ m's word of our basis
+    got[m] = m == 0 ? send : __shfl_xor_sync(0xffffffffu, send, m);
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {  // back to basis order without dynamic indexing
+    const int m = q ^ j;
+    const uint32_t lo = m & 1 ? got[1] : got[0];
+    const uint32_t hi = m & 1 ? got[3] : got[2];
+    w[j] = m & 2 ? hi : lo;
+  }
 }
 
 // Basis k at the thread's kElems elements (element e is at in-block index j0 + e) applied
 // to x: returns sum_e v[e] * x[e] (project) or adds c * v[e] into acc[e] (reconstruct).
+// Rademacher takes the basis' sign word (rademacher_words4); the others regenerate it here.
+template <int N>
+__device__ __forceinline__ float rademacher_dot(uint32_t wd, const float (&x)[N]) {
+  float s = 0.0f;
+#pragma unroll
+  for (int t = 0; t < 32; ++t) s += rademacher_apply(x[t], wd, t);
+  return s;
+}
+
+template <int N>
+__device__ __forceinline__ void rademacher_axpy(uint32_t wd, float c, float (&acc)[N]) {
+#pragma unroll
+  for (int t = 0; t < 32; ++t) acc[t] += rademacher_apply(c, wd, t);
+}
+
 template <int DIST, int N>
 __device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1,
                                            const float (&x)[N]) {
   float s = 0.0f;
-  if (DIST == kRademacher) {
-    const uint32_t wd = rademacher_word(j0, k, g, k0, k1);
 #pragma unroll
-    for (int t = 0; t < 32; ++t) s += rademacher_apply(x[t], wd, t);
-  } else {
+  for (int c = 0; c < N / 4; ++c) {
+    const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, k0, k1);
+    float v[4];
+    values4(DIST, r, v);
 #pragma unroll
-    for (int c = 0; c < N / 4; ++c) {
-      const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, k0, k1);
-      float v[4];
-      values4(DIST, r, v);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s += v[i] * x[c * 4 + i];
-    }
+    for (int i = 0; i < 4; ++i) s += v[i] * x[c * 4 + i];
   }
   return s;
 }
@@ -144,20 +175,20 @@ __device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, u
 template <int DIST, int N>
 __device__ __forceinline__ void basis_axpy(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1, float c,
                                            float (&acc)[N]) {
-  if (DIST == kRademacher) {
-    const uint32_t wd = rademacher_word(j0, k, g, k0, k1);
 #pragma unroll
-    for (int t = 0; t < 32; ++t) acc[t] += rademacher_apply(c, wd, t);
-  } else {
+  for (int cc = 0; cc < N / 4; ++cc) {
+    const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, k0, k1);
+    float v[4];
+    values4(DIST, r, v);
 #pragma unroll
-    for (int cc = 0; cc < N / 4; ++cc) {
-      const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, k0, k1);
-      float v[4];
-      values4(DIST, r, v);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[cc * 4 + i] += c * v[i];
-    }
+    for (int i = 0; i < 4; ++i) acc[cc * 4 + i] += c * v[i];
   }
+}
+
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
 }
 
 // Grid: (num_blocks * chunks_per_block). part: [grid, K].
@@ -185,12 +216,24 @@ __global__ void __launch_bounds__(kThreads) project_kernel(ProjectParams p, int6
   __shared__ float red[kWarps][kTileK];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int kt = 0; kt < kb; kt += kTileK) {
-    const int kn = min(kTileK, kb - kt);
-    for (int i = 0; i < kn; ++i) {
-      float s = valid > 0 ? basis_dot<DIST>(j0, (uint32_t)(kt + i), g, k0, k1, x) : 0.0f;
+    const int kn = min(kTileK, kb - kt);  // uniform across the CTA: every lane runs the shuffles
+    if constexpr (DIST == kRademacher) {
+      for (int i = 0; i < kn; i += 4) {
+        uint32_t w[4];
+        rademacher_words4(j0, (uint32_t)(kt + i), g, k0, k1, w);
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (lane == 0) red[warp][i] = s;
+        for (int j = 0; j < 4; ++j) {
+          if (i + j < kn) {
+            const float s = warp_sum(valid > 0 ? rademacher_dot(w[j], x) : 0.0f);
+            if (lane == 0) red[warp][i + j] = s;
+          }
+        }
+      }
+    } else {
+      for (int i = 0; i < kn; ++i) {
+        const float s = warp_sum(valid > 0 ? basis_dot<DIST>(j0, (uint32_t)(kt + i), g, k0, k1, x) : 0.0f);
+        if (lane == 0) red[warp][i] = s;
+      }
     }
     __syncthreads();
     if ((int)threadIdx.x < kn) {
@@ -222,7 +265,8 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams
   const int64_t j0 = (cta % chunks_per_block) * L::kChunk + (int64_t)threadIdx.x * L::kElems;
   const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);
   const int64_t valid = blk_len - j0;
-  if (valid <= 0) return;
+  // rademacher lanes past the end still take part in their quad's word exchange
+  if (DIST != kRademacher && valid <= 0) return;
   const int K = p.num_bases;
   const int kb = p.active ? p.active[b] : K;
   const uint32_t g = p.block_offset + (uint32_t)b;
@@ -231,7 +275,18 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams
   float acc[L::kElems];
 #pragma unroll
   for (int i = 0; i < L::kElems; ++i) acc[i] = 0.0f;
-  for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, k0, k1, __ldg(coeffs + k), acc);
+  if constexpr (DIST == kRademacher) {
+    for (int k = 0; k < kb; k += 4) {  // kb is uniform across the CTA
+      uint32_t w[4];
+      rademacher_words4(j0, (uint32_t)k, g, k0, k1, w);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (k + j < kb) rademacher_axpy(w[j], __ldg(coeffs + k + j), acc);
+    }
+    if (valid <= 0) return;
+  } else {
+    for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, k0, k1, __ldg(coeffs + k), acc);
+  }
   const float f = p.accumulate ? p.alpha * p.scale : p.scale;
   store_run<T, L::kElems>(static_cast<T*>(p.out) + b * p.block_size + j0, valid, acc, p.accumulate, f);
 }

@@ -88,6 +88,19 @@ def test_project_and_reconstruct_vs_reference(dist, n):
     assert_recon_close(got, ref(fk.reconstruct, c, 2**63 + 5, n, BS, dist=dist, scale=2.0), 2 * c, BS, dist)
 
 
+@pytest.mark.parametrize("dist", DISTS)
+def test_blocks_spanning_several_programs(dist):
+    """Blocks longer than a program's chunk (Triton: up to 8192 elements, CUDA: 4096 / 8192):
+    per-chunk partial sums added in order by the second pass, and a partial last chunk."""
+    n, bs, K = 2 * 20000 + 123, 20000, 6
+    x = torch.randn(n)
+    got = fk.project(x.to(DEV), 5, K, bs, dist=dist, block_offset=7).cpu()
+    assert_project_close(got, ref(fk.project, x, 5, K, bs, dist=dist, block_offset=7), x, bs, dist)
+    c = torch.randn(3, K)
+    got = fk.reconstruct(c.to(DEV), 5, n, bs, dist=dist, block_offset=7).cpu()
+    assert_recon_close(got, ref(fk.reconstruct, c, 5, n, bs, dist=dist, block_offset=7), c, bs, dist)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dist", DISTS)
 def test_dtypes_difference_and_inplace(dtype, dist):

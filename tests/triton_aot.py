@@ -37,7 +37,8 @@ def variants():
             for has_y, has_act, ints in ((True, True, "i32"), (False, False, "i64")):
                 sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
                        "block_size": ints, "block_offset": ints, "K": "i32", "k0": ints, "k1": ints}
-                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": 2048}
+                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist,
+                         "CHUNK": tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])}
                 yield f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints}", tk._project_kernel, sig, const, 4
             for accum in (False, True):
                 configs = tk._reconstruct_kernel.configs if (dist == 0 and dt == "bf16") else tk._reconstruct_kernel.configs[:1]

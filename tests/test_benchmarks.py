@@ -1,8 +1,11 @@
-"""The GPU benchmark script runs end to end (tiny sizes; on the CPU through Triton's
-interpreter), so a session with a GPU spends its time measuring, not debugging the script."""
+"""The GPU benchmark scripts run end to end without a GPU: bench_gpu.py at tiny sizes (on the
+CPU through Triton's interpreter), so a session with a GPU spends its time measuring, not
+debugging the script; sass_cost.py (ahead-of-time compiles and disassembles)."""
 
+import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -29,3 +32,16 @@ def test_bench_gpu_smoke():
         for dist in ("rademacher", "gaussian"):
             assert re.search(rf"^\s*{op}\s+triton\s+{dist}\s", out, re.M), f"no {op}/{dist} row:\n{out}"
     assert "appended" not in out  # --smoke never writes benchmarks/results
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_sass_cost_reports_every_kernel():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sass_cost.py"), "--no-csv"],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    backends = ("triton", "cuda") if shutil.which("nvcc") else ("triton",)
+    for be in backends:
+        for op in ("project", "reconstruct_"):
+            for dist in ("rademacher", "uniform", "gaussian"):
+                assert re.search(rf"^\s*{be}\s+{op}\s+{dist}\s", res.stdout, re.M), f"no {be} {op} {dist} row:\n{res.stdout}"

@@ -44,6 +44,33 @@ struct Layout {
   static constexpr int kChunk = kElems * kThreads;
 };
 
+// Philox4x32-10 with its 10 round keys computed once per thread (they depend on the seed
+// only, so they sit in uniform registers) instead of once per call: same outputs as
+// philox4x32_10 in core.h, about a fifth fewer instructions for uniform and gaussian,
+// whose threads make 4 calls per basis.
+struct RoundKeys {
+  uint32_t k0[10], k1[10];
+};
+
+__device__ __forceinline__ RoundKeys round_keys(uint64_t seed) {
+  RoundKeys rk;
+  uint32_t k0 = seed_lo(seed), k1 = seed_hi(seed);
+#pragma unroll
+  for (int r = 0; r < 10; ++r) {
+    rk.k0[r] = k0;
+    rk.k1[r] = k1;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  return rk;
+}
+
+__device__ __forceinline__ U32x4 philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, const RoundKeys& rk) {
+#pragma unroll
+  for (int r = 0; r < 10; ++r) philox_round(&c0, &c1, &c2, &c3, rk.k0[r], rk.k1[r]);
+  return U32x4{{c0, c1, c2, c3}};
+}
+
 template <typename T>
 __device__ __forceinline__ float to_f32(T v);
 template <>
@@ -158,12 +185,12 @@ __device__ __forceinline__ void rademacher_axpy(uint32_t wd, float c, float (&ac
 }
 
 template <int DIST, int N>
-__device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1,
+__device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, const RoundKeys& rk,
                                            const float (&x)[N]) {
   float s = 0.0f;
 #pragma unroll
   for (int c = 0; c < N / 4; ++c) {
-    const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, k0, k1);
+    const U32x4 r = philox((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, rk);
     float v[4];
     values4(DIST, r, v);
 #pragma unroll
@@ -173,11 +200,11 @@ __device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, u
 }
 
 template <int DIST, int N>
-__device__ __forceinline__ void basis_axpy(int64_t j0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1, float c,
+__device__ __forceinline__ void basis_axpy(int64_t j0, uint32_t k, uint32_t g, const RoundKeys& rk, float c,
                                            float (&acc)[N]) {
 #pragma unroll
   for (int cc = 0; cc < N / 4; ++cc) {
-    const U32x4 r = philox4x32_10((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, k0, k1);
+    const U32x4 r = philox((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, rk);
     float v[4];
     values4(DIST, r, v);
 #pragma unroll
@@ -230,8 +257,9 @@ __global__ void __launch_bounds__(kThreads) project_kernel(ProjectParams p, int6
         }
       }
     } else {
+      const RoundKeys rk = round_keys(p.seed);
       for (int i = 0; i < kn; ++i) {
-        const float s = warp_sum(valid > 0 ? basis_dot<DIST>(j0, (uint32_t)(kt + i), g, k0, k1, x) : 0.0f);
+        const float s = warp_sum(valid > 0 ? basis_dot<DIST>(j0, (uint32_t)(kt + i), g, rk, x) : 0.0f);
         if (lane == 0) red[warp][i] = s;
       }
     }
@@ -285,7 +313,8 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams
     }
     if (valid <= 0) return;
   } else {
-    for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, k0, k1, __ldg(coeffs + k), acc);
+    const RoundKeys rk = round_keys(p.seed);
+    for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, rk, __ldg(coeffs + k), acc);
   }
   const float f = p.accumulate ? p.alpha * p.scale : p.scale;
   store_run<T, L::kElems>(static_cast<T*>(p.out) + b * p.block_size + j0, valid, acc, p.accumulate, f);

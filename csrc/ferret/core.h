@@ -41,6 +41,17 @@ FERRET_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
   *lo = (uint32_t)p;
 }
 
+// One Philox4x32 round with round key (k0, k1).
+FERRET_HD void philox_round(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3, uint32_t k0, uint32_t k1) {
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo32(kPhiloxM0, *c0, &hi0, &lo0);
+  mulhilo32(kPhiloxM1, *c2, &hi1, &lo1);
+  *c0 = hi1 ^ *c1 ^ k0;
+  *c1 = lo1;
+  *c2 = hi0 ^ *c3 ^ k1;
+  *c3 = lo0;
+}
+
 // Philox4x32 with 10 rounds (Salmon et al., SC'11; Random123's philox4x32_R(10, ...)).
 FERRET_HD U32x4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                               uint32_t k0, uint32_t k1) {
@@ -48,15 +59,7 @@ FERRET_HD U32x4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3
 #pragma unroll
 #endif
   for (int r = 0; r < 10; ++r) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(kPhiloxM0, c0, &hi0, &lo0);
-    mulhilo32(kPhiloxM1, c2, &hi1, &lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0;
-    const uint32_t n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    philox_round(&c0, &c1, &c2, &c3, k0, k1);
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }

@@ -34,12 +34,14 @@ def variants():
     """(name, jit function, signature, constexprs, num_warps), covering every dist and dtype."""
     for dist in (0, 1, 2):
         for dt in DTYPES:
-            for has_y, has_act, ints in ((True, True, "i32"), (False, False, "i64")):
+            # the chunk of a large block, and the smallest (blocks of <= 128 elements)
+            big = tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])
+            for has_y, has_act, ints, chunk in ((True, True, "i32", 128), (False, False, "i64", big)):
                 sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
                        "block_size": ints, "block_offset": ints, "K": "i32", "k0": ints, "k1": ints}
-                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist,
-                         "CHUNK": tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])}
-                yield f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints}", tk._project_kernel, sig, const, 4
+                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
+                yield (f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk}", tk._project_kernel,
+                       sig, const, 4)
             for accum in (False, True):
                 configs = tk._reconstruct_kernel.configs if (dist == 0 and dt == "bf16") else tk._reconstruct_kernel.configs[:1]
                 for cfg in configs:

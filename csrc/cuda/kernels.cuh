@@ -65,7 +65,7 @@ __device__ __forceinline__ RoundKeys round_keys(uint64_t seed) {
   return rk;
 }
 
-__device__ __forceinline__ U32x4 philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, const RoundKeys& rk) {
+__device__ __forceinline__ U32x4 philox_keyed(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, const RoundKeys& rk) {
 #pragma unroll
   for (int r = 0; r < 10; ++r) philox_round(&c0, &c1, &c2, &c3, rk.k0[r], rk.k1[r]);
   return U32x4{{c0, c1, c2, c3}};
@@ -185,7 +185,7 @@ __device__ __forceinline__ float basis_dot(int64_t j0, uint32_t k, uint32_t g, c
   float s = 0.0f;
 #pragma unroll
   for (int c = 0; c < N / 4; ++c) {
-    const U32x4 r = philox((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, rk);
+    const U32x4 r = philox_keyed((uint32_t)((j0 >> 2) + c), k, g, kStreamBasis, rk);
     float v[4];
     values4(DIST, r, v);
 #pragma unroll
@@ -199,7 +199,7 @@ __device__ __forceinline__ void basis_axpy(int64_t j0, uint32_t k, uint32_t g, c
                                            float (&acc)[N]) {
 #pragma unroll
   for (int cc = 0; cc < N / 4; ++cc) {
-    const U32x4 r = philox((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, rk);
+    const U32x4 r = philox_keyed((uint32_t)((j0 >> 2) + cc), k, g, kStreamBasis, rk);
     float v[4];
     values4(DIST, r, v);
 #pragma unroll

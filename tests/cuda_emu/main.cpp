@@ -80,9 +80,10 @@ int check(cudaError_t e) {
   return 2;
 }
 
-int project(const Args& a) {
+// The fields ProjectParams and ReconstructParams share; returns the element size in bytes.
+template <typename Params>
+size_t shared_params(const Args& a, Params& p) {
   size_t es;
-  ferret::ProjectParams p{};
   p.dtype = dtype_of(need(a, "dtype"), &es);
   p.dist = (int)num(a, "dist");
   p.numel = num(a, "numel");
@@ -92,6 +93,12 @@ int project(const Args& a) {
   p.num_bases = (int32_t)num(a, "K");
   p.seed = unum(a, "seed");
   p.scale = (float)real(a, "scale");
+  return es;
+}
+
+int project(const Args& a) {
+  ferret::ProjectParams p{};
+  const size_t es = shared_params(a, p);
   const size_t shift = (size_t)opt(a, "misalign", 0) * es;
   auto x = load(path(a, "x.bin"), p.numel * es, shift);
   p.x = x->data;
@@ -110,17 +117,8 @@ int project(const Args& a) {
 }
 
 int reconstruct(const Args& a) {
-  size_t es;
   ferret::ReconstructParams p{};
-  p.dtype = dtype_of(need(a, "dtype"), &es);
-  p.dist = (int)num(a, "dist");
-  p.numel = num(a, "numel");
-  p.block_size = num(a, "block_size");
-  p.num_blocks = (p.numel + p.block_size - 1) / p.block_size;
-  p.block_offset = (uint32_t)num(a, "block_offset");
-  p.num_bases = (int32_t)num(a, "K");
-  p.seed = unum(a, "seed");
-  p.scale = (float)real(a, "scale");
+  const size_t es = shared_params(a, p);
   p.alpha = (float)real(a, "alpha");
   p.accumulate = num(a, "accumulate") != 0;
   const size_t shift = (size_t)opt(a, "misalign", 0) * es;

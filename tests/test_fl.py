@@ -319,7 +319,7 @@ def test_zo_perturbation_restores_parameters():
     lay = ParamLayout.from_module(model, 32768, 0)
     before = _state(model)
     _zo_perturb(model, lay, 123, "rademacher", 1e-3)
-    moved = max(float((p - before[n]).abs().max()) for n, p in model.named_parameters())
+    moved = max(float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters())
     assert abs(moved - 1e-3) < 1e-6
     _zo_perturb(model, lay, 123, "rademacher", -1e-3)
     for n, p in model.named_parameters():

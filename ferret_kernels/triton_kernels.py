@@ -140,26 +140,23 @@ def _rademacher_signs(ROWS: tl.constexpr, cstart, k, g, k0, k1):
 
 @triton.jit
 def _basis_tile(DIST: tl.constexpr, ROWS: tl.constexpr, cstart, k, g, k0, k1):
-    """Values [ROWS, COLS] of basis k of block g for the chunk starting at element cstart."""
-    if DIST == 0:
-        sgn = _rademacher_signs(ROWS, cstart, k, g, k0, k1)
-        return (sgn | 0x3F800000).to(tl.float32, bitcast=True)  # +-1.0
+    """Values [ROWS, 4] of basis k of block g (uniform: DIST 1, gaussian: DIST 2) for the
+    chunk starting at element cstart; rademacher goes through _rademacher_signs."""
+    rows = tl.arange(0, ROWS)
+    zero = tl.zeros([ROWS], dtype=tl.uint32)
+    ku = zero + k  # uint32 + int32 -> uint32 (k is a Python int in the interpreter)
+    gu = zero + g
+    w = ((cstart >> 2) + rows).to(tl.uint32)
+    r0, r1, r2, r3 = _philox(w, ku, gu, zero, k0, k1)
+    if DIST == 1:
+        v0 = _uniform(r0)
+        v1 = _uniform(r1)
+        v2 = _uniform(r2)
+        v3 = _uniform(r3)
     else:
-        rows = tl.arange(0, ROWS)
-        zero = tl.zeros([ROWS], dtype=tl.uint32)
-        ku = zero + k  # uint32 + int32 -> uint32 (k is a Python int in the interpreter)
-        gu = zero + g
-        w = ((cstart >> 2) + rows).to(tl.uint32)
-        r0, r1, r2, r3 = _philox(w, ku, gu, zero, k0, k1)
-        if DIST == 1:
-            v0 = _uniform(r0)
-            v1 = _uniform(r1)
-            v2 = _uniform(r2)
-            v3 = _uniform(r3)
-        else:
-            v0, v1 = _gaussian_pair(r0, r1)
-            v2, v3 = _gaussian_pair(r2, r3)
-        return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [ROWS, 4])  # [r, m, n] -> column 2m + n
+        v0, v1 = _gaussian_pair(r0, r1)
+        v2, v3 = _gaussian_pair(r2, r3)
+    return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [ROWS, 4])  # [r, m, n] -> column 2m + n
 
 
 @triton.jit

@@ -102,10 +102,8 @@ def cuda_rows(arch: int):
 def triton_rows(arch: int):
     rows = []
     for di, dist in enumerate(DISTS):
-        psig = {"x_ptr": "*bf16", "y_ptr": "*bf16", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": "i64",
-                "block_size": "i64", "block_offset": "i64", "K": "i32", "k0": "i64", "k1": "i64"}
-        rsig = {"c_ptr": "*fp32", "out_ptr": "*bf16", "act_ptr": "*i32", "numel": "i64", "block_size": "i64",
-                "block_offset": "i64", "K": "i32", "k0": "i64", "k1": "i64", "factor": "fp32"}
+        sigs = tk._aot_signatures("bf16")
+        psig, rsig = sigs["project"], sigs["reconstruct"]
         variants = [("project", tk._project_kernel, psig,
                      {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": tk._project_chunk(1 << 20, dist)}, 4)]
         variants += [("reconstruct_", tk._reconstruct_kernel.fn, rsig, {"ACCUM": True, "HAS_ACT": False, "DIST": di, **c.kwargs},

@@ -265,6 +265,19 @@ def _philox_kernel(c_ptr, o_ptr, n, k0, k1, BLOCK: tl.constexpr):
     tl.store(o_ptr + 4 * i + 3, r3.to(tl.int64), mask=m)
 
 
+def _aot_signatures(dtype: str, ints: str = "i64") -> dict:
+    """Triton types of the project and reconstruct kernels' runtime arguments, kept beside the
+    kernels for the ahead-of-time compiles of tests/triton_aot.py and benchmarks/sass_cost.py:
+    `dtype` is the element type of x / y / out ("fp32", "bf16", "fp16"), `ints` the type the
+    launcher's Python ints get ("i32" when small, "i64")."""
+    return {
+        "project": {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
+                    "block_size": ints, "block_offset": ints, "K": "i32", "k0": ints, "k1": ints},
+        "reconstruct": {"c_ptr": "*fp32", "out_ptr": f"*{dtype}", "act_ptr": "*i32", "numel": ints, "block_size": ints,
+                        "block_offset": ints, "K": "i32", "k0": ints, "k1": ints, "factor": "fp32"},
+    }
+
+
 def _key(seed: int):
     s = int(seed) & 0xFFFFFFFFFFFFFFFF
     return s & 0xFFFFFFFF, s >> 32

@@ -37,16 +37,14 @@ def variants():
             # the chunk of a large block, and the smallest (blocks of <= 128 elements)
             big = tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])
             for has_y, has_act, ints, chunk in ((True, True, "i32", 128), (False, False, "i64", big)):
-                sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
-                       "block_size": ints, "block_offset": ints, "K": "i32", "k0": ints, "k1": ints}
+                sig = tk._aot_signatures(dt, ints)["project"]
                 const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
                 yield (f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk}", tk._project_kernel,
                        sig, const, 4)
             for accum in (False, True):
                 configs = tk._reconstruct_kernel.configs if (dist == 0 and dt == "bf16") else tk._reconstruct_kernel.configs[:1]
                 for cfg in configs:
-                    sig = {"c_ptr": "*fp32", "out_ptr": f"*{dt}", "act_ptr": "*i32", "numel": "i64", "block_size": "i64",
-                           "block_offset": "i64", "K": "i32", "k0": "i64", "k1": "i64", "factor": "fp32"}
+                    sig = tk._aot_signatures(dt)["reconstruct"]
                     const = {"ACCUM": accum, "HAS_ACT": accum, "DIST": dist, **cfg.kwargs}
                     yield (f"reconstruct dist={dist} {dt} accum={accum} CHUNK={cfg.kwargs['CHUNK']} warps={cfg.num_warps}",
                            tk._reconstruct_kernel.fn, sig, const, cfg.num_warps)

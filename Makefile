@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: test build demo demo-llm bench bench-quick cuda-binding-check clean
+.PHONY: test build demo demo-llm bench bench-quick cuda-binding-check clean gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,3 +60,9 @@ cuda-binding-check:
 
 clean:
 	rm -rf build *.egg-info ferret_kernels/*.so
+
+# On a GPU machine (offline, preinstalled torch / triton / nvcc): build, device tests and the GPU
+# benchmark in one budgeted run, summary to $OUT. Without a GPU it rehearses (docs/gpu.md).
+PYTHON ?= python3
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py

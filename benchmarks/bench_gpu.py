@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
+import time
 
 import torch
 
@@ -48,6 +50,15 @@ def do_bench(fn, device="cuda") -> float:
         return sorted(times)[len(times) // 2]
 
 
+def gpu_driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else ""
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return ""
+
+
 def llama2_7b_shapes():
     """(name, shape) of LLaMA2-7B's parameters: 6.74e9 elements."""
     d, ff, vocab, layers = 4096, 11008, 32000, 32
@@ -62,31 +73,32 @@ def llama2_7b_shapes():
     return shapes
 
 
-def bench_7b_apply(backends, dists, bs=1 << 20, K=64, shapes=None, device="cuda"):
+def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state=None):
     """Reconstruct-and-apply a Ferret update into bf16 parameters of LLaMA2-7B's shapes."""
     shapes = shapes or llama2_7b_shapes()
-    params = [torch.zeros(s, dtype=torch.bfloat16, device=device) for _, s in shapes]
-    offsets, off = [], 0
-    for p in params:
-        offsets.append(off)
-        off += fk.num_blocks(p.numel(), bs)
-    coeffs = torch.randn(off, K, device=device) * 1e-3
+    if state is None or state.get("shapes") is not shapes:
+        state = {"shapes": shapes, "params": [torch.zeros(s, dtype=torch.bfloat16, device=device) for _, s in shapes]}
+        offsets, off = [], 0
+        for p in state["params"]:
+            offsets.append(off)
+            off += fk.num_blocks(p.numel(), bs)
+        state["offsets"], state["coeffs"] = offsets, torch.randn(off, K, device=device) * 1e-3
+    params, offsets, coeffs = state["params"], state["offsets"], state["coeffs"]
     total = sum(p.numel() for p in params)
-    rows = []
-    for be in backends:
-        for dist in dists:
-            def apply():
-                with fk.use_backend(be):
-                    for p, o in zip(params, offsets):
-                        nb = fk.num_blocks(p.numel(), bs)
-                        fk.reconstruct_(p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0)
-            t = do_bench(apply, device)
-            rows.append(dict(op="apply_llama2_7b", backend=be, dist=dist, dtype="bfloat16", n=total, K=K, block_size=bs,
-                             time_ms=t * 1e3, Gelem_bases_per_s=total * K / t / 1e9, GB_per_s=4 * total / t / 1e9))
-    del params
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return rows
+
+    def apply():
+        with fk.use_backend(be):
+            for p, o in zip(params, offsets):
+                nb = fk.num_blocks(p.numel(), bs)
+                fk.reconstruct_(p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0)
+    apply()  # compile / autotune outside the timing
+    t = do_bench(apply, device)
+    row = dict(op="apply_llama2_7b", backend=be, dist=dist, dtype="bfloat16", n=total, K=K, block_size=bs,
+               time_ms=t * 1e3, Gelem_bases_per_s=total * K / t / 1e9, GB_per_s=4 * total / t / 1e9)
+    return row, state
+
+
+COLS = ["op", "backend", "dist", "K", "time_ms", "Gelem_bases_per_s", "GB_per_s", "frac_of_copy", "x_vs_per_seed", "x_vs_dense"]
 
 
 def main(argv=None):
@@ -99,7 +111,9 @@ def main(argv=None):
     ap.add_argument("--no-7b", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--budget", type=float, default=0, help="seconds; stop starting new measurements after this (0: none)")
     args = ap.parse_args(argv)
+    t_start = time.monotonic()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev != "cuda" and not args.smoke:
         sys.exit("bench_gpu.py needs a CUDA device (use benchmarks/bench_ops.py on the CPU, or --smoke)")
@@ -111,11 +125,32 @@ def main(argv=None):
         copy_elems, seed_blocks, seed_bases = 1 << 16, 1, 2
         shapes_7b = [("embed", (50, 64)), ("norm", (64,)), ("down_proj", (64, 72))]
     info = common.machine_info(dev)
+    if dev == "cuda":
+        info["driver"] = gpu_driver()
+        info["cuda"] = torch.version.cuda or ""
+        cap = torch.cuda.get_device_capability()
+        info["sm"] = f"{cap[0]}{cap[1]}"
+        info["sms"] = torch.cuda.get_device_properties(0).multi_processor_count
     n, bs = 1 << args.log2n, args.block_size
-    backends = [b for b in ("triton", "cuda") if b in fk.available_backends(dev)]
-    print(f"# {info['gpu']} | torch {info['torch']} | triton {info['triton']} | backends {backends}")
+    backends = [b for b in ("cuda", "triton") if b in fk.available_backends(dev)]
+    print(f"# {info['gpu']} | driver {info.get('driver', '')} | torch {info['torch']} | triton {info['triton']} | backends {backends}",
+          flush=True)
     dists = args.dists.split(",")
     Ks = [int(k) for k in args.Ks.split(",")]
+    rows, skipped = [], []
+
+    def out_of_time(what):
+        if args.budget and time.monotonic() - t_start > args.budget:
+            skipped.append(what)
+            return True
+        return False
+
+    def emit(row, extra):
+        rows.append(row)
+        print("row: " + ", ".join(f"{c}={row[c]:.4g}" if isinstance(row.get(c), float) else f"{c}={row.get(c, '')}"
+                                  for c in COLS if c in row), flush=True)
+        if not args.no_csv:
+            common.append_csv("gpu_ops.csv", [dict(extra, **{c: row.get(c, "") for c in COLS + ["n", "block_size", "dtype"]})])
 
     # copy bandwidth of this device (bytes read + written)
     big = torch.empty(copy_elems, dtype=torch.bfloat16, device=dev)
@@ -123,11 +158,23 @@ def main(argv=None):
     t_copy = do_bench(lambda: dst.copy_(big), dev)
     copy_gbs = 2 * big.numel() * 2 / t_copy / 1e9
     del big, dst
-    print(f"# copy bandwidth: {copy_gbs:.0f} GB/s ({copy_elems * 2 / 2**30:g} GiB bf16 copy)")
+    print(f"# copy bandwidth: {copy_gbs:.0f} GB/s ({copy_elems * 2 / 2**30:g} GiB bf16 copy)", flush=True)
+
+    # bit-identical rademacher and uniform bases between the GPU backends and the CPU kernel
+    ident = {}
+    for be in backends:
+        for dist in ("rademacher", "uniform"):
+            c = torch.zeros(1, 4)
+            c[0, 3] = 1
+            with fk.use_backend(be):
+                v = fk.reconstruct(c.to(dev), 99, bs, bs, block_offset=5, dist=dist).cpu()
+            with fk.use_backend("cpu" if "cpu" in fk.available_backends("cpu") else "reference"):
+                same = bool(torch.equal(v, fk.reconstruct(c, 99, bs, bs, block_offset=5, dist=dist)))
+            ident[be] = ident.get(be, True) and same
+    print(f"# rademacher and uniform bases bit-identical to the CPU kernel: {ident}", flush=True)
 
     torch.manual_seed(0)
     x = torch.randn(n, device=dev).bfloat16()
-    rows = []
     # baselines on slices, as rates (element-bases / s)
     xs = x.float()
     sb, sk = seed_blocks, seed_bases
@@ -141,41 +188,49 @@ def main(argv=None):
         rate_dense[K] = 4 * K * bs / t
     t = do_bench(lambda: common.per_seed_reconstruct(c1, 1, n, bs, sb, sk, device=dev), dev)
     rate_seed_r = sb * sk * bs / t
+    del xs
+    print(f"# baselines: per-seed {rate_seed / 1e9:.3f} (project) / {rate_seed_r / 1e9:.3f} (reconstruct) G elem-bases/s; "
+          f"dense {', '.join(f'K={k}: {r / 1e9:.2f}' for k, r in rate_dense.items())} G elem-bases/s", flush=True)
+    extra = dict(info, copy_GBps=copy_gbs, baseline_seed=rate_seed, bit_identical=str(ident))
 
-    for be in backends:
+    # most telling first: K = 4 (memory-bound), rademacher before gaussian, each backend side by side
+    out = torch.zeros_like(x)
+    for K in Ks:
         for dist in dists:
-            for K in Ks:
+            for be in backends:
+                if out_of_time(f"{be} {dist} K={K}"):
+                    continue
                 with fk.use_backend(be):
                     g = fk.project(x, 7, K, bs, dist=dist)
-                    out = torch.zeros_like(x)
+                    fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3)
                     t_p = do_bench(lambda: fk.project(x, 7, K, bs, dist=dist), dev)
                     t_r = do_bench(lambda: fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3), dev)
                 for op, t, nbytes, rs in (("project", t_p, 2 * n, rate_seed), ("reconstruct_", t_r, 4 * n, rate_seed_r)):
                     rate = n * K / t
                     gbs = nbytes / t / 1e9
-                    rows.append(dict(op=op, backend=be, dist=dist, dtype="bfloat16", n=n, K=K, block_size=bs,
-                                     time_ms=t * 1e3, Gelem_bases_per_s=rate / 1e9, GB_per_s=gbs,
-                                     frac_of_copy=gbs / copy_gbs, x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K]))
-    # bit-identical rademacher bases between the GPU backends and the CPU kernel
-    c = torch.zeros(1, 4)
-    c[0, 3] = 1
-    ident = {}
-    for be in backends:
-        with fk.use_backend(be):
-            v = fk.reconstruct(c.to(dev), 99, bs, bs, block_offset=5).cpu()
-        with fk.use_backend("cpu" if "cpu" in fk.available_backends("cpu") else "reference"):
-            ident[be] = bool(torch.equal(v, fk.reconstruct(c, 99, bs, bs, block_offset=5)))
-    print(f"# rademacher bases bit-identical to the CPU kernel: {ident}")
+                    emit(dict(op=op, backend=be, dist=dist, dtype="bfloat16", n=n, K=K, block_size=bs,
+                              time_ms=t * 1e3, Gelem_bases_per_s=rate / 1e9, GB_per_s=gbs,
+                              frac_of_copy=gbs / copy_gbs, x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K]), extra)
+    del x, out
+    if dev == "cuda":
+        torch.cuda.empty_cache()
     if not args.no_7b:
-        rows += bench_7b_apply(backends, dists, K=K_7b, shapes=shapes_7b, device=dev)
-    cols = ["op", "backend", "dist", "K", "time_ms", "Gelem_bases_per_s", "GB_per_s", "frac_of_copy", "x_vs_per_seed", "x_vs_dense"]
-    common.print_table(rows, cols)
-    print(f"\nbaselines: per-seed {rate_seed / 1e9:.3f} (project) / {rate_seed_r / 1e9:.3f} (reconstruct) G elem-bases/s; "
-          f"dense {', '.join(f'K={k}: {r / 1e9:.2f}' for k, r in rate_dense.items())} G elem-bases/s")
-    if not args.no_csv:
-        extra = dict(info, copy_GBps=copy_gbs, baseline_seed=rate_seed, bit_identical=str(ident))
-        path = common.append_csv("gpu_ops.csv", [dict(extra, **{c: r.get(c, "") for c in cols + ["n", "block_size", "dtype"]}) for r in rows])
-        print(f"appended {len(rows)} rows to {os.path.relpath(path)}")
+        state = None
+        for dist in dists:
+            for be in backends:
+                if out_of_time(f"7B apply {be} {dist}"):
+                    continue
+                row, state = bench_7b_apply(be, dist, K=K_7b, shapes=shapes_7b, device=dev, state=state)
+                emit(row, extra)
+        del state
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    print()
+    common.print_table(rows, COLS)
+    if skipped:
+        print(f"\nskipped (over the --budget of {args.budget:g} s): {'; '.join(skipped)}")
+    if not args.no_csv and rows:
+        print(f"appended {len(rows)} rows to {os.path.relpath(os.path.join(common.RESULTS, 'gpu_ops.csv'))}")
 
 
 if __name__ == "__main__":

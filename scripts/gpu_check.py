@@ -1,0 +1,372 @@
+"""One offline command that builds, tests and measures the GPU kernels: `make gpu-check`.
+
+Contract: run with the Python that should be used (PYTHON=... in make; that interpreter's
+torch / triton / nvcc, no venv, no network, nothing installed). Stages, each logged with a
+timestamped line: environment (what is there, what is missing), build (the extension in
+place, with the CUDA kernels for this device's architecture when a CUDA device and nvcc are
+present, on all cores), device tests (pytest over the backend test files; on a GPU the Triton
+and CUDA kernels run on the card), benchmark (benchmarks/bench_gpu.py; `--smoke` without a
+GPU), then a summary. The whole run keeps to --budget seconds (default 480): each stage gets
+a deadline, a stage that overruns is stopped and the run goes on with what it has.
+
+Outputs: benchmark rows are appended to benchmarks/results/gpu_ops.csv (device, driver and
+versions in each row); when $OUT (or --out) is set, summary.md (markdown tables), the full
+log, the pytest report and the rows of this run are written there, flat, so a remote
+machine's results come back. Exit status: 0 when every stage that ran passed (stages skipped
+for want of a GPU do not fail the run), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The device tests: every backend against the reference and the CPU kernel, op registration
+# (opcheck, torch.compile), the contract's streams, error text, statistics.
+TEST_FILES = ["tests/test_device_backends.py", "tests/test_ops.py", "tests/test_compile.py", "tests/test_rng.py",
+              "tests/test_errors.py", "tests/test_stats.py"]
+# Without a GPU the rehearsal adds the checks that stand in for one.
+REHEARSAL_FILES = ["tests/test_triton_compile.py", "tests/test_cuda_emulation.py"]
+
+
+class Run:
+    def __init__(self, budget: float, out: str | None):
+        self.t0 = time.monotonic()
+        self.budget = budget
+        self.out = out
+        self.lines: list[str] = []
+        self.stages: list[tuple[str, str, float, str]] = []  # name, status, seconds, note
+        self.env: dict[str, str] = {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def log(self, msg: str) -> None:
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        for part in msg.splitlines() or [""]:
+            line = f"[{stamp} +{self.elapsed():6.1f}s] {part}"
+            print(line, flush=True)
+            self.lines.append(line)
+
+    def raw(self, text: str) -> None:
+        for part in text.splitlines():
+            print(part, flush=True)
+            self.lines.append(part)
+
+    def stage(self, name: str, status: str, seconds: float, note: str = "") -> None:
+        self.stages.append((name, status, seconds, note))
+        self.log(f"== {name}: {status} ({seconds:.1f} s){' - ' + note if note else ''}")
+
+    def sh(self, cmd: list[str], timeout: float, env: dict | None = None, cwd: str = ROOT) -> tuple[int | None, str]:
+        """Run cmd, streaming its output into the log; returns (returncode or None on timeout, output)."""
+        if timeout <= 1:
+            return None, "no time left"
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, start_new_session=True)
+        buf: list[str] = []
+        deadline = time.monotonic() + timeout
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        timed_out = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            if sel.select(timeout=min(remaining, 1.0)):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                buf.append(line)
+                self.raw(line.rstrip("\n"))
+        if timed_out:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.log(f"stopped after {timeout:.0f} s (budget): {' '.join(cmd[:4])} ...")
+        proc.wait()
+        return (None if timed_out else proc.returncode), "".join(buf)
+
+
+def _version(cmd: list[str], pattern: str = r".+") -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    text = (res.stdout + res.stderr).strip()
+    m = re.search(pattern, text)
+    return m.group(0).strip() if m and res.returncode == 0 else ""
+
+
+def stage_env(run: Run) -> bool:
+    t = time.monotonic()
+    env, missing = run.env, []
+    py = sys.executable
+    env["python"] = f"{py} ({sys.version.split()[0]})"
+    try:
+        import torch
+
+        env["torch"] = f"{torch.__version__} (CUDA {torch.version.cuda})"
+        env["cuda_device"] = "yes" if torch.cuda.is_available() else "no"
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            env["gpu"] = f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB"
+            env["arch"] = f"{p.major}.{p.minor}"
+    except ImportError:
+        missing.append("torch (required)")
+    smi = _version(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    env["nvidia-smi"] = smi or "not found"
+    for mod in ("triton", "numpy", "setuptools", "pytest", "ninja", "hypothesis", "expecttest", "pytest_timeout"):
+        try:
+            m = __import__(mod)
+            env[mod] = getattr(m, "__version__", "present")
+        except ImportError:
+            env[mod] = "missing"
+            missing.append(mod)
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        CUDA_HOME = None
+    # torch guesses CUDA_HOME from nvcc on PATH (/usr/local when nvcc is linked into /usr/local/bin): prefer a
+    # folder that has the toolkit's headers
+    for cand in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda"):
+        if cand and os.path.exists(os.path.join(cand, "include", "cuda_runtime.h")):
+            CUDA_HOME = cand
+            break
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
+    env["CUDA_HOME"] = CUDA_HOME or "not found"
+    env["nvcc"] = _version([nvcc or "nvcc", "--version"], r"release [0-9.]+, V[0-9.]+") or "not found"
+    env["g++"] = _version(["g++", "--version"], r"^.*") or "not found"
+    env["cpus"] = str(os.cpu_count())
+    for k, v in env.items():
+        run.log(f"  {k:12s} {v}")
+    fatal = [m for m in missing if "required" in m] + (["g++"] if env["g++"] == "not found" else [])
+    note = ("missing: " + ", ".join(missing)) if missing else "all present"
+    if env.get("cuda_device") == "yes" and env["nvcc"] == "not found":
+        note += "; no nvcc: the CUDA kernels cannot be built, only Triton runs"
+    run.stage("environment", "FAIL" if fatal else "ok", time.monotonic() - t, note)
+    return not fatal
+
+
+def _setuptools_ok() -> bool:
+    try:
+        import setuptools
+
+        return int(setuptools.__version__.split(".")[0]) >= 77
+    except (ImportError, ValueError):
+        return False
+
+
+def stage_build(run: Run, timeout: float) -> bool:
+    t = time.monotonic()
+    env = dict(os.environ)
+    gpu = run.env.get("cuda_device") == "yes"
+    want_cuda = gpu and run.env.get("nvcc", "not found") != "not found"
+    env["FERRET_BUILD_CUDA"] = "1" if want_cuda else "0"
+    if want_cuda:
+        env["CUDA_HOME"] = run.env["CUDA_HOME"]
+        env.setdefault("TORCH_CUDA_ARCH_LIST", run.env["arch"])  # this device only: half the compile time
+    if run.env.get("ninja", "missing") != "missing":
+        env["FERRET_USE_NINJA"] = "1"
+        env.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    for so in glob.glob(os.path.join(ROOT, "ferret_kernels", "_C*.so")):
+        os.remove(so)
+    if _setuptools_ok():
+        rc, _ = run.sh([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], timeout, env=env)
+        how = "setup.py build_ext --inplace"
+    else:
+        # setuptools < 77 rejects pyproject's SPDX `license = "..."`; setup.py alone needs no metadata,
+        # so build from a copy of the sources without pyproject.toml and bring the library back
+        with tempfile.TemporaryDirectory(prefix="ferret_build_") as tmp:
+            for d in ("csrc", "ferret_kernels"):
+                shutil.copytree(os.path.join(ROOT, d), os.path.join(tmp, d),
+                                ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+            shutil.copy(os.path.join(ROOT, "setup.py"), tmp)
+            rc, _ = run.sh([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], timeout, env=env, cwd=tmp)
+            for so in glob.glob(os.path.join(tmp, "ferret_kernels", "_C*.so")):
+                shutil.copy(so, os.path.join(ROOT, "ferret_kernels"))
+        how = "setup.py build_ext --inplace from a copy without pyproject.toml (setuptools < 77)"
+    ok = rc == 0
+    if ok:
+        probe = ("import torch, ferret_kernels as fk; e = fk.native_load_error(); "
+                 "print('native:', e or 'ok', '| cpu:', fk.available_backends('cpu'), "
+                 "'| cuda:', fk.available_backends('cuda') if torch.cuda.is_available() else '-')")
+        rc2, text = run.sh([sys.executable, "-c", probe], 120)
+        ok = rc2 == 0 and "native: ok" in text and (not want_cuda or "'cuda'" in text.split("| cuda:")[-1])
+    note = f"{how}; CUDA kernels {'built for sm_' + run.env['arch'].replace('.', '') if want_cuda else 'not built'}"
+    run.stage("build", "ok" if ok else ("TIMEOUT" if rc is None else "FAIL"), time.monotonic() - t, note)
+    return ok
+
+
+def _pytest_counts(text: str) -> dict[str, int]:
+    counts = {}
+    for word in ("passed", "failed", "skipped", "error", "xfailed"):
+        counts[word] = len(re.findall(rf"^\S+::\S+ {word.upper()}", text, re.M))
+    return counts
+
+
+def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = None) -> bool:
+    """Each test file in its own pytest process (a crash in one does not hide the others), failures
+    printed as they happen (scripts/pytest_live_report.py), all within `timeout` seconds."""
+    t = time.monotonic()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.join(ROOT, "scripts")
+    if not gpu:
+        env["TRITON_INTERPRET"] = "1"
+    files = files or (TEST_FILES + ([] if gpu else REHEARSAL_FILES))
+    deadline = time.monotonic() + timeout
+    total: dict[str, int] = {}
+    failed: list[str] = []
+    all_ok, stopped = True, []
+    for i, f in enumerate(files):
+        left = deadline - time.monotonic()
+        if left < 5:
+            stopped += files[i:]
+            break
+        cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider", "-p", "pytest_live_report",
+               "--color=no", "--durations=5", f]
+        if run.env.get("pytest_timeout", "missing") != "missing":
+            cmd.append("--timeout=180")
+        rc, text = run.sh(cmd, left, env=env)
+        c = _pytest_counts(text)
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+        failed += [ln.split(" ", 1)[0] for ln in text.splitlines() if re.match(r"^\S+::\S+.* (FAILED|ERROR)", ln)]
+        if rc is None:
+            stopped.append(f + " (budget)")
+        elif rc not in (0, 5):  # 5: nothing collected
+            all_ok = False
+            if rc < 0 or rc > 5:
+                crashed = re.findall(r"^(\S+::\S+) (?:Fatal Python error|.*Segmentation)", text, re.M)
+                failed.append(f"{crashed[0] if crashed else f} (process died: status {rc})")
+    note = f"{total.get('passed', 0)} passed, {total.get('failed', 0)} failed, {total.get('error', 0)} errors, " \
+           f"{total.get('skipped', 0)} skipped"
+    if failed:
+        note += "; failing: " + ", ".join(failed[:12]) + (" ..." if len(failed) > 12 else "")
+    if stopped:
+        note += "; not run (budget): " + ", ".join(stopped)
+    run.failed_tests = failed
+    status = "ok" if all_ok and not stopped else ("TIMEOUT" if all_ok else "FAIL")
+    run.stage("device tests" if gpu else "tests (CPU + Triton interpreter)", status, time.monotonic() - t, note)
+    return all_ok and not stopped
+
+
+def stage_bench(run: Run, timeout: float, gpu: bool) -> bool:
+    t = time.monotonic()
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "benchmarks/bench_gpu.py"]
+    if gpu:
+        cmd += ["--budget", f"{max(timeout - 25, 10):.0f}"]  # starts nothing new in the last 25 s (longest item: ~6 s)
+    else:
+        env["TRITON_INTERPRET"] = "1"
+        cmd.append("--smoke")
+    rc, text = run.sh(cmd, timeout, env=env)
+    run.bench_rows = [ln[5:] for ln in text.splitlines() if ln.startswith("row: ")]
+    run.bench_text = text
+    note = f"{len(run.bench_rows)} rows" + ("" if gpu else " (--smoke: tiny sizes, times mean nothing)")
+    run.stage("benchmark" if gpu else "benchmark smoke", "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL"),
+              time.monotonic() - t, note)
+    return rc == 0
+
+
+def write_summary(run: Run, csv_before: int) -> None:
+    if not run.out:
+        return
+    os.makedirs(run.out, exist_ok=True)
+    md = [f"# gpu-check {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}", "",
+          "| stage | status | seconds | note |", "| --- | --- | --- | --- |"]
+    md += [f"| {n} | {s} | {sec:.1f} | {note} |" for n, s, sec, note in run.stages]
+    md += ["", "| environment | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in run.env.items()]
+    text = getattr(run, "bench_text", "")
+    table = []
+    for ln in text.splitlines():
+        if re.match(r"^\s*op\s+backend\s+dist", ln):
+            table = [ln]
+        elif table and ln.strip() and not ln.startswith(("appended", "skipped")):
+            table.append(ln)
+        elif table and not ln.strip() and len(table) > 1:
+            break
+    if table:
+        cells = [ln.split() for ln in table]
+        md += ["", "## benchmark", "", "| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
+        md += ["| " + " | ".join(c) + " |" for c in cells[1:]]
+    md += ["", "## benchmark notes", ""] + [ln for ln in text.splitlines() if ln.startswith(("#", "skipped", "baselines"))]
+    with open(os.path.join(run.out, "summary.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    with open(os.path.join(run.out, "gpu_check.log"), "w") as f:
+        f.write("\n".join(run.lines) + "\n")
+    src = os.path.join(ROOT, "benchmarks", "results", "gpu_ops.csv")
+    if os.path.exists(src):
+        with open(src, newline="") as f:
+            rows = list(csv.reader(f))
+        if len(rows) > 1 + csv_before:
+            with open(os.path.join(run.out, "gpu_ops_new.csv"), "w", newline="") as f:
+                csv.writer(f).writerows([rows[0]] + rows[1 + csv_before:])
+
+
+def _csv_rows() -> int:
+    path = os.path.join(ROOT, "benchmarks", "results", "gpu_ops.csv")
+    if not os.path.exists(path):
+        return 0
+    with open(path, newline="") as f:
+        return max(sum(1 for _ in csv.reader(f)) - 1, 0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET", 480)),
+                    help="seconds for the whole run (default 480, or $GPU_CHECK_BUDGET)")
+    ap.add_argument("--out", default=os.environ.get("OUT") or None, help="folder for summary.md, the log and the rows")
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--tests", nargs="+", help="test files or node ids to run instead of the default device tests "
+                    "(one pytest process each)")
+    args = ap.parse_args(argv)
+    run = Run(args.budget, args.out)
+    csv_before = _csv_rows()
+    run.log(f"gpu-check in {ROOT}, budget {args.budget:.0f} s, summary to {args.out or '(no $OUT: log only)'}")
+    ok = stage_env(run)
+    gpu = run.env.get("cuda_device") == "yes"
+    if not gpu:
+        run.log("no CUDA device: rehearsal (build, CPU and Triton-interpreter tests, bench_gpu --smoke); "
+                "skipped: the CUDA kernels on a GPU, GPU timings")
+    if ok:
+        ok = stage_build(run, min(run.left() - 30, 300))
+    # the benchmark's share is reserved before the tests start (timings are what a GPU run is for)
+    bench_share = 0 if args.skip_bench else (min(200, 0.45 * run.left()) if gpu else min(240, 0.4 * run.left()))
+    built = ok
+    if built and not args.skip_tests:
+        ok = stage_tests(run, run.left() - bench_share - 10, gpu, args.tests) and ok
+    if built and not args.skip_bench:  # failing tests do not stop the measurements
+        ok = stage_bench(run, run.left() - 10, gpu) and ok
+    total = run.elapsed()
+    run.log(f"gpu-check {'PASSED' if ok else 'FAILED'} in {total:.0f} s of {args.budget:.0f}")
+    for n, s, sec, note in run.stages:
+        run.raw(f"  {n:34s} {s:8s} {sec:6.1f}s  {note}")
+    write_summary(run, csv_before)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

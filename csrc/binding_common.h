@@ -8,10 +8,26 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <string>
+
 #include "ferret/core.h"
 #include "ferret/params.h"
 
 namespace ferret {
+
+// Numbers, shapes, dtypes and devices in error messages are turned into strings here, never by
+// streaming them into TORCH_CHECK's ostream. Why: on the GPU image (torch 2.11, g++ 13), the
+// extension as built there carried its own copy of std::ostream::_M_insert<long>, and the first
+// TORCH_CHECK message with an int64 in it segfaulted inside it (cuda-gdb backtrace, 2026-11-26);
+// messages made only of strings worked. std::to_string does not touch the locale machinery.
+inline std::string num(int64_t v) { return std::to_string(v); }
+inline std::string shape(at::IntArrayRef s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+inline std::string name(at::ScalarType t) { return c10::toString(t); }
+inline std::string name(const at::Device& d) { return d.str(); }
 
 inline int parse_dist(c10::string_view dist) {
   if (dist == "rademacher") return kRademacher;
@@ -25,30 +41,30 @@ inline int parse_dtype(at::ScalarType t, const char* what) {
     case at::kFloat: return kF32;
     case at::kBFloat16: return kBF16;
     case at::kHalf: return kF16;
-    default: TORCH_CHECK(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", t);
+    default: TORCH_CHECK(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", name(t));
   }
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset) {
-  TORCH_CHECK(num_bases > 0 && num_bases <= (int64_t(1) << 31) - 1, "ferret: num_bases must be in [1, 2^31), got ", num_bases);
-  TORCH_CHECK(block_size > 0 && block_size <= (int64_t(1) << 33), "ferret: block_size must be in [1, 2^33], got ", block_size);
-  TORCH_CHECK(block_offset >= 0, "ferret: block_offset must be >= 0, got ", block_offset);
-  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", numel);
+  TORCH_CHECK(num_bases > 0 && num_bases <= (int64_t(1) << 31) - 1, "ferret: num_bases must be in [1, 2^31), got ", num(num_bases));
+  TORCH_CHECK(block_size > 0 && block_size <= (int64_t(1) << 33), "ferret: block_size must be in [1, 2^33], got ", num(block_size));
+  TORCH_CHECK(block_offset >= 0, "ferret: block_offset must be >= 0, got ", num(block_offset));
+  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
   const int64_t nb = ceil_div(numel, block_size);
   TORCH_CHECK(block_offset + nb <= (int64_t(1) << 32), "ferret: global block indices must stay below 2^32 (block_offset ",
-              block_offset, " + ", nb, " blocks)");
+              num(block_offset), " + ", num(nb), " blocks)");
 }
 
 // Active counts as a contiguous int32 tensor on `device`, or an undefined tensor.
 inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks, const at::Device& device) {
   if (!active.has_value()) return at::Tensor();
   const at::Tensor& a = *active;
-  TORCH_CHECK(a.device() == device, "ferret: active must be on ", device, ", got ", a.device());
-  TORCH_CHECK(a.dim() == 1 && a.size(0) == num_blocks, "ferret: active must have shape [", num_blocks, "], got ", a.sizes());
+  TORCH_CHECK(a.device() == device, "ferret: active must be on ", name(device), ", got ", name(a.device()));
+  TORCH_CHECK(a.dim() == 1 && a.size(0) == num_blocks, "ferret: active must have shape [", num(num_blocks), "], got ", shape(a.sizes()));
   TORCH_CHECK(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong, "ferret: active must be int32 or int64, got ",
-              a.scalar_type());
+              name(a.scalar_type()));
   return a.to(at::kInt).contiguous();
 }
 
@@ -65,10 +81,10 @@ inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Ten
   check_plan(x.numel(), num_bases, block_size, block_offset);
   a.x = x.contiguous();
   if (y.has_value()) {
-    TORCH_CHECK(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", x.scalar_type(), ", got ",
-                y->scalar_type());
-    TORCH_CHECK(y->device() == x.device(), "ferret: y must be on x's device ", x.device(), ", got ", y->device());
-    TORCH_CHECK(y->numel() == x.numel(), "ferret: y must have x's numel ", x.numel(), ", got ", y->numel());
+    TORCH_CHECK(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()), ", got ",
+                name(y->scalar_type()));
+    TORCH_CHECK(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ", name(y->device()));
+    TORCH_CHECK(y->numel() == x.numel(), "ferret: y must have x's numel ", num(x.numel()), ", got ", num(y->numel()));
     a.y = y->contiguous();
   }
   const int64_t nb = ceil_div(x.numel(), block_size);
@@ -103,14 +119,14 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
   ReconstructArgs a;
   TORCH_CHECK(out.is_contiguous(), "ferret: the output of reconstruct_ must be contiguous");
   const int dt = parse_dtype(out.scalar_type(), "out");
-  TORCH_CHECK(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got ", coeffs.sizes());
-  TORCH_CHECK(coeffs.is_floating_point(), "ferret: coeffs must be floating point, got ", coeffs.scalar_type());
-  TORCH_CHECK(coeffs.device() == out.device(), "ferret: coeffs must be on ", out.device(), ", got ", coeffs.device());
+  TORCH_CHECK(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got ", shape(coeffs.sizes()));
+  TORCH_CHECK(coeffs.is_floating_point(), "ferret: coeffs must be floating point, got ", name(coeffs.scalar_type()));
+  TORCH_CHECK(coeffs.device() == out.device(), "ferret: coeffs must be on ", name(out.device()), ", got ", name(coeffs.device()));
   const int64_t num_bases = coeffs.size(1);
   check_plan(out.numel(), num_bases, block_size, block_offset);
   const int64_t nb = ceil_div(out.numel(), block_size);
-  TORCH_CHECK(coeffs.size(0) == nb, "ferret: coeffs must have ", nb, " rows (one per block of ", block_size, " in ",
-              out.numel(), " elements), got ", coeffs.size(0));
+  TORCH_CHECK(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (one per block of ", num(block_size), " in ",
+              num(out.numel()), " elements), got ", num(coeffs.size(0)));
   a.coeffs = coeffs.to(at::kFloat).contiguous();
   a.active = checked_active(active, nb, out.device());
   ReconstructParams& p = a.p;
@@ -134,8 +150,8 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
 inline void check_active_range(const at::Tensor& active_cpu, int64_t num_bases) {
   if (!active_cpu.defined() || active_cpu.numel() == 0) return;
   const int64_t lo = active_cpu.min().item<int64_t>(), hi = active_cpu.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi <= num_bases, "ferret: active counts must be in [0, num_bases=", num_bases, "], got [", lo,
-              ", ", hi, "]");
+  TORCH_CHECK(lo >= 0 && hi <= num_bases, "ferret: active counts must be in [0, num_bases=", num(num_bases), "], got [", num(lo),
+              ", ", num(hi), "]");
 }
 
 }  // namespace ferret

@@ -40,7 +40,7 @@ at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, in
                        c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
                        const c10::optional<at::Tensor>& active) {
   TORCH_CHECK(coeffs.is_cuda(), "ferret::_cuda_reconstruct: coeffs must be a CUDA tensor");
-  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", numel);
+  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
   const c10::cuda::CUDAGuard guard(coeffs.device());
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
   ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active);
@@ -58,7 +58,7 @@ void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {
   TORCH_CHECK(counter.is_cuda(), "ferret::_cuda_philox: counter must be a CUDA tensor");
-  TORCH_CHECK(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ", counter.sizes());
+  TORCH_CHECK(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ", shape(counter.sizes()));
   const c10::cuda::CUDAGuard guard(counter.device());
   at::Tensor c = counter.to(at::kLong).contiguous();
   at::Tensor out = at::empty_like(c);

@@ -165,7 +165,15 @@ def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
     return tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
 
 
-@triton.jit
+# Runtime integers that vary from call to call (seed words, block offsets) are not specialized:
+# Triton would otherwise compile a new variant when one equals 1 (made a constexpr, which the
+# seed arithmetic then cannot .to()-convert: seen on an H100 with seed 1) or changes its
+# divisibility by 16, 0.3-0.6 s per compile. The seed words are passed as signed 32-bit values
+# (_key), so every seed runs one compiled variant.
+_NO_SPEC = ("block_offset", "k0", "k1")
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _project_kernel(x_ptr, y_ptr, act_ptr, part_ptr, numel, block_size, block_offset, K, k0, k1,
                     HAS_Y: tl.constexpr, HAS_ACT: tl.constexpr, DIST: tl.constexpr, CHUNK: tl.constexpr):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
@@ -217,7 +225,7 @@ def _recon_configs():
 
 # restore_value: benchmarking configs must not accumulate into `out` more than once
 @triton.autotune(configs=_recon_configs(), key=["K", "block_size", "DIST", "ACCUM"], restore_value=["out_ptr"])
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _reconstruct_kernel(c_ptr, out_ptr, act_ptr, numel, block_size, block_offset, K, k0, k1, factor,
                         ACCUM: tl.constexpr, HAS_ACT: tl.constexpr, DIST: tl.constexpr, CHUNK: tl.constexpr):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
@@ -250,7 +258,7 @@ def _reconstruct_kernel(c_ptr, out_ptr, act_ptr, numel, block_size, block_offset
         tl.store(ptrs, res.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("k0", "k1"))
 def _philox_kernel(c_ptr, o_ptr, n, k0, k1, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
@@ -272,15 +280,17 @@ def _aot_signatures(dtype: str, ints: str = "i64") -> dict:
     launcher's Python ints get ("i32" when small, "i64")."""
     return {
         "project": {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
-                    "block_size": ints, "block_offset": ints, "K": "i32", "k0": ints, "k1": ints},
+                    "block_size": ints, "block_offset": ints, "K": "i32", "k0": "i32", "k1": "i32"},
         "reconstruct": {"c_ptr": "*fp32", "out_ptr": f"*{dtype}", "act_ptr": "*i32", "numel": ints, "block_size": ints,
-                        "block_offset": ints, "K": "i32", "k0": ints, "k1": ints, "factor": "fp32"},
+                        "block_offset": ints, "K": "i32", "k0": "i32", "k1": "i32", "factor": "fp32"},
     }
 
 
 def _key(seed: int):
+    """The seed's two key words as signed 32-bit ints (always Triton type i32, one compiled
+    variant for every seed); the kernels reinterpret them as uint32."""
     s = int(seed) & 0xFFFFFFFFFFFFFFFF
-    return s & 0xFFFFFFFF, s >> 32
+    return tuple(w - (1 << 32) if w >= 1 << 31 else w for w in (s & 0xFFFFFFFF, s >> 32))
 
 
 def _project_chunk(block_size: int, dist: str) -> int:

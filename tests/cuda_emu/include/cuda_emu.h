@@ -59,6 +59,10 @@ inline T min(T a, T b) {
   return b < a ? b : a;
 }
 template <typename T>
+inline T max(T a, T b) {
+  return a < b ? b : a;
+}
+template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }

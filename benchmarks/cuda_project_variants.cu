@@ -1,0 +1,183 @@
+// Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh:
+// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS), side by side in one process, beside
+// the device's copy and read bandwidth; checks that every variant's output is bit-identical to
+// the shipped configuration's. Used to choose ProjectConfig from measurements.
+//
+//   nvcc -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc benchmarks/cuda_project_variants.cu -o build/pv
+//   build/pv [log2n=28] [csv path]           (scripts/gpu_check.py builds and runs it on a GPU)
+//
+// Rows: variant, dtype, dist, K, median ms of 20 (CUDA events, project + its reduce pass), GB/s of
+// input read, fraction of the copy and of the read bandwidth, registers, CTAs per SM, identical.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/kernels.cuh"
+
+using namespace ferret;
+using namespace ferret::cuda;
+
+#define CK(x)                                                                           \
+  do {                                                                                  \
+    cudaError_t e_ = (x);                                                               \
+    if (e_ != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                     \
+    }                                                                                   \
+  } while (0)
+
+__global__ void fill_kernel(__nv_bfloat16* x, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ (uint32_t)(i >> 32) * 40503u;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = __float2bfloat16_rn(((float)(h & 0xFFFFFF) / 16777216.0f - 0.5f) * 4.0f);
+  }
+}
+
+// Read floor: every element read once (16-byte loads), one float per thread written.
+__global__ void read_kernel(const uint4* x, int64_t nvec, float* sink) {
+  float s = 0.0f;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nvec; i += (int64_t)gridDim.x * blockDim.x) {
+    const uint4 v = __ldg(x + i);
+    s += __uint_as_float(v.x) + __uint_as_float(v.y) + __uint_as_float(v.z) + __uint_as_float(v.w);
+  }
+  if (s == 12345.0f) sink[threadIdx.x] = s;
+}
+
+template <typename F>
+float median_ms(F&& f, int reps = 20) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  f();
+  f();
+  CK(cudaDeviceSynchronize());
+  std::vector<float> t;
+  for (int r = 0; r < reps; ++r) {
+    CK(cudaEventRecord(a));
+    f();
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Result {
+  std::string name;
+  int K;
+  float ms;
+  int regs, ctas;
+  bool same;
+};
+
+template <int DIST, int MB, int CH>
+Result run_variant(const char* name, ProjectParams p, float* part, float* out_ref, bool is_ref) {
+  using T = __nv_bfloat16;
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, project_kernel<T, DIST, MB, CH>));
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_kernel<T, DIST, MB, CH>, kThreads, 0));
+  const float ms = median_ms([&] { CK((launch_project_variant<T, DIST, MB, CH>(p, part, 0))); });
+  const size_t nout = (size_t)p.num_blocks * p.num_bases;
+  std::vector<float> got(nout), ref(nout);
+  CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
+  if (is_ref) CK(cudaMemcpy(out_ref, p.out, nout * 4, cudaMemcpyDeviceToDevice));
+  CK(cudaMemcpy(ref.data(), out_ref, nout * 4, cudaMemcpyDeviceToHost));
+  const bool same = std::memcmp(got.data(), ref.data(), nout * 4) == 0;
+  return {name, p.num_bases, ms, attr.numRegs, ctas, same};
+}
+
+int main(int argc, char** argv) {
+  const int log2n = argc > 1 ? std::atoi(argv[1]) : 28;
+  const char* csv = argc > 2 ? argv[2] : nullptr;
+  const int64_t n = int64_t(1) << log2n, bs = int64_t(1) << 20;
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  __nv_bfloat16* x;
+  CK(cudaMalloc(&x, n * 2));
+  fill_kernel<<<4 * prop.multiProcessorCount, 256>>>(x, n);
+  CK(cudaGetLastError());
+  // copy and read bandwidth of this device (copy: bytes read + written)
+  const int64_t cbytes = int64_t(1) << 30;
+  void *ca, *cb;
+  CK(cudaMalloc(&ca, cbytes));
+  CK(cudaMalloc(&cb, cbytes));
+  CK(cudaMemset(ca, 1, cbytes));
+  const float copy_ms = median_ms([&] { CK(cudaMemcpyAsync(cb, ca, cbytes, cudaMemcpyDeviceToDevice)); });
+  const double copy_gbs = 2.0 * cbytes / (copy_ms * 1e-3) / 1e9;
+  CK(cudaFree(ca));
+  CK(cudaFree(cb));
+  float* sink;
+  CK(cudaMalloc(&sink, 4096));
+  const float read_ms = median_ms([&] {
+    read_kernel<<<8 * prop.multiProcessorCount, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink);
+  });
+  const double read_gbs = n * 2.0 / (read_ms * 1e-3) / 1e9;
+  std::printf("# %s, %d SMs | copy %.0f GB/s | read %.0f GB/s (bf16 n = 2^%d: %.3f ms)\n", prop.name,
+              prop.multiProcessorCount, copy_gbs, read_gbs, log2n, read_ms);
+
+  std::vector<Result> rows;
+  const int Ks[] = {4, 64};
+  for (int K : Ks) {
+    const int64_t nb = (n + bs - 1) / bs;
+    const int64_t cpb = chunks_per_block(bs, kRademacher);
+    float *part, *out, *ref;
+    CK(cudaMalloc(&part, nb * cpb * K * 4));
+    CK(cudaMalloc(&out, nb * K * 4));
+    CK(cudaMalloc(&ref, nb * K * 4));
+    ProjectParams p{};
+    p.x = x;
+    p.y = nullptr;
+    p.dtype = kBF16;
+    p.dist = kRademacher;
+    p.numel = n;
+    p.block_size = bs;
+    p.num_blocks = nb;
+    p.block_offset = 3;
+    p.num_bases = K;
+    p.seed = 0x123456789abcdefULL;
+    p.scale = 1.0f;
+    p.active = nullptr;
+    p.out = out;
+    rows.push_back(run_variant<kRademacher, 1, 1>("mb1_ch1", p, part, ref, true));
+    rows.push_back(run_variant<kRademacher, 2, 1>("mb2_ch1", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 3, 1>("mb3_ch1", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 4, 1>("mb4_ch1", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 1, 2>("mb1_ch2", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 3, 2>("mb3_ch2", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 1, 4>("mb1_ch4", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 3, 4>("mb3_ch4", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
+    rows.push_back(run_variant<kRademacher, 1, 8>("mb1_ch8", p, part, ref, false));
+    CK(cudaFree(part));
+    CK(cudaFree(out));
+    CK(cudaFree(ref));
+  }
+  FILE* f = csv ? std::fopen(csv, "w") : nullptr;
+  if (f)
+    std::fprintf(f, "gpu,sms,variant,dtype,dist,n,K,time_ms,GB_per_s,frac_of_copy,frac_of_read,regs,ctas_per_sm,identical,copy_GBps,read_GBps\n");
+  std::printf("%-8s %3s %8s %8s %8s %8s %5s %5s %s\n", "variant", "K", "ms", "GB/s", "of copy", "of read", "regs",
+              "ctas", "identical");
+  for (const Result& r : rows) {
+    const double gbs = n * 2.0 / (r.ms * 1e-3) / 1e9;
+    std::printf("%-8s %3d %8.4f %8.0f %8.3f %8.3f %5d %5d %s\n", r.name.c_str(), r.K, r.ms, gbs, gbs / copy_gbs,
+                gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "NO");
+    if (f)
+      std::fprintf(f, "%s,%d,%s,bfloat16,rademacher,%lld,%d,%.5f,%.1f,%.4f,%.4f,%d,%d,%s,%.1f,%.1f\n", prop.name,
+                   prop.multiProcessorCount, r.name.c_str(), (long long)n, r.K, r.ms, gbs, gbs / copy_gbs,
+                   gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "no", copy_gbs, read_gbs);
+  }
+  if (f) std::fclose(f);
+  bool all = true;
+  for (const Result& r : rows) all = all && r.same;
+  return all ? 0 : 2;
+}

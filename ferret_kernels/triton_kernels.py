@@ -24,8 +24,11 @@ signs flip the float's sign bit (exact, as x * +-1).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
+
+import numpy as np
 
 import torch
 import triton
@@ -35,6 +38,51 @@ from torch.library import triton_op, wrap_triton
 from . import backends
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# CUDA grid limit of the x dimension (every launch here is one-dimensional)
+_MAX_GRID = 2**31 - 1
+
+
+def _interpreter_compat() -> None:
+    """Triton 3.6's interpreter holds a kernel's scalar arguments as 1-element arrays and turns
+    them into range() bounds with int(array), which numpy >= 2.4 refuses ("only 0-dimensional
+    arrays can be converted to Python scalars"); triton 3.9 squeezes first. Under the interpreter
+    only, the same fix is applied to older versions (their _patch_lang_tensor, wrapped)."""
+    from triton.runtime import interpreter as ti
+
+    orig = getattr(ti, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_ferret_compat", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    patched._ferret_compat = True
+    ti._patch_lang_tensor = patched
+
+
+if _INTERPRET:
+    _interpreter_compat()
+
+
+def _wrap(kernel):
+    """wrap_triton(kernel); under the interpreter, torch before 2.12 refuses the interpreter's
+    kernel objects (wrap_triton only works on functions annotated with triton.jit), and there is
+    nothing to trace there, so the kernel itself is launched."""
+    if _INTERPRET:
+        try:
+            return wrap_triton(kernel)
+        except RuntimeError:
+            return kernel
+    return wrap_triton(kernel)
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (cuda:1 while cuda:0 is
+    current would otherwise run on the wrong GPU)."""
+    if t.device.type == "cuda" and t.device.index is not None:
+        return torch.cuda.device(t.device.index)
+    return contextlib.nullcontext()
 _DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
 
 PHILOX_M0 = tl.constexpr(0xD2511F53)
@@ -179,7 +227,7 @@ def _project_kernel(x_ptr, y_ptr, act_ptr, part_ptr, numel, block_size, block_of
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
     pid = tl.program_id(0).to(tl.int64)
-    cpb = (block_size + CHUNK - 1) // CHUNK
+    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK  # 64-bit: block_size may be near 2^31
     b = pid // cpb
     cstart = (pid % cpb) * CHUNK
     blk_start = b * block_size
@@ -190,8 +238,8 @@ def _project_kernel(x_ptr, y_ptr, act_ptr, part_ptr, numel, block_size, block_of
     if HAS_Y:
         xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
     kb = K
-    if HAS_ACT:
-        kb = tl.load(act_ptr + b).to(tl.int32)
+    if HAS_ACT:  # clamped to [0, K]: never past the row of part (counts are not checked on the host for GPU tensors)
+        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)
     g = (block_offset + b).to(tl.uint32)
     if DIST == 0:
         xbits = xv.to(tl.uint32, bitcast=True)
@@ -207,8 +255,11 @@ def _project_kernel(x_ptr, y_ptr, act_ptr, part_ptr, numel, block_size, block_of
 
 @triton.jit
 def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    kk = tl.program_id(1) * KT + tl.arange(0, KT)
+    """Grid: num_blocks * ceil(K / KT), one-dimensional (a second grid dimension caps at 65535)."""
+    pid = tl.program_id(0).to(tl.int64)
+    nt = (K + KT - 1) // KT
+    b = pid // nt
+    kk = (pid % nt) * KT + tl.arange(0, KT)
     m = kk < K
     acc = tl.zeros([KT], dtype=tl.float32)
     for c in range(0, cpb):  # fixed order
@@ -231,14 +282,14 @@ def _reconstruct_kernel(c_ptr, out_ptr, act_ptr, numel, block_size, block_offset
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
     pid = tl.program_id(0).to(tl.int64)
-    cpb = (block_size + CHUNK - 1) // CHUNK
+    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK  # 64-bit: block_size may be near 2^31
     b = pid // cpb
     cstart = (pid % cpb) * CHUNK
     blk_start = b * block_size
     blk_len = tl.minimum(block_size, numel - blk_start)
     kb = K
-    if HAS_ACT:
-        kb = tl.load(act_ptr + b).to(tl.int32)
+    if HAS_ACT:  # clamped to [0, K]: never past the row of coeffs
+        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)
     g = (block_offset + b).to(tl.uint32)
     acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
     if cstart < blk_len:
@@ -301,6 +352,12 @@ def _project_chunk(block_size: int, dist: str) -> int:
     return max(128, min(8192 if dist == "rademacher" else 2048, triton.next_power_of_2(block_size)))
 
 
+def _check_grid(programs: int, what: str) -> None:
+    if programs > _MAX_GRID:
+        raise ValueError(f"ferret: the Triton launch needs {programs} programs ({what}), over the GPU's limit of "
+                         f"2^31 - 1; use a larger block_size")
+
+
 def _active32(active):
     return None if active is None else active.to(torch.int32).contiguous()
 
@@ -310,22 +367,26 @@ def project(x: torch.Tensor, y: Optional[torch.Tensor], seed: int, num_bases: in
             block_offset: int, dist: str, scale: float, active: Optional[torch.Tensor]) -> torch.Tensor:
     n = x.numel()
     nb = (n + block_size - 1) // block_size
-    out = torch.zeros(nb, num_bases, device=x.device, dtype=torch.float32)
     if nb == 0:
-        return out
+        return torch.zeros(nb, num_bases, device=x.device, dtype=torch.float32)
     chunk = _project_chunk(block_size, dist)
     cpb = (block_size + chunk - 1) // chunk
-    part = torch.zeros(nb * cpb, num_bases, device=x.device, dtype=torch.float32)
+    kt = min(64, triton.next_power_of_2(num_bases))
+    _check_grid(nb * cpb, f"{nb} blocks x {cpb} chunks of {chunk}")
+    _check_grid(nb * triton.cdiv(num_bases, kt), f"{nb} blocks x {triton.cdiv(num_bases, kt)} tiles of {kt} bases")
+    out = torch.empty(nb, num_bases, device=x.device, dtype=torch.float32)  # every entry is written
+    act = _active32(active)
+    # partial sums past a block's active count are not written: zeros then; else every entry is written
+    part = (torch.zeros if act is not None else torch.empty)(nb * cpb, num_bases, device=x.device, dtype=torch.float32)
     xc = x.reshape(-1).contiguous()
     yc = y.reshape(-1).contiguous() if y is not None else xc
-    act = _active32(active)
     k0, k1 = _key(seed)
-    wrap_triton(_project_kernel)[(nb * cpb,)](
-        xc, yc, act if act is not None else out, part, n, block_size, block_offset, num_bases, k0, k1,
-        HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4,
-    )
-    kt = min(64, triton.next_power_of_2(num_bases))
-    wrap_triton(_reduce_kernel)[(nb, triton.cdiv(num_bases, kt))](part, out, cpb, num_bases, scale, KT=kt)
+    with _on_device(x):
+        _wrap(_project_kernel)[(nb * cpb,)](
+            xc, yc, act if act is not None else out, part, n, block_size, block_offset, num_bases, k0, k1,
+            HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4,
+        )
+        _wrap(_reduce_kernel)[(nb * triton.cdiv(num_bases, kt),)](part, out, cpb, num_bases, scale, KT=kt)
     return out
 
 
@@ -334,6 +395,8 @@ def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, facto
     nb, K = coeffs.shape
     if nb == 0:
         return
+    min_chunk = min(cfg.kwargs["CHUNK"] for cfg in _reconstruct_kernel.configs)
+    _check_grid(nb * triton.cdiv(block_size, min_chunk), f"{nb} blocks x chunks of {min_chunk}")
     c = coeffs.to(torch.float32).contiguous()
     act = _active32(active)
     k0, k1 = _key(seed)
@@ -341,10 +404,11 @@ def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, facto
     def grid(meta):
         return (nb * triton.cdiv(block_size, meta["CHUNK"]),)
 
-    wrap_triton(_reconstruct_kernel)[grid](
-        c, out, act if act is not None else c, n, block_size, block_offset, K, k0, k1, factor,
-        ACCUM=accum, HAS_ACT=act is not None, DIST=_DIST_ID[dist],
-    )
+    with _on_device(out):
+        _wrap(_reconstruct_kernel)[grid](
+            c, out, act if act is not None else c, n, block_size, block_offset, K, k0, k1, factor,
+            ACCUM=accum, HAS_ACT=act is not None, DIST=_DIST_ID[dist],
+        )
 
 
 @triton_op("ferret::_triton_reconstruct", mutates_args=())
@@ -368,7 +432,9 @@ def philox(counter: torch.Tensor, seed: int) -> torch.Tensor:
     n = c.shape[0]
     k0, k1 = _key(seed)
     if n:
-        wrap_triton(_philox_kernel)[(triton.cdiv(n, 256),)](c, out, n, k0, k1, BLOCK=256)
+        _check_grid(triton.cdiv(n, 256), f"{n} counters")
+        with _on_device(c):
+            _wrap(_philox_kernel)[(triton.cdiv(n, 256),)](c, out, n, k0, k1, BLOCK=256)
     return out
 
 

@@ -351,6 +351,8 @@ def main(argv=None) -> int:
     if not gpu:
         run.log("no CUDA device: rehearsal (build, CPU and Triton-interpreter tests, bench_gpu --smoke); "
                 "skipped: the CUDA kernels on a GPU, GPU timings")
+        run.stage("GPU stages", "skipped", 0, "no CUDA device: the CUDA build, the device tests on a GPU and the GPU "
+                  "timings did not run (rehearsal only)")
     if ok:
         ok = stage_build(run, min(run.left() - 30, 300))
     # the benchmark's share is reserved before the tests start (timings are what a GPU run is for)

@@ -86,7 +86,8 @@ def _chunks(length: int, num_bases: int):
 
 
 def _kb(active, b: int, num_bases: int) -> int:
-    return num_bases if active is None else int(active[b])
+    # clamped to [0, K] like the GPU kernels (for CPU tensors the op layer rejects counts outside first)
+    return num_bases if active is None else min(max(int(active[b]), 0), num_bases)
 
 
 def project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):

@@ -183,3 +183,53 @@ def test_large_tensor_64bit_offsets(gb):
     torch.testing.assert_close(g[-1:].cpu(), want, rtol=1e-5, atol=1e-4)
     assert torch.equal(g[:-1].cpu(), torch.zeros_like(g[:-1].cpu()))
     del x
+
+
+def test_active_counts_out_of_range_are_clamped_by_the_device_kernels(gb):
+    """GPU tensors' active counts are not range-checked on the host (that would sync); the device
+    kernels clamp them to [0, K], so a count above K never reaches past a row of part / coeffs."""
+    n, bs, K = 1500, 512, 4
+    x = torch.randn(n, device=DEV)
+    bad = torch.tensor([9, -3, 2], dtype=torch.int32, device=DEV)
+    clamped = bad.clamp(0, K)
+    ns = torch.ops.ferret
+    proj, rec = getattr(ns, f"_{gb}_project"), getattr(ns, f"_{gb}_reconstruct")
+    for dist in ("rademacher", "gaussian"):
+        got = proj(x, None, 11, K, bs, 0, dist, 1.0, bad)
+        assert torch.equal(got, proj(x, None, 11, K, bs, 0, dist, 1.0, clamped))
+        c = torch.randn(3, K, device=DEV)
+        assert torch.equal(rec(c, 11, n, bs, 0, dist, 1.0, None, bad), rec(c, 11, n, bs, 0, dist, 1.0, None, clamped))
+    if DEV == "cpu":  # where the op layer can check without a sync, it still refuses
+        with pytest.raises(ValueError, match=r"active counts must be in \[0, num_bases=4\]"):
+            fk.project(x, 11, K, bs, active=bad)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="needs a CUDA device")
+def test_cuda_graph_capture_with_active_counts(gb):
+    """No host synchronisation in project / reconstruct_ (active counts included): both can be
+    captured in a CUDA graph, and replaying it gives the eager results."""
+    n, bs, K = 70000, 4096, 8
+    x = torch.randn(n, device=DEV)
+    out = torch.zeros(n, device=DEV)
+    act = torch.randint(0, K + 1, (fk.num_blocks(n, bs),), dtype=torch.int32, device=DEV)
+    fk.project(x, 3, K, bs, active=act)  # compile / autotune before capture
+    fk.reconstruct_(out, torch.ones(fk.num_blocks(n, bs), K, device=DEV), 3, bs, active=act)
+    out.zero_()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        gamma = fk.project(x, 3, K, bs, active=act)
+        fk.reconstruct_(out, gamma, 3, bs, active=act, alpha=0.5)
+    g.replay()
+    torch.cuda.synchronize()
+    want_g = fk.project(x, 3, K, bs, active=act)
+    want = fk.reconstruct_(torch.zeros(n, device=DEV), want_g, 3, bs, active=act, alpha=0.5)
+    assert torch.equal(gamma, want_g) and torch.equal(out, want)
+
+
+def test_launch_over_the_grid_limit_is_refused_with_a_clear_error(gb):
+    if gb != "triton":
+        pytest.skip("the CUDA binding's check needs a CUDA device with 4 GiB free; see test_errors for its text")
+    x = torch.empty(2**31 + 1, dtype=torch.bfloat16, device=DEV)  # never written: no memory is touched on the CPU
+    with pytest.raises(ValueError, match=r"needs 2147483649 programs .* over the GPU's limit of 2\^31 - 1; use a larger block_size"):
+        torch.ops.ferret._triton_project(x, None, 1, 1, 1, 0, "rademacher", 1.0, None)

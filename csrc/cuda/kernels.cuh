@@ -15,6 +15,8 @@
 //                when aligned.
 #pragma once
 
+#include <algorithm>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -378,15 +380,16 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   }
 }
 
-// Grid: (num_blocks, ceil(K / kThreads)). out[b, k] = scale * sum_c part[b * cpb + c, k], c in order.
+// Grid: (num_blocks, min(ceil(K / kThreads), 65535)); the y dimension strides over K (a grid's y
+// stops at 65535). out[b, k] = scale * sum_c part[b * cpb + c, k], c in order.
 __global__ void __launch_bounds__(kThreads) reduce_kernel(const float* part, int64_t chunks_per_block, int K,
                                                           float scale, float* out) {
   const int64_t b = blockIdx.x;
-  const int k = blockIdx.y * kThreads + threadIdx.x;
-  if (k >= K) return;
-  float s = 0.0f;
-  for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];
-  out[b * K + k] = s * scale;
+  for (int64_t k = (int64_t)blockIdx.y * kThreads + threadIdx.x; k < K; k += (int64_t)gridDim.y * kThreads) {
+    float s = 0.0f;
+    for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];
+    out[b * K + k] = s * scale;
+  }
 }
 
 template <typename T, int DIST>
@@ -455,7 +458,8 @@ cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStre
                 project_kernel<T, DIST, MIN_BLOCKS, CHUNKS>)(p, cpb, chunks, part);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const dim3 grid((unsigned)p.num_blocks, (unsigned)((p.num_bases + kThreads - 1) / kThreads));
+  const dim3 grid((unsigned)p.num_blocks,
+                  (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
   FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, p.out);
   return cudaGetLastError();
 }

@@ -13,6 +13,12 @@ namespace ferret {
 namespace cuda {
 namespace {
 
+// CTAs of one launch: the x dimension of a CUDA grid stops at 2^31 - 1.
+void check_grid(int64_t ctas, int64_t blocks, int64_t chunks) {
+  TORCH_CHECK_VALUE(ctas <= (int64_t(1) << 31) - 1, "ferret: the CUDA launch needs ", num(ctas), " CTAs (", num(blocks),
+                    " blocks x ", num(chunks), " chunks), over the GPU's limit of 2^31 - 1; use a larger block_size");
+}
+
 void check_launch(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, "ferret: CUDA launch of ", what, " failed: ", cudaGetErrorString(e));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -24,15 +30,20 @@ at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int6
   TORCH_CHECK(x.is_cuda(), "ferret::_cuda_project: x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x.device());
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
-  check_active_range(a.active.defined() ? a.active.cpu() : a.active, num_bases);
+  // active counts are not range-checked here (a device-to-host copy per call, and no CUDA graph
+  // capture): the kernels clamp them to [0, num_bases]
   const int64_t cpb = chunks_per_block(block_size, a.p.dist);
-  at::Tensor part = at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));
+  check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
+  // partial sums past a block's active count are not written: zeros then; else every entry is
+  at::Tensor part = a.active.defined() ? at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat))
+                                       : at::empty({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));
   check_launch(launch_project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
   return a.out;
 }
 
 void run_reconstruct(const at::Tensor& out, const ReconstructArgs& a, int64_t num_bases) {
-  check_active_range(a.active.defined() ? a.active.cpu() : a.active, num_bases);
+  const int64_t cpb = chunks_per_block(a.p.block_size, a.p.dist);
+  check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
   check_launch(launch_reconstruct(a.p, at::cuda::getCurrentCUDAStream()), "reconstruct");
 }
 

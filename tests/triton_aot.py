@@ -30,28 +30,45 @@ from ferret_kernels import triton_kernels as tk  # noqa: E402
 DTYPES = ("fp32", "bf16", "fp16")
 
 
+# Where torch's allocations are (16-byte aligned pointers) and sizes are multiples of 16, Triton
+# specializes the arguments (tt.divisibility) and compiles another variant, with vector loads and
+# other register counts: that is the one GPU runs mostly take, so both are compiled here.
+ALIGNABLE = ("x_ptr", "y_ptr", "part_ptr", "act_ptr", "c_ptr", "out_ptr", "numel", "block_size")
+
+
+def _attrs(fn, sig, aligned):
+    if not aligned:
+        return {}
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig if n in ALIGNABLE}
+
+
 def variants():
-    """(name, jit function, signature, constexprs, num_warps), covering every dist and dtype."""
+    """(name, jit function, signature, constexprs, num_warps, attrs): every dist and dtype, each
+    aligned and not; every autotuning config of reconstruct for every dist."""
     for dist in (0, 1, 2):
         for dt in DTYPES:
             # the chunk of a large block, and the smallest (blocks of <= 128 elements)
             big = tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])
-            for has_y, has_act, ints, chunk in ((True, True, "i32", 128), (False, False, "i64", big)):
+            for has_y, has_act, ints, chunk, aligned in ((True, True, "i32", 128, False), (False, False, "i64", big, False),
+                                                         (True, False, "i64", big, True), (False, True, "i32", big, True)):
                 sig = tk._aot_signatures(dt, ints)["project"]
                 const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
-                yield (f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk}", tk._project_kernel,
-                       sig, const, 4)
+                yield (f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk} aligned={aligned}",
+                       tk._project_kernel, sig, const, 4, _attrs(tk._project_kernel, sig, aligned))
             for accum in (False, True):
-                configs = tk._reconstruct_kernel.configs if (dist == 0 and dt == "bf16") else tk._reconstruct_kernel.configs[:1]
+                configs = tk._reconstruct_kernel.configs if (dt == "bf16" and accum) else tk._reconstruct_kernel.configs[:1]
+                configs = tk._recon_prune(configs, {}, DIST=dist)  # the autotuner's candidates for this dist
                 for cfg in configs:
-                    sig = tk._aot_signatures(dt)["reconstruct"]
-                    const = {"ACCUM": accum, "HAS_ACT": accum, "DIST": dist, **cfg.kwargs}
-                    yield (f"reconstruct dist={dist} {dt} accum={accum} CHUNK={cfg.kwargs['CHUNK']} warps={cfg.num_warps}",
-                           tk._reconstruct_kernel.fn, sig, const, cfg.num_warps)
-    yield ("reduce", tk._reduce_kernel, {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"},
-           {"KT": 64}, 4)
-    yield ("philox", tk._philox_kernel, {"c_ptr": "*i64", "o_ptr": "*i64", "n": "i64", "k0": "i64", "k1": "i64"},
-           {"BLOCK": 256}, 4)
+                    for aligned in (False, True):
+                        sig = tk._aot_signatures(dt)["reconstruct"]
+                        const = {"ACCUM": accum, "HAS_ACT": accum, "DIST": dist, **cfg.kwargs}
+                        fn = tk._reconstruct_kernel.fn
+                        yield (f"reconstruct dist={dist} {dt} accum={accum} CHUNK={cfg.kwargs['CHUNK']} "
+                               f"warps={cfg.num_warps} aligned={aligned}", fn, sig, const, cfg.num_warps, _attrs(fn, sig, aligned))
+    sig = {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"}
+    yield ("reduce", tk._reduce_kernel, sig, {"KT": 64}, 4, {})
+    yield ("philox", tk._philox_kernel, {"c_ptr": "*i64", "o_ptr": "*i64", "n": "i64", "k0": "i32", "k1": "i32"},
+           {"BLOCK": 256}, 4, {})
 
 
 def ptxas_stats(ptx: str, arch: int) -> dict:
@@ -73,12 +90,13 @@ def ptxas_stats(ptx: str, arch: int) -> dict:
 
 def main(archs):
     for arch in archs:
-        for name, fn, sig, const, warps in variants():
+        for name, fn, sig, const, warps, attrs in variants():
             full = dict(sig, **{k: "constexpr" for k in const})
-            src = ASTSource(fn=fn, signature=full, constexprs=const)
+            src = ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs)
             row = {"arch": arch, "kernel": name}
             try:
-                k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+                k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                   options={"num_warps": warps, "enable_fp_fusion": tk._FP_FUSION})
                 row.update(ok=True, cubin_bytes=len(k.asm["cubin"]), shared=k.metadata.shared, **ptxas_stats(k.asm["ptx"], arch))
             except Exception as e:  # report every failing variant, not just the first
                 row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])

@@ -50,7 +50,7 @@ def _extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
-    sources = rel("csrc/module.cpp") + rel("csrc/cpu/*.cpp")
+    sources = rel("csrc/module.cpp") + rel("csrc/ops_schema.cpp") + rel("csrc/cpu/*.cpp")
     # the C++ standard is left to torch's BuildExtension (C++17 for older torch, C++20 for 2.14+)
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])

@@ -1,7 +1,7 @@
 // Torch-side helpers shared by the CPU and CUDA bindings: argument checks and the
 // translation of op arguments into the plain parameter structs of csrc/ferret/params.h.
-// The Python op layer validates first (with friendlier messages); these checks keep the
-// backend ops safe when they are called directly.
+// The native kernels validate here, once: ValueError / TypeError (TORCH_CHECK_VALUE / _TYPE)
+// naming the argument, before any output is allocated or any data touched.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,14 +26,29 @@ inline std::string shape(at::IntArrayRef s) {
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
-inline std::string name(at::ScalarType t) { return c10::toString(t); }
+// dtypes as Python prints them (torch.float32), so the C++ and Python messages read the same
+inline std::string name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
 inline std::string name(const at::Device& d) { return d.str(); }
 
 inline int parse_dist(c10::string_view dist) {
   if (dist == "rademacher") return kRademacher;
   if (dist == "uniform") return kUniform;
   if (dist == "gaussian") return kGaussian;
-  TORCH_CHECK(false, "ferret: unknown dist '", std::string(dist), "' (expected rademacher, uniform or gaussian)");
+  TORCH_CHECK_VALUE(false, "ferret: unknown dist '", std::string(dist), "'; expected one of rademacher, uniform, gaussian");
 }
 
 inline int parse_dtype(at::ScalarType t, const char* what) {
@@ -41,30 +56,38 @@ inline int parse_dtype(at::ScalarType t, const char* what) {
     case at::kFloat: return kF32;
     case at::kBFloat16: return kBF16;
     case at::kHalf: return kF16;
-    default: TORCH_CHECK(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", name(t));
+    default: TORCH_CHECK_TYPE(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", name(t));
   }
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The same rules, in the same words, as the Python validators of ferret_kernels/ops.py (used by
+// the fake kernels and the Triton / reference paths): ValueError / TypeError naming the argument.
 inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset) {
-  TORCH_CHECK(num_bases > 0 && num_bases <= (int64_t(1) << 31) - 1, "ferret: num_bases must be in [1, 2^31), got ", num(num_bases));
-  TORCH_CHECK(block_size > 0 && block_size <= (int64_t(1) << 33), "ferret: block_size must be in [1, 2^33], got ", num(block_size));
-  TORCH_CHECK(block_offset >= 0, "ferret: block_offset must be >= 0, got ", num(block_offset));
-  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
+  TORCH_CHECK_VALUE(num_bases > 0, "ferret: num_bases must be a positive int, got ", num(num_bases));
+  TORCH_CHECK_VALUE(num_bases < (int64_t(1) << 31), "ferret: num_bases must be < 2^31, got ", num(num_bases));
+  TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
+  TORCH_CHECK_VALUE(block_size <= (int64_t(1) << 33), "ferret: block_size must be <= 2^33, got ", num(block_size));
+  TORCH_CHECK_VALUE(block_offset >= 0, "ferret: block_offset must be >= 0, got ", num(block_offset));
+  TORCH_CHECK_VALUE(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
   const int64_t nb = ceil_div(numel, block_size);
-  TORCH_CHECK(block_offset + nb <= (int64_t(1) << 32), "ferret: global block indices must stay below 2^32 (block_offset ",
-              num(block_offset), " + ", num(nb), " blocks)");
+  TORCH_CHECK_VALUE(block_offset + nb <= (int64_t(1) << 32),
+                    "ferret: global block indices must stay below 2^32 (block_offset + num_blocks: ", num(block_offset),
+                    " + ", num(nb), ")");
 }
 
-// Active counts as a contiguous int32 tensor on `device`, or an undefined tensor.
+// Active counts as a contiguous int32 tensor on `device`, or an undefined tensor. Their range is
+// checked by the CPU binding only (check_active_range): on a GPU that would copy them to the host
+// on every call; the GPU kernels clamp them to [0, num_bases] instead.
 inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks, const at::Device& device) {
   if (!active.has_value()) return at::Tensor();
   const at::Tensor& a = *active;
-  TORCH_CHECK(a.device() == device, "ferret: active must be on ", name(device), ", got ", name(a.device()));
-  TORCH_CHECK(a.dim() == 1 && a.size(0) == num_blocks, "ferret: active must have shape [", num(num_blocks), "], got ", shape(a.sizes()));
-  TORCH_CHECK(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong, "ferret: active must be int32 or int64, got ",
-              name(a.scalar_type()));
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong,
+                   "ferret: active must be an int32/int64 tensor, got ", name(a.scalar_type()));
+  TORCH_CHECK_VALUE(a.device() == device, "ferret: active must be on ", name(device), ", got ", name(a.device()));
+  TORCH_CHECK_VALUE(a.dim() == 1 && a.size(0) == num_blocks, "ferret: active must have shape [", num(num_blocks),
+                    "] (one count per block), got ", shape(a.sizes()));
   return a.to(at::kInt).contiguous();
 }
 
@@ -78,23 +101,26 @@ inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Ten
                                 const c10::optional<at::Tensor>& active) {
   ProjectArgs a;
   const int dt = parse_dtype(x.scalar_type(), "x");
-  check_plan(x.numel(), num_bases, block_size, block_offset);
-  a.x = x.contiguous();
   if (y.has_value()) {
-    TORCH_CHECK(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()), ", got ",
-                name(y->scalar_type()));
-    TORCH_CHECK(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ", name(y->device()));
-    TORCH_CHECK(y->numel() == x.numel(), "ferret: y must have x's numel ", num(x.numel()), ", got ", num(y->numel()));
-    a.y = y->contiguous();
+    TORCH_CHECK_TYPE(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()),
+                     ", got ", name(y->scalar_type()));
+    TORCH_CHECK_VALUE(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
+                      name(y->device()));
+    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()),
+                      "), got ", num(y->numel()));
   }
+  check_plan(x.numel(), num_bases, block_size, block_offset);
+  const int dist_id = parse_dist(dist);
   const int64_t nb = ceil_div(x.numel(), block_size);
   a.active = checked_active(active, nb, x.device());
+  a.x = x.contiguous();
+  if (y.has_value()) a.y = y->contiguous();
   a.out = at::zeros({nb, num_bases}, x.options().dtype(at::kFloat));
   ProjectParams& p = a.p;
   p.x = a.x.data_ptr();
   p.y = a.y.defined() ? a.y.data_ptr() : nullptr;
   p.dtype = dt;
-  p.dist = parse_dist(dist);
+  p.dist = dist_id;
   p.numel = x.numel();
   p.block_size = block_size;
   p.num_blocks = nb;
@@ -112,28 +138,40 @@ struct ReconstructArgs {
   ReconstructParams p;
 };
 
-// `out` must already be allocated (numel elements, contiguous, float32/bfloat16/float16).
+// Checks of reconstruct's own arguments, before its output is allocated.
+inline void check_reconstruct_args(const at::Tensor& coeffs, int64_t numel, c10::optional<at::ScalarType> dtype) {
+  TORCH_CHECK_TYPE(coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kBFloat16 ||
+                       coeffs.scalar_type() == at::kHalf,
+                   "ferret: coeffs must be float32, bfloat16 or float16, got ", name(coeffs.scalar_type()));
+  TORCH_CHECK_VALUE(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got shape ",
+                    shape(coeffs.sizes()));
+  TORCH_CHECK_VALUE(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
+  if (dtype.has_value()) parse_dtype(*dtype, "dtype");
+}
+
+// `out` must already be allocated (numel elements); checked here: contiguous, float32/bf16/fp16.
 inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size,
                                         int64_t block_offset, c10::string_view dist, double scale, double alpha,
                                         bool accumulate, const c10::optional<at::Tensor>& active) {
   ReconstructArgs a;
-  TORCH_CHECK(out.is_contiguous(), "ferret: the output of reconstruct_ must be contiguous");
   const int dt = parse_dtype(out.scalar_type(), "out");
-  TORCH_CHECK(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got ", shape(coeffs.sizes()));
-  TORCH_CHECK(coeffs.is_floating_point(), "ferret: coeffs must be floating point, got ", name(coeffs.scalar_type()));
-  TORCH_CHECK(coeffs.device() == out.device(), "ferret: coeffs must be on ", name(out.device()), ", got ", name(coeffs.device()));
+  TORCH_CHECK_VALUE(coeffs.device() == out.device(), "ferret: coeffs must be on out's device ", name(out.device()),
+                    ", got ", name(coeffs.device()));
+  TORCH_CHECK_VALUE(out.is_contiguous(), "ferret: reconstruct_ needs a contiguous out tensor");
+  check_reconstruct_args(coeffs, out.numel(), c10::nullopt);
   const int64_t num_bases = coeffs.size(1);
   check_plan(out.numel(), num_bases, block_size, block_offset);
+  const int dist_id = parse_dist(dist);
   const int64_t nb = ceil_div(out.numel(), block_size);
-  TORCH_CHECK(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (one per block of ", num(block_size), " in ",
-              num(out.numel()), " elements), got ", num(coeffs.size(0)));
-  a.coeffs = coeffs.to(at::kFloat).contiguous();
+  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
+                    " in ", num(out.numel()), " elements), got shape ", shape(coeffs.sizes()));
   a.active = checked_active(active, nb, out.device());
+  a.coeffs = coeffs.to(at::kFloat).contiguous();
   ReconstructParams& p = a.p;
   p.coeffs = a.coeffs.data_ptr<float>();
   p.out = out.data_ptr();
   p.dtype = dt;
-  p.dist = parse_dist(dist);
+  p.dist = dist_id;
   p.numel = out.numel();
   p.block_size = block_size;
   p.num_blocks = nb;
@@ -147,11 +185,17 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
   return a;
 }
 
+inline void check_counter(const at::Tensor& counter) {
+  TORCH_CHECK_VALUE(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ",
+                    shape(counter.sizes()));
+}
+
+// CPU tensors only (no device-to-host copy).
 inline void check_active_range(const at::Tensor& active_cpu, int64_t num_bases) {
   if (!active_cpu.defined() || active_cpu.numel() == 0) return;
   const int64_t lo = active_cpu.min().item<int64_t>(), hi = active_cpu.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi <= num_bases, "ferret: active counts must be in [0, num_bases=", num(num_bases), "], got [", num(lo),
-              ", ", num(hi), "]");
+  TORCH_CHECK_VALUE(lo >= 0 && hi <= num_bases, "ferret: active counts must be in [0, num_bases=", num(num_bases),
+                    "], got [", num(lo), ", ", num(hi), "]");
 }
 
 }  // namespace ferret

@@ -1,7 +1,9 @@
 """ferret_kernels: fused projection / reconstruction on seeded random bases for Ferret.
 
-The ops live in the dispatcher as ``torch.ops.ferret.*``; the functions here are a thin
-keyword-friendly layer over them (seeds in [0, 2^64), defaults, the JL scale).
+The ops live in the dispatcher as ``torch.ops.ferret.*`` (the native kernel of the device);
+the functions here are a thin keyword-friendly layer over them (seeds in [0, 2^64), defaults,
+the JL scale) that also honours the backend selection (backends.py: FERRET_BACKEND,
+use_backend), calling the Triton or reference implementation when asked to.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from .backends import available as available_backends
 from .backends import get_backend, set_backend, use_backend
 from .ops import DISTS, RNG_VERSION, jl_scale, native_load_error, num_blocks, seed_to_op
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+backends.register_lazy("triton", "ferret_kernels.triton_kernels")
 
 __all__ = [
     "project",
@@ -34,27 +38,31 @@ __all__ = [
 ]
 
 
+def _impl(device: torch.device):
+    return backends.implementation(backends.select(device.type))
+
+
 def project(x, seed, num_bases, block_size, *, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None):
     """gamma[b, k] = scale * sum_j v_{g,k}[j] * (x - y)[j] over block b of flat x; float32 [num_blocks, K]."""
-    return torch.ops.ferret.project(x, y, seed_to_op(seed), num_bases, block_size, block_offset, dist, float(scale), active)
+    return _impl(x.device).project(x, y, seed_to_op(seed), num_bases, block_size, block_offset, dist, float(scale), active)
 
 
 def reconstruct(coeffs, seed, numel, block_size, *, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None):
     """out[j] = scale * sum_k coeffs[b, k] * v_{g,k}[j]; a flat tensor of `numel` elements in `dtype`."""
-    return torch.ops.ferret.reconstruct(
-        coeffs, seed_to_op(seed), numel, block_size, block_offset, dist, float(scale), dtype, active
-    )
+    return _impl(coeffs.device).reconstruct(coeffs, seed_to_op(seed), numel, block_size, block_offset, dist, float(scale),
+                                            dtype, active)
 
 
 def reconstruct_(out, coeffs, seed, block_size, *, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None):
     """out += alpha * reconstruct(coeffs) in place (fp32 arithmetic, stored in out's dtype); returns out."""
-    torch.ops.ferret.reconstruct_(out, coeffs, seed_to_op(seed), block_size, block_offset, dist, float(scale), float(alpha), active)
+    _impl(out.device).reconstruct_(out, coeffs, seed_to_op(seed), block_size, block_offset, dist, float(scale),
+                                   float(alpha), active)
     return out
 
 
 def philox(counter, seed):
     """Raw Philox4x32-10 words for int64 counters [N, 4] under the 64-bit seed's key (int64 [N, 4])."""
-    return torch.ops.ferret.philox(counter, seed_to_op(seed))
+    return _impl(counter.device).philox(counter, seed_to_op(seed))
 
 
 def cpu_isa(name: str = "") -> str:

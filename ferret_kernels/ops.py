@@ -1,10 +1,16 @@
 """The op surface: torch.ops.ferret.{project, reconstruct, reconstruct_, philox}.
 
-Schemas are defined once here (and usable without the compiled library). Each public op
-has one implementation that validates its arguments and forwards to the selected backend
-(ferret_kernels/backends.py); the C++/CUDA kernels register the same signatures under
-ferret::_cpu_* / ferret::_cuda_*, and the Triton kernels are triton_ops. Fake kernels make
-the ops traceable by torch.compile, and project / reconstruct are each other's backward.
+One schema per op (csrc/ops_schema.cpp; restated in SCHEMAS for builds without the extension)
+and kernels per dispatch key: the C++ CPU kernel (CPU) and the CUDA kernel (CUDA) come from
+ferret_kernels._C, loaded here and nowhere else. This module adds what only Python can: fake
+kernels (torch.compile, FakeTensor), autograd (project and reconstruct are each other's
+backward), and a CompositeExplicitAutograd kernel for devices without a native one (Triton on
+a GPU when the CUDA kernels are not built, else the pure-PyTorch reference), which is also the
+whole implementation when the extension is absent. It registers the "native" and "reference"
+implementations into the backend registry (backends.py); triton_kernels.py registers "triton".
+
+Validation: the native kernels validate in C++ (binding_common.h), once; the Python validators
+below, with the same rules and words, serve the fake kernels and the Triton / reference paths.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from . import backends
 RNG_VERSION = 1
 DISTS = ("rademacher", "uniform", "gaussian")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+OPS = ("project", "reconstruct", "reconstruct_", "philox")
 
 SCHEMAS = {
     "project": "(Tensor x, Tensor? y, int seed, int num_bases, int block_size, int block_offset=0, "
@@ -29,18 +36,29 @@ SCHEMAS = {
     "philox": "(Tensor counter, int seed) -> Tensor",
 }
 
-_lib = torch.library.Library("ferret", "DEF")
-for _name, _sig in SCHEMAS.items():
-    _lib.define(_name + _sig)
-    for _prefix in ("cpu", "cuda"):
-        _lib.define(f"_{_prefix}_{_name}{_sig}")
-_lib.define('_cpu_isa(str name="") -> str')
-
 _native_error: str | None = None
 try:
-    from . import _C  # noqa: F401  (registers the native kernels)
+    from . import _C  # noqa: F401  (defines the ops and registers the native kernels)
 except ImportError as e:  # pragma: no cover - exercised when the extension is not built
     _native_error = str(e)
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+    except RuntimeError:
+        return False
+
+
+if _native_error is None:
+    _lib = torch.library.Library("ferret", "FRAGMENT")  # the schemas come from _C
+else:
+    _lib = torch.library.Library("ferret", "DEF")
+    for _name, _sig in SCHEMAS.items():
+        _lib.define(_name + _sig)
+
+# which devices have a native kernel, read before any Python kernel is registered
+NATIVE_KEYS = frozenset(k for k in ("CPU", "CUDA") if _native_error is None and _has_kernel("ferret::project", k))
 
 
 def native_load_error() -> str | None:
@@ -128,23 +146,9 @@ def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, 
     _check_active(active, nb, num_bases, coeffs.device, values)
 
 
-# ----------------------------------------------------------------------------- implementations
-@torch.library.impl(_lib, "project", "CompositeExplicitAutograd")
-def _project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
-    validate_project(x, y, num_bases, block_size, block_offset, dist, active)
-    return backends.resolve(x.device).project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active)
-
-
-@torch.library.impl(_lib, "reconstruct", "CompositeExplicitAutograd")
-def _reconstruct(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None):
-    validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active)
-    _check_out_dtype(dtype)
-    return backends.resolve(coeffs.device).reconstruct(
-        coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active
-    )
-
-
 def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=True) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"ferret: out must be a tensor, got {type(out).__name__}")
     _check_float(out, "out")
     if coeffs.device != out.device:
         raise ValueError(f"ferret: coeffs must be on out's device {out.device}, got {coeffs.device}")
@@ -158,17 +162,82 @@ def _check_out_dtype(dtype) -> None:
         raise TypeError(f"ferret: dtype must be float32, bfloat16 or float16, got {dtype}")
 
 
-@torch.library.impl(_lib, "reconstruct_", "CompositeExplicitAutograd")
-def _reconstruct_(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None):
-    validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active)
-    backends.resolve(out.device).reconstruct_(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active)
-
-
-@torch.library.impl(_lib, "philox", "CompositeExplicitAutograd")
-def _philox(counter, seed):
+def validate_philox(counter) -> None:
     if counter.dim() != 2 or counter.shape[1] != 4:
         raise ValueError(f"ferret: counter must have shape [N, 4], got {list(counter.shape)}")
-    return backends.resolve(counter.device).philox(counter, seed)
+
+
+def _values(t: torch.Tensor) -> bool:
+    """Data-dependent checks (active count ranges) only where they cost no device-to-host copy."""
+    return t.device.type == "cpu"
+
+
+class _Checked:
+    """An implementation's four ops behind the Python validators (the Triton and reference paths)."""
+
+    def __init__(self, name, project, reconstruct, reconstruct_, philox):
+        self.name, self._p, self._r, self._ri, self._ph = name, project, reconstruct, reconstruct_, philox
+
+    def project(self, x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
+        validate_project(x, y, num_bases, block_size, block_offset, dist, active, _values(x))
+        return self._p(x, y, seed, num_bases, block_size, block_offset, dist, scale, active)
+
+    def reconstruct(self, coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None,
+                    active=None):
+        validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, _values(coeffs))
+        _check_out_dtype(dtype)
+        return self._r(coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active)
+
+    def reconstruct_(self, out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0,
+                     active=None):
+        validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, _values(out))
+        self._ri(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active)
+
+    def philox(self, counter, seed):
+        validate_philox(counter)
+        return self._ph(counter, seed)
+
+
+def checked(name, project, reconstruct, reconstruct_, philox) -> _Checked:
+    return _Checked(name, project, reconstruct, reconstruct_, philox)
+
+
+# ----------------------------------------------------------------------------- implementations
+def _reference_impl():
+    from . import reference as r
+
+    return checked("reference", r.project, r.reconstruct, r.reconstruct_, r.philox)
+
+
+backends.set_native(NATIVE_KEYS, _native_error)
+backends.register("native", lambda: torch.ops.ferret)  # the dispatcher: native kernel of the device, else the fallback
+backends.register("reference", _reference_impl)
+
+
+# CompositeExplicitAutograd: runs where no native kernel is registered for the device (CPU and
+# CUDA have theirs when the extension is built with them).
+def _fallback_project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
+    return backends.fallback(x.device).project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active)
+
+
+def _fallback_reconstruct(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None,
+                          active=None):
+    return backends.fallback(coeffs.device).reconstruct(coeffs, seed, numel, block_size, block_offset, dist, scale,
+                                                        dtype, active)
+
+
+def _fallback_reconstruct_(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0,
+                           active=None):
+    backends.fallback(out.device).reconstruct_(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active)
+
+
+def _fallback_philox(counter, seed):
+    return backends.fallback(counter.device).philox(counter, seed)
+
+
+for _name, _fn in (("project", _fallback_project), ("reconstruct", _fallback_reconstruct),
+                   ("reconstruct_", _fallback_reconstruct_), ("philox", _fallback_philox)):
+    _lib.impl(_name, _fn, "CompositeExplicitAutograd")
 
 
 # ----------------------------------------------------------------------------- fake kernels
@@ -193,51 +262,47 @@ def _reconstruct__fake(out, coeffs, seed, block_size, block_offset=0, dist="rade
 
 @torch.library.register_fake("ferret::philox")
 def _philox_fake(counter, seed):
+    validate_philox(counter)
     return counter.new_empty(counter.shape, dtype=torch.int64)
 
 
-for _name in SCHEMAS:
-    for _prefix in ("cpu", "cuda"):
-        torch.library.register_fake(f"ferret::_{_prefix}_{_name}")(
-            {"project": _project_fake, "reconstruct": _reconstruct_fake, "reconstruct_": _reconstruct__fake, "philox": _philox_fake}[_name]
-        )
-
-
 # ----------------------------------------------------------------------------- autograd
-# project and reconstruct are adjoint: d<project(x), c>/dx = reconstruct(c), and
-# d<reconstruct(c), r>/dc = project(r). Each is the other's backward.
-def _project_setup(ctx, inputs, output):
-    x, y, seed, num_bases, block_size, block_offset, dist, scale, active = inputs
-    ctx.args = (seed, x.numel(), block_size, block_offset, dist, scale)
-    ctx.shape, ctx.dtype, ctx.has_y = x.shape, x.dtype, y is not None
-    ctx.save_for_backward(active)
+def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
+    """project and reconstruct are adjoint: d<project(x), c>/dx = reconstruct(c) and
+    d<reconstruct(c), r>/dc = project(r), so each is the other's backward (through the same
+    implementation: the public ops here, the Triton ops in triton_kernels.py)."""
+
+    def project_setup(ctx, inputs, output):
+        x, y, seed, num_bases, block_size, block_offset, dist, scale, active = inputs
+        ctx.args = (seed, x.numel(), block_size, block_offset, dist, scale)
+        ctx.shape, ctx.dtype, ctx.has_y = x.shape, x.dtype, y is not None
+        ctx.save_for_backward(active)
+
+    def project_backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        seed, numel, block_size, block_offset, dist, scale = ctx.args
+        rec = getattr(torch.ops.ferret, reconstruct_op.split("::")[1])
+        gx = rec(grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active).reshape(ctx.shape)
+        return gx, (-gx if ctx.has_y else None), None, None, None, None, None, None, None
+
+    def reconstruct_setup(ctx, inputs, output):
+        coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active = inputs
+        ctx.args = (seed, coeffs.shape[1], block_size, block_offset, dist, scale)
+        ctx.coeff_dtype = coeffs.dtype
+        ctx.save_for_backward(active)
+
+    def reconstruct_backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        seed, num_bases, block_size, block_offset, dist, scale = ctx.args
+        proj = getattr(torch.ops.ferret, project_op.split("::")[1])
+        gc = proj(grad.contiguous(), None, seed, num_bases, block_size, block_offset, dist, scale, active)
+        return gc.to(ctx.coeff_dtype), None, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(project_op, project_backward, setup_context=project_setup)
+    torch.library.register_autograd(reconstruct_op, reconstruct_backward, setup_context=reconstruct_setup)
 
 
-def _project_backward(ctx, grad):
-    (active,) = ctx.saved_tensors
-    seed, numel, block_size, block_offset, dist, scale = ctx.args
-    gx = torch.ops.ferret.reconstruct(
-        grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active
-    ).reshape(ctx.shape)
-    return gx, (-gx if ctx.has_y else None), None, None, None, None, None, None, None
-
-
-def _reconstruct_setup(ctx, inputs, output):
-    coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active = inputs
-    ctx.args = (seed, coeffs.shape[1], block_size, block_offset, dist, scale)
-    ctx.coeff_dtype = coeffs.dtype
-    ctx.save_for_backward(active)
-
-
-def _reconstruct_backward(ctx, grad):
-    (active,) = ctx.saved_tensors
-    seed, num_bases, block_size, block_offset, dist, scale = ctx.args
-    gc = torch.ops.ferret.project(grad.contiguous(), None, seed, num_bases, block_size, block_offset, dist, scale, active)
-    return gc.to(ctx.coeff_dtype), None, None, None, None, None, None, None, None
-
-
-torch.library.register_autograd("ferret::project", _project_backward, setup_context=_project_setup)
-torch.library.register_autograd("ferret::reconstruct", _reconstruct_backward, setup_context=_reconstruct_setup)
+register_adjoint_autograd("ferret::project", "ferret::reconstruct")
 
 
 def seed_to_op(seed: int) -> int:

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import backends
+from . import backends, ops
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Fused multiply-adds, as every GPU run so far was measured and tested with: set on each launch
@@ -453,4 +453,6 @@ def philox(counter: torch.Tensor, seed: int) -> torch.Tensor:
     return out
 
 
-BACKEND = backends.Backend("triton", project, reconstruct, reconstruct_, philox)
+ops.register_adjoint_autograd("ferret::_triton_project", "ferret::_triton_reconstruct")
+backends.register("triton", lambda: ops.checked("triton", torch.ops.ferret._triton_project, torch.ops.ferret._triton_reconstruct,
+                                                 torch.ops.ferret._triton_reconstruct_, torch.ops.ferret._triton_philox))

@@ -45,3 +45,14 @@ def test_sass_cost_reports_every_kernel():
         for op in ("project", "reconstruct_"):
             for dist in ("rademacher", "uniform", "gaussian"):
                 assert re.search(rf"^\s*{be}\s+{op}\s+{dist}\s", res.stdout, re.M), f"no {be} {op} {dist} row:\n{res.stdout}"
+
+
+def test_ab_compare_smoke():
+    """benchmarks/ab_compare.py end to end (the same tree as A and B, tiny sizes)."""
+    if fk.native_load_error() is not None:
+        pytest.skip("ferret_kernels._C not built")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ab_compare.py"), "--a", ROOT, "--b", ROOT,
+                          "--log2n", "12", "--rounds", "1", "--no-csv"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for op in ("project", "reconstruct", "reconstruct_"):
+        assert re.search(rf"^\s*{op}\s+gaussian\s", res.stdout, re.M), res.stdout

@@ -40,6 +40,13 @@ def gb(request):
         yield request.param
 
 
+def raw_ops(gb):
+    """The ops a backend runs, called without the Python layer: the dispatcher's native CUDA
+    kernels (torch.ops.ferret.*) or the Triton ops."""
+    ns = torch.ops.ferret
+    return (ns.project, ns.reconstruct) if gb == "cuda" else (ns._triton_project, ns._triton_reconstruct)
+
+
 def ref(fn, *args, **kw):
     with fk.use_backend("reference"):
         return fn(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
@@ -140,7 +147,7 @@ def test_active_counts_adjoint_and_determinism():
 def test_ops_registered_for_torch_library(gb):
     x = torch.randn(600, device=DEV)
     if gb == "cuda":
-        torch.library.opcheck(torch.ops.ferret._cuda_project.default, (x, None, 1, 3, 256, 0, "uniform", 1.0, None))
+        torch.library.opcheck(torch.ops.ferret.project.default, (x, None, 1, 3, 256, 0, "uniform", 1.0, None))
         torch.library.opcheck(torch.ops.ferret.reconstruct_.default,
                               (torch.randn(600, device=DEV), torch.randn(3, 3, device=DEV), 1, 256, 0, "gaussian", 1.0, 2.0, None))
         return
@@ -156,7 +163,7 @@ def test_ops_registered_for_torch_library(gb):
 @pytest.mark.skipif(DEV != "cuda", reason="torch.compile of device kernels needs a GPU (the interpreter runs eager only)")
 def test_torch_compile_fullgraph_cuda(gb):
     x = torch.randn(5000, device=DEV)
-    ns = getattr(torch.ops.ferret, f"_{gb}_project"), getattr(torch.ops.ferret, f"_{gb}_reconstruct")
+    ns = raw_ops(gb)
 
     def f(x):
         g = ns[0](x, None, 9, 8, 1024, 0, "rademacher", 1.0, None)
@@ -192,8 +199,7 @@ def test_active_counts_out_of_range_are_clamped_by_the_device_kernels(gb):
     x = torch.randn(n, device=DEV)
     bad = torch.tensor([9, -3, 2], dtype=torch.int32, device=DEV)
     clamped = bad.clamp(0, K)
-    ns = torch.ops.ferret
-    proj, rec = getattr(ns, f"_{gb}_project"), getattr(ns, f"_{gb}_reconstruct")
+    proj, rec = raw_ops(gb)
     for dist in ("rademacher", "gaussian"):
         got = proj(x, None, 11, K, bs, 0, dist, 1.0, bad)
         assert torch.equal(got, proj(x, None, 11, K, bs, 0, dist, 1.0, clamped))

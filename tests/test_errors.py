@@ -91,17 +91,54 @@ def test_backend_selection_errors(monkeypatch):
         fk.project(torch.randn(10), 1, 4, 8)
 
 
-def test_native_ops_check_arguments_themselves():
-    """The backend ops are callable directly; they refuse bad input too (no crash, no write)."""
-    if "cpu" not in fk.available_backends("cpu"):
-        pytest.skip("no native backend")
-    with pytest.raises(RuntimeError, match="unknown dist"):
-        torch.ops.ferret._cpu_project(torch.randn(4), None, 1, 2, 2, 0, "bogus", 1.0, None)
-    with pytest.raises(RuntimeError, match="num_bases"):
-        torch.ops.ferret._cpu_project(torch.randn(4), None, 1, 0, 2, 0, "rademacher", 1.0, None)
-    with pytest.raises(RuntimeError, match="coeffs must have 2 rows"):
-        torch.ops.ferret._cpu_reconstruct(torch.randn(3, 2), 1, 4, 2, 0, "rademacher", 1.0, None, None)
-    out = torch.zeros(4)
-    with pytest.raises(RuntimeError, match="active counts"):
-        torch.ops.ferret._cpu_reconstruct_(out, torch.randn(2, 2), 1, 2, 0, "rademacher", 1.0, 1.0, torch.tensor([3, 0]))
-    assert torch.equal(out, torch.zeros(4))
+BAD_CALLS = [
+    # (op, args, exception, message) of bad calls straight to torch.ops.ferret.*
+    ("project", (torch.randn(4), None, 1, 2, 2, 0, "bogus", 1.0, None), ValueError, "unknown dist 'bogus'"),
+    ("project", (torch.randn(4), None, 1, 0, 2, 0, "rademacher", 1.0, None), ValueError, "num_bases must be a positive int, got 0"),
+    ("project", (torch.randn(4), None, 1, 2, 0, 0, "rademacher", 1.0, None), ValueError, "block_size must be a positive int, got 0"),
+    ("project", (torch.randn(4), None, 1, 2, 2, -1, "rademacher", 1.0, None), ValueError, "block_offset must be >= 0"),
+    ("project", (torch.randn(4), None, 1, 2, 2, 2**32 - 1, "rademacher", 1.0, None), ValueError, "below 2\\^32"),
+    ("project", (torch.arange(4), None, 1, 2, 2, 0, "rademacher", 1.0, None), TypeError, "x must be float32, bfloat16 or float16"),
+    ("project", (torch.randn(4), torch.randn(4).half(), 1, 2, 2, 0, "rademacher", 1.0, None), TypeError, "y must have x's dtype"),
+    ("project", (torch.randn(4), torch.randn(5), 1, 2, 2, 0, "rademacher", 1.0, None), ValueError,
+     "y must have as many elements as x \\(4\\), got 5"),
+    ("project", (torch.randn(4), None, 1, 2, 2, 0, "rademacher", 1.0, torch.tensor([1.0, 2.0])), TypeError,
+     "active must be an int32/int64 tensor"),
+    ("project", (torch.randn(4), None, 1, 2, 2, 0, "rademacher", 1.0, torch.tensor([1, 2, 0])), ValueError,
+     "active must have shape \\[2\\] \\(one count per block\\), got \\[3\\]"),
+    ("project", (torch.randn(4), None, 1, 2, 2, 0, "rademacher", 1.0, torch.tensor([3, 0])), ValueError,
+     "active counts must be in \\[0, num_bases=2\\]"),
+    ("reconstruct", (torch.randn(3, 2), 1, 4, 2, 0, "rademacher", 1.0, None, None), ValueError,
+     "coeffs must have 2 rows \\(blocks of 2 in 4 elements\\), got shape \\[3, 2\\]"),
+    ("reconstruct", (torch.randn(6), 1, 4, 2, 0, "rademacher", 1.0, None, None), ValueError, "coeffs must be 2-D"),
+    ("reconstruct", (torch.ones(2, 2, dtype=torch.int32), 1, 4, 2, 0, "rademacher", 1.0, None, None), TypeError,
+     "coeffs must be float32, bfloat16 or float16"),
+    ("reconstruct", (torch.randn(2, 2), 1, 4, 2, 0, "rademacher", 1.0, torch.float64, None), TypeError,
+     "dtype must be float32, bfloat16 or float16"),
+    ("reconstruct", (torch.randn(2, 2), 1, -4, 2, 0, "rademacher", 1.0, None, None), ValueError, "numel must be >= 0"),
+    ("reconstruct_", (torch.zeros(4), torch.randn(2, 2), 1, 2, 0, "rademacher", 1.0, 1.0, torch.tensor([3, 0])), ValueError,
+     "active counts must be in"),
+    ("reconstruct_", (torch.zeros(4, 2).t(), torch.randn(4, 2), 1, 2, 0, "rademacher", 1.0, 1.0, None), ValueError,
+     "contiguous"),
+    ("reconstruct_", (torch.zeros(4, dtype=torch.float64), torch.randn(2, 2), 1, 2, 0, "rademacher", 1.0, 1.0, None), TypeError,
+     "out must be float32"),
+    ("philox", (torch.zeros(3, 3, dtype=torch.int64), 1), ValueError, "counter must have shape \\[N, 4\\], got \\[3, 3\\]"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD_CALLS)))
+def test_native_ops_validate_once_with_the_python_words(i):
+    """torch.ops.ferret.* called directly (the C++ kernels' own checks when the extension is built):
+    ValueError / TypeError naming the argument, in the same words as the Python validators that
+    the Triton and reference paths use, and no output touched."""
+    op, args, exc, match = BAD_CALLS[i]
+    out = args[0] if op == "reconstruct_" else None
+    before = out.clone() if out is not None else None
+    with pytest.raises(exc, match=match) as native:
+        getattr(torch.ops.ferret, op)(*args)
+    with pytest.raises(exc, match=match) as python:
+        getattr(fk.backends.implementation("reference"), op)(*args)
+    if out is not None:
+        assert torch.equal(out, before)
+    if fk.native_load_error() is None:  # the C++ message: same words, maybe more numbers
+        assert str(python.value).split(",")[0].split("(")[0] in str(native.value)

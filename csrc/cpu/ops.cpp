@@ -1,5 +1,5 @@
-// CPU backend: registers ferret::_cpu_* (schemas are defined once, in ferret_kernels/ops.py)
-// and runs the fused kernels with at::parallel_for. Work is cut into tasks that depend only
+// CPU kernels of ferret::project / reconstruct / reconstruct_ / philox (schemas in
+// ops_schema.cpp), registered for the CPU dispatch key. Validation in binding_common.h; runs the fused kernels with at::parallel_for. Work is cut into tasks that depend only
 // on the problem's shape, never on the thread count, and partial sums are reduced in a fixed
 // order, so results are bit-identical for any number of threads.
 #include <ATen/Parallel.h>
@@ -58,7 +58,6 @@ const KernelTable*& active_table() {
 at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
                    int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
                    const c10::optional<at::Tensor>& active) {
-  TORCH_CHECK(x.device().is_cpu(), "ferret::_cpu_project: x must be a CPU tensor");
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   check_active_range(a.active, num_bases);
   const ProjectParams& p = a.p;
@@ -112,8 +111,7 @@ void run_reconstruct(const ReconstructParams& p) {
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
                        c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
                        const c10::optional<at::Tensor>& active) {
-  TORCH_CHECK(coeffs.device().is_cpu(), "ferret::_cpu_reconstruct: coeffs must be a CPU tensor");
-  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
+  check_reconstruct_args(coeffs, numel, dtype);
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
   ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active);
   check_active_range(a.active, coeffs.size(1));
@@ -123,20 +121,19 @@ at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, in
 
 void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
                   c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active) {
-  TORCH_CHECK(out.device().is_cpu(), "ferret::_cpu_reconstruct_: out must be a CPU tensor");
   ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active);
   check_active_range(a.active, coeffs.size(1));
   run_reconstruct(a.p);
 }
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {
-  TORCH_CHECK(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ", shape(counter.sizes()));
+  check_counter(counter);
   at::Tensor c = counter.to(at::kLong).contiguous();
   const int64_t n = c.size(0);
   std::vector<uint32_t> ctr(4 * n), res(4 * n);
   const int64_t* cp = c.data_ptr<int64_t>();
   for (int64_t i = 0; i < 4 * n; ++i) {
-    TORCH_CHECK(cp[i] >= 0 && cp[i] <= 0xffffffffLL, "ferret: counter words must be in [0, 2^32)");
+    TORCH_CHECK_VALUE(cp[i] >= 0 && cp[i] <= 0xffffffffLL, "ferret: counter words must be in [0, 2^32)");
     ctr[i] = (uint32_t)cp[i];
   }
   active_table()->philox(ctr.data(), n, (uint64_t)seed, res.data());
@@ -154,8 +151,8 @@ std::string cpu_isa(c10::string_view name) {
     active_table() = best_table();
   } else if (!n.empty()) {
     const KernelTable* t = table_by_name(n);
-    TORCH_CHECK(t, "ferret: CPU instruction set '", n, "' is unknown or not supported here (best: ", best_table()->name,
-                ")");
+    TORCH_CHECK_VALUE(t, "ferret: CPU instruction set '", n, "' is unknown or not supported here (best: ",
+                      best_table()->name, ")");
     active_table() = t;
   }
   return active_table()->name;
@@ -166,10 +163,10 @@ std::string cpu_isa(c10::string_view name) {
 }  // namespace ferret
 
 TORCH_LIBRARY_IMPL(ferret, CPU, m) {
-  m.impl("_cpu_project", &ferret::cpu::project);
-  m.impl("_cpu_reconstruct", &ferret::cpu::reconstruct);
-  m.impl("_cpu_reconstruct_", &ferret::cpu::reconstruct_);
-  m.impl("_cpu_philox", &ferret::cpu::philox);
+  m.impl("project", &ferret::cpu::project);
+  m.impl("reconstruct", &ferret::cpu::reconstruct);
+  m.impl("reconstruct_", &ferret::cpu::reconstruct_);
+  m.impl("philox", &ferret::cpu::philox);
 }
 
 TORCH_LIBRARY_IMPL(ferret, CompositeExplicitAutograd, m) {

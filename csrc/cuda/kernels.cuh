@@ -428,19 +428,22 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams
 }
 
 // ------------------------------------------------------------------ host-side launchers
-// The template ladder: dtype x dist -> one kernel instantiation. Returns the launch error.
+// The template ladder: dtype x dist -> one kernel instantiation. Returns the launch error, and
+// cudaErrorInvalidValue for a dtype or dist it does not know (never a silent fall-through).
 template <template <typename, int> class Launch, typename... Args>
 cudaError_t dispatch(int dtype, int dist, Args&&... args) {
 #define FERRET_DIST_CASES(T)                                                 \
   switch (dist) {                                                            \
     case kRademacher: return Launch<T, kRademacher>::run(args...);           \
     case kUniform: return Launch<T, kUniform>::run(args...);                 \
-    default: return Launch<T, kGaussian>::run(args...);                      \
+    case kGaussian: return Launch<T, kGaussian>::run(args...);               \
+    default: return cudaErrorInvalidValue;                                   \
   }
   switch (dtype) {
     case kF32: FERRET_DIST_CASES(float)
     case kBF16: FERRET_DIST_CASES(__nv_bfloat16)
-    default: FERRET_DIST_CASES(__half)
+    case kF16: FERRET_DIST_CASES(__half)
+    default: return cudaErrorInvalidValue;
   }
 #undef FERRET_DIST_CASES
 }

@@ -1,5 +1,5 @@
-// CUDA backend binding: registers ferret::_cuda_* for the CUDA dispatch key. Thin: argument
-// checks and params from binding_common.h, a device guard, the current stream, and a launch
+// CUDA kernels of ferret::project / reconstruct / reconstruct_ / philox (schemas in
+// ops_schema.cpp), registered for the CUDA dispatch key. Thin: argument checks and params from binding_common.h, a device guard, the current stream, and a launch
 // check after every launch; the kernels live in the torch-free kernels.cuh.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -27,7 +27,6 @@ void check_launch(cudaError_t e, const char* what) {
 at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
                    int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
                    const c10::optional<at::Tensor>& active) {
-  TORCH_CHECK(x.is_cuda(), "ferret::_cuda_project: x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x.device());
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   // active counts are not range-checked here (a device-to-host copy per call, and no CUDA graph
@@ -50,8 +49,7 @@ void run_reconstruct(const at::Tensor& out, const ReconstructArgs& a, int64_t nu
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
                        c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
                        const c10::optional<at::Tensor>& active) {
-  TORCH_CHECK(coeffs.is_cuda(), "ferret::_cuda_reconstruct: coeffs must be a CUDA tensor");
-  TORCH_CHECK(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
+  check_reconstruct_args(coeffs, numel, dtype);
   const c10::cuda::CUDAGuard guard(coeffs.device());
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
   ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active);
@@ -61,15 +59,13 @@ at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, in
 
 void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
                   c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active) {
-  TORCH_CHECK(out.is_cuda(), "ferret::_cuda_reconstruct_: out must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(out.device());
   ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active);
   run_reconstruct(out, a, coeffs.size(1));
 }
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {
-  TORCH_CHECK(counter.is_cuda(), "ferret::_cuda_philox: counter must be a CUDA tensor");
-  TORCH_CHECK(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ", shape(counter.sizes()));
+  check_counter(counter);
   const c10::cuda::CUDAGuard guard(counter.device());
   at::Tensor c = counter.to(at::kLong).contiguous();
   at::Tensor out = at::empty_like(c);
@@ -84,8 +80,8 @@ at::Tensor philox(const at::Tensor& counter, int64_t seed) {
 }  // namespace ferret
 
 TORCH_LIBRARY_IMPL(ferret, CUDA, m) {
-  m.impl("_cuda_project", &ferret::cuda::project);
-  m.impl("_cuda_reconstruct", &ferret::cuda::reconstruct);
-  m.impl("_cuda_reconstruct_", &ferret::cuda::reconstruct_);
-  m.impl("_cuda_philox", &ferret::cuda::philox);
+  m.impl("project", &ferret::cuda::project);
+  m.impl("reconstruct", &ferret::cuda::reconstruct);
+  m.impl("reconstruct_", &ferret::cuda::reconstruct_);
+  m.impl("philox", &ferret::cuda::philox);
 }

@@ -1,0 +1,22 @@
+// The op schemas: torch.ops.ferret.{project, reconstruct, reconstruct_, philox}. Defined here,
+// in C++, so the ops exist for any caller that loads this library, with or without Python; the
+// CPU and CUDA kernels are registered on them per dispatch key (cpu/ops.cpp, cuda/ops.cu), and
+// ferret_kernels/ops.py adds the fake kernels, autograd and a fallback for other devices.
+// Semantics: docs/ops.md; randomness: docs/rng.md. Keep in sync with SCHEMAS in ops.py, which
+// defines the same schemas when this library is not built (a test compares the two).
+#include <torch/library.h>
+
+TORCH_LIBRARY(ferret, m) {
+  m.set_python_module("ferret_kernels.ops");
+  m.def(
+      "project(Tensor x, Tensor? y, int seed, int num_bases, int block_size, int block_offset=0, "
+      "str dist=\"rademacher\", float scale=1.0, Tensor? active=None) -> Tensor");
+  m.def(
+      "reconstruct(Tensor coeffs, int seed, int numel, int block_size, int block_offset=0, "
+      "str dist=\"rademacher\", float scale=1.0, ScalarType? dtype=None, Tensor? active=None) -> Tensor");
+  m.def(
+      "reconstruct_(Tensor(a!) out, Tensor coeffs, int seed, int block_size, int block_offset=0, "
+      "str dist=\"rademacher\", float scale=1.0, float alpha=1.0, Tensor? active=None) -> ()");
+  m.def("philox(Tensor counter, int seed) -> Tensor");
+  m.def("_cpu_isa(str name=\"\") -> str");
+}

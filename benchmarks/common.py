@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: machine info, timing, the CSV writer, the table printer,
-and the baselines of ../shared/design.md section 6, implemented from their descriptions."""
+and the baselines (per-seed regeneration as the official Ferret code does it: torch.manual_seed +
+trunc_normal_ per block and basis; naive dense: a torch.randn basis matrix, then a matmul)."""
 
 from __future__ import annotations
 

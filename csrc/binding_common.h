@@ -8,6 +8,7 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <algorithm>
 #include <string>
 
 #include "ferret/core.h"
@@ -196,6 +197,117 @@ inline void check_active_range(const at::Tensor& active_cpu, int64_t num_bases) 
   const int64_t lo = active_cpu.min().item<int64_t>(), hi = active_cpu.max().item<int64_t>();
   TORCH_CHECK_VALUE(lo >= 0 && hi <= num_bases, "ferret: active counts must be in [0, num_bases=", num(num_bases),
                     "], got [", num(lo), ", ", num(hi), "]");
+}
+
+// ---------------------------------------------------------------------------- element offsets
+// `start`: x[0] is element `start` of the global element stream, so element j is in global
+// block block_offset + (start + j) / block_size at position (start + j) % block_size (sharded
+// tensors, blocks that cross tensor edges). The kernels work on runs that start on a block
+// boundary; a call with start % block_size != 0 is split: the head (the rest of the block
+// `start` falls in) runs on a one-block temporary whose first start % block_size elements are
+// zeros (project: they add exact zeros) or scratch (reconstruct: discarded), the body runs in
+// place from the next block boundary. Results: reconstruct bit-identical to the unsharded
+// call's slice; project's rows are the partial sums of the elements given.
+
+inline int64_t blocks_from(int64_t start, int64_t numel, int64_t block_size) {
+  return ceil_div(start % block_size + numel, block_size);
+}
+
+// Checks a whole call with an element offset (what make_project / make_reconstruct check for
+// an aligned one), so that its pieces cannot fail halfway.
+inline void check_start_call(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset, int64_t start) {
+  TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
+  check_plan(numel, num_bases, block_size, block_offset);
+  const int64_t first = block_offset + start / block_size, nb = blocks_from(start, numel, block_size);
+  TORCH_CHECK_VALUE(first + nb <= (int64_t(1) << 32),
+                    "ferret: global block indices must stay below 2^32 (block_offset + num_blocks: ", num(first), " + ",
+                    num(nb), ")");
+}
+
+using ProjectFn = at::Tensor (*)(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t, int64_t, int64_t,
+                                 c10::string_view, double, const c10::optional<at::Tensor>&);
+// out[0, numel) (+)= reconstruction of coeffs from a block boundary (the backend's kernel)
+using ReconstructIntoFn = void (*)(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view, double,
+                                   double, bool, const c10::optional<at::Tensor>&);
+
+inline c10::optional<at::Tensor> rows(const c10::optional<at::Tensor>& t, int64_t first, int64_t count) {
+  if (!t.has_value()) return c10::nullopt;
+  return t->narrow(0, first, count);
+}
+
+inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed,
+                               int64_t num_bases, int64_t block_size, int64_t block_offset, c10::string_view dist,
+                               double scale, const c10::optional<at::Tensor>& active, int64_t start, bool check_counts) {
+  TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
+  TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
+  if (start % block_size == 0)
+    return aligned(x, y, seed, num_bases, block_size, block_offset + start / block_size, dist, scale, active);
+  // the whole call first (dtype, y, plan, dist, active), then the two pieces
+  parse_dtype(x.scalar_type(), "x");
+  if (y.has_value()) {
+    TORCH_CHECK_TYPE(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()),
+                     ", got ", name(y->scalar_type()));
+    TORCH_CHECK_VALUE(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
+                      name(y->device()));
+    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()),
+                      "), got ", num(y->numel()));
+  }
+  const int64_t n = x.numel(), p0 = start % block_size, g0 = block_offset + start / block_size;
+  check_start_call(n, num_bases, block_size, block_offset, start);
+  parse_dist(dist);
+  const int64_t nb = blocks_from(start, n, block_size);
+  at::Tensor act = checked_active(active, nb, x.device());
+  if (check_counts) check_active_range(act, num_bases);
+  const c10::optional<at::Tensor> act_opt = act.defined() ? c10::optional<at::Tensor>(act) : c10::nullopt;
+  const int64_t h = std::min(n, block_size - p0);
+  const at::Tensor xf = x.reshape(-1);
+  at::Tensor xb = at::zeros({p0 + h}, x.options());
+  xb.narrow(0, p0, h).copy_(xf.narrow(0, 0, h));
+  c10::optional<at::Tensor> yb;
+  if (y.has_value()) {
+    yb = at::zeros({p0 + h}, x.options());
+    yb->narrow(0, p0, h).copy_(y->reshape(-1).narrow(0, 0, h));
+  }
+  at::Tensor head = aligned(xb, yb, seed, num_bases, block_size, g0, dist, scale, rows(act_opt, 0, 1));
+  if (n == h) return head;
+  c10::optional<at::Tensor> yrest;
+  if (y.has_value()) yrest = y->reshape(-1).narrow(0, h, n - h);
+  at::Tensor body = aligned(xf.narrow(0, h, n - h), yrest, seed, num_bases, block_size, g0 + 1, dist, scale,
+                            rows(act_opt, 1, nb - 1));
+  return at::cat({head, body});
+}
+
+inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
+                             int64_t block_size, int64_t block_offset, c10::string_view dist, double scale, double alpha,
+                             bool accumulate, const c10::optional<at::Tensor>& active, int64_t start, bool check_counts) {
+  TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
+  TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
+  if (start % block_size == 0)
+    return aligned(out, coeffs, seed, block_size, block_offset + start / block_size, dist, scale, alpha, accumulate, active);
+  parse_dtype(out.scalar_type(), "out");
+  TORCH_CHECK_VALUE(coeffs.device() == out.device(), "ferret: coeffs must be on out's device ", name(out.device()),
+                    ", got ", name(coeffs.device()));
+  TORCH_CHECK_VALUE(out.is_contiguous(), "ferret: reconstruct_ needs a contiguous out tensor");
+  check_reconstruct_args(coeffs, out.numel(), c10::nullopt);
+  const int64_t n = out.numel(), num_bases = coeffs.size(1), p0 = start % block_size;
+  const int64_t g0 = block_offset + start / block_size;
+  check_start_call(n, num_bases, block_size, block_offset, start);
+  parse_dist(dist);
+  const int64_t nb = blocks_from(start, n, block_size);
+  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
+                    " in ", num(n), " elements from element ", num(start), "), got shape ", shape(coeffs.sizes()));
+  at::Tensor act = checked_active(active, nb, out.device());
+  if (check_counts) check_active_range(act, num_bases);
+  const c10::optional<at::Tensor> act_opt = act.defined() ? c10::optional<at::Tensor>(act) : c10::nullopt;
+  const int64_t h = std::min(n, block_size - p0);
+  at::Tensor tmp = at::zeros({p0 + h}, out.options());
+  if (accumulate) tmp.narrow(0, p0, h).copy_(out.narrow(0, 0, h));
+  aligned(tmp, coeffs.narrow(0, 0, 1), seed, block_size, g0, dist, scale, alpha, accumulate, rows(act_opt, 0, 1));
+  out.narrow(0, 0, h).copy_(tmp.narrow(0, p0, h));
+  if (n == h) return;
+  at::Tensor body = out.narrow(0, h, n - h);
+  aligned(body, coeffs.narrow(0, 1, nb - 1), seed, block_size, g0 + 1, dist, scale, alpha, accumulate,
+          rows(act_opt, 1, nb - 1));
 }
 
 }  // namespace ferret

@@ -10,13 +10,13 @@ TORCH_LIBRARY(ferret, m) {
   m.set_python_module("ferret_kernels.ops");
   m.def(
       "project(Tensor x, Tensor? y, int seed, int num_bases, int block_size, int block_offset=0, "
-      "str dist=\"rademacher\", float scale=1.0, Tensor? active=None) -> Tensor");
+      "str dist=\"rademacher\", float scale=1.0, Tensor? active=None, int start=0) -> Tensor");
   m.def(
       "reconstruct(Tensor coeffs, int seed, int numel, int block_size, int block_offset=0, "
-      "str dist=\"rademacher\", float scale=1.0, ScalarType? dtype=None, Tensor? active=None) -> Tensor");
+      "str dist=\"rademacher\", float scale=1.0, ScalarType? dtype=None, Tensor? active=None, int start=0) -> Tensor");
   m.def(
       "reconstruct_(Tensor(a!) out, Tensor coeffs, int seed, int block_size, int block_offset=0, "
-      "str dist=\"rademacher\", float scale=1.0, float alpha=1.0, Tensor? active=None) -> ()");
+      "str dist=\"rademacher\", float scale=1.0, float alpha=1.0, Tensor? active=None, int start=0) -> ()");
   m.def("philox(Tensor counter, int seed) -> Tensor");
   m.def("_cpu_isa(str name=\"\") -> str");
 }

@@ -28,11 +28,11 @@ OPS = ("project", "reconstruct", "reconstruct_", "philox")
 
 SCHEMAS = {
     "project": "(Tensor x, Tensor? y, int seed, int num_bases, int block_size, int block_offset=0, "
-    'str dist="rademacher", float scale=1.0, Tensor? active=None) -> Tensor',
+    'str dist="rademacher", float scale=1.0, Tensor? active=None, int start=0) -> Tensor',
     "reconstruct": "(Tensor coeffs, int seed, int numel, int block_size, int block_offset=0, "
-    'str dist="rademacher", float scale=1.0, ScalarType? dtype=None, Tensor? active=None) -> Tensor',
+    'str dist="rademacher", float scale=1.0, ScalarType? dtype=None, Tensor? active=None, int start=0) -> Tensor',
     "reconstruct_": "(Tensor(a!) out, Tensor coeffs, int seed, int block_size, int block_offset=0, "
-    'str dist="rademacher", float scale=1.0, float alpha=1.0, Tensor? active=None) -> ()',
+    'str dist="rademacher", float scale=1.0, float alpha=1.0, Tensor? active=None, int start=0) -> ()',
     "philox": "(Tensor counter, int seed) -> Tensor",
 }
 
@@ -67,8 +67,9 @@ def native_load_error() -> str | None:
 
 
 # ----------------------------------------------------------------------------- validation
-def num_blocks(numel: int, block_size: int) -> int:
-    return (numel + block_size - 1) // block_size
+def num_blocks(numel: int, block_size: int, start: int = 0) -> int:
+    """Blocks that `numel` elements from element `start` of the stream touch."""
+    return (start % block_size + numel + block_size - 1) // block_size
 
 
 def _is_int(v) -> bool:
@@ -92,6 +93,13 @@ def _check_plan(numel: int, num_bases: int, block_size: int, block_offset: int, 
         raise ValueError(f"ferret: unknown dist {dist!r}; expected one of {', '.join(DISTS)}")
 
 
+def _check_start(start, numel: int, block_size: int, block_offset: int) -> None:
+    if not _is_int(start) or start < 0:
+        raise ValueError(f"ferret: start must be >= 0, got {start!r}")
+    if block_offset + start // block_size + num_blocks(numel, block_size, start) > 2**32:
+        raise ValueError("ferret: global block indices must stay below 2^32 (block_offset + num_blocks)")
+
+
 def _check_active(active, nb: int, num_bases: int, device, values: bool = True) -> None:
     if active is None:
         return
@@ -112,7 +120,7 @@ def _check_float(t: torch.Tensor, what: str) -> None:
         raise TypeError(f"ferret: {what} must be float32, bfloat16 or float16, got {t.dtype}")
 
 
-def validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=True) -> None:
+def validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=True, start=0) -> None:
     """Raises a clear error for bad project arguments; `values=False` skips data-dependent checks (fake tensors)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"ferret: x must be a tensor, got {type(x).__name__}")
@@ -125,10 +133,11 @@ def validate_project(x, y, num_bases, block_size, block_offset, dist, active, va
         if y.numel() != x.numel():
             raise ValueError(f"ferret: y must have as many elements as x ({x.numel()}), got {y.numel()}")
     _check_plan(x.numel(), num_bases, block_size, block_offset, dist)
-    _check_active(active, num_blocks(x.numel(), block_size), num_bases, x.device, values)
+    _check_start(start, x.numel(), block_size, block_offset)
+    _check_active(active, num_blocks(x.numel(), block_size, start), num_bases, x.device, values)
 
 
-def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=True) -> None:
+def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=True, start=0) -> None:
     if not isinstance(coeffs, torch.Tensor):
         raise TypeError(f"ferret: coeffs must be a tensor, got {type(coeffs).__name__}")
     _check_float(coeffs, "coeffs")
@@ -138,15 +147,16 @@ def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, 
         raise ValueError(f"ferret: numel must be >= 0, got {numel}")
     num_bases = coeffs.shape[1]
     _check_plan(numel, num_bases, block_size, block_offset, dist)
-    nb = num_blocks(numel, block_size)
+    _check_start(start, numel, block_size, block_offset)
+    nb = num_blocks(numel, block_size, start)
     if coeffs.shape[0] != nb:
-        raise ValueError(
-            f"ferret: coeffs must have {nb} rows (blocks of {block_size} in {numel} elements), got shape {list(coeffs.shape)}"
-        )
+        where = f" from element {start}" if start % block_size else ""
+        raise ValueError(f"ferret: coeffs must have {nb} rows (blocks of {block_size} in {numel} elements{where}), "
+                         f"got shape {list(coeffs.shape)}")
     _check_active(active, nb, num_bases, coeffs.device, values)
 
 
-def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=True) -> None:
+def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=True, start=0) -> None:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"ferret: out must be a tensor, got {type(out).__name__}")
     _check_float(out, "out")
@@ -154,7 +164,7 @@ def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, v
         raise ValueError(f"ferret: coeffs must be on out's device {out.device}, got {coeffs.device}")
     if not out.is_contiguous():
         raise ValueError("ferret: reconstruct_ needs a contiguous out tensor")
-    validate_reconstruct(coeffs, out.numel(), block_size, block_offset, dist, active, values)
+    validate_reconstruct(coeffs, out.numel(), block_size, block_offset, dist, active, values, start)
 
 
 def _check_out_dtype(dtype) -> None:
@@ -172,26 +182,81 @@ def _values(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def _rows(active, first, count):
+    return None if active is None else active.narrow(0, first, count)
+
+
+def project_from(aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start):
+    """project with an element offset through `aligned` (a project whose x[0] starts a block),
+    as csrc/binding_common.h does it: the head (the rest of the block `start` falls in) on a
+    one-block temporary padded with zeros in front, the body from the next block boundary."""
+    if start % block_size == 0:
+        return aligned(x, y, seed, num_bases, block_size, block_offset + start // block_size, dist, scale, active)
+    n, p0, g0 = x.numel(), start % block_size, block_offset + start // block_size
+    h, nb = min(n, block_size - p0), num_blocks(n, block_size, start)
+    xf = x.reshape(-1)
+    xb = x.new_zeros(p0 + h)
+    xb[p0:] = xf[:h]
+    yb = None
+    if y is not None:
+        yb = y.new_zeros(p0 + h)
+        yb[p0:] = y.reshape(-1)[:h]
+    head = aligned(xb, yb, seed, num_bases, block_size, g0, dist, scale, _rows(active, 0, 1))
+    if n == h:
+        return head
+    body = aligned(xf[h:], None if y is None else y.reshape(-1)[h:], seed, num_bases, block_size, g0 + 1, dist, scale,
+                   _rows(active, 1, nb - 1))
+    return torch.cat([head, body])
+
+
+def reconstruct_from(aligned_, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active, start):
+    """reconstruct_ with an element offset through `aligned_` (an in-place reconstruct whose
+    out[0] starts a block): the head on a one-block temporary holding out's first elements at
+    their positions in the block, the body in place; bit-identical to the unsharded call."""
+    if start % block_size == 0:
+        aligned_(out, coeffs, seed, block_size, block_offset + start // block_size, dist, scale, alpha, active)
+        return
+    n, p0, g0 = out.numel(), start % block_size, block_offset + start // block_size
+    h, nb = min(n, block_size - p0), num_blocks(n, block_size, start)
+    tmp = out.new_zeros(p0 + h)
+    tmp[p0:] = out[:h]
+    aligned_(tmp, coeffs[:1], seed, block_size, g0, dist, scale, alpha, _rows(active, 0, 1))
+    out[:h] = tmp[p0:]
+    if n > h:
+        aligned_(out[h:], coeffs[1:], seed, block_size, g0 + 1, dist, scale, alpha, _rows(active, 1, nb - 1))
+
+
 class _Checked:
-    """An implementation's four ops behind the Python validators (the Triton and reference paths)."""
+    """An implementation's four ops behind the Python validators, with element offsets handled
+    on top of them (the Triton and reference paths)."""
 
     def __init__(self, name, project, reconstruct, reconstruct_, philox):
         self.name, self._p, self._r, self._ri, self._ph = name, project, reconstruct, reconstruct_, philox
 
-    def project(self, x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
-        validate_project(x, y, num_bases, block_size, block_offset, dist, active, _values(x))
-        return self._p(x, y, seed, num_bases, block_size, block_offset, dist, scale, active)
+    def project(self, x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None,
+                start=0):
+        validate_project(x, y, num_bases, block_size, block_offset, dist, active, _values(x), start)
+        return project_from(self._p, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start)
 
     def reconstruct(self, coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None,
-                    active=None):
-        validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, _values(coeffs))
+                    active=None, start=0):
+        validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, _values(coeffs), start)
         _check_out_dtype(dtype)
-        return self._r(coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active)
+        if start % block_size == 0:
+            return self._r(coeffs, seed, numel, block_size, block_offset + start // block_size, dist, scale, dtype, active)
+        # head: the block `start` falls in, reconstructed whole and cut; body: from the next block boundary
+        p0, g0 = start % block_size, block_offset + start // block_size
+        h, nb = min(numel, block_size - p0), num_blocks(numel, block_size, start)
+        head = self._r(coeffs[:1], seed, p0 + h, block_size, g0, dist, scale, dtype, _rows(active, 0, 1))[p0:]
+        if numel == h:
+            return head
+        body = self._r(coeffs[1:], seed, numel - h, block_size, g0 + 1, dist, scale, dtype, _rows(active, 1, nb - 1))
+        return torch.cat([head, body])
 
     def reconstruct_(self, out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0,
-                     active=None):
-        validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, _values(out))
-        self._ri(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active)
+                     active=None, start=0):
+        validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, _values(out), start)
+        reconstruct_from(self._ri, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active, start)
 
     def philox(self, counter, seed):
         validate_philox(counter)
@@ -216,19 +281,22 @@ backends.register("reference", _reference_impl)
 
 # CompositeExplicitAutograd: runs where no native kernel is registered for the device (CPU and
 # CUDA have theirs when the extension is built with them).
-def _fallback_project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
-    return backends.fallback(x.device).project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active)
+def _fallback_project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None,
+                      start=0):
+    return backends.fallback(x.device).project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active,
+                                               start)
 
 
 def _fallback_reconstruct(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None,
-                          active=None):
+                          active=None, start=0):
     return backends.fallback(coeffs.device).reconstruct(coeffs, seed, numel, block_size, block_offset, dist, scale,
-                                                        dtype, active)
+                                                        dtype, active, start)
 
 
 def _fallback_reconstruct_(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0,
-                           active=None):
-    backends.fallback(out.device).reconstruct_(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active)
+                           active=None, start=0):
+    backends.fallback(out.device).reconstruct_(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active,
+                                               start)
 
 
 def _fallback_philox(counter, seed):
@@ -242,21 +310,24 @@ for _name, _fn in (("project", _fallback_project), ("reconstruct", _fallback_rec
 
 # ----------------------------------------------------------------------------- fake kernels
 @torch.library.register_fake("ferret::project")
-def _project_fake(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None):
-    validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=False)
-    return x.new_empty((num_blocks(x.numel(), block_size), num_bases), dtype=torch.float32)
+def _project_fake(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None,
+                  start=0):
+    validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=False, start=start)
+    return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)
 
 
 @torch.library.register_fake("ferret::reconstruct")
-def _reconstruct_fake(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None):
-    validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=False)
+def _reconstruct_fake(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None,
+                      start=0):
+    validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=False, start=start)
     _check_out_dtype(dtype)
     return coeffs.new_empty((numel,), dtype=dtype or torch.float32)
 
 
 @torch.library.register_fake("ferret::reconstruct_")
-def _reconstruct__fake(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None):
-    validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=False)
+def _reconstruct__fake(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None,
+                       start=0):
+    validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=False, start=start)
     return None
 
 
@@ -273,8 +344,9 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
     implementation: the public ops here, the Triton ops in triton_kernels.py)."""
 
     def project_setup(ctx, inputs, output):
-        x, y, seed, num_bases, block_size, block_offset, dist, scale, active = inputs
+        x, y, seed, num_bases, block_size, block_offset, dist, scale, active, *start = inputs
         ctx.args = (seed, x.numel(), block_size, block_offset, dist, scale)
+        ctx.start = list(start)  # the public ops take an element offset, the Triton ops do not
         ctx.shape, ctx.dtype, ctx.has_y = x.shape, x.dtype, y is not None
         ctx.save_for_backward(active)
 
@@ -282,11 +354,13 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
         (active,) = ctx.saved_tensors
         seed, numel, block_size, block_offset, dist, scale = ctx.args
         rec = getattr(torch.ops.ferret, reconstruct_op.split("::")[1])
-        gx = rec(grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active).reshape(ctx.shape)
-        return gx, (-gx if ctx.has_y else None), None, None, None, None, None, None, None
+        gx = rec(grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active,
+                 *ctx.start).reshape(ctx.shape)
+        return (gx, (-gx if ctx.has_y else None), None, None, None, None, None, None, None) + (None,) * len(ctx.start)
 
     def reconstruct_setup(ctx, inputs, output):
-        coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active = inputs
+        coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active, *start = inputs
+        ctx.start = list(start)
         ctx.args = (seed, coeffs.shape[1], block_size, block_offset, dist, scale)
         ctx.coeff_dtype = coeffs.dtype
         ctx.save_for_backward(active)
@@ -295,8 +369,8 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
         (active,) = ctx.saved_tensors
         seed, num_bases, block_size, block_offset, dist, scale = ctx.args
         proj = getattr(torch.ops.ferret, project_op.split("::")[1])
-        gc = proj(grad.contiguous(), None, seed, num_bases, block_size, block_offset, dist, scale, active)
-        return gc.to(ctx.coeff_dtype), None, None, None, None, None, None, None, None
+        gc = proj(grad.contiguous(), None, seed, num_bases, block_size, block_offset, dist, scale, active, *ctx.start)
+        return (gc.to(ctx.coeff_dtype), None, None, None, None, None, None, None, None) + (None,) * len(ctx.start)
 
     torch.library.register_autograd(project_op, project_backward, setup_context=project_setup)
     torch.library.register_autograd(reconstruct_op, reconstruct_backward, setup_context=reconstruct_setup)

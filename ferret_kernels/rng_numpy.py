@@ -40,16 +40,17 @@ def seed_key(seed: int):
     return seed & 0xFFFFFFFF, seed >> 32
 
 
-def basis(seed: int, block: int, k: int, length: int, dist: str = "rademacher") -> np.ndarray:
-    """Values of basis k of global block `block`, elements 0..length-1, as float32."""
+def basis(seed: int, block: int, k: int, length: int, dist: str = "rademacher", start: int = 0) -> np.ndarray:
+    """Values of basis k of global block `block`, elements start..start+length-1 of the block, as float32."""
     if dist not in DISTS:
         raise ValueError(f"unknown dist {dist!r}")
-    j = np.arange(length, dtype=np.uint64)
+    j = np.arange(start, start + length, dtype=np.uint64)
     sh = 7 if dist == "rademacher" else 2
-    w = j >> np.uint64(sh)
+    w0 = start >> sh
+    w = (j >> np.uint64(sh)) - np.uint64(w0)
     nw = int(w[-1]) + 1 if length else 0
     ctr = np.zeros((nw, 4), dtype=np.uint64)
-    ctr[:, 0] = np.arange(nw, dtype=np.uint64)
+    ctr[:, 0] = np.arange(w0, w0 + nw, dtype=np.uint64)
     ctr[:, 1] = k
     ctr[:, 2] = block
     words = philox4x32_10(ctr, seed_key(seed)).astype(np.uint64)
@@ -68,5 +69,6 @@ def basis(seed: int, block: int, k: int, length: int, dist: str = "rademacher") 
     ub = ((pair[..., 1] >> np.uint64(8)).astype(np.float64) + 0.5) * 2.0**-24
     r = np.sqrt(-2.0 * np.log(ua))
     t = 2.0 * np.pi * ub
-    vals = np.stack([r * np.cos(t), r * np.sin(t)], axis=-1).reshape(-1)  # element order 0,1,2,3
-    return vals[:length].astype(np.float32)
+    vals = np.stack([r * np.cos(t), r * np.sin(t)], axis=-1).reshape(-1)  # element order 0,1,2,3 of each group
+    first = start - 4 * w0
+    return vals[first:first + length].astype(np.float32)

@@ -34,8 +34,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The device tests: every backend against the reference and the CPU kernel, op registration
 # (opcheck, torch.compile), the contract's streams, error text, statistics.
-TEST_FILES = ["tests/test_device_backends.py", "tests/test_ops.py", "tests/test_compile.py", "tests/test_rng.py",
-              "tests/test_errors.py", "tests/test_stats.py"]
+TEST_FILES = ["tests/test_device_backends.py", "tests/test_start_offset.py", "tests/test_op_surface.py", "tests/test_ops.py",
+              "tests/test_compile.py", "tests/test_errors.py", "tests/test_rng.py", "tests/test_stats.py"]
 # Without a GPU the rehearsal adds the checks that stand in for one.
 REHEARSAL_FILES = ["tests/test_triton_compile.py", "tests/test_cuda_emulation.py"]
 

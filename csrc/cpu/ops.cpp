@@ -55,9 +55,10 @@ const KernelTable*& active_table() {
   return t;
 }
 
-at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
-                   int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
-                   const c10::optional<at::Tensor>& active) {
+// x[0] on a block boundary (binding_common.h's project_from handles element offsets)
+at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
+                           int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                           const c10::optional<at::Tensor>& active) {
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   check_active_range(a.active, num_bases);
   const ProjectParams& p = a.p;
@@ -108,22 +109,36 @@ void run_reconstruct(const ReconstructParams& p) {
   });
 }
 
-at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
-                       c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
-                       const c10::optional<at::Tensor>& active) {
-  check_reconstruct_args(coeffs, numel, dtype);
-  at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
-  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active);
+// out (+)= reconstruction, out[0] on a block boundary
+void reconstruct_into(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
+                      c10::string_view dist, double scale, double alpha, bool accumulate,
+                      const c10::optional<at::Tensor>& active) {
+  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
   check_active_range(a.active, coeffs.size(1));
   run_reconstruct(a.p);
+}
+
+at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
+                   int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                   const c10::optional<at::Tensor>& active, int64_t start) {
+  return project_from(&project_aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start, true);
+}
+
+at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
+                       c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
+                       const c10::optional<at::Tensor>& active, int64_t start) {
+  check_reconstruct_args(coeffs, numel, dtype);
+  at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active, start,
+                   true);
   return out;
 }
 
 void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
-                  c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active) {
-  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active);
-  check_active_range(a.active, coeffs.size(1));
-  run_reconstruct(a.p);
+                  c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active,
+                  int64_t start) {
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active, start,
+                   true);
 }
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {

@@ -24,10 +24,10 @@ void check_launch(cudaError_t e, const char* what) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
-                   int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
-                   const c10::optional<at::Tensor>& active) {
-  const c10::cuda::CUDAGuard guard(x.device());
+// x[0] on a block boundary (binding_common.h's project_from handles element offsets)
+at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
+                           int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                           const c10::optional<at::Tensor>& active) {
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   // active counts are not range-checked here (a device-to-host copy per call, and no CUDA graph
   // capture): the kernels clamp them to [0, num_bases]
@@ -40,28 +40,41 @@ at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int6
   return a.out;
 }
 
-void run_reconstruct(const at::Tensor& out, const ReconstructArgs& a, int64_t num_bases) {
+// out (+)= reconstruction, out[0] on a block boundary
+void reconstruct_into(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
+                      c10::string_view dist, double scale, double alpha, bool accumulate,
+                      const c10::optional<at::Tensor>& active) {
+  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
   const int64_t cpb = chunks_per_block(a.p.block_size, a.p.dist);
   check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
   check_launch(launch_reconstruct(a.p, at::cuda::getCurrentCUDAStream()), "reconstruct");
 }
 
+// Active counts are not range-checked on the GPU (no device-to-host copy): the kernels clamp.
+at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
+                   int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                   const c10::optional<at::Tensor>& active, int64_t start) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return project_from(&project_aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start, false);
+}
+
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
                        c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
-                       const c10::optional<at::Tensor>& active) {
+                       const c10::optional<at::Tensor>& active, int64_t start) {
   check_reconstruct_args(coeffs, numel, dtype);
   const c10::cuda::CUDAGuard guard(coeffs.device());
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
-  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active);
-  run_reconstruct(out, a, coeffs.size(1));
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active, start,
+                   false);
   return out;
 }
 
 void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
-                  c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active) {
+                  c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active,
+                  int64_t start) {
   const c10::cuda::CUDAGuard guard(out.device());
-  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active);
-  run_reconstruct(out, a, coeffs.size(1));
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active, start,
+                   false);
 }
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {

@@ -52,6 +52,7 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
     assert got["project"] == _bits(g)
     assert got["project_diff"] == _bits(gd)
     assert got["reconstruct"] == _bits(r)
+    assert got["reconstruct_start"] == _bits(r[1500:])
     assert got["reconstruct_"] == _bits(out)
     assert "error ValueError ferret: num_bases must be a positive int, got 0" in run.stdout
 

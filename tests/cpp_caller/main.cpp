@@ -37,26 +37,29 @@ int main(int argc, char** argv) {
   auto& d = c10::Dispatcher::singleton();
   auto project = d.findSchemaOrThrow("ferret::project", "")
                      .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t, int64_t,
-                                       int64_t, c10::string_view, double, const std::optional<at::Tensor>&)>();
+                                       int64_t, c10::string_view, double, const std::optional<at::Tensor>&, int64_t)>();
   auto reconstruct = d.findSchemaOrThrow("ferret::reconstruct", "")
                          .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t, c10::string_view,
-                                           double, std::optional<at::ScalarType>, const std::optional<at::Tensor>&)>();
+                                           double, std::optional<at::ScalarType>, const std::optional<at::Tensor>&, int64_t)>();
   auto reconstruct_ = d.findSchemaOrThrow("ferret::reconstruct_", "")
                           .typed<void(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view,
-                                      double, double, const std::optional<at::Tensor>&)>();
+                                      double, double, const std::optional<at::Tensor>&, int64_t)>();
   const int64_t n = 5000, bs = 1024;
   at::Tensor x = at::arange(n, at::kFloat).mul(0.37).sin();
   at::Tensor y = at::arange(n, at::kFloat).mul(0.11).cos().to(at::kBFloat16);
-  at::Tensor g = project.call(x, std::nullopt, 7, 8, bs, 3, "rademacher", 0.5, std::nullopt);
+  at::Tensor g = project.call(x, std::nullopt, 7, 8, bs, 3, "rademacher", 0.5, std::nullopt, 0);
   print_bits("project", g);
-  at::Tensor gd = project.call(x.to(at::kBFloat16), y, -5, 6, bs, 0, "gaussian", 1.0, std::nullopt);
+  at::Tensor gd = project.call(x.to(at::kBFloat16), y, -5, 6, bs, 0, "gaussian", 1.0, std::nullopt, 0);
   print_bits("project_diff", gd);
-  print_bits("reconstruct", reconstruct.call(g, 7, n, bs, 3, "uniform", 2.0, std::nullopt, std::nullopt));
+  print_bits("reconstruct", reconstruct.call(g, 7, n, bs, 3, "uniform", 2.0, std::nullopt, std::nullopt, 0));
+  // an element offset: elements 1500.. of the same stream (rows from block 1 on)
+  print_bits("reconstruct_start", reconstruct.call(g.narrow(0, 1, g.size(0) - 1), 7, n - 1500, bs, 3, "uniform", 2.0,
+                                                   std::nullopt, std::nullopt, 1500));
   at::Tensor out = at::arange(n, at::kFloat).mul(0.01);
-  reconstruct_.call(out, g, 7, bs, 3, "rademacher", 0.5, -1.0, std::nullopt);
+  reconstruct_.call(out, g, 7, bs, 3, "rademacher", 0.5, -1.0, std::nullopt, 0);
   print_bits("reconstruct_", out);
   try {
-    project.call(x, std::nullopt, 7, 0, bs, 0, "rademacher", 1.0, std::nullopt);
+    project.call(x, std::nullopt, 7, 0, bs, 0, "rademacher", 1.0, std::nullopt, 0);
     std::printf("error none\n");
   } catch (const c10::ValueError& e) {
     std::printf("error ValueError %s\n", e.what_without_backtrace());

@@ -47,8 +47,14 @@ print(json.dumps({"file": fk.__file__, "rates": res}))
 
 def run_tree(tree: str, n: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-    res = subprocess.run([sys.executable, "-c", CHILD, str(n)], capture_output=True, text=True, env=env,
-                         cwd=os.path.abspath(tree), timeout=1800)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.abspath(tree),
+        timeout=1800,
+    )
     if res.returncode:
         sys.exit(f"{tree}: {res.stderr[-2000:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -76,11 +82,15 @@ def main(argv=None) -> int:
         a = statistics.median(r[key] for r in runs["a"])
         b = statistics.median(r[key] for r in runs["b"])
         op, dist = key.split("/")
-        rows.append(dict(op=op, dist=dist, n=n, K=64, a_Gelem_bases_per_s=a / 1e9, b_Gelem_bases_per_s=b / 1e9, b_over_a=b / a))
+        rows.append(
+            dict(op=op, dist=dist, n=n, K=64, a_Gelem_bases_per_s=a / 1e9, b_Gelem_bases_per_s=b / 1e9, b_over_a=b / a)
+        )
     common.print_table(rows, ["op", "dist", "a_Gelem_bases_per_s", "b_Gelem_bases_per_s", "b_over_a"])
     if not args.no_csv:
         info = common.machine_info("cpu")
-        path = common.append_csv("ab_compare.csv", [dict(info, label=args.label, rounds=args.rounds, **r) for r in rows])
+        path = common.append_csv(
+            "ab_compare.csv", [dict(info, label=args.label, rounds=args.rounds, **r) for r in rows]
+        )
         print(f"appended {len(rows)} rows to {os.path.relpath(path)}")
     return 0
 

@@ -23,9 +23,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 import ferret_kernels as fk  # noqa: E402
+
+import common  # noqa: E402
 
 
 def do_bench(fn, device="cuda") -> float:
@@ -52,8 +52,12 @@ def do_bench(fn, device="cuda") -> float:
 
 def gpu_driver() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 else ""
     except (OSError, IndexError, subprocess.SubprocessError):
         return ""
@@ -66,9 +70,13 @@ def llama2_7b_shapes():
     for i in range(layers):
         for p in ("q", "k", "v", "o"):
             shapes.append((f"layers.{i}.{p}_proj", (d, d)))
-        shapes += [(f"layers.{i}.gate_proj", (ff, d)), (f"layers.{i}.up_proj", (ff, d)),
-                   (f"layers.{i}.down_proj", (d, ff)), (f"layers.{i}.input_layernorm", (d,)),
-                   (f"layers.{i}.post_attention_layernorm", (d,))]
+        shapes += [
+            (f"layers.{i}.gate_proj", (ff, d)),
+            (f"layers.{i}.up_proj", (ff, d)),
+            (f"layers.{i}.down_proj", (d, ff)),
+            (f"layers.{i}.input_layernorm", (d,)),
+            (f"layers.{i}.post_attention_layernorm", (d,)),
+        ]
     shapes += [("norm", (d,)), ("lm_head", (vocab, d))]
     return shapes
 
@@ -90,15 +98,39 @@ def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state
         with fk.use_backend(be):
             for p, o in zip(params, offsets):
                 nb = fk.num_blocks(p.numel(), bs)
-                fk.reconstruct_(p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0)
+                fk.reconstruct_(
+                    p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0
+                )
+
     apply()  # compile / autotune outside the timing
     t = do_bench(apply, device)
-    row = dict(op="apply_llama2_7b", backend=be, dist=dist, dtype="bfloat16", n=total, K=K, block_size=bs,
-               time_ms=t * 1e3, Gelem_bases_per_s=total * K / t / 1e9, GB_per_s=4 * total / t / 1e9)
+    row = dict(
+        op="apply_llama2_7b",
+        backend=be,
+        dist=dist,
+        dtype="bfloat16",
+        n=total,
+        K=K,
+        block_size=bs,
+        time_ms=t * 1e3,
+        Gelem_bases_per_s=total * K / t / 1e9,
+        GB_per_s=4 * total / t / 1e9,
+    )
     return row, state
 
 
-COLS = ["op", "backend", "dist", "K", "time_ms", "Gelem_bases_per_s", "GB_per_s", "frac_of_copy", "x_vs_per_seed", "x_vs_dense"]
+COLS = [
+    "op",
+    "backend",
+    "dist",
+    "K",
+    "time_ms",
+    "Gelem_bases_per_s",
+    "GB_per_s",
+    "frac_of_copy",
+    "x_vs_per_seed",
+    "x_vs_dense",
+]
 
 
 def main(argv=None):
@@ -111,7 +143,9 @@ def main(argv=None):
     ap.add_argument("--no-7b", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--budget", type=float, default=0, help="seconds; stop starting new measurements after this (0: none)")
+    ap.add_argument(
+        "--budget", type=float, default=0, help="seconds; stop starting new measurements after this (0: none)"
+    )
     args = ap.parse_args(argv)
     t_start = time.monotonic()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -133,8 +167,10 @@ def main(argv=None):
         info["sms"] = torch.cuda.get_device_properties(0).multi_processor_count
     n, bs = 1 << args.log2n, args.block_size
     backends = [b for b in ("cuda", "triton") if b in fk.available_backends(dev)]
-    print(f"# {info['gpu']} | driver {info.get('driver', '')} | torch {info['torch']} | triton {info['triton']} | backends {backends}",
-          flush=True)
+    print(
+        f"# {info['gpu']} | driver {info.get('driver', '')} | torch {info['torch']} | triton {info['triton']} | backends {backends}",
+        flush=True,
+    )
     dists = args.dists.split(",")
     Ks = [int(k) for k in args.Ks.split(",")]
     rows, skipped = [], []
@@ -147,17 +183,26 @@ def main(argv=None):
 
     def emit(row, extra):
         rows.append(row)
-        print("row: " + ", ".join(f"{c}={row[c]:.4g}" if isinstance(row.get(c), float) else f"{c}={row.get(c, '')}"
-                                  for c in COLS if c in row), flush=True)
+        print(
+            "row: "
+            + ", ".join(
+                f"{c}={row[c]:.4g}" if isinstance(row.get(c), float) else f"{c}={row.get(c, '')}"
+                for c in COLS
+                if c in row
+            ),
+            flush=True,
+        )
         if not args.no_csv:
-            common.append_csv("gpu_ops.csv", [dict(extra, **{c: row.get(c, "") for c in COLS + ["n", "block_size", "dtype"]})])
+            common.append_csv(
+                "gpu_ops.csv", [dict(extra, **{c: row.get(c, "") for c in COLS + ["n", "block_size", "dtype"]})]
+            )
 
     # copy bandwidth of this device (bytes read + written)
     big = torch.empty(copy_elems, dtype=torch.bfloat16, device=dev)
     dst = torch.empty_like(big)
     t_copy = do_bench(lambda: dst.copy_(big), dev)
     copy_gbs = 2 * big.numel() * 2 / t_copy / 1e9
-    del big, dst
+    big = dst = None  # free them (the timed lambda above holds the names)
     print(f"# copy bandwidth: {copy_gbs:.0f} GB/s ({copy_elems * 2 / 2**30:g} GiB bf16 copy)", flush=True)
 
     # bit-identical rademacher and uniform bases between the GPU backends and the CPU kernel
@@ -188,9 +233,12 @@ def main(argv=None):
         rate_dense[K] = 4 * K * bs / t
     t = do_bench(lambda: common.per_seed_reconstruct(c1, 1, n, bs, sb, sk, device=dev), dev)
     rate_seed_r = sb * sk * bs / t
-    del xs
-    print(f"# baselines: per-seed {rate_seed / 1e9:.3f} (project) / {rate_seed_r / 1e9:.3f} (reconstruct) G elem-bases/s; "
-          f"dense {', '.join(f'K={k}: {r / 1e9:.2f}' for k, r in rate_dense.items())} G elem-bases/s", flush=True)
+    xs = None  # free it
+    print(
+        f"# baselines: per-seed {rate_seed / 1e9:.3f} (project) / {rate_seed_r / 1e9:.3f} (reconstruct) G elem-bases/s; "
+        f"dense {', '.join(f'K={k}: {r / 1e9:.2f}' for k, r in rate_dense.items())} G elem-bases/s",
+        flush=True,
+    )
     extra = dict(info, copy_GBps=copy_gbs, baseline_seed=rate_seed, bit_identical=str(ident))
 
     # most telling first: K = 4 (memory-bound), rademacher before gaussian, each backend side by side
@@ -205,13 +253,31 @@ def main(argv=None):
                     fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3)
                     t_p = do_bench(lambda: fk.project(x, 7, K, bs, dist=dist), dev)
                     t_r = do_bench(lambda: fk.reconstruct_(out, g, 7, bs, dist=dist, alpha=1e-3), dev)
-                for op, t, nbytes, rs in (("project", t_p, 2 * n, rate_seed), ("reconstruct_", t_r, 4 * n, rate_seed_r)):
+                for op, t, nbytes, rs in (
+                    ("project", t_p, 2 * n, rate_seed),
+                    ("reconstruct_", t_r, 4 * n, rate_seed_r),
+                ):
                     rate = n * K / t
                     gbs = nbytes / t / 1e9
-                    emit(dict(op=op, backend=be, dist=dist, dtype="bfloat16", n=n, K=K, block_size=bs,
-                              time_ms=t * 1e3, Gelem_bases_per_s=rate / 1e9, GB_per_s=gbs,
-                              frac_of_copy=gbs / copy_gbs, x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K]), extra)
-    del x, out
+                    emit(
+                        dict(
+                            op=op,
+                            backend=be,
+                            dist=dist,
+                            dtype="bfloat16",
+                            n=n,
+                            K=K,
+                            block_size=bs,
+                            time_ms=t * 1e3,
+                            Gelem_bases_per_s=rate / 1e9,
+                            GB_per_s=gbs,
+                            frac_of_copy=gbs / copy_gbs,
+                            x_vs_per_seed=rate / rs,
+                            x_vs_dense=rate / rate_dense[K],
+                        ),
+                        extra,
+                    )
+    x = out = None  # free them
     if dev == "cuda":
         torch.cuda.empty_cache()
     if not args.no_7b:
@@ -222,7 +288,7 @@ def main(argv=None):
                     continue
                 row, state = bench_7b_apply(be, dist, K=K_7b, shapes=shapes_7b, device=dev, state=state)
                 emit(row, extra)
-        del state
+        state = None
         if dev == "cuda":
             torch.cuda.empty_cache()
     print()

@@ -22,9 +22,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 import ferret_kernels as fk  # noqa: E402
+
+import common  # noqa: E402
 
 
 def fused_times(x, K, bs, dist, repeat):
@@ -110,26 +110,62 @@ def main(argv=None):
             ("reconstruct_", t_i, rate_seed_r, rate_dense_r, t_copy, 8 * n),
         ):
             rate = work / t
-            rows.append(dict(
-                op=op, dist=dist, dtype="float32", n=n, K=K, block_size=bs, time_ms=t * 1e3,
-                Gelem_bases_per_s=rate / 1e9, GB_per_s=nbytes / t / 1e9,
-                x_vs_per_seed=rate / rate_seed, x_vs_dense=rate / rate_dense, time_vs_floor=t / floor,
-            ))
+            rows.append(
+                dict(
+                    op=op,
+                    dist=dist,
+                    dtype="float32",
+                    n=n,
+                    K=K,
+                    block_size=bs,
+                    time_ms=t * 1e3,
+                    Gelem_bases_per_s=rate / 1e9,
+                    GB_per_s=nbytes / t / 1e9,
+                    x_vs_per_seed=rate / rate_seed,
+                    x_vs_dense=rate / rate_dense,
+                    time_vs_floor=t / floor,
+                )
+            )
     # K = 1 rademacher project against x.sum()
     t1 = common.bench(lambda: fk.project(x, 1, 1, bs), repeat=max(args.repeat, 10))
-    rows.append(dict(op="project", dist="rademacher", dtype="float32", n=n, K=1, block_size=bs, time_ms=t1 * 1e3,
-                     Gelem_bases_per_s=n / t1 / 1e9, GB_per_s=4 * n / t1 / 1e9,
-                     x_vs_per_seed=n / t1 / rate_seed_p, x_vs_dense=n / t1 / rate_dense_p, time_vs_floor=t1 / t_sum))
-    cols = ["op", "dist", "K", "time_ms", "Gelem_bases_per_s", "GB_per_s", "x_vs_per_seed", "x_vs_dense", "time_vs_floor"]
+    rows.append(
+        dict(
+            op="project",
+            dist="rademacher",
+            dtype="float32",
+            n=n,
+            K=1,
+            block_size=bs,
+            time_ms=t1 * 1e3,
+            Gelem_bases_per_s=n / t1 / 1e9,
+            GB_per_s=4 * n / t1 / 1e9,
+            x_vs_per_seed=n / t1 / rate_seed_p,
+            x_vs_dense=n / t1 / rate_dense_p,
+            time_vs_floor=t1 / t_sum,
+        )
+    )
+    cols = [
+        "op",
+        "dist",
+        "K",
+        "time_ms",
+        "Gelem_bases_per_s",
+        "GB_per_s",
+        "x_vs_per_seed",
+        "x_vs_dense",
+        "time_vs_floor",
+    ]
     common.print_table(rows, cols)
-    print(f"\nbaselines: per-seed regeneration {rate_seed_p / 1e6:.1f} (project) / {rate_seed_r / 1e6:.1f} (reconstruct) "
-          f"M elem-bases/s; naive dense {rate_dense_p / 1e6:.1f} / {rate_dense_r / 1e6:.1f} M elem-bases/s; "
-          f"x.sum() {t_sum * 1e3:.2f} ms; copy {t_copy * 1e3:.2f} ms")
+    print(
+        f"\nbaselines: per-seed regeneration {rate_seed_p / 1e6:.1f} (project) / {rate_seed_r / 1e6:.1f} (reconstruct) "
+        f"M elem-bases/s; naive dense {rate_dense_p / 1e6:.1f} / {rate_dense_r / 1e6:.1f} M elem-bases/s; "
+        f"x.sum() {t_sum * 1e3:.2f} ms; copy {t_copy * 1e3:.2f} ms"
+    )
 
     # memory: peak extra RSS at fixed num_blocks * K while n grows (fused), and naive dense
     mem_rows = []
     nbl = 16
-    for shift in ((20, 22) if args.quick else (22, 24, 26)):
+    for shift in (20, 22) if args.quick else (22, 24, 26):
         nn = 1 << shift
         for op in ("project", "reconstruct_", "dense_project"):
             if op == "dense_project" and shift > 24:
@@ -140,9 +176,15 @@ def main(argv=None):
     common.print_table(mem_rows, ["op", "n", "num_blocks", "K", "input_MB", "peak_extra_MB"])
 
     if not args.no_csv:
-        extra = dict(info, baseline_seed_project=rate_seed_p, baseline_seed_reconstruct=rate_seed_r,
-                     baseline_dense_project=rate_dense_p, baseline_dense_reconstruct=rate_dense_r,
-                     sum_ms=t_sum * 1e3, copy_ms=t_copy * 1e3)
+        extra = dict(
+            info,
+            baseline_seed_project=rate_seed_p,
+            baseline_seed_reconstruct=rate_seed_r,
+            baseline_dense_project=rate_dense_p,
+            baseline_dense_reconstruct=rate_dense_r,
+            sum_ms=t_sum * 1e3,
+            copy_ms=t_copy * 1e3,
+        )
         mems = {f"peak_extra_MB_{r['op']}_n{r['n']}": r["peak_extra_MB"] for r in mem_rows}
         path = common.append_csv("cpu_ops.csv", [dict(extra, **r, memory=json.dumps(mems)) for r in rows])
         print(f"\nappended {len(rows)} rows to {os.path.relpath(path)}")

@@ -100,7 +100,9 @@ def print_table(rows: list[dict], cols: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- baselines
-def per_seed_project(x: torch.Tensor, seed: int, num_bases: int, block_size: int, blocks: int, bases: int) -> torch.Tensor:
+def per_seed_project(
+    x: torch.Tensor, seed: int, num_bases: int, block_size: int, blocks: int, bases: int
+) -> torch.Tensor:
     """What the official Ferret code does, per block and basis: torch.manual_seed, trunc_normal_
     into a block-sized temporary, multiply and sum. Runs `blocks` x `bases` of the full work."""
     flat = x.reshape(-1)
@@ -118,8 +120,9 @@ def per_seed_project(x: torch.Tensor, seed: int, num_bases: int, block_size: int
     return out
 
 
-def per_seed_reconstruct(coeffs: torch.Tensor, seed: int, numel: int, block_size: int, blocks: int, bases: int,
-                         device="cpu") -> torch.Tensor:
+def per_seed_reconstruct(
+    coeffs: torch.Tensor, seed: int, numel: int, block_size: int, blocks: int, bases: int, device="cpu"
+) -> torch.Tensor:
     out = torch.zeros(blocks * block_size, device=device)
     num_bases = coeffs.shape[1]
     for b in range(blocks):

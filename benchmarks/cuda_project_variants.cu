@@ -20,13 +20,13 @@
 using namespace ferret;
 using namespace ferret::cuda;
 
-#define CK(x)                                                                           \
-  do {                                                                                  \
-    cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                            \
+#define CK(x)                                                                                 \
+  do {                                                                                        \
+    cudaError_t e_ = (x);                                                                     \
+    if (e_ != cudaSuccess) {                                                                  \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+      std::exit(1);                                                                           \
+    }                                                                                         \
   } while (0)
 
 __global__ void fill_kernel(__nv_bfloat16* x, int64_t n) {
@@ -118,9 +118,8 @@ int main(int argc, char** argv) {
   CK(cudaFree(cb));
   float* sink;
   CK(cudaMalloc(&sink, 4096));
-  const float read_ms = median_ms([&] {
-    read_kernel<<<8 * prop.multiProcessorCount, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink);
-  });
+  const float read_ms = median_ms(
+      [&] { read_kernel<<<8 * prop.multiProcessorCount, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink); });
   const double read_gbs = n * 2.0 / (read_ms * 1e-3) / 1e9;
   std::printf("# %s, %d SMs | copy %.0f GB/s | read %.0f GB/s (bf16 n = 2^%d: %.3f ms)\n", prop.name,
               prop.multiProcessorCount, copy_gbs, read_gbs, log2n, read_ms);
@@ -164,7 +163,9 @@ int main(int argc, char** argv) {
   }
   FILE* f = csv ? std::fopen(csv, "w") : nullptr;
   if (f)
-    std::fprintf(f, "gpu,sms,variant,dtype,dist,n,K,time_ms,GB_per_s,frac_of_copy,frac_of_read,regs,ctas_per_sm,identical,copy_GBps,read_GBps\n");
+    std::fprintf(f,
+                 "gpu,sms,variant,dtype,dist,n,K,time_ms,GB_per_s,frac_of_copy,frac_of_read,regs,ctas_per_sm,identical,"
+                 "copy_GBps,read_GBps\n");
   std::printf("%-8s %3s %8s %8s %8s %8s %5s %5s %s\n", "variant", "K", "ms", "GB/s", "of copy", "of read", "regs",
               "ctas", "identical");
   for (const Result& r : rows) {

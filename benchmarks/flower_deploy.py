@@ -15,9 +15,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 from ferret_kernels.fl.flower_local import LocalDeployment  # noqa: E402
+
+import common  # noqa: E402
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "ferret_flower")
 
@@ -35,8 +35,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="ferret_flower_bench_")
     out = os.path.join(work, "out")
-    cfg = (f"model='{a.model}' num-server-rounds={a.rounds} num-bases={a.K} block-size={a.block_size} "
-           f"wire-dtype='{a.wire_dtype}' local-steps={a.local_steps} min-nodes={a.nodes} out-dir='{out}'")
+    cfg = (
+        f"model='{a.model}' num-server-rounds={a.rounds} num-bases={a.K} block-size={a.block_size} "
+        f"wire-dtype='{a.wire_dtype}' local-steps={a.local_steps} min-nodes={a.nodes} out-dir='{out}'"
+    )
     t0 = time.perf_counter()
     with LocalDeployment(work, a.nodes) as d:
         r = d.run(APP, cfg, timeout=3600)
@@ -50,13 +52,39 @@ def main(argv=None):
         recv = list(rd["received_bytes"].values())
         sent = list(rd["sent_bytes"].values())
         ev = rep["central_eval"].get(str(rd["round"]), {})
-        rows.append(dict(common.machine_info(), model=a.model, nodes=a.nodes, K=a.K, block_size=a.block_size,
-                         wire_dtype=a.wire_dtype, round=rd["round"], model_bytes_bf16=bf16,
-                         received_per_client=max(recv), received_fraction_of_bf16=max(recv) / bf16,
-                         sent_per_client=max(sent), full_model_sent=len(rd["full_model_sent"]),
-                         rejected=len(rd["rejected"]), accuracy=ev.get("accuracy", float("nan")), run_wall_s=wall))
-    common.print_table(rows, ["round", "model_bytes_bf16", "received_per_client", "received_fraction_of_bf16",
-                              "sent_per_client", "full_model_sent", "rejected", "accuracy", "run_wall_s"])
+        rows.append(
+            dict(
+                common.machine_info(),
+                model=a.model,
+                nodes=a.nodes,
+                K=a.K,
+                block_size=a.block_size,
+                wire_dtype=a.wire_dtype,
+                round=rd["round"],
+                model_bytes_bf16=bf16,
+                received_per_client=max(recv),
+                received_fraction_of_bf16=max(recv) / bf16,
+                sent_per_client=max(sent),
+                full_model_sent=len(rd["full_model_sent"]),
+                rejected=len(rd["rejected"]),
+                accuracy=ev.get("accuracy", float("nan")),
+                run_wall_s=wall,
+            )
+        )
+    common.print_table(
+        rows,
+        [
+            "round",
+            "model_bytes_bf16",
+            "received_per_client",
+            "received_fraction_of_bf16",
+            "sent_per_client",
+            "full_model_sent",
+            "rejected",
+            "accuracy",
+            "run_wall_s",
+        ],
+    )
     if not a.no_csv:
         print("appended to", common.append_csv("flower_deploy.csv", rows))
 

@@ -32,9 +32,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 from ferret_kernels import triton_kernels as tk  # noqa: E402
+
+import common  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -67,7 +67,7 @@ def basis_loop(ins) -> tuple[int, collections.Counter]:
         m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", txt)
         if not m or int(m.group(1), 16) >= a or int(m.group(1), 16) not in where:
             continue
-        body = [t for _, t in ins[where[int(m.group(1), 16)]: i + 1]]
+        body = [t for _, t in ins[where[int(m.group(1), 16)] : i + 1]]
         if any(re.search(r"IMAD\.(WIDE|HI)\.U32", t) for t in body) and (best is None or len(body) < len(best)):
             best = body
     if best is None:
@@ -83,9 +83,23 @@ def cuda_rows(arch: int):
         return []
     with tempfile.TemporaryDirectory() as d:
         obj = os.path.join(d, "k.o")
-        subprocess.run([nvcc, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc"), "-gencode",
-                        f"arch=compute_{arch},code=sm_{arch}", "-c", os.path.join(ROOT, "csrc", "cuda", "compile_check.cu"),
-                        "-o", obj], check=True, capture_output=True)
+        subprocess.run(
+            [
+                nvcc,
+                "-std=c++17",
+                "-O3",
+                "-I",
+                os.path.join(ROOT, "csrc"),
+                "-gencode",
+                f"arch=compute_{arch},code=sm_{arch}",
+                "-c",
+                os.path.join(ROOT, "csrc", "cuda", "compile_check.cu"),
+                "-o",
+                obj,
+            ],
+            check=True,
+            capture_output=True,
+        )
         with open(obj, "rb") as f:
             funcs = sass_functions(f.read())
     rows = []
@@ -94,8 +108,17 @@ def cuda_rows(arch: int):
             name = next(n for n in funcs if mangled in n and f"__nv_bfloat16Li{di}E" in n)
             n, ops = basis_loop(funcs[name])
             per = n / (CUDA_ELEMS[dist] * CUDA_BASES_PER_TRIP[dist])
-            rows.append(dict(backend="cuda", op=op, dist=dist, config="256 threads", loop_instr=n, instr_per_elem_basis=per,
-                             top=" ".join(f"{k}:{v}" for k, v in ops.most_common(5))))
+            rows.append(
+                dict(
+                    backend="cuda",
+                    op=op,
+                    dist=dist,
+                    config="256 threads",
+                    loop_instr=n,
+                    instr_per_elem_basis=per,
+                    top=" ".join(f"{k}:{v}" for k, v in ops.most_common(5)),
+                )
+            )
     return rows
 
 
@@ -104,21 +127,50 @@ def triton_rows(arch: int):
     for di, dist in enumerate(DISTS):
         sigs = tk._aot_signatures("bf16")
         psig, rsig = sigs["project"], sigs["reconstruct"]
-        variants = [("project", tk._project_kernel, psig,
-                     {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": tk._project_chunk(1 << 20, dist)}, 4)]
-        variants += [("reconstruct_", tk._reconstruct_kernel.fn, rsig, {"ACCUM": True, "HAS_ACT": False, "DIST": di, **c.kwargs},
-                      c.num_warps) for c in tk._reconstruct_kernel.configs]
+        variants = [
+            (
+                "project",
+                tk._project_kernel,
+                psig,
+                {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": tk._project_chunk(1 << 20, dist)},
+                4,
+            )
+        ]
+        variants += [
+            (
+                "reconstruct_",
+                tk._reconstruct_kernel.fn,
+                rsig,
+                {"ACCUM": True, "HAS_ACT": False, "DIST": di, **c.kwargs},
+                c.num_warps,
+            )
+            for c in tk._reconstruct_kernel.configs
+        ]
         for op, fn, sig, const, warps in variants:
             # what a launch with 16-byte-aligned tensors and sizes divisible by 16 is specialized on
-            attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(sig)
-                     if sig[a].startswith("*") or a in ("numel", "block_size", "block_offset")}
-            src = ASTSource(fn=fn, signature=dict(sig, **{c: "constexpr" for c in const}), constexprs=const, attrs=attrs)
+            attrs = {
+                (i,): [["tt.divisibility", 16]]
+                for i, a in enumerate(sig)
+                if sig[a].startswith("*") or a in ("numel", "block_size", "block_offset")
+            }
+            src = ASTSource(
+                fn=fn, signature=dict(sig, **{c: "constexpr" for c in const}), constexprs=const, attrs=attrs
+            )
             k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
             (ins,) = sass_functions(k.asm["cubin"]).values()
             n, ops = basis_loop(ins)
             elems = const["CHUNK"] / (32 * warps)
-            rows.append(dict(backend="triton", op=op, dist=dist, config=f"CHUNK {const['CHUNK']}, {warps} warps",
-                             loop_instr=n, instr_per_elem_basis=n / elems, top=" ".join(f"{k}:{v}" for k, v in ops.most_common(5))))
+            rows.append(
+                dict(
+                    backend="triton",
+                    op=op,
+                    dist=dist,
+                    config=f"CHUNK {const['CHUNK']}, {warps} warps",
+                    loop_instr=n,
+                    instr_per_elem_basis=n / elems,
+                    top=" ".join(f"{k}:{v}" for k, v in ops.most_common(5)),
+                )
+            )
     return rows
 
 
@@ -131,17 +183,38 @@ def main(argv=None):
     n = 1 << 28
     for r in rows:
         bytes_moved = (2 if r["op"] == "project" else 4) * n  # bf16: read x; read + write the parameters
-        r["model_ms_K4"] = max(n * 4 * r["instr_per_elem_basis"] / LANE_ISSUE_PER_S, bytes_moved / HBM_BYTES_PER_S) * 1e3
-        r["model_ms_K64"] = max(n * 64 * r["instr_per_elem_basis"] / LANE_ISSUE_PER_S, bytes_moved / HBM_BYTES_PER_S) * 1e3
+        r["model_ms_K4"] = (
+            max(n * 4 * r["instr_per_elem_basis"] / LANE_ISSUE_PER_S, bytes_moved / HBM_BYTES_PER_S) * 1e3
+        )
+        r["model_ms_K64"] = (
+            max(n * 64 * r["instr_per_elem_basis"] / LANE_ISSUE_PER_S, bytes_moved / HBM_BYTES_PER_S) * 1e3
+        )
         r["stream_ms"] = bytes_moved / HBM_BYTES_PER_S * 1e3
-    cols = ["backend", "op", "dist", "config", "loop_instr", "instr_per_elem_basis", "stream_ms", "model_ms_K4", "model_ms_K64", "top"]
+    cols = [
+        "backend",
+        "op",
+        "dist",
+        "config",
+        "loop_instr",
+        "instr_per_elem_basis",
+        "stream_ms",
+        "model_ms_K4",
+        "model_ms_K64",
+        "top",
+    ]
     print(f"# sm_{args.arch}, bf16, n = 2^28 for the model columns (max of issue time and streaming time)")
     common.print_table(rows, cols)
     if not args.no_csv:
         info = common.machine_info("cpu")
-        extra = dict(date=info["date"], arch=f"sm_{args.arch}", triton=info["triton"], torch=info["torch"],
-                     nvcc=subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
-                     if shutil.which("nvcc") else "")
+        extra = dict(
+            date=info["date"],
+            arch=f"sm_{args.arch}",
+            triton=info["triton"],
+            torch=info["torch"],
+            nvcc=subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            if shutil.which("nvcc")
+            else "",
+        )
         path = common.append_csv("sass_cost.csv", [dict(extra, **{c: r[c] for c in cols}) for r in rows])
         print(f"appended {len(rows)} rows to {os.path.relpath(path)}")
 

@@ -13,11 +13,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
 from ferret_kernels.fl import FerretConfig, ServerConfig  # noqa: E402
 from ferret_kernels.fl.loop import LoopConfig, run  # noqa: E402
 from ferret_kernels.fl.tasks import BlobTask, mlp  # noqa: E402
+
+import common  # noqa: E402
 
 
 def main(argv=None):
@@ -40,23 +40,53 @@ def main(argv=None):
         for lr in lrs:
             model = mlp()
             fc = FerretConfig(num_bases=K or 64, block_size=args.block_size, full_threshold=1000)
-            cfg = LoopConfig(method=method, rounds=args.rounds, clients_per_round=4, local_steps=10, local_lr=0.05,
-                             zo_lr=lr if method == "zo" else 1e-4, ferret=fc,
-                             server=ServerConfig(seed_scheme=scheme, lr=1.0 if method == "zo" else lr), progress=False)
+            cfg = LoopConfig(
+                method=method,
+                rounds=args.rounds,
+                clients_per_round=4,
+                local_steps=10,
+                local_lr=0.05,
+                zo_lr=lr if method == "zo" else 1e-4,
+                ferret=fc,
+                server=ServerConfig(seed_scheme=scheme, lr=1.0 if method == "zo" else lr),
+                progress=False,
+            )
             t = time.perf_counter()
             rec = run(task, model, cfg)[-1]
-            row = dict(method=method, K=K or "", seed_scheme=scheme if method == "ferret" else "", rounds=args.rounds,
-                       lr=lr, initial_loss=start, final_loss=rec["loss"], accuracy=rec["metric"],
-                       bytes_up_per_client=rec["bytes_up_per_client"], bytes_down_per_client=rec["bytes_down_per_client"],
-                       seconds=time.perf_counter() - t)
+            row = dict(
+                method=method,
+                K=K or "",
+                seed_scheme=scheme if method == "ferret" else "",
+                rounds=args.rounds,
+                lr=lr,
+                initial_loss=start,
+                final_loss=rec["loss"],
+                accuracy=rec["metric"],
+                bytes_up_per_client=rec["bytes_up_per_client"],
+                bytes_down_per_client=rec["bytes_down_per_client"],
+                seconds=time.perf_counter() - t,
+            )
             if best is None or not (row["final_loss"] >= best["final_loss"]):  # NaN never wins
                 best = row if row["final_loss"] == row["final_loss"] or best is None else best
         rows.append(best)
     fedavg_up = rows[0]["bytes_up_per_client"]
     for r in rows:
         r["up_ratio_vs_fedavg"] = fedavg_up / r["bytes_up_per_client"]
-    common.print_table(rows, ["method", "K", "seed_scheme", "lr", "final_loss", "accuracy", "bytes_up_per_client",
-                              "up_ratio_vs_fedavg", "bytes_down_per_client", "seconds"])
+    common.print_table(
+        rows,
+        [
+            "method",
+            "K",
+            "seed_scheme",
+            "lr",
+            "final_loss",
+            "accuracy",
+            "bytes_up_per_client",
+            "up_ratio_vs_fedavg",
+            "bytes_down_per_client",
+            "seconds",
+        ],
+    )
     if not args.no_csv:
         info = common.machine_info()
         path = common.append_csv("fl_k_sweep.csv", [dict(info, **r) for r in rows])

@@ -1,6 +1,6 @@
 """pytest-benchmark microbenchmarks of the ops (not part of the test suite):
 
-    .venv/bin/python -m pytest benchmarks/test_micro.py --benchmark-columns=median,ops
+.venv/bin/python -m pytest benchmarks/test_micro.py --benchmark-columns=median,ops
 """
 
 import pytest

@@ -35,7 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", default=None)
     ap.add_argument("--chunks", default="2048,4096,8192,16384")
     ap.add_argument("--warps", default="4,8,16")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (Triton's interpreter): checks the script")
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny sizes on the CPU (Triton's interpreter): checks the script"
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -48,14 +50,17 @@ def main(argv=None) -> int:
     from ferret_kernels import triton_kernels as tk
 
     dev = "cpu" if args.smoke else "cuda"
-    bench = (lambda fn: _wall(fn)) if args.smoke else (
-        lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3)
+    bench = (
+        (lambda fn: _wall(fn))
+        if args.smoke
+        else (lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3)
+    )
     n, bs = 1 << args.log2n, 1 << (10 if args.smoke else 20)
     big = torch.empty(1 << (16 if args.smoke else 29), dtype=torch.bfloat16, device=dev)
     dst = torch.empty_like(big)
     t = bench(lambda: dst.copy_(big))
     copy_gbs = 4 * big.numel() / t / 1e9
-    del big, dst
+    big = dst = None  # free them (the timed lambda above holds the names)
     x = torch.randn(n, device=dev).bfloat16()
     name = "cpu (interpreter)" if args.smoke else torch.cuda.get_device_name()
     print(f"# {name} | triton {triton.__version__} | copy {copy_gbs:.0f} GB/s | bf16 n = 2^{args.log2n}", flush=True)
@@ -64,8 +69,12 @@ def main(argv=None) -> int:
         shipped_chunk = tk._project_chunk(bs, dist)
         for K in (4, 64):
             ref = None
-            configs = [(shipped_chunk, 4)] + [(int(c), int(w)) for c in args.chunks.split(",") for w in args.warps.split(",")
-                                              if (int(c), int(w)) != (shipped_chunk, 4)]
+            configs = [(shipped_chunk, 4)] + [
+                (int(c), int(w))
+                for c in args.chunks.split(",")
+                for w in args.warps.split(",")
+                if (int(c), int(w)) != (shipped_chunk, 4)
+            ]
             for chunk, warps in configs:
                 nb = (n + bs - 1) // bs
                 cpb = (bs + chunk - 1) // chunk
@@ -74,8 +83,23 @@ def main(argv=None) -> int:
                 k0, k1 = tk._key(12345)
 
                 def run():
-                    tk._project_kernel[(nb * cpb,)](x, x, out, part, n, bs, 0, K, k0, k1, HAS_Y=False, HAS_ACT=False,
-                                                    DIST=tk._DIST_ID[dist], CHUNK=chunk, num_warps=warps)
+                    tk._project_kernel[(nb * cpb,)](
+                        x,
+                        x,
+                        out,
+                        part,
+                        n,
+                        bs,
+                        0,
+                        K,
+                        k0,
+                        k1,
+                        HAS_Y=False,
+                        HAS_ACT=False,
+                        DIST=tk._DIST_ID[dist],
+                        CHUNK=chunk,
+                        num_warps=warps,
+                    )
                     kt = min(64, triton.next_power_of_2(K))
                     tk._reduce_kernel[(nb, triton.cdiv(K, kt))](part, out, cpb, K, 1.0, KT=kt)
 
@@ -91,12 +115,25 @@ def main(argv=None) -> int:
                 same = bool(torch.equal(out, ref))
                 t = bench(run)
                 gbs = 2 * n / t / 1e9
-                row = dict(gpu=name, dist=dist, K=K, chunk=chunk, num_warps=warps, shipped=(chunk, warps) == (shipped_chunk, 4),
-                           time_ms=round(t * 1e3, 5), GB_per_s=round(gbs, 1), frac_of_copy=round(gbs / copy_gbs, 4),
-                           identical_to_shipped=same, copy_GBps=round(copy_gbs, 1))
+                row = dict(
+                    gpu=name,
+                    dist=dist,
+                    K=K,
+                    chunk=chunk,
+                    num_warps=warps,
+                    shipped=(chunk, warps) == (shipped_chunk, 4),
+                    time_ms=round(t * 1e3, 5),
+                    GB_per_s=round(gbs, 1),
+                    frac_of_copy=round(gbs / copy_gbs, 4),
+                    identical_to_shipped=same,
+                    copy_GBps=round(copy_gbs, 1),
+                )
                 rows.append(row)
-                print(f"{dist:10s} K={K:3d} chunk={chunk:6d} warps={warps:2d} {t * 1e3:8.4f} ms {gbs:7.0f} GB/s "
-                      f"{gbs / copy_gbs:6.3f} of copy  identical={same}{'  (shipped)' if row['shipped'] else ''}", flush=True)
+                print(
+                    f"{dist:10s} K={K:3d} chunk={chunk:6d} warps={warps:2d} {t * 1e3:8.4f} ms {gbs:7.0f} GB/s "
+                    f"{gbs / copy_gbs:6.3f} of copy  identical={same}{'  (shipped)' if row['shipped'] else ''}",
+                    flush=True,
+                )
     if args.csv and rows:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -30,17 +30,28 @@ inline std::string shape(at::IntArrayRef s) {
 // dtypes as Python prints them (torch.float32), so the C++ and Python messages read the same
 inline std::string name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kInt: return "torch.int32";
-    case at::kLong: return "torch.int64";
-    case at::kShort: return "torch.int16";
-    case at::kChar: return "torch.int8";
-    case at::kByte: return "torch.uint8";
-    case at::kBool: return "torch.bool";
-    default: return std::string("torch.") + c10::toString(t);
+    case at::kFloat:
+      return "torch.float32";
+    case at::kDouble:
+      return "torch.float64";
+    case at::kHalf:
+      return "torch.float16";
+    case at::kBFloat16:
+      return "torch.bfloat16";
+    case at::kInt:
+      return "torch.int32";
+    case at::kLong:
+      return "torch.int64";
+    case at::kShort:
+      return "torch.int16";
+    case at::kChar:
+      return "torch.int8";
+    case at::kByte:
+      return "torch.uint8";
+    case at::kBool:
+      return "torch.bool";
+    default:
+      return std::string("torch.") + c10::toString(t);
   }
 }
 inline std::string name(const at::Device& d) { return d.str(); }
@@ -49,15 +60,20 @@ inline int parse_dist(c10::string_view dist) {
   if (dist == "rademacher") return kRademacher;
   if (dist == "uniform") return kUniform;
   if (dist == "gaussian") return kGaussian;
-  TORCH_CHECK_VALUE(false, "ferret: unknown dist '", std::string(dist), "'; expected one of rademacher, uniform, gaussian");
+  TORCH_CHECK_VALUE(false, "ferret: unknown dist '", std::string(dist),
+                    "'; expected one of rademacher, uniform, gaussian");
 }
 
 inline int parse_dtype(at::ScalarType t, const char* what) {
   switch (t) {
-    case at::kFloat: return kF32;
-    case at::kBFloat16: return kBF16;
-    case at::kHalf: return kF16;
-    default: TORCH_CHECK_TYPE(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", name(t));
+    case at::kFloat:
+      return kF32;
+    case at::kBFloat16:
+      return kBF16;
+    case at::kHalf:
+      return kF16;
+    default:
+      TORCH_CHECK_TYPE(false, "ferret: ", what, " must be float32, bfloat16 or float16, got ", name(t));
   }
 }
 
@@ -81,7 +97,8 @@ inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int
 // Active counts as a contiguous int32 tensor on `device`, or an undefined tensor. Their range is
 // checked by the CPU binding only (check_active_range): on a GPU that would copy them to the host
 // on every call; the GPU kernels clamp them to [0, num_bases] instead.
-inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks, const at::Device& device) {
+inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks,
+                                 const at::Device& device) {
   if (!active.has_value()) return at::Tensor();
   const at::Tensor& a = *active;
   TORCH_CHECK_TYPE(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong,
@@ -97,9 +114,9 @@ struct ProjectArgs {
   ProjectParams p;
 };
 
-inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
-                                int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
-                                const c10::optional<at::Tensor>& active) {
+inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed,
+                                int64_t num_bases, int64_t block_size, int64_t block_offset, c10::string_view dist,
+                                double scale, const c10::optional<at::Tensor>& active) {
   ProjectArgs a;
   const int dt = parse_dtype(x.scalar_type(), "x");
   if (y.has_value()) {
@@ -107,8 +124,8 @@ inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Ten
                      ", got ", name(y->scalar_type()));
     TORCH_CHECK_VALUE(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
                       name(y->device()));
-    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()),
-                      "), got ", num(y->numel()));
+    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()), "), got ",
+                      num(y->numel()));
   }
   check_plan(x.numel(), num_bases, block_size, block_offset);
   const int dist_id = parse_dist(dist);
@@ -141,9 +158,9 @@ struct ReconstructArgs {
 
 // Checks of reconstruct's own arguments, before its output is allocated.
 inline void check_reconstruct_args(const at::Tensor& coeffs, int64_t numel, c10::optional<at::ScalarType> dtype) {
-  TORCH_CHECK_TYPE(coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kBFloat16 ||
-                       coeffs.scalar_type() == at::kHalf,
-                   "ferret: coeffs must be float32, bfloat16 or float16, got ", name(coeffs.scalar_type()));
+  TORCH_CHECK_TYPE(
+      coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kBFloat16 || coeffs.scalar_type() == at::kHalf,
+      "ferret: coeffs must be float32, bfloat16 or float16, got ", name(coeffs.scalar_type()));
   TORCH_CHECK_VALUE(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got shape ",
                     shape(coeffs.sizes()));
   TORCH_CHECK_VALUE(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
@@ -151,9 +168,9 @@ inline void check_reconstruct_args(const at::Tensor& coeffs, int64_t numel, c10:
 }
 
 // `out` must already be allocated (numel elements); checked here: contiguous, float32/bf16/fp16.
-inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size,
-                                        int64_t block_offset, c10::string_view dist, double scale, double alpha,
-                                        bool accumulate, const c10::optional<at::Tensor>& active) {
+inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
+                                        int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                                        double alpha, bool accumulate, const c10::optional<at::Tensor>& active) {
   ReconstructArgs a;
   const int dt = parse_dtype(out.scalar_type(), "out");
   TORCH_CHECK_VALUE(coeffs.device() == out.device(), "ferret: coeffs must be on out's device ", name(out.device()),
@@ -215,7 +232,8 @@ inline int64_t blocks_from(int64_t start, int64_t numel, int64_t block_size) {
 
 // Checks a whole call with an element offset (what make_project / make_reconstruct check for
 // an aligned one), so that its pieces cannot fail halfway.
-inline void check_start_call(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset, int64_t start) {
+inline void check_start_call(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset,
+                             int64_t start) {
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   check_plan(numel, num_bases, block_size, block_offset);
   const int64_t first = block_offset + start / block_size, nb = blocks_from(start, numel, block_size);
@@ -224,8 +242,8 @@ inline void check_start_call(int64_t numel, int64_t num_bases, int64_t block_siz
                     num(nb), ")");
 }
 
-using ProjectFn = at::Tensor (*)(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t, int64_t, int64_t,
-                                 c10::string_view, double, const c10::optional<at::Tensor>&);
+using ProjectFn = at::Tensor (*)(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t, int64_t,
+                                 int64_t, c10::string_view, double, const c10::optional<at::Tensor>&);
 // out[0, numel) (+)= reconstruction of coeffs from a block boundary (the backend's kernel)
 using ReconstructIntoFn = void (*)(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view, double,
                                    double, bool, const c10::optional<at::Tensor>&);
@@ -237,7 +255,8 @@ inline c10::optional<at::Tensor> rows(const c10::optional<at::Tensor>& t, int64_
 
 inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed,
                                int64_t num_bases, int64_t block_size, int64_t block_offset, c10::string_view dist,
-                               double scale, const c10::optional<at::Tensor>& active, int64_t start, bool check_counts) {
+                               double scale, const c10::optional<at::Tensor>& active, int64_t start,
+                               bool check_counts) {
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
   if (start % block_size == 0)
@@ -249,8 +268,8 @@ inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10
                      ", got ", name(y->scalar_type()));
     TORCH_CHECK_VALUE(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
                       name(y->device()));
-    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()),
-                      "), got ", num(y->numel()));
+    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()), "), got ",
+                      num(y->numel()));
   }
   const int64_t n = x.numel(), p0 = start % block_size, g0 = block_offset + start / block_size;
   check_start_call(n, num_bases, block_size, block_offset, start);
@@ -278,12 +297,14 @@ inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10
 }
 
 inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
-                             int64_t block_size, int64_t block_offset, c10::string_view dist, double scale, double alpha,
-                             bool accumulate, const c10::optional<at::Tensor>& active, int64_t start, bool check_counts) {
+                             int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
+                             double alpha, bool accumulate, const c10::optional<at::Tensor>& active, int64_t start,
+                             bool check_counts) {
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
   if (start % block_size == 0)
-    return aligned(out, coeffs, seed, block_size, block_offset + start / block_size, dist, scale, alpha, accumulate, active);
+    return aligned(out, coeffs, seed, block_size, block_offset + start / block_size, dist, scale, alpha, accumulate,
+                   active);
   parse_dtype(out.scalar_type(), "out");
   TORCH_CHECK_VALUE(coeffs.device() == out.device(), "ferret: coeffs must be on out's device ", name(out.device()),
                     ", got ", name(coeffs.device()));

@@ -6,8 +6,7 @@
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "ferret_kernels native kernels (torch.ops.ferret.*)", -1,
-      nullptr,
+      PyModuleDef_HEAD_INIT, "_C", "ferret_kernels native kernels (torch.ops.ferret.*)", -1, nullptr,
   };
   return PyModule_Create(&module_def);
 }

@@ -146,12 +146,12 @@ def fallback(device: torch.device):
     """The implementation the dispatcher's fallback kernel uses on a device without a native
     kernel: Triton on a GPU, else the reference; says so once per device type."""
     device = torch.device(device)
-    for name in (("triton", "reference") if device.type == "cuda" else ("reference",)):
+    for name in ("triton", "reference") if device.type == "cuda" else ("reference",):
         if unavailable_reason(name, device) is None:
             key = (device.type, name)
             if key not in _warned and name == "reference":
                 _warned.add(key)
-                why = ("ferret_kernels._C is not built" if _native["error"] else "no native kernel for this device")
+                why = "ferret_kernels._C is not built" if _native["error"] else "no native kernel for this device"
                 warnings.warn(f"ferret: {why}; {device.type} tensors use the {name} implementation", stacklevel=3)
             return implementation(name)
     raise AssertionError("unreachable: the reference implementation always runs")

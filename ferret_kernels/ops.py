@@ -151,8 +151,10 @@ def validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, 
     nb = num_blocks(numel, block_size, start)
     if coeffs.shape[0] != nb:
         where = f" from element {start}" if start % block_size else ""
-        raise ValueError(f"ferret: coeffs must have {nb} rows (blocks of {block_size} in {numel} elements{where}), "
-                         f"got shape {list(coeffs.shape)}")
+        raise ValueError(
+            f"ferret: coeffs must have {nb} rows (blocks of {block_size} in {numel} elements{where}), "
+            f"got shape {list(coeffs.shape)}"
+        )
     _check_active(active, nb, num_bases, coeffs.device, values)
 
 
@@ -204,8 +206,17 @@ def project_from(aligned, x, y, seed, num_bases, block_size, block_offset, dist,
     head = aligned(xb, yb, seed, num_bases, block_size, g0, dist, scale, _rows(active, 0, 1))
     if n == h:
         return head
-    body = aligned(xf[h:], None if y is None else y.reshape(-1)[h:], seed, num_bases, block_size, g0 + 1, dist, scale,
-                   _rows(active, 1, nb - 1))
+    body = aligned(
+        xf[h:],
+        None if y is None else y.reshape(-1)[h:],
+        seed,
+        num_bases,
+        block_size,
+        g0 + 1,
+        dist,
+        scale,
+        _rows(active, 1, nb - 1),
+    )
     return torch.cat([head, body])
 
 
@@ -233,17 +244,31 @@ class _Checked:
     def __init__(self, name, project, reconstruct, reconstruct_, philox):
         self.name, self._p, self._r, self._ri, self._ph = name, project, reconstruct, reconstruct_, philox
 
-    def project(self, x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None,
-                start=0):
+    def project(
+        self, x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None, start=0
+    ):
         validate_project(x, y, num_bases, block_size, block_offset, dist, active, _values(x), start)
         return project_from(self._p, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start)
 
-    def reconstruct(self, coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None,
-                    active=None, start=0):
+    def reconstruct(
+        self,
+        coeffs,
+        seed,
+        numel,
+        block_size,
+        block_offset=0,
+        dist="rademacher",
+        scale=1.0,
+        dtype=None,
+        active=None,
+        start=0,
+    ):
         validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, _values(coeffs), start)
         _check_out_dtype(dtype)
         if start % block_size == 0:
-            return self._r(coeffs, seed, numel, block_size, block_offset + start // block_size, dist, scale, dtype, active)
+            return self._r(
+                coeffs, seed, numel, block_size, block_offset + start // block_size, dist, scale, dtype, active
+            )
         # head: the block `start` falls in, reconstructed whole and cut; body: from the next block boundary
         p0, g0 = start % block_size, block_offset + start // block_size
         h, nb = min(numel, block_size - p0), num_blocks(numel, block_size, start)
@@ -253,8 +278,19 @@ class _Checked:
         body = self._r(coeffs[1:], seed, numel - h, block_size, g0 + 1, dist, scale, dtype, _rows(active, 1, nb - 1))
         return torch.cat([head, body])
 
-    def reconstruct_(self, out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0,
-                     active=None, start=0):
+    def reconstruct_(
+        self,
+        out,
+        coeffs,
+        seed,
+        block_size,
+        block_offset=0,
+        dist="rademacher",
+        scale=1.0,
+        alpha=1.0,
+        active=None,
+        start=0,
+    ):
         validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, _values(out), start)
         reconstruct_from(self._ri, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active, start)
 
@@ -281,52 +317,65 @@ backends.register("reference", _reference_impl)
 
 # CompositeExplicitAutograd: runs where no native kernel is registered for the device (CPU and
 # CUDA have theirs when the extension is built with them).
-def _fallback_project(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None,
-                      start=0):
-    return backends.fallback(x.device).project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active,
-                                               start)
+def _fallback_project(
+    x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None, start=0
+):
+    return backends.fallback(x.device).project(
+        x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start
+    )
 
 
-def _fallback_reconstruct(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None,
-                          active=None, start=0):
-    return backends.fallback(coeffs.device).reconstruct(coeffs, seed, numel, block_size, block_offset, dist, scale,
-                                                        dtype, active, start)
+def _fallback_reconstruct(
+    coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None, start=0
+):
+    return backends.fallback(coeffs.device).reconstruct(
+        coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active, start
+    )
 
 
-def _fallback_reconstruct_(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0,
-                           active=None, start=0):
-    backends.fallback(out.device).reconstruct_(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active,
-                                               start)
+def _fallback_reconstruct_(
+    out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None, start=0
+):
+    backends.fallback(out.device).reconstruct_(
+        out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active, start
+    )
 
 
 def _fallback_philox(counter, seed):
     return backends.fallback(counter.device).philox(counter, seed)
 
 
-for _name, _fn in (("project", _fallback_project), ("reconstruct", _fallback_reconstruct),
-                   ("reconstruct_", _fallback_reconstruct_), ("philox", _fallback_philox)):
+for _name, _fn in (
+    ("project", _fallback_project),
+    ("reconstruct", _fallback_reconstruct),
+    ("reconstruct_", _fallback_reconstruct_),
+    ("philox", _fallback_philox),
+):
     _lib.impl(_name, _fn, "CompositeExplicitAutograd")
 
 
 # ----------------------------------------------------------------------------- fake kernels
 @torch.library.register_fake("ferret::project")
-def _project_fake(x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None,
-                  start=0):
+def _project_fake(
+    x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None, start=0
+):
     validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=False, start=start)
     return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)
 
 
 @torch.library.register_fake("ferret::reconstruct")
-def _reconstruct_fake(coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None,
-                      start=0):
+def _reconstruct_fake(
+    coeffs, seed, numel, block_size, block_offset=0, dist="rademacher", scale=1.0, dtype=None, active=None, start=0
+):
     validate_reconstruct(coeffs, numel, block_size, block_offset, dist, active, values=False, start=start)
     _check_out_dtype(dtype)
     return coeffs.new_empty((numel,), dtype=dtype or torch.float32)
 
 
 @torch.library.register_fake("ferret::reconstruct_")
-def _reconstruct__fake(out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None,
-                       start=0):
+def _reconstruct__fake(
+    out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None, start=0
+):
     validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=False, start=start)
     return None
 
@@ -354,8 +403,9 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
         (active,) = ctx.saved_tensors
         seed, numel, block_size, block_offset, dist, scale = ctx.args
         rec = getattr(torch.ops.ferret, reconstruct_op.split("::")[1])
-        gx = rec(grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active,
-                 *ctx.start).reshape(ctx.shape)
+        gx = rec(
+            grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active, *ctx.start
+        ).reshape(ctx.shape)
         return (gx, (-gx if ctx.has_y else None), None, None, None, None, None, None, None) + (None,) * len(ctx.start)
 
     def reconstruct_setup(ctx, inputs, output):

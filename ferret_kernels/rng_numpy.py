@@ -71,4 +71,4 @@ def basis(seed: int, block: int, k: int, length: int, dist: str = "rademacher", 
     t = 2.0 * np.pi * ub
     vals = np.stack([r * np.cos(t), r * np.sin(t)], axis=-1).reshape(-1)  # element order 0,1,2,3 of each group
     first = start - 4 * w0
-    return vals[first:first + length].astype(np.float32)
+    return vals[first : first + length].astype(np.float32)

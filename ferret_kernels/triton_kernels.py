@@ -29,7 +29,6 @@ import os
 from typing import Optional
 
 import numpy as np
-
 import torch
 import triton
 import triton.language as tl
@@ -87,6 +86,8 @@ def _on_device(t: torch.Tensor):
     if t.device.type == "cuda" and t.device.index is not None:
         return torch.cuda.device(t.device.index)
     return contextlib.nullcontext()
+
+
 _DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
 
 PHILOX_M0 = tl.constexpr(0xD2511F53)
@@ -226,8 +227,22 @@ _NO_SPEC = ("block_offset", "k0", "k1")
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
-def _project_kernel(x_ptr, y_ptr, act_ptr, part_ptr, numel, block_size, block_offset, K, k0, k1,
-                    HAS_Y: tl.constexpr, HAS_ACT: tl.constexpr, DIST: tl.constexpr, CHUNK: tl.constexpr):
+def _project_kernel(
+    x_ptr,
+    y_ptr,
+    act_ptr,
+    part_ptr,
+    numel,
+    block_size,
+    block_offset,
+    K,
+    k0,
+    k1,
+    HAS_Y: tl.constexpr,
+    HAS_ACT: tl.constexpr,
+    DIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
     pid = tl.program_id(0).to(tl.int64)
@@ -274,8 +289,12 @@ def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr):
 def _recon_configs():
     if _INTERPRET:
         return [triton.Config({"CHUNK": 2048}, num_warps=4)]
-    return [triton.Config({"CHUNK": c}, num_warps=w) for c in (1024, 2048, 4096, 8192) for w in (4, 8)
-            if c // (32 * w) <= 32]  # at most 32 fp32 accumulators per thread
+    return [
+        triton.Config({"CHUNK": c}, num_warps=w)
+        for c in (1024, 2048, 4096, 8192)
+        for w in (4, 8)
+        if c // (32 * w) <= 32
+    ]  # at most 32 fp32 accumulators per thread
 
 
 def _recon_prune(configs, named_args, **kwargs):
@@ -287,11 +306,29 @@ def _recon_prune(configs, named_args, **kwargs):
 
 
 # restore_value: benchmarking configs must not accumulate into `out` more than once
-@triton.autotune(configs=_recon_configs(), key=["K", "block_size", "DIST", "ACCUM"], restore_value=["out_ptr"],
-                 prune_configs_by={"early_config_prune": _recon_prune})
+@triton.autotune(
+    configs=_recon_configs(),
+    key=["K", "block_size", "DIST", "ACCUM"],
+    restore_value=["out_ptr"],
+    prune_configs_by={"early_config_prune": _recon_prune},
+)
 @triton.jit(do_not_specialize=_NO_SPEC)
-def _reconstruct_kernel(c_ptr, out_ptr, act_ptr, numel, block_size, block_offset, K, k0, k1, factor,
-                        ACCUM: tl.constexpr, HAS_ACT: tl.constexpr, DIST: tl.constexpr, CHUNK: tl.constexpr):
+def _reconstruct_kernel(
+    c_ptr,
+    out_ptr,
+    act_ptr,
+    numel,
+    block_size,
+    block_offset,
+    K,
+    k0,
+    k1,
+    factor,
+    ACCUM: tl.constexpr,
+    HAS_ACT: tl.constexpr,
+    DIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
     pid = tl.program_id(0).to(tl.int64)
@@ -343,10 +380,30 @@ def _aot_signatures(dtype: str, ints: str = "i64") -> dict:
     `dtype` is the element type of x / y / out ("fp32", "bf16", "fp16"), `ints` the type the
     launcher's Python ints get ("i32" when small, "i64")."""
     return {
-        "project": {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "act_ptr": "*i32", "part_ptr": "*fp32", "numel": ints,
-                    "block_size": ints, "block_offset": ints, "K": "i32", "k0": "i32", "k1": "i32"},
-        "reconstruct": {"c_ptr": "*fp32", "out_ptr": f"*{dtype}", "act_ptr": "*i32", "numel": ints, "block_size": ints,
-                        "block_offset": ints, "K": "i32", "k0": "i32", "k1": "i32", "factor": "fp32"},
+        "project": {
+            "x_ptr": f"*{dtype}",
+            "y_ptr": f"*{dtype}",
+            "act_ptr": "*i32",
+            "part_ptr": "*fp32",
+            "numel": ints,
+            "block_size": ints,
+            "block_offset": ints,
+            "K": "i32",
+            "k0": "i32",
+            "k1": "i32",
+        },
+        "reconstruct": {
+            "c_ptr": "*fp32",
+            "out_ptr": f"*{dtype}",
+            "act_ptr": "*i32",
+            "numel": ints,
+            "block_size": ints,
+            "block_offset": ints,
+            "K": "i32",
+            "k0": "i32",
+            "k1": "i32",
+            "factor": "fp32",
+        },
     }
 
 
@@ -367,8 +424,10 @@ def _project_chunk(block_size: int, dist: str) -> int:
 
 def _check_grid(programs: int, what: str) -> None:
     if programs > _MAX_GRID:
-        raise ValueError(f"ferret: the Triton launch needs {programs} programs ({what}), over the GPU's limit of "
-                         f"2^31 - 1; use a larger block_size")
+        raise ValueError(
+            f"ferret: the Triton launch needs {programs} programs ({what}), over the GPU's limit of "
+            f"2^31 - 1; use a larger block_size"
+        )
 
 
 def _active32(active):
@@ -376,8 +435,17 @@ def _active32(active):
 
 
 @triton_op("ferret::_triton_project", mutates_args=())
-def project(x: torch.Tensor, y: Optional[torch.Tensor], seed: int, num_bases: int, block_size: int,
-            block_offset: int, dist: str, scale: float, active: Optional[torch.Tensor]) -> torch.Tensor:
+def project(
+    x: torch.Tensor,
+    y: Optional[torch.Tensor],
+    seed: int,
+    num_bases: int,
+    block_size: int,
+    block_offset: int,
+    dist: str,
+    scale: float,
+    active: Optional[torch.Tensor],
+) -> torch.Tensor:
     n = x.numel()
     nb = (n + block_size - 1) // block_size
     if nb == 0:
@@ -396,12 +464,26 @@ def project(x: torch.Tensor, y: Optional[torch.Tensor], seed: int, num_bases: in
     k0, k1 = _key(seed)
     with _on_device(x):
         _wrap(_project_kernel)[(nb * cpb,)](
-            xc, yc, act if act is not None else out, part, n, block_size, block_offset, num_bases, k0, k1,
-            HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4,
+            xc,
+            yc,
+            act if act is not None else out,
+            part,
+            n,
+            block_size,
+            block_offset,
+            num_bases,
+            k0,
+            k1,
+            HAS_Y=y is not None,
+            HAS_ACT=act is not None,
+            DIST=_DIST_ID[dist],
+            CHUNK=chunk,
+            num_warps=4,
             enable_fp_fusion=_FP_FUSION,
         )
-        _wrap(_reduce_kernel)[(nb * triton.cdiv(num_bases, kt),)](part, out, cpb, num_bases, scale, KT=kt,
-                                                                 enable_fp_fusion=_FP_FUSION)
+        _wrap(_reduce_kernel)[(nb * triton.cdiv(num_bases, kt),)](
+            part, out, cpb, num_bases, scale, KT=kt, enable_fp_fusion=_FP_FUSION
+        )
     return out
 
 
@@ -421,22 +503,52 @@ def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, facto
 
     with _on_device(out):
         _wrap(_reconstruct_kernel)[grid](
-            c, out, act if act is not None else c, n, block_size, block_offset, K, k0, k1, factor,
-            ACCUM=accum, HAS_ACT=act is not None, DIST=_DIST_ID[dist], enable_fp_fusion=_FP_FUSION,
+            c,
+            out,
+            act if act is not None else c,
+            n,
+            block_size,
+            block_offset,
+            K,
+            k0,
+            k1,
+            factor,
+            ACCUM=accum,
+            HAS_ACT=act is not None,
+            DIST=_DIST_ID[dist],
+            enable_fp_fusion=_FP_FUSION,
         )
 
 
 @triton_op("ferret::_triton_reconstruct", mutates_args=())
-def reconstruct(coeffs: torch.Tensor, seed: int, numel: int, block_size: int, block_offset: int, dist: str,
-                scale: float, dtype: Optional[torch.dtype], active: Optional[torch.Tensor]) -> torch.Tensor:
+def reconstruct(
+    coeffs: torch.Tensor,
+    seed: int,
+    numel: int,
+    block_size: int,
+    block_offset: int,
+    dist: str,
+    scale: float,
+    dtype: Optional[torch.dtype],
+    active: Optional[torch.Tensor],
+) -> torch.Tensor:
     out = torch.empty(numel, device=coeffs.device, dtype=dtype or torch.float32)
     _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, False, active)
     return out
 
 
 @triton_op("ferret::_triton_reconstruct_", mutates_args={"out"})
-def reconstruct_(out: torch.Tensor, coeffs: torch.Tensor, seed: int, block_size: int, block_offset: int, dist: str,
-                 scale: float, alpha: float, active: Optional[torch.Tensor]) -> None:
+def reconstruct_(
+    out: torch.Tensor,
+    coeffs: torch.Tensor,
+    seed: int,
+    block_size: int,
+    block_offset: int,
+    dist: str,
+    scale: float,
+    alpha: float,
+    active: Optional[torch.Tensor],
+) -> None:
     _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, alpha * scale, True, active)
 
 
@@ -454,5 +566,13 @@ def philox(counter: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 ops.register_adjoint_autograd("ferret::_triton_project", "ferret::_triton_reconstruct")
-backends.register("triton", lambda: ops.checked("triton", torch.ops.ferret._triton_project, torch.ops.ferret._triton_reconstruct,
-                                                 torch.ops.ferret._triton_reconstruct_, torch.ops.ferret._triton_philox))
+backends.register(
+    "triton",
+    lambda: ops.checked(
+        "triton",
+        torch.ops.ferret._triton_project,
+        torch.ops.ferret._triton_reconstruct,
+        torch.ops.ferret._triton_reconstruct_,
+        torch.ops.ferret._triton_philox,
+    ),
+)

@@ -34,8 +34,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The device tests: every backend against the reference and the CPU kernel, op registration
 # (opcheck, torch.compile), the contract's streams, error text, statistics.
-TEST_FILES = ["tests/test_device_backends.py", "tests/test_start_offset.py", "tests/test_op_surface.py", "tests/test_ops.py",
-              "tests/test_compile.py", "tests/test_errors.py", "tests/test_rng.py", "tests/test_stats.py"]
+TEST_FILES = [
+    "tests/test_device_backends.py",
+    "tests/test_start_offset.py",
+    "tests/test_op_surface.py",
+    "tests/test_ops.py",
+    "tests/test_compile.py",
+    "tests/test_errors.py",
+    "tests/test_rng.py",
+    "tests/test_stats.py",
+]
 # Without a GPU the rehearsal adds the checks that stand in for one.
 REHEARSAL_FILES = ["tests/test_triton_compile.py", "tests/test_cuda_emulation.py"]
 
@@ -78,8 +86,16 @@ class Run:
         env = dict(os.environ if env is None else env)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         buf: list[str] = []
         deadline = time.monotonic() + timeout
         import selectors
@@ -130,7 +146,9 @@ def stage_env(run: Run) -> bool:
         env["cuda_device"] = "yes" if torch.cuda.is_available() else "no"
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
-            env["gpu"] = f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB"
+            env["gpu"] = (
+                f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB"
+            )
             env["arch"] = f"{p.major}.{p.minor}"
     except ImportError:
         missing.append("torch (required)")
@@ -199,8 +217,9 @@ def stage_build(run: Run, timeout: float) -> bool:
         # so build from a copy of the sources without pyproject.toml and bring the library back
         with tempfile.TemporaryDirectory(prefix="ferret_build_") as tmp:
             for d in ("csrc", "ferret_kernels"):
-                shutil.copytree(os.path.join(ROOT, d), os.path.join(tmp, d),
-                                ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+                shutil.copytree(
+                    os.path.join(ROOT, d), os.path.join(tmp, d), ignore=shutil.ignore_patterns("__pycache__", "*.so")
+                )
             shutil.copy(os.path.join(ROOT, "setup.py"), tmp)
             rc, _ = run.sh([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], timeout, env=env, cwd=tmp)
             for so in glob.glob(os.path.join(tmp, "ferret_kernels", "_C*.so")):
@@ -208,9 +227,11 @@ def stage_build(run: Run, timeout: float) -> bool:
         how = "setup.py build_ext --inplace from a copy without pyproject.toml (setuptools < 77)"
     ok = rc == 0
     if ok:
-        probe = ("import torch, ferret_kernels as fk; e = fk.native_load_error(); "
-                 "print('native:', e or 'ok', '| cpu:', fk.available_backends('cpu'), "
-                 "'| cuda:', fk.available_backends('cuda') if torch.cuda.is_available() else '-')")
+        probe = (
+            "import torch, ferret_kernels as fk; e = fk.native_load_error(); "
+            "print('native:', e or 'ok', '| cpu:', fk.available_backends('cpu'), "
+            "'| cuda:', fk.available_backends('cuda') if torch.cuda.is_available() else '-')"
+        )
         rc2, text = run.sh([sys.executable, "-c", probe], 120)
         ok = rc2 == 0 and "native: ok" in text and (not want_cuda or "'cuda'" in text.split("| cuda:")[-1])
     note = f"{how}; CUDA kernels {'built for sm_' + run.env['arch'].replace('.', '') if want_cuda else 'not built'}"
@@ -243,8 +264,20 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
         if left < 5:
             stopped += files[i:]
             break
-        cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider", "-p", "pytest_live_report",
-               "--color=no", "--durations=5", f]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-v",
+            "-rfEs",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "pytest_live_report",
+            "--color=no",
+            "--durations=5",
+            f,
+        ]
         if run.env.get("pytest_timeout", "missing") != "missing":
             cmd.append("--timeout=180")
         rc, text = run.sh(cmd, left, env=env)
@@ -259,8 +292,10 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
             if rc < 0 or rc > 5:
                 crashed = re.findall(r"^(\S+::\S+) (?:Fatal Python error|.*Segmentation)", text, re.M)
                 failed.append(f"{crashed[0] if crashed else f} (process died: status {rc})")
-    note = f"{total.get('passed', 0)} passed, {total.get('failed', 0)} failed, {total.get('error', 0)} errors, " \
-           f"{total.get('skipped', 0)} skipped"
+    note = (
+        f"{total.get('passed', 0)} passed, {total.get('failed', 0)} failed, {total.get('error', 0)} errors, "
+        f"{total.get('skipped', 0)} skipped"
+    )
     if failed:
         note += "; failing: " + ", ".join(failed[:12]) + (" ..." if len(failed) > 12 else "")
     if stopped:
@@ -285,8 +320,12 @@ def stage_bench(run: Run, timeout: float, gpu: bool) -> bool:
     run.bench_rows = [ln[5:] for ln in text.splitlines() if ln.startswith("row: ")]
     run.bench_text = text
     note = f"{len(run.bench_rows)} rows" + ("" if gpu else " (--smoke: tiny sizes, times mean nothing)")
-    run.stage("benchmark" if gpu else "benchmark smoke", "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL"),
-              time.monotonic() - t, note)
+    run.stage(
+        "benchmark" if gpu else "benchmark smoke",
+        "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL"),
+        time.monotonic() - t,
+        note,
+    )
     return rc == 0
 
 
@@ -294,8 +333,12 @@ def write_summary(run: Run, csv_before: int) -> None:
     if not run.out:
         return
     os.makedirs(run.out, exist_ok=True)
-    md = [f"# gpu-check {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}", "",
-          "| stage | status | seconds | note |", "| --- | --- | --- | --- |"]
+    md = [
+        f"# gpu-check {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+        "",
+        "| stage | status | seconds | note |",
+        "| --- | --- | --- | --- |",
+    ]
     md += [f"| {n} | {s} | {sec:.1f} | {note} |" for n, s, sec, note in run.stages]
     md += ["", "| environment | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in run.env.items()]
     text = getattr(run, "bench_text", "")
@@ -311,7 +354,9 @@ def write_summary(run: Run, csv_before: int) -> None:
         cells = [ln.split() for ln in table]
         md += ["", "## benchmark", "", "| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
         md += ["| " + " | ".join(c) + " |" for c in cells[1:]]
-    md += ["", "## benchmark notes", ""] + [ln for ln in text.splitlines() if ln.startswith(("#", "skipped", "baselines"))]
+    md += ["", "## benchmark notes", ""] + [
+        ln for ln in text.splitlines() if ln.startswith(("#", "skipped", "baselines"))
+    ]
     with open(os.path.join(run.out, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(run.out, "gpu_check.log"), "w") as f:
@@ -322,7 +367,7 @@ def write_summary(run: Run, csv_before: int) -> None:
             rows = list(csv.reader(f))
         if len(rows) > 1 + csv_before:
             with open(os.path.join(run.out, "gpu_ops_new.csv"), "w", newline="") as f:
-                csv.writer(f).writerows([rows[0]] + rows[1 + csv_before:])
+                csv.writer(f).writerows([rows[0]] + rows[1 + csv_before :])
 
 
 def _csv_rows() -> int:
@@ -335,13 +380,20 @@ def _csv_rows() -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET", 480)),
-                    help="seconds for the whole run (default 480, or $GPU_CHECK_BUDGET)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=float(os.environ.get("GPU_CHECK_BUDGET", 480)),
+        help="seconds for the whole run (default 480, or $GPU_CHECK_BUDGET)",
+    )
     ap.add_argument("--out", default=os.environ.get("OUT") or None, help="folder for summary.md, the log and the rows")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--tests", nargs="+", help="test files or node ids to run instead of the default device tests "
-                    "(one pytest process each)")
+    ap.add_argument(
+        "--tests",
+        nargs="+",
+        help="test files or node ids to run instead of the default device tests (one pytest process each)",
+    )
     args = ap.parse_args(argv)
     run = Run(args.budget, args.out)
     csv_before = _csv_rows()
@@ -349,10 +401,17 @@ def main(argv=None) -> int:
     ok = stage_env(run)
     gpu = run.env.get("cuda_device") == "yes"
     if not gpu:
-        run.log("no CUDA device: rehearsal (build, CPU and Triton-interpreter tests, bench_gpu --smoke); "
-                "skipped: the CUDA kernels on a GPU, GPU timings")
-        run.stage("GPU stages", "skipped", 0, "no CUDA device: the CUDA build, the device tests on a GPU and the GPU "
-                  "timings did not run (rehearsal only)")
+        run.log(
+            "no CUDA device: rehearsal (build, CPU and Triton-interpreter tests, bench_gpu --smoke); "
+            "skipped: the CUDA kernels on a GPU, GPU timings"
+        )
+        run.stage(
+            "GPU stages",
+            "skipped",
+            0,
+            "no CUDA device: the CUDA build, the device tests on a GPU and the GPU "
+            "timings did not run (rehearsal only)",
+        )
     if ok:
         ok = stage_build(run, min(run.left() - 30, 300))
     # the benchmark's share is reserved before the tests start (timings are what a GPU run is for)

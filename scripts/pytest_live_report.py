@@ -5,5 +5,7 @@ fails, not in the end-of-session summary, so that a run stopped by its time budg
 
 def pytest_runtest_logreport(report):
     if report.failed:
-        print(f"\n----- LIVE FAILURE {report.nodeid} ({report.when}) -----\n{report.longreprtext}\n----- END {report.nodeid}",
-              flush=True)
+        print(
+            f"\n----- LIVE FAILURE {report.nodeid} ({report.when}) -----\n{report.longreprtext}\n----- END {report.nodeid}",
+            flush=True,
+        )

@@ -69,7 +69,9 @@ def assert_recon_close(got, ref, coeffs, block_size, dist, dtype=torch.float32, 
         )
 
 
-@pytest.fixture(params=native_backends() or [pytest.param("cpu", marks=pytest.mark.skip(reason="ferret_kernels._C not built"))])
+@pytest.fixture(
+    params=native_backends() or [pytest.param("cpu", marks=pytest.mark.skip(reason="ferret_kernels._C not built"))]
+)
 def backend(request):
     with fk.use_backend(request.param):
         yield request.param

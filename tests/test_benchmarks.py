@@ -17,14 +17,22 @@ import ferret_kernels as fk
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() and "triton" not in fk.available_backends("cpu"),
-                    reason="no GPU and no Triton interpreter")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and "triton" not in fk.available_backends("cpu"),
+    reason="no GPU and no Triton interpreter",
+)
 def test_bench_gpu_smoke():
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"), "--smoke"],
-                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     out = res.stdout
     assert re.search(r"bit-identical to the CPU kernel: \{'triton': True", out), out
@@ -37,22 +45,47 @@ def test_bench_gpu_smoke():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_sass_cost_reports_every_kernel():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sass_cost.py"), "--no-csv"],
-                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "sass_cost.py"), "--no-csv"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     backends = ("triton", "cuda") if shutil.which("nvcc") else ("triton",)
     for be in backends:
         for op in ("project", "reconstruct_"):
             for dist in ("rademacher", "uniform", "gaussian"):
-                assert re.search(rf"^\s*{be}\s+{op}\s+{dist}\s", res.stdout, re.M), f"no {be} {op} {dist} row:\n{res.stdout}"
+                assert re.search(rf"^\s*{be}\s+{op}\s+{dist}\s", res.stdout, re.M), (
+                    f"no {be} {op} {dist} row:\n{res.stdout}"
+                )
 
 
 def test_ab_compare_smoke():
     """benchmarks/ab_compare.py end to end (the same tree as A and B, tiny sizes)."""
     if fk.native_load_error() is not None:
         pytest.skip("ferret_kernels._C not built")
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ab_compare.py"), "--a", ROOT, "--b", ROOT,
-                          "--log2n", "12", "--rounds", "1", "--no-csv"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "ab_compare.py"),
+            "--a",
+            ROOT,
+            "--b",
+            ROOT,
+            "--log2n",
+            "12",
+            "--rounds",
+            "1",
+            "--no-csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for op in ("project", "reconstruct", "reconstruct_"):
         assert re.search(rf"^\s*{op}\s+gaussian\s", res.stdout, re.M), res.stdout

@@ -22,13 +22,32 @@ def _nvcc():
 @pytest.mark.parametrize("arch", ["80", "90"])
 def test_cuda_kernels_compile_without_warnings(arch, tmp_path):
     cmd = [
-        _nvcc(), "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc"),
-        "-gencode", f"arch=compute_{arch},code=sm_{arch}",
-        "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror", "-Xptxas", "-v",
-        "-c", os.path.join(ROOT, "csrc", "cuda", "compile_check.cu"), "-o", str(tmp_path / "k.o"),
+        _nvcc(),
+        "-std=c++17",
+        "-O3",
+        "-I",
+        os.path.join(ROOT, "csrc"),
+        "-gencode",
+        f"arch=compute_{arch},code=sm_{arch}",
+        "-Werror",
+        "all-warnings",
+        "-Xcompiler",
+        "-Wall,-Wextra,-Werror",
+        "-Xptxas",
+        "-v",
+        "-c",
+        os.path.join(ROOT, "csrc", "cuda", "compile_check.cu"),
+        "-o",
+        str(tmp_path / "k.o"),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     # no register spills in any kernel
-    spills = [l for l in res.stderr.splitlines() if "spill" in l and not l.strip().startswith("0 bytes") and " 0 bytes spill stores, 0 bytes spill loads" not in l]
+    spills = [
+        ln
+        for ln in res.stderr.splitlines()
+        if "spill" in ln
+        and not ln.strip().startswith("0 bytes")
+        and " 0 bytes spill stores, 0 bytes spill loads" not in ln
+    ]
     assert not spills, "\n".join(spills)

@@ -40,10 +40,27 @@ def _build(out_dir, sanitize):
         f.write("int main() { return 0; }\n")
     if subprocess.run(["g++", f"-fsanitize={sanitize}", probe, "-o", probe + ".out"], capture_output=True).returncode:
         pytest.skip(f"g++ cannot link -fsanitize={sanitize} here (sanitizer runtime not installed)")
-    cmd = ["g++", "-std=c++20", "-O1", "-g", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
-           "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
-           "-I", os.path.join(EMU, "include"), "-I", os.path.join(ROOT, "csrc"),
-           os.path.join(EMU, "main.cpp"), "-o", exe, "-pthread"]
+    cmd = [
+        "g++",
+        "-std=c++20",
+        "-O1",
+        "-g",
+        f"-fsanitize={sanitize}",
+        "-fno-sanitize-recover=all",
+        "-fno-strict-aliasing",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unknown-pragmas",
+        "-I",
+        os.path.join(EMU, "include"),
+        "-I",
+        os.path.join(ROOT, "csrc"),
+        os.path.join(EMU, "main.cpp"),
+        "-o",
+        exe,
+        "-pthread",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     return exe
@@ -86,12 +103,36 @@ class Emu:
             self._put(os.path.join(d, "y.bin"), y)
         if active is not None:
             self._put(os.path.join(d, "active.bin"), active.to(torch.int32))
-        self._run("project", d, dtype=DT[x.dtype], dist=DIST_ID[dist], numel=x.numel(), block_size=bs,
-                  block_offset=block_offset, K=K, seed=seed, scale=repr(float(scale)), misalign=misalign)
+        self._run(
+            "project",
+            d,
+            dtype=DT[x.dtype],
+            dist=DIST_ID[dist],
+            numel=x.numel(),
+            block_size=bs,
+            block_offset=block_offset,
+            K=K,
+            seed=seed,
+            scale=repr(float(scale)),
+            misalign=misalign,
+        )
         return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
 
-    def reconstruct(self, coeffs, seed, numel, bs, block_offset=0, dist="rademacher", scale=1.0, dtype=torch.float32,
-                    out=None, alpha=1.0, active=None, misalign=0):
+    def reconstruct(
+        self,
+        coeffs,
+        seed,
+        numel,
+        bs,
+        block_offset=0,
+        dist="rademacher",
+        scale=1.0,
+        dtype=torch.float32,
+        out=None,
+        alpha=1.0,
+        active=None,
+        misalign=0,
+    ):
         d = self._dir()
         self._put(os.path.join(d, "coeffs.bin"), coeffs.float())
         if out is not None:
@@ -99,9 +140,21 @@ class Emu:
             dtype = out.dtype
         if active is not None:
             self._put(os.path.join(d, "active.bin"), active.to(torch.int32))
-        self._run("reconstruct", d, dtype=DT[dtype], dist=DIST_ID[dist], numel=numel, block_size=bs,
-                  block_offset=block_offset, K=coeffs.shape[1], seed=seed, scale=repr(float(scale)),
-                  alpha=repr(float(alpha)), accumulate=int(out is not None), misalign=misalign)
+        self._run(
+            "reconstruct",
+            d,
+            dtype=DT[dtype],
+            dist=DIST_ID[dist],
+            numel=numel,
+            block_size=bs,
+            block_offset=block_offset,
+            K=coeffs.shape[1],
+            seed=seed,
+            scale=repr(float(scale)),
+            alpha=repr(float(alpha)),
+            accumulate=int(out is not None),
+            misalign=misalign,
+        )
         return self._get(os.path.join(d, "out.bin"), dtype, (numel,))
 
     def philox(self, ctr, seed):
@@ -168,8 +221,7 @@ def test_bases_match_contract_and_cpu_kernel(emu, dist):
 
 # (numel, block_size, K): single elements, partial warps, block edges, several CTAs per block
 # with a partial last one, and K past the kernel's 32-basis reduction tile
-CASES = [(1, 512, 3), (509, 512, 5), (512, 512, 2), (3 * 512 + 17, 512, 5), (2 * 9000 + 123, 9000, 4),
-         (700, 256, 33)]
+CASES = [(1, 512, 3), (509, 512, 5), (512, 512, 2), (3 * 512 + 17, 512, 5), (2 * 9000 + 123, 9000, 4), (700, 256, 33)]
 
 
 @pytest.mark.parametrize("dist", DISTS)
@@ -180,8 +232,9 @@ def test_project_and_reconstruct_vs_reference(emu, dist, n, bs, K):
     assert_project_close(got, ref(fk.project, x, 77, K, bs, dist=dist, block_offset=3, scale=0.5), x * 0.5, bs, dist)
     c = torch.randn(fk.num_blocks(n, bs), K)
     got = emu.reconstruct(c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1)
-    assert_recon_close(got, ref(fk.reconstruct, c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1), 2 * c, bs,
-                       dist)
+    assert_recon_close(
+        got, ref(fk.reconstruct, c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1), 2 * c, bs, dist
+    )
     if dist == "rademacher":  # +-c sums in basis order, as the CPU kernel: bit for bit
         assert torch.equal(got, cpu(fk.reconstruct, c, 2**63 + 5, n, bs, dist=dist, scale=2.0, block_offset=1))
 

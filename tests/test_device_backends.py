@@ -27,7 +27,10 @@ def _params():
     return out
 
 
-if importlib.util.find_spec("triton") is not None and fk.backends.unavailable_reason("triton", torch.device(DEV)) is None:
+if (
+    importlib.util.find_spec("triton") is not None
+    and fk.backends.unavailable_reason("triton", torch.device(DEV)) is None
+):
     from ferret_kernels import triton_kernels  # noqa: F401  (registers ferret::_triton_*)
 
 BS = 512
@@ -49,8 +52,10 @@ def raw_ops(gb):
 
 def ref(fn, *args, **kw):
     with fk.use_backend("reference"):
-        return fn(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
-                  **{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()})
+        return fn(
+            *[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
+            **{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()},
+        )
 
 
 def test_philox_known_answers_and_stream():
@@ -59,8 +64,9 @@ def test_philox_known_answers_and_stream():
     seed = 2**64 - 2
     got = fk.philox(torch.from_numpy(ctr.astype(np.int64)).to(DEV), seed).cpu().numpy()
     assert np.array_equal(got, rng_numpy.philox4x32_10(ctr, rng_numpy.seed_key(seed)).astype(np.int64))
-    kat = fk.philox(torch.tensor([[0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344]], device=DEV),
-                    0xA4093822 | (0x299F31D0 << 32))
+    kat = fk.philox(
+        torch.tensor([[0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344]], device=DEV), 0xA4093822 | (0x299F31D0 << 32)
+    )
     assert kat[0].tolist() == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
 
 
@@ -148,19 +154,27 @@ def test_ops_registered_for_torch_library(gb):
     x = torch.randn(600, device=DEV)
     if gb == "cuda":
         torch.library.opcheck(torch.ops.ferret.project.default, (x, None, 1, 3, 256, 0, "uniform", 1.0, None))
-        torch.library.opcheck(torch.ops.ferret.reconstruct_.default,
-                              (torch.randn(600, device=DEV), torch.randn(3, 3, device=DEV), 1, 256, 0, "gaussian", 1.0, 2.0, None))
+        torch.library.opcheck(
+            torch.ops.ferret.reconstruct_.default,
+            (torch.randn(600, device=DEV), torch.randn(3, 3, device=DEV), 1, 256, 0, "gaussian", 1.0, 2.0, None),
+        )
         return
     # the interpreter executes kernels even under FakeTensorMode, so fake-tensor checks of the
     # triton_op itself need a GPU; the public op's fake kernel is checked everywhere
     utils = ("test_schema", "test_faketensor") if DEV == "cuda" else ("test_schema",)
-    torch.library.opcheck(torch.ops.ferret._triton_project.default, (x, None, 1, 3, 256, 0, "rademacher", 1.0, None),
-                          test_utils=utils)
-    torch.library.opcheck(torch.ops.ferret.project.default, (x, None, 1, 3, 256, 0, "gaussian", 1.0, None),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.ferret._triton_project.default, (x, None, 1, 3, 256, 0, "rademacher", 1.0, None), test_utils=utils
+    )
+    torch.library.opcheck(
+        torch.ops.ferret.project.default,
+        (x, None, 1, 3, 256, 0, "gaussian", 1.0, None),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
-@pytest.mark.skipif(DEV != "cuda", reason="torch.compile of device kernels needs a GPU (the interpreter runs eager only)")
+@pytest.mark.skipif(
+    DEV != "cuda", reason="torch.compile of device kernels needs a GPU (the interpreter runs eager only)"
+)
 def test_torch_compile_fullgraph_cuda(gb):
     x = torch.randn(5000, device=DEV)
     ns = raw_ops(gb)
@@ -185,7 +199,7 @@ def test_large_tensor_64bit_offsets(gb):
     x[-3000:] = torch.randn(3000, device=DEV).bfloat16()
     bs = 2**20
     g = fk.project(x, 5, 2, bs)
-    tail = x[(fk.num_blocks(n, bs) - 1) * bs:]
+    tail = x[(fk.num_blocks(n, bs) - 1) * bs :]
     want = ref(fk.project, tail.float(), 5, 2, bs, block_offset=fk.num_blocks(n, bs) - 1)
     torch.testing.assert_close(g[-1:].cpu(), want, rtol=1e-5, atol=1e-4)
     assert torch.equal(g[:-1].cpu(), torch.zeros_like(g[:-1].cpu()))
@@ -237,5 +251,7 @@ def test_launch_over_the_grid_limit_is_refused_with_a_clear_error(gb):
     if gb != "triton":
         pytest.skip("the CUDA binding's check needs a CUDA device with 4 GiB free; see test_errors for its text")
     x = torch.empty(2**31 + 1, dtype=torch.bfloat16, device=DEV)  # never written: no memory is touched on the CPU
-    with pytest.raises(ValueError, match=r"needs 2147483649 programs .* over the GPU's limit of 2\^31 - 1; use a larger block_size"):
+    with pytest.raises(
+        ValueError, match=r"needs 2147483649 programs .* over the GPU's limit of 2\^31 - 1; use a larger block_size"
+    ):
         torch.ops.ferret._triton_project(x, None, 1, 1, 1, 0, "rademacher", 1.0, None)

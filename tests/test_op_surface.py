@@ -29,12 +29,27 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
     exe = str(tmp_path / "caller")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     libdirs = cpp_extension.library_paths()
-    cmd = ["g++", "-std=c++17", "-O1", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", os.path.join(ROOT, "tests", "cpp_caller", "main.cpp"),
-           "-o", exe, *[f"-I{p}" for p in cpp_extension.include_paths()], *[f"-L{p}" for p in libdirs],
-           *[f"-Wl,-rpath,{p}" for p in libdirs], "-Wl,--no-as-needed", "-lc10", "-ltorch_cpu", "-ldl"]
+    cmd = [
+        "g++",
+        "-std=c++17",
+        "-O1",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        os.path.join(ROOT, "tests", "cpp_caller", "main.cpp"),
+        "-o",
+        exe,
+        *[f"-I{p}" for p in cpp_extension.include_paths()],
+        *[f"-L{p}" for p in libdirs],
+        *[f"-Wl,-rpath,{p}" for p in libdirs],
+        "-Wl,--no-as-needed",
+        "-lc10",
+        "-ltorch_cpu",
+        "-ldl",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode and "c++17" in res.stderr:  # newer torch headers need C++20
-        res = subprocess.run([c if c != "-std=c++17" else "-std=c++20" for c in cmd], capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [c if c != "-std=c++17" else "-std=c++20" for c in cmd], capture_output=True, text=True, timeout=600
+        )
     assert res.returncode == 0, res.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     run = subprocess.run([exe, lib], capture_output=True, text=True, timeout=300, env=env)
@@ -48,7 +63,9 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
         g = fk.project(x, 7, 8, bs, block_offset=3, scale=0.5)
         gd = fk.project(x.bfloat16(), 2**64 - 5, 6, bs, y=y, dist="gaussian")
         r = fk.reconstruct(g, 7, n, bs, block_offset=3, dist="uniform", scale=2.0)
-        out = fk.reconstruct_(torch.arange(n, dtype=torch.float32).mul(0.01), g, 7, bs, block_offset=3, scale=0.5, alpha=-1.0)
+        out = fk.reconstruct_(
+            torch.arange(n, dtype=torch.float32).mul(0.01), g, 7, bs, block_offset=3, scale=0.5, alpha=-1.0
+        )
     assert got["project"] == _bits(g)
     assert got["project_diff"] == _bits(gd)
     assert got["reconstruct"] == _bits(r)
@@ -103,9 +120,15 @@ def test_wrappers_choose_the_backend_and_the_op_runs_the_native_kernel(monkeypat
 
 
 def test_backend_registry_imports_nothing_of_the_package():
-    code = ("import sys, importlib.util; spec = importlib.util.spec_from_file_location('b', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-            "assert not [k for k in sys.modules if k.startswith('ferret_kernels')], sorted(sys.modules)")
-    res = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "ferret_kernels", "backends.py")],
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, importlib.util; spec = importlib.util.spec_from_file_location('b', sys.argv[1]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "assert not [k for k in sys.modules if k.startswith('ferret_kernels')], sorted(sys.modules)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(ROOT, "ferret_kernels", "backends.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]

@@ -115,12 +115,18 @@ def test_block_offset_composition(backend, dist):
     bs, K = 256, 5
     a, b = torch.randn(3 * bs), torch.randn(2 * bs + 7)
     whole = fk.project(torch.cat([a, b]), 1, K, bs, dist=dist, block_offset=10)
-    parts = torch.cat([fk.project(a, 1, K, bs, dist=dist, block_offset=10), fk.project(b, 1, K, bs, dist=dist, block_offset=13)])
+    parts = torch.cat(
+        [fk.project(a, 1, K, bs, dist=dist, block_offset=10), fk.project(b, 1, K, bs, dist=dist, block_offset=13)]
+    )
     assert torch.equal(whole, parts)
     c = torch.randn(6, K)
     whole = fk.reconstruct(c, 1, a.numel() + b.numel(), bs, dist=dist, block_offset=10)
-    parts = torch.cat([fk.reconstruct(c[:3], 1, a.numel(), bs, dist=dist, block_offset=10),
-                       fk.reconstruct(c[3:], 1, b.numel(), bs, dist=dist, block_offset=13)])
+    parts = torch.cat(
+        [
+            fk.reconstruct(c[:3], 1, a.numel(), bs, dist=dist, block_offset=10),
+            fk.reconstruct(c[3:], 1, b.numel(), bs, dist=dist, block_offset=13),
+        ]
+    )
     assert torch.equal(whole, parts)
 
 
@@ -184,8 +190,11 @@ def test_instruction_sets_agree(dist):
         with fk.use_backend("cpu"):
             for isa in isas:
                 fk.cpu_isa(isa)
-                res[isa] = (fk.project(x, 4, K, bs, dist=dist), fk.reconstruct(c, 4, n, bs, dist=dist),
-                            fk.reconstruct(one_hot, 4, 5000, 5000, dist=dist))
+                res[isa] = (
+                    fk.project(x, 4, K, bs, dist=dist),
+                    fk.reconstruct(c, 4, n, bs, dist=dist),
+                    fk.reconstruct(one_hot, 4, 5000, 5000, dist=dist),
+                )
     finally:
         fk.cpu_isa(best)
     g0, r0, v0 = res["generic"]

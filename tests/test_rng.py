@@ -102,6 +102,10 @@ def test_seeds_blocks_bases_streams_never_share_counters():
     """Changing any of seed, block, basis changes the stream (different counters / keys)."""
     n = 512
     base = rng_numpy.basis(1, 0, 0, n, "rademacher")
-    for other in (rng_numpy.basis(2, 0, 0, n, "rademacher"), rng_numpy.basis(1, 1, 0, n, "rademacher"),
-                  rng_numpy.basis(1, 0, 1, n, "rademacher"), rng_numpy.basis(1 << 32, 0, 0, n, "rademacher")):
+    for other in (
+        rng_numpy.basis(2, 0, 0, n, "rademacher"),
+        rng_numpy.basis(1, 1, 0, n, "rademacher"),
+        rng_numpy.basis(1, 0, 1, n, "rademacher"),
+        rng_numpy.basis(1 << 32, 0, 0, n, "rademacher"),
+    ):
         assert abs(float(np.mean(base * other))) < 0.25

@@ -39,7 +39,7 @@ def _assemble(pieces, nb_full, K):
     """Coefficients of the whole vector from its pieces' rows, added in piece order."""
     g = torch.zeros(nb_full, K)
     for first_block, rows in pieces:
-        g[first_block:first_block + rows.shape[0]] += rows.cpu()
+        g[first_block : first_block + rows.shape[0]] += rows.cpu()
     return g
 
 
@@ -84,8 +84,8 @@ def test_active_counts_and_start_together(be):
     x = torch.randn(n).to(dev)
     act_full = torch.tensor([6, 0, 3, 5, 2], dtype=torch.int32)
     full = fk.project(x, 1, K, bs, active=act_full.to(dev)).cpu()
-    part = fk.project(x[s:], 1, K, bs, active=act_full[s // bs:].to(dev), start=s).cpu()
-    mask = torch.arange(K)[None, :] < act_full[s // bs:, None]
+    part = fk.project(x[s:], 1, K, bs, active=act_full[s // bs :].to(dev), start=s).cpu()
+    mask = torch.arange(K)[None, :] < act_full[s // bs :, None]
     assert torch.equal(part[~mask], torch.zeros_like(part[~mask]))
     torch.testing.assert_close(part[1:], full[2:], rtol=0, atol=1e-5)  # whole blocks: same sums, same order
     c = torch.randn(5, K).to(dev)

@@ -22,8 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # a real compile, not a cache hit
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "triton_aot.py"), "80", "90"],
-                         capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "triton_aot.py"), "80", "90"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     kernels = {r["kernel"].split()[0] for r in rows}

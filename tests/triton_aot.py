@@ -21,9 +21,8 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
 from ferret_kernels import triton_kernels as tk  # noqa: E402
 
@@ -49,26 +48,51 @@ def variants():
         for dt in DTYPES:
             # the chunk of a large block, and the smallest (blocks of <= 128 elements)
             big = tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])
-            for has_y, has_act, ints, chunk, aligned in ((True, True, "i32", 128, False), (False, False, "i64", big, False),
-                                                         (True, False, "i64", big, True), (False, True, "i32", big, True)):
+            for has_y, has_act, ints, chunk, aligned in (
+                (True, True, "i32", 128, False),
+                (False, False, "i64", big, False),
+                (True, False, "i64", big, True),
+                (False, True, "i32", big, True),
+            ):
                 sig = tk._aot_signatures(dt, ints)["project"]
                 const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
-                yield (f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk} aligned={aligned}",
-                       tk._project_kernel, sig, const, 4, _attrs(tk._project_kernel, sig, aligned))
+                yield (
+                    f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk} aligned={aligned}",
+                    tk._project_kernel,
+                    sig,
+                    const,
+                    4,
+                    _attrs(tk._project_kernel, sig, aligned),
+                )
             for accum in (False, True):
-                configs = tk._reconstruct_kernel.configs if (dt == "bf16" and accum) else tk._reconstruct_kernel.configs[:1]
+                configs = (
+                    tk._reconstruct_kernel.configs if (dt == "bf16" and accum) else tk._reconstruct_kernel.configs[:1]
+                )
                 configs = tk._recon_prune(configs, {}, DIST=dist)  # the autotuner's candidates for this dist
                 for cfg in configs:
                     for aligned in (False, True):
                         sig = tk._aot_signatures(dt)["reconstruct"]
                         const = {"ACCUM": accum, "HAS_ACT": accum, "DIST": dist, **cfg.kwargs}
                         fn = tk._reconstruct_kernel.fn
-                        yield (f"reconstruct dist={dist} {dt} accum={accum} CHUNK={cfg.kwargs['CHUNK']} "
-                               f"warps={cfg.num_warps} aligned={aligned}", fn, sig, const, cfg.num_warps, _attrs(fn, sig, aligned))
+                        yield (
+                            f"reconstruct dist={dist} {dt} accum={accum} CHUNK={cfg.kwargs['CHUNK']} "
+                            f"warps={cfg.num_warps} aligned={aligned}",
+                            fn,
+                            sig,
+                            const,
+                            cfg.num_warps,
+                            _attrs(fn, sig, aligned),
+                        )
     sig = {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"}
     yield ("reduce", tk._reduce_kernel, sig, {"KT": 64}, 4, {})
-    yield ("philox", tk._philox_kernel, {"c_ptr": "*i64", "o_ptr": "*i64", "n": "i64", "k0": "i32", "k1": "i32"},
-           {"BLOCK": 256}, 4, {})
+    yield (
+        "philox",
+        tk._philox_kernel,
+        {"c_ptr": "*i64", "o_ptr": "*i64", "n": "i64", "k0": "i32", "k1": "i32"},
+        {"BLOCK": 256},
+        4,
+        {},
+    )
 
 
 def ptxas_stats(ptx: str, arch: int) -> dict:
@@ -77,15 +101,20 @@ def ptxas_stats(ptx: str, arch: int) -> dict:
         with open(src, "w") as f:
             f.write(ptx)
         target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)  # sm_90a on Hopper
-        res = subprocess.run([get_ptxas(arch).path, f"-arch={target}", "-v", src, "-o", os.path.join(d, "k.cubin")],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [get_ptxas(arch).path, f"-arch={target}", "-v", src, "-o", os.path.join(d, "k.cubin")],
+            capture_output=True,
+            text=True,
+        )
     text = res.stdout + res.stderr
     if res.returncode:
         raise RuntimeError(f"ptxas failed: {text[-2000:]}")
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    return {"registers": int(regs.group(1)) if regs else None,
-            "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None}
+    return {
+        "registers": int(regs.group(1)) if regs else None,
+        "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None,
+    }
 
 
 def main(archs):
@@ -95,9 +124,17 @@ def main(archs):
             src = ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs)
             row = {"arch": arch, "kernel": name}
             try:
-                k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                   options={"num_warps": warps, "enable_fp_fusion": tk._FP_FUSION})
-                row.update(ok=True, cubin_bytes=len(k.asm["cubin"]), shared=k.metadata.shared, **ptxas_stats(k.asm["ptx"], arch))
+                k = triton.compile(
+                    src,
+                    target=GPUTarget("cuda", arch, 32),
+                    options={"num_warps": warps, "enable_fp_fusion": tk._FP_FUSION},
+                )
+                row.update(
+                    ok=True,
+                    cubin_bytes=len(k.asm["cubin"]),
+                    shared=k.metadata.shared,
+                    **ptxas_stats(k.asm["ptx"], arch),
+                )
             except Exception as e:  # report every failing variant, not just the first
                 row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
             print(json.dumps(row), flush=True)

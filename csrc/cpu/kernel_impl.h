@@ -88,8 +88,8 @@ static inline void rademacher_words(uint32_t w0, uint32_t k, uint32_t g, uint32_
 
 // sum_j v_j x_j over one chunk for basis k; x as fp32 (rademacher) or as 4 planes
 // xq[q][i] = x[4 i + q] (uniform / gaussian).
-static inline float dot_rademacher(const float* xf, uint32_t w0, uint32_t k, uint32_t g, uint32_t k0,
-                                   uint32_t k1, int ngroups) {
+static inline float dot_rademacher(const float* xf, uint32_t w0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1,
+                                   int ngroups) {
   uint32_t bits[4][kG128];
   rademacher_words(w0, k, g, k0, k1, bits);
   float acc[32];
@@ -107,8 +107,8 @@ static inline float dot_rademacher(const float* xf, uint32_t w0, uint32_t k, uin
   return s;
 }
 
-static inline float dot_values(int dist, const float* xq, uint32_t w0, uint32_t k, uint32_t g, uint32_t k0,
-                               uint32_t k1, int ngroups) {
+static inline float dot_values(int dist, const float* xq, uint32_t w0, uint32_t k, uint32_t g, uint32_t k0, uint32_t k1,
+                               int ngroups) {
   const float* x0 = xq;
   const float* x1 = xq + kG4;
   const float* x2 = xq + 2 * kG4;

@@ -1,7 +1,7 @@
 // CPU kernels of ferret::project / reconstruct / reconstruct_ / philox (schemas in
-// ops_schema.cpp), registered for the CPU dispatch key. Validation in binding_common.h; runs the fused kernels with at::parallel_for. Work is cut into tasks that depend only
-// on the problem's shape, never on the thread count, and partial sums are reduced in a fixed
-// order, so results are bit-identical for any number of threads.
+// ops_schema.cpp), registered for the CPU dispatch key. Validation in binding_common.h; runs the fused kernels with
+// at::parallel_for. Work is cut into tasks that depend only on the problem's shape, never on the thread count, and
+// partial sums are reduced in a fixed order, so results are bit-identical for any number of threads.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -113,7 +113,8 @@ void run_reconstruct(const ReconstructParams& p) {
 void reconstruct_into(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
                       c10::string_view dist, double scale, double alpha, bool accumulate,
                       const c10::optional<at::Tensor>& active) {
-  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
+  ReconstructArgs a =
+      make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
   check_active_range(a.active, coeffs.size(1));
   run_reconstruct(a.p);
 }
@@ -121,7 +122,8 @@ void reconstruct_into(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, i
 at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
                    int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
                    const c10::optional<at::Tensor>& active, int64_t start) {
-  return project_from(&project_aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start, true);
+  return project_from(&project_aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start,
+                      true);
 }
 
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
@@ -129,16 +131,16 @@ at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, in
                        const c10::optional<at::Tensor>& active, int64_t start) {
   check_reconstruct_args(coeffs, numel, dtype);
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
-  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active, start,
-                   true);
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active,
+                   start, true);
   return out;
 }
 
 void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
                   c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active,
                   int64_t start) {
-  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active, start,
-                   true);
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active,
+                   start, true);
 }
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {
@@ -166,8 +168,8 @@ std::string cpu_isa(c10::string_view name) {
     active_table() = best_table();
   } else if (!n.empty()) {
     const KernelTable* t = table_by_name(n);
-    TORCH_CHECK_VALUE(t, "ferret: CPU instruction set '", n, "' is unknown or not supported here (best: ",
-                      best_table()->name, ")");
+    TORCH_CHECK_VALUE(t, "ferret: CPU instruction set '", n,
+                      "' is unknown or not supported here (best: ", best_table()->name, ")");
     active_table() = t;
   }
   return active_table()->name;
@@ -184,6 +186,4 @@ TORCH_LIBRARY_IMPL(ferret, CPU, m) {
   m.impl("philox", &ferret::cpu::philox);
 }
 
-TORCH_LIBRARY_IMPL(ferret, CompositeExplicitAutograd, m) {
-  m.impl("_cpu_isa", &ferret::cpu::cpu_isa);
-}
+TORCH_LIBRARY_IMPL(ferret, CompositeExplicitAutograd, m) { m.impl("_cpu_isa", &ferret::cpu::cpu_isa); }

@@ -76,20 +76,32 @@ __device__ __forceinline__ U32x4 philox_keyed(uint32_t c0, uint32_t c1, uint32_t
 template <typename T>
 __device__ __forceinline__ float to_f32(T v);
 template <>
-__device__ __forceinline__ float to_f32<float>(float v) { return v; }
+__device__ __forceinline__ float to_f32<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32<__half>(__half v) {
+  return __half2float(v);
+}
 
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
 
 // Loads n consecutive elements starting at p (the first `valid` of them real, the rest 0) as
 // fp32, with 16-byte loads when the whole run is valid and aligned.
@@ -276,9 +288,8 @@ __device__ __forceinline__ void unpack_run(const T* __restrict__ p, int64_t vali
 // One chunk's partial sums: part[cta, k] = sum over the chunk of v_k * x, for k < the block's
 // active count; x holds the thread's elements (valid <= 0: past the block's end).
 template <int DIST, int N>
-__device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t cta, int64_t b, int64_t j0,
-                                              int64_t valid, const float (&x)[N], float* part,
-                                              float (&red)[kWarps][kTileK]) {
+__device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t cta, int64_t b, int64_t j0, int64_t valid,
+                                              const float (&x)[N], float* part, float (&red)[kWarps][kTileK]) {
   const int K = p.num_bases;
   const int kb = p.active ? min(max(p.active[b], 0), K) : K;  // clamped: never past part's row
   const uint32_t g = p.block_offset + (uint32_t)b;
@@ -382,8 +393,8 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
 
 // Grid: (num_blocks, min(ceil(K / kThreads), 65535)); the y dimension strides over K (a grid's y
 // stops at 65535). out[b, k] = scale * sum_c part[b * cpb + c, k], c in order.
-__global__ void __launch_bounds__(kThreads) reduce_kernel(const float* part, int64_t chunks_per_block, int K,
-                                                          float scale, float* out) {
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(const float* part, int64_t chunks_per_block, int K, float scale, float* out) {
   const int64_t b = blockIdx.x;
   for (int64_t k = (int64_t)blockIdx.y * kThreads + threadIdx.x; k < K; k += (int64_t)gridDim.y * kThreads) {
     float s = 0.0f;
@@ -432,18 +443,26 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams
 // cudaErrorInvalidValue for a dtype or dist it does not know (never a silent fall-through).
 template <template <typename, int> class Launch, typename... Args>
 cudaError_t dispatch(int dtype, int dist, Args&&... args) {
-#define FERRET_DIST_CASES(T)                                                 \
-  switch (dist) {                                                            \
-    case kRademacher: return Launch<T, kRademacher>::run(args...);           \
-    case kUniform: return Launch<T, kUniform>::run(args...);                 \
-    case kGaussian: return Launch<T, kGaussian>::run(args...);               \
-    default: return cudaErrorInvalidValue;                                   \
+#define FERRET_DIST_CASES(T)                       \
+  switch (dist) {                                  \
+    case kRademacher:                              \
+      return Launch<T, kRademacher>::run(args...); \
+    case kUniform:                                 \
+      return Launch<T, kUniform>::run(args...);    \
+    case kGaussian:                                \
+      return Launch<T, kGaussian>::run(args...);   \
+    default:                                       \
+      return cudaErrorInvalidValue;                \
   }
   switch (dtype) {
-    case kF32: FERRET_DIST_CASES(float)
-    case kBF16: FERRET_DIST_CASES(__nv_bfloat16)
-    case kF16: FERRET_DIST_CASES(__half)
-    default: return cudaErrorInvalidValue;
+    case kF32:
+      FERRET_DIST_CASES(float)
+    case kBF16:
+      FERRET_DIST_CASES(__nv_bfloat16)
+    case kF16:
+      FERRET_DIST_CASES(__half)
+    default:
+      return cudaErrorInvalidValue;
   }
 #undef FERRET_DIST_CASES
 }
@@ -461,8 +480,7 @@ cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStre
                 project_kernel<T, DIST, MIN_BLOCKS, CHUNKS>)(p, cpb, chunks, part);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const dim3 grid((unsigned)p.num_blocks,
-                  (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
+  const dim3 grid((unsigned)p.num_blocks, (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
   FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, p.out);
   return cudaGetLastError();
 }
@@ -514,7 +532,7 @@ __global__ void philox_kernel(const int64_t* ctr, int64_t n, uint32_t k0, uint32
 inline cudaError_t launch_philox(const int64_t* ctr, int64_t n, uint64_t seed, int64_t* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   FERRET_LAUNCH((unsigned)((n + kThreads - 1) / kThreads), kThreads, stream, philox_kernel)(ctr, n, seed_lo(seed),
-                                                                                             seed_hi(seed), out);
+                                                                                            seed_hi(seed), out);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
 // CUDA kernels of ferret::project / reconstruct / reconstruct_ / philox (schemas in
-// ops_schema.cpp), registered for the CUDA dispatch key. Thin: argument checks and params from binding_common.h, a device guard, the current stream, and a launch
-// check after every launch; the kernels live in the torch-free kernels.cuh.
+// ops_schema.cpp), registered for the CUDA dispatch key. Thin: argument checks and params from binding_common.h, a
+// device guard, the current stream, and a launch check after every launch; the kernels live in the torch-free
+// kernels.cuh.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -44,7 +45,8 @@ at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>&
 void reconstruct_into(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64_t block_size, int64_t block_offset,
                       c10::string_view dist, double scale, double alpha, bool accumulate,
                       const c10::optional<at::Tensor>& active) {
-  ReconstructArgs a = make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
+  ReconstructArgs a =
+      make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
   const int64_t cpb = chunks_per_block(a.p.block_size, a.p.dist);
   check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
   check_launch(launch_reconstruct(a.p, at::cuda::getCurrentCUDAStream()), "reconstruct");
@@ -55,7 +57,8 @@ at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int6
                    int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
                    const c10::optional<at::Tensor>& active, int64_t start) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return project_from(&project_aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start, false);
+  return project_from(&project_aligned, x, y, seed, num_bases, block_size, block_offset, dist, scale, active, start,
+                      false);
 }
 
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
@@ -64,8 +67,8 @@ at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, in
   check_reconstruct_args(coeffs, numel, dtype);
   const c10::cuda::CUDAGuard guard(coeffs.device());
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
-  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active, start,
-                   false);
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active,
+                   start, false);
   return out;
 }
 
@@ -73,8 +76,8 @@ void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64
                   c10::string_view dist, double scale, double alpha, const c10::optional<at::Tensor>& active,
                   int64_t start) {
   const c10::cuda::CUDAGuard guard(out.device());
-  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active, start,
-                   false);
+  reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, true, active,
+                   start, false);
 }
 
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {

@@ -53,8 +53,7 @@ FERRET_HD void philox_round(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* 
 }
 
 // Philox4x32 with 10 rounds (Salmon et al., SC'11; Random123's philox4x32_R(10, ...)).
-FERRET_HD U32x4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                              uint32_t k0, uint32_t k1) {
+FERRET_HD U32x4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -144,7 +143,7 @@ FERRET_HD float fast_logf(float x) {
 FERRET_HD void sincos_2pi(float u, float* s_out, float* c_out) {
   const float qf = (float)(int32_t)(u * 4.0f + 0.5f);  // nearest quarter turn, 0..4
   const int32_t q = (int32_t)qf & 3;
-  const float r = u - qf * 0.25f;                     // exact, |r| <= 1/8
+  const float r = u - qf * 0.25f;  // exact, |r| <= 1/8
   const float t = r * 6.28318530717958647692f;
   const float t2 = t * t;
   float s = -1.9515295891E-4f;

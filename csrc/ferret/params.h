@@ -8,8 +8,8 @@ namespace ferret {
 enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 struct ProjectParams {
-  const void* x;          // numel elements of `dtype`, contiguous
-  const void* y;          // optional (nullptr): project x - y; same dtype and numel as x
+  const void* x;  // numel elements of `dtype`, contiguous
+  const void* y;  // optional (nullptr): project x - y; same dtype and numel as x
   int dtype;
   int dist;
   int64_t numel;
@@ -24,8 +24,8 @@ struct ProjectParams {
 };
 
 struct ReconstructParams {
-  const float* coeffs;    // [num_blocks, K], float32
-  void* out;              // numel elements of `dtype`, contiguous
+  const float* coeffs;  // [num_blocks, K], float32
+  void* out;            // numel elements of `dtype`, contiguous
   int dtype;
   int dist;
   int64_t numel;
@@ -35,8 +35,8 @@ struct ReconstructParams {
   int32_t num_bases;
   uint64_t seed;
   float scale;
-  float alpha;            // accumulate: out = out + alpha * scale * V c
-  bool accumulate;        // false: out = scale * V c
+  float alpha;      // accumulate: out = out + alpha * scale * V c
+  bool accumulate;  // false: out = scale * V c
   const int32_t* active;
 };
 

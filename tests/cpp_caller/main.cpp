@@ -38,9 +38,10 @@ int main(int argc, char** argv) {
   auto project = d.findSchemaOrThrow("ferret::project", "")
                      .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t, int64_t,
                                        int64_t, c10::string_view, double, const std::optional<at::Tensor>&, int64_t)>();
-  auto reconstruct = d.findSchemaOrThrow("ferret::reconstruct", "")
-                         .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t, c10::string_view,
-                                           double, std::optional<at::ScalarType>, const std::optional<at::Tensor>&, int64_t)>();
+  auto reconstruct =
+      d.findSchemaOrThrow("ferret::reconstruct", "")
+          .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t, c10::string_view, double,
+                            std::optional<at::ScalarType>, const std::optional<at::Tensor>&, int64_t)>();
   auto reconstruct_ = d.findSchemaOrThrow("ferret::reconstruct_", "")
                           .typed<void(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view,
                                       double, double, const std::optional<at::Tensor>&, int64_t)>();

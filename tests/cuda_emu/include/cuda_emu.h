@@ -9,9 +9,9 @@
 //   __shared__         function-static storage (one CTA runs at a time)
 // Barriers must be uniform, as the CUDA programming guide requires: a thread that returns while
 // others wait at a barrier, a CTA whose threads made different numbers of __syncthreads calls,
-// or a barrier not reached within a timeout is reported and the process exits (code 86). Built with AddressSanitizer, an
-// out-of-bounds global access is caught exactly; built with ThreadSanitizer, a missing barrier
-// around shared memory is reported as a data race.
+// or a barrier not reached within a timeout is reported and the process exits (code 86). Built with AddressSanitizer,
+// an out-of-bounds global access is caught exactly; built with ThreadSanitizer, a missing barrier around shared memory
+// is reported as a data race.
 #pragma once
 
 #include <stdint.h>
@@ -136,8 +136,8 @@ struct Cta {
     uint64_t value;
     unsigned call;  // which shuffle of the writing thread filled it
   };
-  std::vector<Slot> slots;       // [warps][2][32]: double-buffered shuffle slots
-  std::vector<unsigned> syncs;   // __syncthreads calls per thread in this CTA
+  std::vector<Slot> slots;      // [warps][2][32]: double-buffered shuffle slots
+  std::vector<unsigned> syncs;  // __syncthreads calls per thread in this CTA
   explicit Cta(int n) : threads(n), warp((n + 31) / 32), slots(((n + 31) / 32) * 64), syncs(n) {}
   int warp_size(int w) const { return min(32, threads - 32 * w); }
   void reset() {
@@ -248,9 +248,12 @@ inline cudaError_t cudaGetLastError() {
 }
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
   }
   return "unknown error";
 }
@@ -272,7 +275,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   uint32_t u;
   memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return {(uint16_t)((u >> 16) | 0x40)};  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1);  // round to nearest, ties to even
+  u += 0x7fffu + ((u >> 16) & 1);                                              // round to nearest, ties to even
   return {(uint16_t)(u >> 16)};
 }
 inline float __half2float(__half h) {

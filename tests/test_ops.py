@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ferret_kernels as fk
-from ferret_kernels import reference
+from ferret_kernels import reference, rng_numpy
 
 from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close
 
@@ -226,3 +226,24 @@ def test_large_seed_and_block_offset_edges(backend):
 def test_empty_tensor(backend):
     assert fk.project(torch.empty(0), 1, 4, 16).shape == (0, 4)
     assert fk.reconstruct(torch.empty(0, 4), 1, 0, 16).shape == (0,)
+
+
+def test_cpu_kernel_adds_a_blocks_chunks_in_float64_exactly():
+    """The CPU kernel sums a chunk (2048 elements) in float32 and a block's chunks in float64
+    (docs/ops.md). Exact known answer: one element of 2^23 in the first chunk and one of 0.25 in
+    each of 39 other chunks, all aligned with basis 0's signs: 2^23 + 9.75, rounded once to
+    float32, is 8388618. Adding the chunks in float32 would lose every 0.25 (8388608)."""
+    if "cpu" not in fk.available_backends("cpu"):
+        pytest.skip("ferret_kernels._C not built")
+    chunk, nchunks, seed = 2048, 40, 31
+    bs = chunk * nchunks
+    v = torch.from_numpy(rng_numpy.basis(seed, 0, 0, bs, "rademacher"))
+    x = torch.zeros(bs)
+    x[0] = 2.0**23 * v[0]
+    for c in range(1, nchunks):
+        x[c * chunk + 5] = 0.25 * v[c * chunk + 5]
+    with fk.use_backend("cpu"):
+        g = fk.project(x, seed, 1, bs)
+    assert g.item() == 8388618.0
+    with fk.use_backend("reference"):
+        assert fk.project(x, seed, 1, bs).item() == 8388618.0

@@ -1,5 +1,9 @@
 """The shared-randomness contract (docs/rng.md): known answers and bit-identical streams."""
 
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +113,41 @@ def test_seeds_blocks_bases_streams_never_share_counters():
         rng_numpy.basis(1 << 32, 0, 0, n, "rademacher"),
     ):
         assert abs(float(np.mean(base * other))) < 0.25
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+def test_scalar_basis_value_of_the_core_header_matches_the_numpy_mirror(tmp_path):
+    """csrc/ferret/core.h's basis_value, the one-element definition the kernels vectorize,
+    against rng_numpy at random (seed, block, basis, element) points of every dist."""
+    exe = str(tmp_path / "probe")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "core_probe", "main.cpp")
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    res = subprocess.run(
+        ["g++", "-std=c++17", "-O2", "-I", csrc, src, "-o", exe], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rng = np.random.default_rng(5)
+    rows = []
+    for dist_id, dist in enumerate(("rademacher", "uniform", "gaussian")):
+        for _ in range(60):
+            rows.append(
+                (
+                    int(rng.integers(0, 2**64, dtype=np.uint64)),
+                    int(rng.integers(0, 2**32)),
+                    int(rng.integers(0, 300)),
+                    int(rng.integers(0, 1 << 22)),
+                    dist_id,
+                    dist,
+                )
+            )
+    inp = "".join(f"{s} {g} {k} {j} {d}\n" for s, g, k, j, d, _ in rows)
+    out = subprocess.run([exe], input=inp, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    got = [np.uint32(int(h, 16)).view(np.float32) for h in out.stdout.split()]
+    assert len(got) == len(rows)
+    for (s, g, k, j, _, dist), v in zip(rows, got):
+        want = rng_numpy.basis(s, g, k, 1, dist, start=j)[0]
+        if dist == "gaussian":
+            assert abs(float(v) - float(want)) <= 2e-5 + 4e-6 * abs(float(want)), (s, g, k, j, v, want)
+        else:
+            assert v == want, (dist, s, g, k, j, v, want)

@@ -19,7 +19,6 @@ pytest.importorskip("transformers")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-import ferret_kernels as fk  # noqa: E402
 from ferret_kernels.fl import Compressor, FerretConfig  # noqa: E402
 from ferret_kernels.fl.message import decode, encode  # noqa: E402
 
@@ -33,8 +32,14 @@ def _model():
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=101,
-                     max_position_embeddings=16)
+    cfg = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        vocab_size=101,
+        max_position_embeddings=16,
+    )
     return BertModel(cfg)
 
 
@@ -65,7 +70,9 @@ def _worker(rank, world, port, outdir, adaptive):
 
         torch.set_num_threads(1)
         model = _model()
-        comp = Compressor.for_module(model, FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40))
+        comp = Compressor.for_module(
+            model, FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40)
+        )
         mesh = init_device_mesh("cpu", (world,))
         for layer in model.encoder.layer:
             fully_shard(layer, mesh=mesh)
@@ -82,8 +89,10 @@ def _worker(rank, world, port, outdir, adaptive):
         sharded.apply_sharded(comp.layout, params, dense, SEED, msg.dist, 0.5, msg.active)
         shards = {n: p.to_local().clone() for n, p in params.items()}
         extents = {n: sharded.shard_extent(p)[1] for n, p in params.items()}
-        torch.save({"msg": encode(msg), "old": full_old, "new": full_new, "shards": shards, "extents": extents},
-                   os.path.join(outdir, f"rank{rank}.pt"))
+        torch.save(
+            {"msg": encode(msg), "old": full_old, "new": full_new, "shards": shards, "extents": extents},
+            os.path.join(outdir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -102,8 +111,9 @@ def _spawn(world, tmp_path, adaptive=False):
 @pytest.mark.parametrize("world,adaptive", [(2, False), (4, True)])
 def test_fsdp2_projection_and_apply_match_the_unsharded_ones(tmp_path, world, adaptive):
     res = _spawn(world, tmp_path, adaptive)
-    layout = Compressor.for_module(_model(), FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive,
-                                                          full_threshold=40)).layout
+    layout = Compressor.for_module(
+        _model(), FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40)
+    ).layout
     msgs = [decode(r["msg"], layout) for r in res]
     for m in msgs[1:]:  # every rank holds the same update, bit for bit
         assert torch.equal(m.coeffs, msgs[0].coeffs) and torch.equal(m.active, msgs[0].active)

@@ -102,8 +102,9 @@ def block_sq_norms_sharded(layout: ParamLayout, old: dict, new: dict, group=None
 
 
 @torch.no_grad()
-def project_sharded(compressor, old: dict, new: dict, seed: int, *, weight: float = 1.0, round: int = 0,
-                    client: str = "", group=None):
+def project_sharded(
+    compressor, old: dict, new: dict, seed: int, *, weight: float = 1.0, round: int = 0, client: str = "", group=None
+):
     """The update message of `old - new` (name -> parameter, sharded or not) under `seed`, the
     same on every rank: what ``compressor.compress`` gives for the unsharded tensors (float32
     rounding apart: a block split between ranks is summed in another order)."""
@@ -125,8 +126,17 @@ def project_sharded(compressor, old: dict, new: dict, seed: int, *, weight: floa
             continue
         first, nb = _rows_of(s, bs, start, a.numel())
         act = active[first : first + nb].to(a.device)
-        g = project(a.detach(), seed, kop, bs, y=b.detach(), block_offset=s.block_offset, dist=cfg.dist, active=act,
-                    start=getattr(s, "start", 0) + start)
+        g = project(
+            a.detach(),
+            seed,
+            kop,
+            bs,
+            y=b.detach(),
+            block_offset=s.block_offset,
+            dist=cfg.dist,
+            active=act,
+            start=getattr(s, "start", 0) + start,
+        )
         part[first : first + nb] += g.cpu()
     dense = _gather_sum(part, group)
     dense *= _block_scale(active)[:, None]
@@ -134,8 +144,20 @@ def project_sharded(compressor, old: dict, new: dict, seed: int, *, weight: floa
     full = {}
     for s in layout.full:
         full[s.name] = _full_delta(old[s.name], new[s.name], group)
-    return UpdateMessage(layout.fingerprint, seed, cfg.dist, kop, bs, active, dense[mask], full, float(weight), round,
-                         client, cfg.wire_dtype)
+    return UpdateMessage(
+        layout.fingerprint,
+        seed,
+        cfg.dist,
+        kop,
+        bs,
+        active,
+        dense[mask],
+        full,
+        float(weight),
+        round,
+        client,
+        cfg.wire_dtype,
+    )
 
 
 def _full_delta(old: torch.Tensor, new: torch.Tensor, group) -> torch.Tensor:
@@ -147,8 +169,15 @@ def _full_delta(old: torch.Tensor, new: torch.Tensor, group) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_sharded(layout: ParamLayout, params: dict, coeffs: torch.Tensor, seed: int, dist_name: str, lr: float,
-                  active: torch.Tensor | None = None) -> None:
+def apply_sharded(
+    layout: ParamLayout,
+    params: dict,
+    coeffs: torch.Tensor,
+    seed: int,
+    dist_name: str,
+    lr: float,
+    active: torch.Tensor | None = None,
+) -> None:
     """w <- w - lr * V coeffs on every rank's shard, in place: coeffs are dense, already scaled
     [total_blocks, K] (what Compressor.apply_coefficients takes)."""
     bs = layout.block_size
@@ -162,5 +191,14 @@ def apply_sharded(layout: ParamLayout, params: dict, coeffs: torch.Tensor, seed:
         view = local if local.is_contiguous() else None
         if view is None:
             raise ValueError(f"ferret: the local shard of {s.name} is not contiguous")
-        reconstruct_(view, c, seed, bs, block_offset=s.block_offset, dist=dist_name, alpha=-lr, active=act,
-                     start=getattr(s, "start", 0) + start)
+        reconstruct_(
+            view,
+            c,
+            seed,
+            bs,
+            block_offset=s.block_offset,
+            dist=dist_name,
+            alpha=-lr,
+            active=act,
+            start=getattr(s, "start", 0) + start,
+        )

@@ -64,8 +64,8 @@ def shard_extent(t: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
 def _rows_of(spec, block_size: int, start: int, numel: int) -> tuple[int, int]:
     """(first global block, number of blocks) that `numel` elements from element `start` of the
     tensor `spec` touch."""
-    first = spec.block_offset + (getattr(spec, "start", 0) + start) // block_size
-    return first, num_blocks(numel, block_size, getattr(spec, "start", 0) + start)
+    first = spec.block_offset + (spec.lead + start) // block_size
+    return first, num_blocks(numel, block_size, spec.lead + start)
 
 
 def _gather_sum(part: torch.Tensor, group) -> torch.Tensor:
@@ -92,7 +92,7 @@ def block_sq_norms_sharded(layout: ParamLayout, old: dict, new: dict, group=None
         if not mine or a.numel() == 0:
             continue
         first, nb = _rows_of(s, bs, start, a.numel())
-        lead = (getattr(s, "start", 0) + start) % bs
+        lead = (s.lead + start) % bs
         d = torch.zeros(lead + a.numel(), dtype=torch.float64, device=a.device)
         d[lead:] = a.double() - b.double()
         pad = nb * bs - d.numel()
@@ -135,7 +135,7 @@ def project_sharded(
             block_offset=s.block_offset,
             dist=cfg.dist,
             active=act,
-            start=getattr(s, "start", 0) + start,
+            start=s.lead + start,
         )
         part[first : first + nb] += g.cpu()
     dense = _gather_sum(part, group)
@@ -200,5 +200,5 @@ def apply_sharded(
             dist=dist_name,
             alpha=-lr,
             active=act,
-            start=getattr(s, "start", 0) + start,
+            start=s.lead + start,
         )

@@ -255,7 +255,7 @@ def test_server_schedules_clipping_and_momentum():
     beta = 0.5
     mom = FerretServer(comp, ServerConfig(momentum=beta))
     u1 = comp.compress(model, _perturbed(model, seed=1), seed=11)
-    u2 = comp.compress(model, _perturbed(model, seed=2), seed=12)
+    u2 = comp.compress(model, _perturbed(model, seed=2), seed=12, round=1)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     mom.step(a, [u1], 0)
     mom.step(a, [u2], 1)

@@ -30,6 +30,7 @@ import ferret_kernels as fk
 from ferret_kernels.fl import Compressor, DecodeError, FerretConfig, FerretServer, ServerConfig, decode, encode
 from ferret_kernels.fl.compress import _block_scale
 from ferret_kernels.fl.message import MAX_WEIGHT, UpdateMessage
+from ferret_kernels.fl.server import capped_shares
 
 pytest.importorskip("safetensors")
 
@@ -361,3 +362,384 @@ def test_encoding_is_canonical_and_deterministic():
     assert meta == sorted(meta)
 
 
+# ---------------------------------------------------------------------- server policy
+def test_stale_replayed_forwarded_and_duplicate_updates_are_refused_with_the_node():
+    srv = FerretServer(COMP, ServerConfig())
+    srv.begin_round(4)
+    seed = srv.seed_for(4)
+    mk = lambda **kw: encode(COMP.compress(MODEL, _new(1), seed=kw.pop("seed", seed), **kw))  # noqa: E731
+    assert srv.receive(mk(round=3, client="a"), node="a") is None
+    assert srv.rejected[-1] == ("a", "message is for round 3, the server collects round 4 (stale or replayed)")
+    assert srv.receive(mk(round=5, client="a"), node="a") is None and "from the future" in srv.rejected[-1][1]
+    assert srv.receive(mk(round=4, client="b"), node="a") is None
+    assert srv.rejected[-1] == ("a", "message names client 'b' but came from node a (replayed or forwarded)")
+    assert srv.receive(mk(round=4, client="a", seed=seed + 1), node="a") is None and "seed" in srv.rejected[-1][1]
+    assert srv.receive(mk(round=4, client="a"), node="a") is not None
+    assert srv.receive(mk(round=4, client="a"), node="a") is None
+    assert srv.rejected[-1] == ("a", "a second update from client 'a' in round 4")
+    # without an expected seed, the shared seed of the round is required (no replay of another round's seed)
+    assert srv.receive(mk(round=4, client="c", seed=FerretServer(COMP, ServerConfig()).seed_for(3))) is None
+
+
+def test_rejection_log_is_bounded_and_counts_everything():
+    srv = FerretServer(COMP, ServerConfig(max_rejections_logged=5))
+    for i in range(50):
+        srv.receive(b"junk" * i, node=i)
+    assert len(srv.rejected) == 5 and srv.rejected_total == 50
+    assert [n for n, _ in srv.rejected] == [str(i) for i in range(45, 50)]
+    assert all("message" in why for _, why in srv.rejected)
+
+
+@settings(max_examples=N_CASES["shares"], **FAST)
+@given(w=st.lists(st.one_of(st.floats(0, 1e308), st.sampled_from([0.0, 1.0, 1e300, 1.7e308, 2.0**53, math.inf, math.nan, -1.0])),
+                  min_size=1, max_size=12), cap=st.sampled_from([0.25, 0.5, 1.0]))
+def test_capped_shares_bound_every_client(w, cap):
+    s = capped_shares(w, cap)
+    n = len(w)
+    eff = max(cap, 1 / n)
+    assert len(s) == n and all(math.isfinite(x) and 0 <= x <= eff * (1 + 1e-12) for x in s)
+    assert sum(s) <= 1 + 1e-9
+    clean = [min(max(x, 0.0), 2.0**53) if math.isfinite(x) else 0.0 for x in w]
+    if not any(clean):
+        clean = [1.0] * n
+    plain = [x / math.fsum(clean) for x in clean]
+    ref = _waterfill(w, cap)
+    assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(s, ref)), (s, ref)
+    if max(plain) <= eff:  # nobody above the cap: exactly the claimed proportions
+        assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) for a, b in zip(s, plain))
+    else:
+        positive = sum(1 for x in clean if x > 0)
+        if positive * eff >= 1:  # enough clients with weight to take the whole round
+            assert math.isclose(sum(s), 1.0, rel_tol=1e-9)
+        for i in range(n):  # uncapped clients keep their relative proportions
+            for j in range(n):
+                if 0 < s[i] < eff * (1 - 1e-9) and 0 < s[j] < eff * (1 - 1e-9):
+                    assert math.isclose(s[i] / s[j], clean[i] / clean[j], rel_tol=1e-9)
+
+
+def _waterfill(w, cap):
+    """The policy's shares in exact rational arithmetic: the k largest claims capped, the rest
+    proportional, for the smallest k that keeps every uncapped share under the cap (a
+    different algorithm from capped_shares', and no rounding)."""
+    from fractions import Fraction
+
+    w = [Fraction(min(max(x, 0.0), 2.0**53)) if math.isfinite(x) else Fraction(0) for x in w]
+    if not any(w):
+        w = [Fraction(1)] * len(w)
+    cap = max(Fraction(cap), Fraction(1, len(w)))
+    pos = sorted((i for i in range(len(w)) if w[i] > 0), key=lambda i: -w[i])
+    out = [Fraction(0)] * len(w)
+    for k in range(len(pos) + 1):
+        rest, budget = sum(w[i] for i in pos[k:]), 1 - k * cap
+        if budget <= 0 or rest == 0 or all(budget * w[i] / rest <= cap for i in pos[k:]):
+            for i in pos[:k]:
+                out[i] = cap
+            for i in pos[k:]:
+                out[i] = budget * w[i] / rest if budget > 0 and rest else Fraction(0)
+            break
+    return [float(x) for x in out]
+
+
+def _norm(m):
+    return math.sqrt(sum(float(t.double().square().sum()) for t in [m.coeffs, *m.full.values()]))
+
+
+def _expected(msgs, max_share=0.5, clip_relative=4.0):
+    """(message, share, clip factor) as the threat model's policy states it."""
+    shares = _waterfill([m.weight for m in msgs], max_share)
+    norms = [_norm(m) for m in msgs]
+    srt = sorted(norms)
+    med = srt[len(srt) // 2] if len(srt) % 2 else (srt[len(srt) // 2 - 1] + srt[len(srt) // 2]) / 2
+    bound = clip_relative * med if clip_relative and len(msgs) >= 2 else math.inf
+    return [(m, s, min(1.0, bound / n) if n > 0 else 1.0) for m, s, n in zip(msgs, shares, norms)]
+
+
+def _reference_delta(terms, lr=1.0):
+    """-lr * sum share * factor * reconstruct(update), with the plain op per message, in float64."""
+    out = {s.name: torch.zeros(s.shape, dtype=torch.float64) for s in LAY.specs}
+    for m, share, *f in terms:
+        share = share * (f[0] if f else 1.0)
+        for s in LAY.projected:
+            sl = slice(s.block_offset, s.block_offset + s.num_blocks)
+            g = (m.dense() * _block_scale(m.active)[:, None])[sl]
+            out[s.name] -= lr * share * fk.reconstruct(g, m.seed, s.numel, LAY.block_size, block_offset=s.block_offset,
+                                                        dist=m.dist).double().view(s.shape)
+        for s in LAY.full:
+            out[s.name] -= lr * share * m.full[s.name].double()
+    return out
+
+
+def _assert_moved_by(model, before, delta, atol=2e-6):
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double() - before[n].double(), delta[n], rtol=1e-5, atol=atol)
+
+
+def test_a_huge_weight_claim_gets_at_most_the_share_cap():
+    srv = FerretServer(COMP, ServerConfig(clip_relative=None))
+    msgs = [COMP.compress(MODEL, _new(i), seed=srv.seed_for(0), weight=w, client=str(i)) for i, w in enumerate([1e300, 10.0, 30.0])]
+    model = copy.deepcopy(MODEL)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    srv.step(model, msgs, 0)
+    _assert_moved_by(model, before, _reference_delta(zip(msgs, [0.5, 0.125, 0.375])))
+    # two clients claiming 1.7e308 (their sum overflows a double): no error, equal halves, history committed once
+    srv2 = FerretServer(COMP, ServerConfig(clip_relative=None))
+    msgs2 = [COMP.compress(MODEL, _new(i), seed=srv2.seed_for(0), weight=1.7e308, client=str(i)) for i in range(2)]
+    model2 = copy.deepcopy(MODEL)
+    srv2.step(model2, msgs2, 0)
+    _assert_moved_by(model2, before, _reference_delta(zip(msgs2, [0.5, 0.5])))
+    assert len(srv2.history) == 1 and srv2.round == 1
+    # over the wire such a claim does not even decode
+    meta = dict(sorted({**GOOD_HEADER["__metadata__"], "w": "1.7e+308"}.items()))
+    hdr = json.dumps({**GOOD_HEADER, "__metadata__": meta}, separators=(",", ":")).encode()
+    with pytest.raises(DecodeError, match=r"2\^53"):
+        decode(_assemble(hdr, GOOD_BODY), LAY)
+
+
+def test_a_failed_step_changes_nothing():
+    srv = FerretServer(COMP, ServerConfig(momentum=0.5))
+    model = copy.deepcopy(MODEL)
+    ok = COMP.compress(MODEL, _new(1), seed=srv.seed_for(0), round=0)
+    bad = copy.copy(ok)
+    bad.coeffs = ok.coeffs.clone()
+    bad.coeffs[0] = math.nan  # built in code, never decoded
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for msgs in ([ok, bad], [COMP.compress(MODEL, _new(1), seed=1, round=1)]):
+        with pytest.raises(ValueError):
+            srv.step(model, msgs, 0)
+        assert srv.history == [] and srv.round == 0
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_huge_coefficients_are_refused_or_clipped_and_the_aggregate_always_encodes():
+    srv = FerretServer(COMP, ServerConfig(clip_relative=4.0))
+    big = COMP.compress(MODEL, _new(9, scale=1e6), seed=srv.seed_for(0), client="h")
+    assert big.norm() > 1e4
+    assert srv.receive(encode(big), node="h") is None and "exceeds the server's bound max_norm=10000" in srv.rejected[-1][1]
+    # below max_norm but far above the others: scaled to 4x the median norm
+    honest = [COMP.compress(MODEL, _new(i), seed=srv.seed_for(0), client=str(i)) for i in range(3)]
+    loud = COMP.compress(MODEL, _new(8, scale=5e2), seed=srv.seed_for(0), client="8")
+    assert 1e2 * honest[0].norm() < loud.norm() < 1e4
+    agg = srv.aggregate(honest + [loud])
+    med = sorted(m.norm() for m in honest + [loud])
+    bound = 4 * (med[1] + med[2]) / 2
+    assert math.isclose(agg[-1][0].norm(), bound, rel_tol=1e-5)
+    assert all(a.norm() == m.norm() for (a, _), m in zip(agg[:3], honest))
+    # an fp16 wire: an aggregate beyond 65504 is sent in float32, never refused by its own decoder
+    comp16 = Compressor.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, wire_dtype="float16"))
+    s16 = FerretServer(comp16, ServerConfig(clip_relative=None, max_norm=None))
+    nb, full = LAY.total_blocks, {t.name: torch.zeros(t.shape) for t in LAY.full}
+    m16 = [UpdateMessage(LAY.fingerprint, s16.seed_for(0), "rademacher", k, LAY.block_size, torch.full((nb,), k, dtype=torch.int32),
+                         torch.full((nb * k,), 6e4), full, 1.0, 0, str(k), "float16") for k in (1, 4)]
+    m16 = [decode(encode(m), comp16.layout) for m in m16]  # both valid fp16 messages (6e4 < 65504)
+    (agg16,) = s16.broadcast(m16)  # K = 1 and K = 4 mixed: column 0 is (6e4 + 6e4 / 2) / 2 * 2 = 9e4
+    assert agg16.wire_dtype == "float32" and math.isclose(float(agg16.coeffs.abs().max()), 9e4, rel_tol=1e-6)
+    decode(encode(agg16), comp16.layout)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_mixed_k_under_the_shared_seed_aggregates_every_update(adaptive):
+    """A K = 1 update next to K = 4 / adaptive ones: every accepted update is in the step, as
+    an independent per-message reconstruction says (the old broadcast kept only the first)."""
+    cfg = FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=adaptive, k_max=8)
+    comp = Compressor.for_module(MODEL, cfg)
+    comp1 = Compressor.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
+    srv = FerretServer(comp, ServerConfig(clip_relative=None))
+    seed = srv.seed_for(0)
+    msgs = [comp1.compress(MODEL, _new(0), seed=seed, client="k1", weight=1.0)] + \
+           [comp.compress(MODEL, _new(i), seed=seed, client=str(i), weight=1.0) for i in (1, 2)]
+    msgs = [decode(encode(m), comp.layout, max_bases=cfg.max_bases) for m in msgs]
+    assert sorted({m.num_bases for m in msgs}) == ([1, 8] if adaptive else [1, 4])
+    ref = _reference_delta(zip(msgs, [1 / 3] * 3))
+    for route in ("step", "broadcast"):
+        model = copy.deepcopy(MODEL)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if route == "step":
+            FerretServer(comp, ServerConfig(clip_relative=None)).step(model, msgs, 0)
+        else:
+            (agg,) = srv.broadcast(msgs)
+            agg = decode(encode(agg), comp.layout, max_bases=cfg.max_bases)
+            comp.apply(model, [agg], lr=agg.weight, weights=[1.0])
+        _assert_moved_by(model, before, ref)
+
+
+# ---------------------------------------------------------------------- reply records (Flower)
+flwr = pytest.importorskip("flwr")
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+
+from ferret_kernels.fl.flower import UPDATE, FerretStrategy, RoundLog, model_digest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+HONEST = (1, 2, 3)
+HOSTILE = 9
+
+
+def _strategy(model):
+    s = FerretStrategy(model, CFG, ServerConfig(), min_available_nodes=1)
+    s.rounds.append(RoundLog(1, s.server.seed_for(1), sorted(HONEST + (HOSTILE,))))
+    s.server.begin_round(1)
+    return s
+
+
+def _reply(node, content=None, error=None):
+    out = Message(RecordDict(), dst_node_id=node, message_type="train")
+    return Message(error, reply_to=out) if error is not None else Message(content, reply_to=out)
+
+
+def _update_content(node, digest, *, seed=None, data=None, metrics=None, **kw):
+    if data is None:
+        data = encode(COMP.compress(MODEL, _new(node), seed=seed, round=1, client=str(node), weight=float(10 * node), **kw))
+    return RecordDict({UPDATE: ConfigRecord({"update": data, "base-round": 0, "digest": digest}),
+                       "metrics": MetricRecord(metrics if metrics is not None else {"num-examples": float(10 * node), "train-loss": 1.0})})
+
+
+@pytest.fixture(scope="module")
+def round_reference():
+    """The honest nodes' round, run once: its digest, and the model an independent
+    reconstruction of their aggregate predicts."""
+    with pytest.MonkeyPatch.context() as mp:
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        mp.setattr(TaskIdentity, "_task_id", 1)
+        mp.setattr(TaskIdentity, "_run_id", 1)
+        mp.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+        s = _strategy(copy.deepcopy(MODEL))
+        d0 = s.digests[0]
+        seed = s.server.seed_for(1)
+        honest = {n: _update_content(n, d0, seed=seed) for n in HONEST}
+        s.aggregate_train(1, [_reply(n, honest[n]) for n in HONEST])
+        assert not s.rounds[-1].rejected
+        msgs = [decode(honest[n][UPDATE]["update"], LAY) for n in HONEST]
+        return {"digest": s.digests[1], "d0": d0, "seed": seed, "honest": honest, "model": s.model,
+                "hostile": _update_content(HOSTILE, d0, seed=seed),
+                "expected_delta": _reference_delta(_expected(msgs))}
+
+
+def test_honest_round_equals_an_independent_reconstruction(round_reference):
+    ref = round_reference
+    before = {n: p.detach().clone() for n, p in MODEL.named_parameters()}
+    _assert_moved_by(ref["model"], before, ref["expected_delta"], atol=1e-5)  # bf16-free (float32 wire) aggregate
+
+
+def _hostile_values():
+    return st.one_of(st.binary(max_size=64), st.text(max_size=12), st.integers(-2**63, 2**63 - 1),
+                     st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                     st.lists(st.integers(-5, 5), max_size=3), st.lists(st.floats(), max_size=3),
+                     st.lists(st.binary(max_size=4), max_size=2), st.lists(st.text(max_size=3), max_size=2))
+
+
+@st.composite
+def hostile_reply(draw, ref):
+    """(kind, message): one reply as a hostile node could shape it."""
+    kind = draw(st.sampled_from(["error", "no record", "wrong record type", "keys", "update value", "base-round",
+                                 "digest", "metrics", "message bytes", "valid", "unsampled", "duplicate", "k1", "replay"]))
+    d0, seed = ref["d0"], ref["seed"]
+    good = ref["hostile"]
+    rec = dict(good[UPDATE])
+    if kind == "error":
+        return kind, _reply(HOSTILE, error=Error(code=draw(st.integers(0, 2**31)), reason=draw(st.text(max_size=300))))
+    if kind == "no record":
+        return kind, _reply(HOSTILE, RecordDict({"metrics": MetricRecord({"num-examples": 1.0})}))
+    if kind == "wrong record type":
+        other = draw(st.sampled_from([MetricRecord({"update": 1.0}), MetricRecord({}), ArrayRecord()]))
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: other}))
+    if kind == "keys":
+        keys = draw(st.sets(st.sampled_from(["update", "base-round", "digest", "x", "update "]), max_size=5))
+        assume(keys != {"update", "base-round", "digest"})
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord({k: rec.get(k, 0) for k in keys})}))
+    if kind in ("update value", "base-round", "digest"):
+        key = {"update value": "update", "base-round": "base-round", "digest": "digest"}[kind]
+        v = draw(st.one_of(_hostile_values(), st.sampled_from(["zero", math.nan, math.inf, -1, 1, 0.0, True, [0], d0.upper(), d0[:-1]])))
+        assume(not (key == "base-round" and type(v) is int and v == 0))
+        rec[key] = v
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": good["metrics"]}))
+    if kind == "metrics":
+        key = draw(st.sampled_from(["num-examples", "train-loss"]))
+        v = draw(st.one_of(st.lists(st.floats(), max_size=3), st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 1e300, True])))
+        assume(not (key == "train-loss" and v in (-1.0, 1e300)) and not isinstance(v, bool))
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": MetricRecord({key: v})}))
+    if kind == "message bytes":
+        data = bytearray(rec["update"])
+        for op in draw(st.lists(mutation, min_size=1, max_size=3)):
+            data = _mutate(data, op)
+        assume(bytes(data) != rec["update"])
+        rec["update"] = bytes(data)
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
+    if kind == "k1":  # a valid update with K = 1: must not erase the others
+        comp1 = Compressor.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
+        rec["update"] = encode(comp1.compress(MODEL, _new(HOSTILE), seed=seed, round=1, client=str(HOSTILE),
+                                              weight=draw(st.sampled_from([1.0, 1e15, 2.0**53]))))
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
+    if kind == "replay":  # an honest node's update sent again by another node, or an old round's
+        which = draw(st.sampled_from(["copy", "old"]))
+        rec["update"] = ref["honest"][1][UPDATE]["update"] if which == "copy" else \
+            encode(COMP.compress(MODEL, _new(HOSTILE), seed=ref["seed"], round=0, client=str(HOSTILE)))
+        return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
+    if kind == "unsampled":
+        return kind, _reply(draw(st.sampled_from([4, 5, 2**63])), good)
+    if kind == "duplicate":
+        return kind, _reply(draw(st.sampled_from(HONEST)), good)
+    return kind, _reply(HOSTILE, good)  # valid
+
+
+@settings(max_examples=N_CASES["replies"], **FAST)
+@given(data=st.data())
+def test_a_hostile_reply_never_stops_skews_or_erases_the_round(round_reference, data):
+    ref = round_reference
+    kind, bad = data.draw(hostile_reply(ref), label="reply")
+    replies = [_reply(n, ref["honest"][n]) for n in HONEST] + [bad]
+    order = data.draw(st.permutations(range(len(replies))), label="order")
+    s = _strategy(copy.deepcopy(MODEL))
+    _, metrics = s.aggregate_train(1, [replies[i] for i in order])
+    rl = s.rounds[-1]
+    node = bad.metadata.src_node_id
+    assert math.isfinite(metrics.get("train-loss", 0.0))
+    if kind == "duplicate":  # a second reply of an honest node (only that node can send it): one of the two counts
+        assert "second reply" in rl.rejected[node] and set(rl.accepted) >= set(HONEST) - {node}
+        return
+    assert set(rl.accepted) >= set(HONEST), (kind, rl.rejected)  # nobody else was erased
+    if node in rl.accepted:
+        assert kind in ("valid", "k1", "message bytes"), (kind, "was accepted")
+        assert not rl.rejected
+        msgs = [decode(rl.accepted[n], LAY, max_bases=CFG.max_bases) for n in sorted(rl.accepted)]
+        before = {n: p.detach().clone() for n, p in MODEL.named_parameters()}
+        _assert_moved_by(s.model, before, _reference_delta(_expected(msgs)), atol=1e-5)
+        return
+    assert kind not in ("valid", "k1"), rl.rejected
+    why = rl.rejected[node]
+    assert why and len(why) < 2000 and "\n" not in why
+    assert s.server.rejected[-1] == (str(node), why)  # logged with its node
+    assert s.digests[1] == ref["digest"], f"a rejected {kind} reply changed the model: {why}"
+
+
+def test_reply_reasons_name_the_problem(round_reference):
+    ref = round_reference
+    s = _strategy(copy.deepcopy(MODEL))
+    rec = dict(_update_content(HOSTILE, ref["d0"], seed=ref["seed"])[UPDATE])
+    cases = {
+        "'update' is str 'abc', expected bytes": dict(rec, update="abc"),
+        "'update' is list": dict(rec, update=[1, 2]),
+        "'base-round' is str 'zero', expected an integer": dict(rec, **{"base-round": "zero"}),
+        "'base-round' is float nan": dict(rec, **{"base-round": math.nan}),
+        "'base-round' is float inf": dict(rec, **{"base-round": math.inf}),
+        "'base-round' is bool": dict(rec, **{"base-round": False}),
+        "'digest' is int": dict(rec, digest=5),
+    }
+    for i, (why, r) in enumerate(cases.items()):
+        s = _strategy(copy.deepcopy(MODEL))
+        s.aggregate_train(1, [_reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(r)}))] + [_reply(n, ref["honest"][n]) for n in HONEST])
+        assert why in s.rounds[-1].rejected[HOSTILE] and s.digests[1] == ref["digest"], (why, s.rounds[-1].rejected)
+    s = _strategy(copy.deepcopy(MODEL))
+    s.aggregate_train(1, [_reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": MetricRecord({"train-loss": [1.0, 2.0]})}))]
+                      + [_reply(n, ref["honest"][n]) for n in HONEST])
+    assert "metric 'train-loss' is list" in s.rounds[-1].rejected[HOSTILE]

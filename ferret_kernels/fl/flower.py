@@ -170,13 +170,14 @@ class FerretStrategy(Strategy):
     The strategy owns the global model (`model`, updated in place). Nodes receive the full
     model once; afterwards only the updates they have not applied yet. Memory is bounded:
     the catch-up log holds at most the model's size of updates, `keep_rounds` RoundLogs are
-    kept, rejections go to the server's bounded log."""
+    kept, rejections go to the server's bounded log. `catchup_bytes` lowers the catch-up log's
+    budget below the model's size (fewer rounds kept, the model sent sooner)."""
 
     def __init__(self, model: torch.nn.Module, ferret: FerretConfig | None = None, server: ServerConfig | None = None, *,
                  fraction_train: float = 1.0, min_train_nodes: int = 2, min_available_nodes: int = 2,
                  fraction_evaluate: float = 0.0, min_evaluate_nodes: int = 1, wait_for_nodes_s: float = 120.0,
                  verify_sync: bool = True, checkpoint_dir: str | None = None, keep_rounds: int = 16,
-                 on_round: Callable[["RoundLog"], None] | None = None):
+                 on_round: Callable[["RoundLog"], None] | None = None, catchup_bytes: int | None = None):
         if not 0 < fraction_train <= 1 or not 0 <= fraction_evaluate <= 1:
             raise ValueError("fraction_train must be in (0, 1] and fraction_evaluate in [0, 1]")
         if min(min_train_nodes, min_available_nodes) < 1 or keep_rounds < 1:
@@ -198,6 +199,7 @@ class FerretStrategy(Strategy):
         self.resumed_from: int | None = None
         self.digests = {0: model_digest(model, self.compressor)}
         self._keep_rounds = keep_rounds
+        self.catchup_bytes = catchup_bytes  # the catch-up log's budget (default: the model's size)
         if checkpoint_dir:
             self._restore()
 
@@ -445,7 +447,8 @@ class FerretStrategy(Strategy):
         while len(self.digests) > self._keep_rounds:
             del self.digests[min(self.digests)]
         self.catchup[server_round] = entry
-        budget = self._model_bytes()  # beyond the model's size a lagging node gets the model: the log never holds more
+        # beyond the model's size a lagging node gets the model: the log never holds more
+        budget = min(self._model_bytes(), self.catchup_bytes or self._model_bytes())
         while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:
             self.catchup.popitem(last=False)
         oldest = next(iter(self.catchup), server_round + 1)

@@ -4,7 +4,8 @@ Run config (python/ferret_flower/pyproject.toml) beyond the model and training k
 - out-dir: if set, writes the initial and final global models (safetensors), rounds.jsonl
   (one line per round as it completes: sampled nodes, bytes, rejections, missing nodes,
   step sizes, model digest), rounds.json at the end (this run's last rounds and central
-  evaluations), and every update it received and applied under updates/.
+  evaluations), and, unless save-updates is false, every update it received and applied
+  under updates/ (a long run without them keeps its disk use flat).
 - checkpoint-dir: if set, the strategy checkpoints each round there and a run started on a
   directory that holds a checkpoint resumes after its round (see ferret_kernels.fl.flower).
 - round-timeout: seconds a round waits for replies; nodes that miss it are logged as
@@ -39,6 +40,7 @@ def main(grid: Grid, context: Context) -> None:
     heldout = task.build_task(cfg, tok, 1)
     out = str(cfg["out-dir"])
     upd = os.path.join(out, "updates")
+    save_updates = bool(cfg.get("save-updates", True))
     if out:
         os.makedirs(upd, exist_ok=True)
         _save(model, os.path.join(out, "initial.safetensors"))
@@ -48,6 +50,8 @@ def main(grid: Grid, context: Context) -> None:
             return
         with open(os.path.join(out, "rounds.jsonl"), "a") as f:
             f.write(json.dumps(rl.as_dict()) + "\n")
+        if not save_updates:
+            return
         for i, (blob, _) in enumerate(rl.applied):
             with open(os.path.join(upd, f"round{rl.round}_{i}.bin"), "wb") as f:
                 f.write(blob)
@@ -63,7 +67,8 @@ def main(grid: Grid, context: Context) -> None:
         ServerConfig(lr=float(cfg["server-lr"]), momentum=float(cfg["server-momentum"]), seed_scheme=str(cfg["seed-scheme"]),
                      rounds=rounds, base_seed=int(cfg["seed"])),
         fraction_train=float(cfg["fraction-train"]), min_train_nodes=int(cfg["min-nodes"]),
-        min_available_nodes=int(cfg["min-nodes"]), checkpoint_dir=str(cfg["checkpoint-dir"]) or None, on_round=on_round)
+        min_available_nodes=int(cfg["min-nodes"]), checkpoint_dir=str(cfg["checkpoint-dir"]) or None, on_round=on_round,
+        catchup_bytes=int(cfg.get("catchup-bytes", 0)) or None)
     evals = {}
 
     def central_eval(r, m):

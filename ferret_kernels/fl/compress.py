@@ -7,6 +7,13 @@ reconstruction is s_b V_b gamma_b: an unbiased estimate of delta_b (docs/ops.md)
 
 K per block is either uniform (K everywhere) or adaptive, the paper's rule: k_b proportional
 to ||delta_b|| with the same total budget K x num_blocks, capped at k_max.
+
+Contract on the server side: `check(msg)` raises ValueError for any message that does not fit
+this layout and K bound (fingerprint, block plan, dist, K, counts, coefficient count, finite
+values, full tensors), whether it was decoded or built in code; `apply` checks every message
+and weight before its first in-place write, so a refused call leaves the model as it was.
+Messages with one seed and different K are summed zero-padded to the largest K (basis k of a
+block does not depend on K).
 """
 
 from __future__ import annotations

@@ -566,7 +566,7 @@ def test_mixed_k_under_the_shared_seed_aggregates_every_update(adaptive):
 flwr = pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
-from ferret_kernels.fl.flower import UPDATE, FerretStrategy, RoundLog, model_digest  # noqa: E402
+from ferret_kernels.fl.flower import UPDATE, FerretStrategy, RoundLog  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

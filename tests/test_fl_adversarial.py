@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import random
+import re
 import struct
 
 import pytest
@@ -271,47 +272,63 @@ def test_metadata_accepted_iff_every_field_is_valid_and_canonical(data):
             assert repr(bad[0])[1:-1] in str(out), (bad, str(out))  # the reason names the field
 
 
+DEFECTS = [None, "c dtype", "f dtype", "count dtype", "count above K", "counts all K", "extra coefficient",
+           "missing coefficient", "nan", "inf", "-inf in a full tensor", "1e38"]
+# the reason each defect is refused with (a refusal for another reason would hide a missing check)
+REASONS = {"c dtype": r"dtype", "f dtype": r"one wire dtype per message", "count dtype": r"active counts must be a torch\.uint8 vector",
+           "count above K": r"active counts must be in \[0, K=", "counts all K": r"all K \(the canonical form omits them\)",
+           "extra coefficient": r"coefficients", "missing coefficient": r"coefficients", "nan": r"NaN or Inf", "inf": r"NaN or Inf",
+           "-inf in a full tensor": r"'f\..*' has NaN or Inf", "1e38": r"NaN or Inf"}
+
+
 @settings(max_examples=N_CASES["tensors"], **FAST)
-@given(K=st.integers(1, 8), c_dt=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int32]),
-       f_dt=st.sampled_from([None, torch.float32, torch.bfloat16, torch.int8]),
-       a_dt=st.sampled_from([None, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float32]),
-       counts=st.lists(st.integers(-2, 10), min_size=3, max_size=3), extra=st.integers(-2, 2),
-       poison=st.sampled_from([None, "nan", "inf", "-inf", "big"]), where=st.sampled_from(["c", "f"]))
-def test_tensor_fields_accepted_iff_consistent(K, c_dt, f_dt, a_dt, counts, extra, poison, where):
-    """Oracle: the count vector, coefficient count, dtypes and values are valid by construction or not."""
+@given(K=st.integers(1, 8), wire=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), adaptive=st.booleans(),
+       counts=st.lists(st.integers(0, 8), min_size=3, max_size=3), defect=st.sampled_from(DEFECTS), pos=st.integers(0, 10**6))
+def test_tensor_fields_accepted_iff_consistent(K, wire, adaptive, counts, defect, pos):
+    """A consistent message with at most one planted defect (the oracle: the defect, or none).
+    Consistent: counts in [0, K] (not all K: then they are omitted), one coefficient per
+    active basis, every tensor in the one wire dtype, finite."""
     from safetensors.torch import save
 
-    f_dt = f_dt or c_dt
-    active = torch.tensor(counts)
-    n = max(int(active.clamp(min=0).sum()) + extra, 0)
-    tensors = {"c": torch.linspace(-1, 1, n).to(c_dt)}
-    for s in LAY.full:
-        tensors["f." + s.name] = torch.full(s.shape, 0.5).to(f_dt)
-    if a_dt is not None:
-        tensors["a"] = active.to(a_dt)
-    poisoned, poisoned_dtype = False, None
-    t = tensors["c"] if where == "c" else tensors["f." + LAY.full[0].name]
-    if poison and t.numel() and t.is_floating_point():
-        t.view(-1)[0] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "big": 1e38}[poison]
-        poisoned, poisoned_dtype = True, t.dtype
+    counts = [min(c, K) for c in counts]
+    if adaptive and all(c == K for c in counts):
+        counts[pos % 3] = K - 1
+    if defect in ("count above K", "counts all K"):
+        adaptive = True
+        counts = [K] * 3 if defect == "counts all K" else counts
+        if defect == "count above K":
+            counts[pos % 3] = K + 1 + pos % 3
+    n = sum(counts) if adaptive else 3 * K
+    n += {"extra coefficient": 1, "missing coefficient": -1 if n else 1}.get(defect, 0)
+    c = torch.linspace(-1, 1, n).to(wire)
+    full = {"f." + t.name: torch.full(t.shape, 0.5).to(wire) for t in LAY.full}
+    tensors = {"c": c, **full}
+    if adaptive:
+        tensors["a"] = torch.tensor(counts, dtype=torch.uint8)
+    if defect == "c dtype":
+        tensors["c"] = c.to([torch.float64, torch.int32, torch.float32 if wire != torch.float32 else torch.float16][pos % 3])
+    elif defect == "f dtype":
+        name = "f." + LAY.full[pos % len(LAY.full)].name
+        tensors[name] = tensors[name].to(torch.bfloat16 if wire != torch.bfloat16 else torch.int8)
+    elif defect == "count dtype":
+        tensors["a"] = torch.tensor(counts, dtype=[torch.int16, torch.int32, torch.int64, torch.float32][pos % 4])
+    elif defect in ("nan", "inf", "1e38"):
+        t = c if n else full["f." + LAY.full[0].name]
+        t.view(-1)[pos % t.numel()] = {"nan": math.nan, "inf": math.inf, "1e38": 1e38}[defect]
+    elif defect == "-inf in a full tensor":
+        t = full["f." + LAY.full[-1].name]
+        t.view(-1)[pos % t.numel()] = -math.inf
     meta = dict(GOOD_HEADER["__metadata__"], K=str(K))
-    raw = save(tensors, metadata=meta)
-    hdr, body = _split(raw)
+    hdr, body = _split(save(tensors, metadata=meta))
     hdr["__metadata__"] = dict(sorted(meta.items()))
-    data = _assemble(json.dumps(hdr, separators=(",", ":")).encode(), body)
-    wire_ok = c_dt in (torch.float32, torch.bfloat16, torch.float16) and f_dt == c_dt
-    count_dt = torch.uint8  # K <= 8
-    if a_dt is None:  # no counts: every block has K
-        counts_ok = n == 3 * K
-    else:  # canonical counts: the smallest dtype for K, in [0, K], not all K, summing to the coefficients
-        counts_ok = a_dt == count_dt and all(0 <= c <= K for c in counts) and not all(c == K for c in counts) and extra == 0
-    finite = not poisoned or (poison == "big" and poisoned_dtype != torch.float16)  # 1e38 is inf in fp16 only
-    out = _decodes(data, ACOMP)  # K up to 8
-    if wire_ok and counts_ok and finite:
+    out = _decodes(_assemble(json.dumps(hdr, separators=(",", ":")).encode(), body), ACOMP)  # K up to 8
+    if defect is None or (defect == "1e38" and wire != torch.float16):  # 1e38 is finite but in fp16
         assert isinstance(out, UpdateMessage), out
-        assert out.num_bases == K and out.active.tolist() == ([K] * 3 if a_dt is None else counts)
+        assert out.num_bases == K and out.active.tolist() == (counts if adaptive else [K] * 3)
+        assert out.coeffs.numel() == n and torch.equal(out.coeffs, c.float())
     else:
-        assert isinstance(out, DecodeError), (wire_ok, counts_ok, finite)
+        assert isinstance(out, DecodeError), f"accepted with the defect {defect!r}"
+        assert re.search(REASONS[defect], str(out)), (defect, str(out))
 
 
 def test_decode_refuses_a_block_count_other_than_the_layouts():
@@ -411,9 +428,9 @@ def test_capped_shares_bound_every_client(w, cap):
         positive = sum(1 for x in clean if x > 0)
         if positive * eff >= 1:  # enough clients with weight to take the whole round
             assert math.isclose(sum(s), 1.0, rel_tol=1e-9)
-        for i in range(n):  # uncapped clients keep their relative proportions
+        for i in range(n):  # uncapped clients keep their relative proportions (subnormal shares cannot)
             for j in range(n):
-                if 0 < s[i] < eff * (1 - 1e-9) and 0 < s[j] < eff * (1 - 1e-9):
+                if 1e-290 < s[i] < eff * (1 - 1e-9) and 1e-290 < s[j] < eff * (1 - 1e-9):
                     assert math.isclose(s[i] / s[j], clean[i] / clean[j], rel_tol=1e-9)
 
 
@@ -581,6 +598,7 @@ def _task_identity(monkeypatch):
 
 HONEST = (1, 2, 3)
 HOSTILE = 9
+UNSAMPLED = (4, 5, 2**40 + 7)
 
 
 def _strategy(model):
@@ -622,6 +640,7 @@ def round_reference():
         msgs = [decode(honest[n][UPDATE]["update"], LAY) for n in HONEST]
         return {"digest": s.digests[1], "d0": d0, "seed": seed, "honest": honest, "model": s.model,
                 "hostile": _update_content(HOSTILE, d0, seed=seed),
+                "unsampled": {n: _update_content(n, d0, seed=seed) for n in UNSAMPLED},  # valid, from nodes not asked
                 "expected_delta": _reference_delta(_expected(msgs))}
 
 
@@ -685,8 +704,9 @@ def hostile_reply(draw, ref):
         rec["update"] = ref["honest"][1][UPDATE]["update"] if which == "copy" else \
             encode(COMP.compress(MODEL, _new(HOSTILE), seed=ref["seed"], round=0, client=str(HOSTILE)))
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
-    if kind == "unsampled":
-        return kind, _reply(draw(st.sampled_from([4, 5, 2**63])), good)
+    if kind == "unsampled":  # a well-formed update of its own from a node the round did not sample
+        node = draw(st.sampled_from(UNSAMPLED))
+        return kind, _reply(node, ref["unsampled"][node])
     if kind == "duplicate":
         return kind, _reply(draw(st.sampled_from(HONEST)), good)
     return kind, _reply(HOSTILE, good)  # valid
@@ -717,6 +737,7 @@ def test_a_hostile_reply_never_stops_skews_or_erases_the_round(round_reference, 
         return
     assert kind not in ("valid", "k1"), rl.rejected
     why = rl.rejected[node]
+    assert kind != "unsampled" or why == "reply from a node that was not sampled this round", why
     assert why and len(why) < 2000 and "\n" not in why
     assert s.server.rejected[-1] == (str(node), why)  # logged with its node
     assert s.digests[1] == ref["digest"], f"a rejected {kind} reply changed the model: {why}"

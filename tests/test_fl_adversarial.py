@@ -24,7 +24,7 @@ import struct
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import ferret_kernels as fk
@@ -408,8 +408,11 @@ def test_rejection_log_is_bounded_and_counts_everything():
 
 
 @settings(max_examples=N_CASES["shares"], **FAST)
-@given(w=st.lists(st.one_of(st.floats(0, 1e308), st.sampled_from([0.0, 1.0, 1e300, 1.7e308, 2.0**53, math.inf, math.nan, -1.0])),
+@given(w=st.lists(st.one_of(st.floats(0, 1e308), st.sampled_from([0.0, 1.0, 1e300, 1.7e308, 2.0**53, math.inf, math.nan, -1.0,
+                                                                   5e-324, 1e-310])),
                   min_size=1, max_size=12), cap=st.sampled_from([0.25, 0.5, 1.0]))
+@example(w=[1.0, 5e-324], cap=0.25)  # the capped client's excess goes to a subnormal claim: budget * w underflowed to 0
+@example(w=[1e300, 10.0, 30.0], cap=0.5)
 def test_capped_shares_bound_every_client(w, cap):
     s = capped_shares(w, cap)
     n = len(w)

@@ -144,7 +144,8 @@ def setup():
 
 
 def _rewrite(data: bytes, meta=None, tensors=None) -> bytes:
-    """Re-encode a valid message with some metadata / tensors replaced (a forged message)."""
+    """Re-encode a valid message with some metadata / tensors replaced (a forged message), in
+    the canonical layout (sorted metadata), so that only the planted problem is wrong."""
     import json
     import struct
 
@@ -155,7 +156,12 @@ def _rewrite(data: bytes, meta=None, tensors=None) -> bytes:
     t = load(data)
     m.update(meta or {})
     t.update(tensors or {})
-    return save(t, metadata=m)
+    raw = save(t, metadata=m)
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + hlen])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(text.ljust(-(-len(text) // 8) * 8))) + text.ljust(-(-len(text) // 8) * 8) + raw[8 + hlen :]
 
 
 def test_decode_rejects_bad_messages_and_model_stays_unchanged(setup):
@@ -163,31 +169,35 @@ def test_decode_rejects_bad_messages_and_model_stays_unchanged(setup):
     good = _message(comp, model)
     srv = FerretServer(comp, ServerConfig())
     msg = decode(good, comp.layout)
+    # each forged message is canonical but for its one problem, and is refused for that problem
     bad = {
-        "truncated": good[: len(good) // 2],
-        "header only": good[:8],
-        "oversized": good + b"\0" * (10 << 20),
-        "wrong format version": _rewrite(good, {"fmt": str(FORMAT_VERSION + 1)}),
-        "wrong rng version": _rewrite(good, {"rng": "2"}),
-        "wrong fingerprint": _rewrite(good, {"fp": "0" * 32}),
-        "wrong block size": _rewrite(good, {"bs": "4096"}),
-        "negative weight": _rewrite(good, {"w": "-1.0"}),
-        "nan weight": _rewrite(good, {"w": "nan"}),
-        "unknown dist": _rewrite(good, {"dist": "cauchy"}),
-        "K too large": _rewrite(good, {"K": str(2**20)}),
-        "nan coefficient": _rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("nan"))}),
-        "inf coefficient": _rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("inf"))}),
-        "too few coefficients": _rewrite(good, tensors={"c": msg.coeffs[:-1].contiguous()}),
-        "count above K": _rewrite(good, tensors={"a": torch.full((comp.layout.total_blocks,), 99, dtype=torch.uint8)}),
-        "mis-shaped full tensor": _rewrite(good, tensors={"f.0.bias": torch.zeros(3)}),
-        "missing full tensor": _rewrite(_rewrite(good), tensors={}).replace(b"f.0.bias", b"g.0.bias"),
-        "extra tensor": _rewrite(good, tensors={"x": torch.zeros(2)}),
-        "int coefficients": _rewrite(good, tensors={"c": msg.coeffs.to(torch.int32)}),
-        "not safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\0" * 64,
+        "truncated": (good[: len(good) // 2], "truncated|not a valid safetensors"),
+        "header only": (good[:8], "truncated"),
+        "oversized": (good + b"\0" * (10 << 20), "larger than any valid one"),
+        "wrong format version": (_rewrite(good, {"fmt": str(FORMAT_VERSION + 1)}), "format version"),
+        "wrong rng version": (_rewrite(good, {"rng": "2"}), "RNG contract version"),
+        "wrong fingerprint": (_rewrite(good, {"fp": "0" * 32}), "another model or block plan"),
+        "wrong block size": (_rewrite(good, {"bs": "4096"}), "block size 4096 differs"),
+        "negative weight": (_rewrite(good, {"w": "-1.0"}), "weight '-1.0' is not a non-negative decimal"),
+        "nan weight": (_rewrite(good, {"w": "nan"}), "weight 'nan'"),
+        "unknown dist": (_rewrite(good, {"dist": "cauchy"}), "unknown dist 'cauchy'"),
+        "K too large": (_rewrite(good, {"K": str(2**20)}), "K=1048576 is outside"),
+        "nan coefficient": (_rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("nan"))}), "'c' has NaN or Inf"),
+        "inf coefficient": (_rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("inf"))}), "'c' has NaN or Inf"),
+        "inf in a full tensor": (_rewrite(good, tensors={"f.0.bias": torch.full((512,), float("inf"))}), "'f.0.bias' has NaN or Inf"),
+        "too few coefficients": (_rewrite(good, tensors={"c": msg.coeffs[:-1].contiguous()}), "coefficients"),
+        "count above K": (_rewrite(good, tensors={"a": torch.full((comp.layout.total_blocks,), 99, dtype=torch.uint8)}),
+                          r"active counts must be in \[0, K=32\]"),
+        "mis-shaped full tensor": (_rewrite(good, tensors={"f.0.bias": torch.zeros(3)}), "shape"),
+        "missing full tensor": (_rewrite(_rewrite(good), tensors={}).replace(b"f.0.bias", b"g.0.bias"), "do not match the layout"),
+        "extra tensor": (_rewrite(good, tensors={"x": torch.zeros(2)}), "unexpected \\['x'\\]"),
+        "int coefficients": (_rewrite(good, tensors={"c": msg.coeffs.to(torch.int32)}), "dtype torch.int32"),
+        "not safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\0" * 64, "not a valid safetensors"),
     }
+    assert decode(_rewrite(good), comp.layout, max_bases=32).num_coefficients == msg.num_coefficients  # the forger is faithful
     before = _state(model)
-    for name, data in bad.items():
-        with pytest.raises(DecodeError):
+    for name, (data, why) in bad.items():
+        with pytest.raises(DecodeError, match=why):
             decode(data, comp.layout, max_bases=32)
         assert srv.receive(data) is None, name
     assert len(srv.rejected) == len(bad)
@@ -255,7 +265,7 @@ def test_server_schedules_clipping_and_momentum():
     beta = 0.5
     mom = FerretServer(comp, ServerConfig(momentum=beta))
     u1 = comp.compress(model, _perturbed(model, seed=1), seed=11)
-    u2 = comp.compress(model, _perturbed(model, seed=2), seed=12)
+    u2 = comp.compress(model, _perturbed(model, seed=2), seed=12, round=1)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     mom.step(a, [u1], 0)
     mom.step(a, [u2], 1)

@@ -1,6 +1,9 @@
 """The federated layer on top of the ops: parameter layout, compressor, update messages,
-server aggregation and a thin training loop with its baselines (FedAvg, zeroth-order)."""
+server aggregation, crash-safe checkpoints and a thin training loop with its baselines
+(FedAvg, zeroth-order). What a client controls and what the server guarantees:
+docs/threat_model.md."""
 
+from .checkpoint import CheckpointError
 from .compress import Compressor, FerretConfig
 from .layout import ParamLayout
 from .message import DecodeError, UpdateMessage, decode, encode
@@ -16,4 +19,5 @@ __all__ = [
     "DecodeError",
     "FerretServer",
     "ServerConfig",
+    "CheckpointError",
 ]

@@ -7,10 +7,18 @@ reconstruction is s_b V_b gamma_b: an unbiased estimate of delta_b (docs/ops.md)
 
 K per block is either uniform (K everywhere) or adaptive, the paper's rule: k_b proportional
 to ||delta_b|| with the same total budget K x num_blocks, capped at k_max.
+
+Contract on the server side: `check(msg)` raises ValueError for any message that does not fit
+this layout and K bound (fingerprint, block plan, dist, K, counts, coefficient count, finite
+values, full tensors), whether it was decoded or built in code; `apply` checks every message
+and weight before its first in-place write, so a refused call leaves the model as it was.
+Messages with one seed and different K are summed zero-padded to the largest K (basis k of a
+block does not depend on K).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -119,40 +127,65 @@ class Compressor:
 
     # ------------------------------------------------------------------ server side
     def check(self, msg: UpdateMessage) -> None:
-        """Raises ValueError if `msg` does not fit this compressor (before anything is applied)."""
+        """Raises ValueError if `msg` does not fit this compressor (before anything is applied).
+
+        Checks everything apply() relies on, so a message built in code (not decoded) is held
+        to the same bounds as one that came over the wire."""
+        if not isinstance(msg, UpdateMessage):
+            raise ValueError(f"an update is an UpdateMessage, got {type(msg).__name__}")
         if msg.fingerprint != self.layout.fingerprint:
             raise ValueError("update was made for another model or block plan (fingerprint differs)")
         if msg.block_size != self.layout.block_size or msg.active.numel() != self.layout.total_blocks:
             raise ValueError("update block plan differs from the layout's")
-        if msg.num_bases > self.config.max_bases:
-            raise ValueError(f"update has K={msg.num_bases}, more than this server allows ({self.config.max_bases})")
-        if int(msg.active.sum()) != msg.coeffs.numel():
+        if msg.dist not in DISTS:
+            raise ValueError(f"update has unknown dist {msg.dist!r}")
+        if not 1 <= msg.num_bases <= self.config.max_bases:
+            raise ValueError(f"update has K={msg.num_bases}, outside [1, {self.config.max_bases}] (this server's maximum)")
+        if msg.active.dim() != 1 or msg.active.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
+            raise ValueError("update active counts must be an integer vector")
+        if msg.active.numel() and (int(msg.active.min()) < 0 or int(msg.active.max()) > msg.num_bases):
+            raise ValueError(f"update active counts must be in [0, K={msg.num_bases}]")
+        if msg.coeffs.dim() != 1 or int(msg.active.sum()) != msg.coeffs.numel():
             raise ValueError("update coefficient count does not match its active counts")
         if not torch.isfinite(msg.coeffs).all():
             raise ValueError("update has NaN or Inf coefficients")
+        if set(msg.full) != {s.name for s in self.layout.full}:
+            raise ValueError("update's full tensors do not match the layout")
+        for s in self.layout.full:
+            t = msg.full[s.name]
+            if tuple(t.shape) != s.shape or not torch.isfinite(t).all():
+                raise ValueError(f"update's full tensor {s.name} has the wrong shape or NaN/Inf values")
 
     @torch.no_grad()
-    def apply(self, module, messages: list[UpdateMessage], lr: float = 1.0, weights=None) -> None:
+    def apply(self, module, messages: list[UpdateMessage], lr: float = 1.0, weights=None, *, normalize: bool = True) -> None:
         """w <- w - lr * sum_c weight_c * reconstruct(update_c), in place, in each parameter's dtype.
 
-        Messages sharing a seed, dist and K are aggregated in coefficient space first and
+        Messages sharing a seed and dist are aggregated in coefficient space first (zero-padded
+        to the largest K among them: basis k of a block does not depend on K) and
         reconstructed once; others are reconstructed one by one (each a fused in-place pass).
-        Weights default to the messages' weights, normalized to sum to 1."""
+        Weights default to the messages' weights; with `normalize` they are scaled to sum to
+        1, otherwise used as given (a server's capped shares may sum to less). Every message
+        and weight is checked before the model is touched."""
         if not messages:
             return
         for m in messages:
             self.check(m)
         params = _as_params(module, self.layout)
-        w = torch.tensor([m.weight for m in messages] if weights is None else list(weights), dtype=torch.float64)
-        if w.numel() != len(messages) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("weights must be non-negative, one per message, with a positive sum")
-        w = (w / w.sum()).tolist()
+        w = torch.tensor([m.weight for m in messages] if weights is None else [float(x) for x in weights], dtype=torch.float64)
+        if w.numel() != len(messages) or not torch.isfinite(w).all() or (w < 0).any() or (normalize and w.sum() <= 0):
+            raise ValueError("weights must be finite and non-negative, one per message, with a positive sum")
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        if normalize:
+            w = w / w.sum()
+        w = w.tolist()
         groups: dict = {}
         for m, wi in zip(messages, w):
-            groups.setdefault((m.seed, m.dist, m.num_bases), []).append((m, wi))
-        for (seed, dist, K), members in groups.items():
-            agg = sum(wi * m.dense() * _block_scale(m.active)[:, None] for m, wi in members)
-            active = torch.stack([m.active for m, _ in members]).amax(0)
+            groups.setdefault((m.seed, m.dist), []).append((m, wi))
+        for (seed, dist), members in groups.items():
+            K = max(m.num_bases for m, _ in members)
+            agg = sum(wi * m.dense(K) * _block_scale(m.active)[:, None] for m, wi in members)
+            active = torch.stack([m.active.to(torch.int32) for m, _ in members]).amax(0)
             self.apply_coefficients(params, agg, seed, dist, active, lr)
         for s in self.layout.full:
             delta = sum(wi * m.full[s.name] for m, wi in zip(messages, w))

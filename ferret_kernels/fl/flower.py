@@ -12,23 +12,48 @@ server -> node (TRAIN or EVALUATE message)
                      (list[float]): the applied updates the node has not seen yet, in
                      order; the node applies w <- w - alpha * reconstruct(update) for each.
     "ferret.model"   ArrayRecord with the full global model: only the first time a node is
-                     contacted (or after it lost its copy); never again afterwards.
+                     contacted, after it lost its copy, or when the updates it missed are
+                     no longer in the bounded catch-up log (they would exceed the model's size).
 node -> server (reply)
-    "ferret.update"  ConfigRecord: update (bytes, the encoded UpdateMessage of w_old - w_new),
-                     base-round and digest (of the node's copy before training).
-    "metrics"        MetricRecord: num-examples and whatever the train function returns.
+    "ferret.update"  ConfigRecord with exactly: update (bytes, the encoded UpdateMessage of
+                     w_old - w_new), base-round (int) and digest (16 hex digits, of the
+                     node's copy before training).
+    "metrics"        MetricRecord: num-examples, train-loss (finite numbers if present) and
+                     whatever the train function returns (not read by the strategy).
+
+Contract of the strategy (docs/threat_model.md): every reply is hostile until validated.
+Each one is either accepted (a valid update for this round, from a node sampled for it,
+the first from that node) or rejected with a reason naming the node, kept in a bounded
+log; whatever a reply holds (wrong record types, str/list/NaN values, an error, a
+crafted update) the round goes on with the others and nothing of it reaches the model.
+Accepted updates are aggregated in an order that does not depend on arrival (sorted by
+the digest of their bytes), so a round's result is a function of its accepted updates.
 
 Each node keeps its copy of the global model in its Context.state (local to the SuperNode;
 it does not cross the network), so after the first contact neither direction carries
 weights: up goes K coefficients per block, down goes the round's aggregate coefficients.
 The server applies exactly the updates it broadcasts (decoded from the same bytes, in the
 same order, with the same alphas), so its model and every node's copy stay identical.
+
+Crash safety: with `checkpoint_dir`, the strategy writes a checkpoint after every round
+(ferret_kernels.fl.checkpoint: one file replaced atomically) holding the global model,
+the round, the seed and sampling state (both derive from base_seed and the round), the
+momentum window and the catch-up log (bounded by the model's size). A strategy created
+on a directory that holds a checkpoint resumes from it: the next round is the one after
+the checkpoint's, none is lost or repeated, and the final model is bit-identical to an
+uninterrupted run's. Nodes keep their copies per run, so after a restart each node gets
+the full model at first contact. A truncated or corrupted checkpoint raises
+CheckpointError; it is never loaded.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
+import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,11 +66,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from .checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
 from .compress import Compressor, FerretConfig
-from .message import DecodeError, decode, encode
-from .server import FerretServer, ServerConfig
+from .message import MAX_WEIGHT, DecodeError, decode, encode
+from .server import FerretServer, ServerConfig, capped_shares
 
 CONFIG, SYNC, MODEL, UPDATE = "ferret.config", "ferret.sync", "ferret.model", "ferret.update"
+UPDATE_KEYS = frozenset({"update", "base-round", "digest"})
+_DIGEST = re.compile(r"[0-9a-f]{16}")
 
 
 def model_digest(module: torch.nn.Module, compressor: Compressor) -> str:
@@ -64,6 +92,8 @@ def apply_updates(compressor: Compressor, module: torch.nn.Module, updates: Iter
     updates, alphas = list(updates), [float(a) for a in alphas]
     if len(updates) != len(alphas):
         raise DecodeError(f"{len(updates)} updates but {len(alphas)} alphas")
+    if not all(math.isfinite(a) for a in alphas):
+        raise DecodeError("alphas must be finite")
     msgs = [decode(u, compressor.layout, max_bases=compressor.config.max_bases) for u in updates]
     for m in msgs:
         compressor.check(m)
@@ -84,6 +114,29 @@ def _content_bytes(msg: Message, record: str) -> int:
     return recorddict_to_proto(RecordDict({record: msg.content[record]})).ByteSize()
 
 
+def _quote(text, limit: int = 200) -> str:
+    """A node-controlled string made safe for a log line: repr (no control characters), truncated."""
+    text = str(text)
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _describe(v) -> str:
+    return f"{type(v).__name__} {_quote(v, 40) if isinstance(v, (str, bytes)) else repr(v)[:40]}"
+
+
+def _number(rec, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float | None:
+    """A scalar metric, validated: absent -> None; list, bool, NaN, inf or out of range -> DecodeError."""
+    if key not in rec:
+        return None
+    v = rec[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise DecodeError(f"metric {key!r} is {_describe(v)}, expected a number")
+    v = float(v)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise DecodeError(f"metric {key!r} = {v} is not a finite number in [{lo}, {hi}]")
+    return v
+
+
 @dataclass
 class RoundLog:
     round: int
@@ -94,9 +147,11 @@ class RoundLog:
     sent_bytes: dict[int, int] = field(default_factory=dict)       # node -> serialized sync + model records
     full_model_sent: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)               # sampled nodes that did not reply in time
     accepted: dict[int, bytes] = field(default_factory=dict)       # node -> its validated update
     applied: list[tuple[bytes, float]] = field(default_factory=list)
     digest: str = ""                                               # global model after the round
+    resumed: bool = False                                          # first round after a restart from a checkpoint
 
     def as_dict(self) -> dict:
         return {"round": self.round, "seed": str(self.seed), "sampled": [str(n) for n in self.sampled],
@@ -104,8 +159,8 @@ class RoundLog:
                 "update_bytes": {str(k): v for k, v in self.update_bytes.items()},
                 "sent_bytes": {str(k): v for k, v in self.sent_bytes.items()},
                 "full_model_sent": [str(n) for n in self.full_model_sent],
-                "rejected": {str(k): v for k, v in self.rejected.items()},
-                "alphas": [a for _, a in self.applied], "digest": self.digest}
+                "rejected": {str(k): v for k, v in self.rejected.items()}, "missing": [str(n) for n in self.missing],
+                "alphas": [a for _, a in self.applied], "digest": self.digest, "resumed": self.resumed}
 
 
 class FerretStrategy(Strategy):
@@ -113,16 +168,20 @@ class FerretStrategy(Strategy):
     coefficient space, and the applied aggregate broadcast to nodes as coefficients.
 
     The strategy owns the global model (`model`, updated in place). Nodes receive the full
-    model once; afterwards only the updates they have not applied yet."""
+    model once; afterwards only the updates they have not applied yet. Memory is bounded:
+    the catch-up log holds at most the model's size of updates, `keep_rounds` RoundLogs are
+    kept, rejections go to the server's bounded log. `catchup_bytes` lowers the catch-up log's
+    budget below the model's size (fewer rounds kept, the model sent sooner)."""
 
     def __init__(self, model: torch.nn.Module, ferret: FerretConfig | None = None, server: ServerConfig | None = None, *,
                  fraction_train: float = 1.0, min_train_nodes: int = 2, min_available_nodes: int = 2,
                  fraction_evaluate: float = 0.0, min_evaluate_nodes: int = 1, wait_for_nodes_s: float = 120.0,
-                 verify_sync: bool = True):
+                 verify_sync: bool = True, checkpoint_dir: str | None = None, keep_rounds: int = 16,
+                 on_round: Callable[["RoundLog"], None] | None = None, catchup_bytes: int | None = None):
         if not 0 < fraction_train <= 1 or not 0 <= fraction_evaluate <= 1:
             raise ValueError("fraction_train must be in (0, 1] and fraction_evaluate in [0, 1]")
-        if min(min_train_nodes, min_available_nodes) < 1:
-            raise ValueError("min_train_nodes and min_available_nodes must be at least 1")
+        if min(min_train_nodes, min_available_nodes) < 1 or keep_rounds < 1:
+            raise ValueError("min_train_nodes, min_available_nodes and keep_rounds must be at least 1")
         self.model = model
         self.ferret = ferret or FerretConfig()
         self.compressor = Compressor.for_module(model, self.ferret)
@@ -131,11 +190,76 @@ class FerretStrategy(Strategy):
         self.min_train_nodes, self.min_available_nodes = min_train_nodes, min_available_nodes
         self.min_evaluate_nodes, self.wait_for_nodes_s = min_evaluate_nodes, wait_for_nodes_s
         self.verify_sync = verify_sync
+        self.checkpoint_dir, self.on_round = checkpoint_dir, on_round
         self.round_of_node: dict[int, int] = {}   # node -> global round its copy is at
         self.momentum_window: list[list[tuple[bytes, float]]] = []  # earlier rounds' own updates, for momentum
-        self.rounds: list[RoundLog] = []
+        self.catchup: collections.OrderedDict[int, list[tuple[bytes, float]]] = collections.OrderedDict()
+        self.rounds: collections.deque[RoundLog] = collections.deque(maxlen=keep_rounds)
         self.current_round = 0
+        self.resumed_from: int | None = None
         self.digests = {0: model_digest(model, self.compressor)}
+        self._keep_rounds = keep_rounds
+        self.catchup_bytes = catchup_bytes  # the catch-up log's budget (default: the model's size)
+        if checkpoint_dir:
+            self._restore()
+
+    # ------------------------------------------------------------------ checkpoint
+    def _identity(self) -> dict:
+        """What a checkpoint must agree with to be resumed by this strategy."""
+        srv = dataclasses.asdict(self.server.config)
+        return {"fingerprint": self.compressor.layout.fingerprint, "ferret": dataclasses.asdict(self.ferret),
+                "server": {k: srv[k] for k in ("seed_scheme", "base_seed", "momentum", "momentum_window")},
+                "fraction_train": self.fraction_train, "min_train_nodes": self.min_train_nodes}
+
+    def checkpoint(self) -> str:
+        """Write the run's state after the current round (atomic; see ferret_kernels.fl.checkpoint)."""
+        blobs: dict[str, bytes] = {}
+
+        def ref(b: bytes) -> str:
+            name = blob_name(b)
+            blobs[name] = b
+            return name
+        state = {"kind": "ferret-flower-strategy", "identity": self._identity(), "round": self.current_round,
+                 "digest": self.digests[self.current_round],
+                 "catchup": [[r, [[ref(b), a] for b, a in entry]] for r, entry in self.catchup.items()],
+                 "momentum": [[[ref(b), w] for b, w in entry] for entry in self.momentum_window],
+                 "rejected_total": self.server.rejected_total}
+        return save_checkpoint(self.checkpoint_dir, self.model.state_dict(), state, blobs)
+
+    def _restore(self) -> None:
+        got = load_checkpoint(self.checkpoint_dir)
+        if got is None:
+            return
+        tensors, state, blobs = got
+        if state.get("kind") != "ferret-flower-strategy":
+            raise CheckpointError(f"{self.checkpoint_dir} holds a checkpoint of kind {state.get('kind')!r}, not a Flower strategy's")
+        mine = self._identity()
+        theirs = state["identity"]
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was written by a strategy with another {', '.join(diff)}; "
+                                  f"refusing to resume from it")
+        sd = self.model.state_dict()
+        if set(tensors) != set(sd) or any(tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd):
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} holds tensors that do not fit the model")
+        missing = [n for r, e in state["catchup"] for n, _ in e if n not in blobs] + \
+                  [n for e in state["momentum"] for n, _ in e if n not in blobs]
+        if missing:
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} lacks {len(missing)} update blob(s)")
+        with torch.no_grad():
+            self.model.load_state_dict(tensors)
+        rnd = int(state["round"])
+        digest = model_digest(self.model, self.compressor)
+        if digest != state["digest"]:
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir}: the model's digest differs from the one recorded")
+        self.current_round = rnd
+        self.digests = {rnd: digest}
+        self.catchup = collections.OrderedDict((int(r), [(blobs[n], float(a)) for n, a in e]) for r, e in state["catchup"])
+        self.momentum_window = [[(blobs[n], float(w)) for n, w in e] for e in state["momentum"]]
+        self.server.rejected_total = int(state["rejected_total"])
+        self.round_of_node = {}  # nodes keep their copies per run: a restarted run sends each the model once
+        self.resumed_from = rnd
+        log(INFO, "resumed from the checkpoint of round %d in %s", rnd, self.checkpoint_dir)
 
     # ------------------------------------------------------------------ sampling and sending
     def _sample(self, grid: Grid, fraction: float, min_nodes: int, server_round: int, salt: int) -> list[int]:
@@ -152,15 +276,16 @@ class FerretStrategy(Strategy):
         return sorted(rng.sample(sorted(nodes), n))
 
     def _sync_records(self, node: int) -> tuple[RecordDict, bool]:
-        """The records that bring `node` to the current global round (full model only if needed)."""
+        """The records that bring `node` to the current global round (full model if needed)."""
         have = self.round_of_node.get(node)
         rounds, updates, alphas = [], [], []
-        if have is not None:
-            for rl in self.rounds:
-                if have < rl.round <= self.current_round:
-                    for u, a in rl.applied:
-                        rounds.append(rl.round), updates.append(u), alphas.append(a)
-        full = have is None or sum(len(u) for u in updates) > self._model_bytes()
+        full = have is None or (have < self.current_round and (not self.catchup or have + 1 < next(iter(self.catchup))))
+        if not full:
+            for r, entry in self.catchup.items():
+                if have < r <= self.current_round:
+                    for u, a in entry:
+                        rounds.append(r), updates.append(u), alphas.append(a)
+            full = sum(len(u) for u in updates) > self._model_bytes()
         rd = RecordDict()
         if full:
             rd[MODEL] = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
@@ -172,13 +297,16 @@ class FerretStrategy(Strategy):
     def _model_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.state_dict().values())
 
+    def _node_seed(self, server_round: int, node: int) -> int:
+        return self.server.seed_for(server_round, node % (1 << 31))
+
     def _messages(self, server_round: int, nodes: list[int], config: ConfigRecord, mtype: str, log_: RoundLog | None):
         out = []
         for node in nodes:
             rd, full = self._sync_records(node)
             cfg = ConfigRecord(dict(config))
             cfg.update({"round": server_round, "base-round": self.current_round,
-                        "seed": str(self.server.seed_for(server_round, node % (1 << 31))),
+                        "seed": str(self._node_seed(server_round, node)),
                         "num-bases": self.ferret.num_bases, "block-size": self.ferret.block_size,
                         "dist": self.ferret.dist, "adaptive": self.ferret.adaptive,
                         "full-threshold": self.ferret.full_threshold, "wire-dtype": self.ferret.wire_dtype})
@@ -196,95 +324,166 @@ class FerretStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, server_round, 0)
         seed = self.server.seed_for(server_round, 0)
-        rl = RoundLog(server_round, seed, nodes)
+        rl = RoundLog(server_round, seed, nodes, resumed=self.resumed_from == server_round - 1)
         self.rounds.append(rl)
+        self.server.begin_round(server_round)
         log(INFO, "configure_train: %d nodes, base round %d", len(nodes), self.current_round)
         return self._messages(server_round, nodes, config, MessageType.TRAIN, rl)
 
+    def _reply_update(self, rep: Message, rl: RoundLog, node: int) -> tuple[bytes, dict]:
+        """The reply's update bytes and validated metrics, or DecodeError saying what is wrong."""
+        if not rep.has_content():
+            raise DecodeError("reply has neither content nor an error")
+        content = rep.content
+        rec = content.get(UPDATE)
+        if not isinstance(rec, ConfigRecord):
+            raise DecodeError(f"reply has no {UPDATE!r} ConfigRecord (got {type(rec).__name__})")
+        if set(rec) != UPDATE_KEYS:
+            raise DecodeError(f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[_quote(k, 30) for k in sorted(rec)][:8]}")
+        data, base, digest = rec["update"], rec["base-round"], rec["digest"]
+        if not isinstance(data, bytes):
+            raise DecodeError(f"'update' is {_describe(data)}, expected bytes")
+        rl.update_bytes[node] = len(data)
+        if isinstance(base, bool) or not isinstance(base, int):
+            raise DecodeError(f"'base-round' is {_describe(base)}, expected an integer")
+        if base != self.current_round:
+            raise DecodeError(f"update made on round {base}'s model, expected {self.current_round}")
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise DecodeError(f"'digest' is {_describe(digest)}, expected 16 hex digits")
+        if self.verify_sync and digest != self.digests[self.current_round]:
+            raise DecodeError("the node's model copy differs from the global model (digest mismatch)")
+        metrics = {}
+        if "metrics" in content:
+            mr = content["metrics"]
+            if not isinstance(mr, MetricRecord):
+                raise DecodeError(f"'metrics' is a {type(mr).__name__}, expected a MetricRecord")
+            metrics = {"num-examples": _number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
+                       "train-loss": _number(mr, "train-loss")}
+        return data, metrics
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        rl = self.rounds[-1]
-        msgs, losses = [], []
+        rl = self.rounds[-1] if self.rounds and self.rounds[-1].round == server_round else None
+        if rl is None:
+            raise RuntimeError(f"aggregate_train for round {server_round} without configure_train")
+        sampled, seen = set(rl.sampled), set()
+        accepted = []  # (sha256 of the bytes, bytes, message, node, metrics)
+
+        def refuse(node, why):
+            rl.rejected[node] = why
+            self.server.reject(node, why)
+
         for rep in replies:
-            node = rep.metadata.src_node_id
-            if rep.has_error():
-                rl.rejected[node] = f"node error: {rep.error.reason}"
-                self.round_of_node.pop(node, None)  # resend the full model next time
-                continue
+            node = None
             try:
-                rec = rep.content[UPDATE]
-                data = rec["update"]
+                node = int(rep.metadata.src_node_id)
+                if node not in sampled:
+                    refuse(node, "reply from a node that was not sampled this round")
+                    continue
+                if node in seen:
+                    refuse(node, "a second reply from this node this round")
+                    continue
+                seen.add(node)
+                if rep.has_error():
+                    refuse(node, f"node error: {_quote(rep.error.reason)}")
+                    self.round_of_node.pop(node, None)  # resend the full model next time
+                    continue
+                try:
+                    data, metrics = self._reply_update(rep, rl, node)
+                except DecodeError as e:
+                    refuse(node, f"malformed reply: {e}")
+                    self.round_of_node.pop(node, None)
+                    continue
                 rl.received_bytes[node] = _content_bytes(rep, UPDATE)
-                rl.update_bytes[node] = len(data)
-                if int(rec["base-round"]) != self.current_round:
-                    raise DecodeError(f"update made on round {rec['base-round']}'s model, expected {self.current_round}")
-                if self.verify_sync and str(rec["digest"]) != self.digests[self.current_round]:
-                    raise DecodeError("the node's model copy differs from the global model (digest mismatch)")
-            except (KeyError, TypeError, DecodeError) as e:
-                rl.rejected[node] = f"malformed reply: {e}"
-                self.round_of_node.pop(node, None)
-                continue
-            self.round_of_node[node] = self.current_round  # its copy is in sync, whatever its update holds
-            m = self.server.receive(bytes(data), expected_seed=self.server.seed_for(server_round, node % (1 << 31)))
-            if m is None:
-                rl.rejected[node] = self.server.rejected[-1][1]
-                continue
-            rl.accepted[node] = bytes(data)
-            metrics = rep.content["metrics"] if "metrics" in rep.content else MetricRecord()
-            n = float(metrics.get("num-examples", m.weight))
-            msgs.append(m)
-            if "train-loss" in metrics:
-                losses.append((float(metrics["train-loss"]), n))
-        for node, why in rl.rejected.items():
-            log(WARNING, "round %d: rejected the update of node %d: %s", server_round, node, why)
+                self.round_of_node[node] = self.current_round  # its copy is in sync, whatever its update holds
+                m = self.server.receive(data, expected_seed=self._node_seed(server_round, node), round=server_round, node=node)
+                if m is None:
+                    rl.rejected[node] = self.server.rejected[-1][1]
+                    continue
+                accepted.append((hashlib.sha256(data).digest(), data, m, node, metrics))
+            except Exception as e:  # noqa: BLE001 - nothing one reply holds may end the round
+                refuse(node, f"reply could not be processed ({type(e).__name__}: {str(e)[:200]})")
+        rl.missing = sorted(sampled - seen)
+        accepted.sort(key=lambda a: a[0])  # arrival order must not change the result (float sums)
+        msgs = [m for _, _, m, _, _ in accepted]
+        rl.accepted = {node: data for _, data, _, node, _ in accepted}
+        if rl.missing:
+            log(WARNING, "round %d: no reply from %d node(s): %s", server_round, len(rl.missing), rl.missing[:10])
         self._apply_round(server_round, msgs)
         rl.digest = self.digests[self.current_round]
         out = MetricRecord({"accepted": len(msgs), "rejected": len(rl.rejected),
                             "mean-update-bytes": (sum(rl.received_bytes.values()) / max(len(rl.received_bytes), 1))})
-        if losses:
-            out["train-loss"] = sum(l * n for l, n in losses) / max(sum(n for _, n in losses), 1e-12)
+        shares = capped_shares([m.weight for m in msgs], self.server.config.max_share)
+        losses = [(a[4].get("train-loss"), s) for a, s in zip(accepted, shares) if a[4].get("train-loss") is not None]
+        if losses and sum(s for _, s in losses) > 0:
+            out["train-loss"] = sum(l * s for l, s in losses) / sum(s for _, s in losses)
+        if self.checkpoint_dir:
+            self.checkpoint()
+        if self.on_round:
+            self.on_round(rl)
         return None, out
 
     @torch.no_grad()
     def _apply_round(self, server_round: int, msgs) -> None:
-        """Aggregate in coefficient space, encode what is applied, and apply those very bytes."""
+        """Aggregate in coefficient space, encode what is applied, and apply those very bytes.
+
+        Under the shared seed one aggregate of every accepted update (whatever its K); under
+        per-client seeds each (clipped) update; each with its share. Nothing of the strategy's
+        state changes before the model is updated."""
         cfg = self.server.config
         lr = self.server.lr_at(server_round)
-        if not msgs:
-            own: list[tuple[bytes, float]] = []
-        elif cfg.seed_scheme == "shared":  # one aggregate: averaged coefficients, one reconstruction
-            own = [(encode(self.server.broadcast(msgs)[0]), 1.0)]
-        else:  # per-client seeds: each (clipped) update with its normalized weight
-            own = [(encode(m), w) for m, w in self.server.aggregate(msgs)]
+        own = [(encode(b), b.weight) for b in self.server.broadcast(msgs, round=server_round)] if msgs else []
         # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
         entry = [(b, lr * w) for b, w in own]
         for age, old in enumerate(reversed(self.momentum_window), start=1):
             entry += [(b, lr * w * cfg.momentum**age) for b, w in old]
+        window = self.momentum_window
         if cfg.momentum and cfg.momentum_window > 1:
-            self.momentum_window = (self.momentum_window + [own])[-(cfg.momentum_window - 1):]
+            window = (self.momentum_window + [own])[-(cfg.momentum_window - 1):]
         apply_updates(self.compressor, self.model, [b for b, _ in entry], [a for _, a in entry])
+        self.momentum_window = window
         self.current_round = server_round
         self.rounds[-1].applied = entry
         self.digests[server_round] = model_digest(self.model, self.compressor)
+        while len(self.digests) > self._keep_rounds:
+            del self.digests[min(self.digests)]
+        self.catchup[server_round] = entry
+        # beyond the model's size a lagging node gets the model: the log never holds more
+        budget = min(self._model_bytes(), self.catchup_bytes or self._model_bytes())
+        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:
+            self.catchup.popitem(last=False)
+        oldest = next(iter(self.catchup), server_round + 1)
+        self.round_of_node = {n: r for n, r in self.round_of_node.items() if r + 1 >= oldest}
         log(INFO, "round %d: applied %d update(s) from %d node(s), lr %.4g", server_round, len(entry), len(msgs), lr)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         if self.fraction_evaluate == 0:
             return []
         nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, server_round, 1)
+        self._evaluate_nodes = set(nodes)
         return self._messages(server_round, nodes, config, MessageType.EVALUATE, None)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        tot, acc = 0.0, {}
+        """Example-weighted means of the scalar metrics of well-formed replies (others are skipped and logged)."""
+        tot, acc, seen = 0.0, {}, set()
         for rep in replies:
-            if rep.has_error() or "metrics" not in rep.content:
+            try:
+                node = int(rep.metadata.src_node_id)
+                if node not in getattr(self, "_evaluate_nodes", set()) or node in seen:
+                    continue
+                seen.add(node)
+                if rep.has_error() or not rep.has_content() or not isinstance(rep.content.get("metrics"), MetricRecord):
+                    continue
+                mr = rep.content["metrics"]
+                n = _number(mr, "num-examples", lo=0, hi=MAX_WEIGHT)
+                n = 1.0 if n is None else n
+                vals = {k: _number(mr, k) for k in mr if k != "num-examples" and not isinstance(mr[k], list)}
+                self.round_of_node[node] = self.current_round
+            except Exception as e:  # noqa: BLE001
+                log(WARNING, "round %d: skipped the evaluate reply of a node: %s", server_round, _quote(e))
                 continue
-            mr = rep.content["metrics"]
-            n = float(mr.get("num-examples", 1.0))
             tot += n
-            for k, v in mr.items():
-                if k != "num-examples" and isinstance(v, (int, float)):
-                    acc[k] = acc.get(k, 0.0) + n * float(v)
-            self.round_of_node[rep.metadata.src_node_id] = self.current_round
+            for k, v in vals.items():
+                acc[k] = acc.get(k, 0.0) + n * v
         return MetricRecord({k: v / tot for k, v in acc.items()}) if tot else None
 
     def summary(self) -> None:
@@ -292,19 +491,48 @@ class FerretStrategy(Strategy):
         log(INFO, "\t├── Ferret: K=%d per block, block size %d, %s, adaptive=%s, full below %d elements, wire %s",
             f.num_bases, f.block_size, f.dist, f.adaptive, f.full_threshold, f.wire_dtype)
         log(INFO, "\t├── layout: %s", self.compressor.layout)
-        log(INFO, "\t└── server: lr %g (%s), momentum %g, clip %s, seeds %s, weighting %s",
-            s.lr, s.schedule, s.momentum, s.clip_norm, s.seed_scheme, s.weighting)
+        log(INFO, "\t├── server: lr %g (%s), momentum %g, clip %s / %s x median, max norm %s, max share %g, seeds %s, weighting %s",
+            s.lr, s.schedule, s.momentum, s.clip_norm, s.clip_relative, s.max_norm, s.max_share, s.seed_scheme, s.weighting)
+        log(INFO, "\t└── checkpoint: %s%s", self.checkpoint_dir or "none",
+            f" (resumed after round {self.resumed_from})" if self.resumed_from is not None else "")
 
     def start(self, grid: Grid, num_rounds: int = 3, timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, torch.nn.Module], MetricRecord | None] | None = None, **_) -> Result:
-        """Run `num_rounds` rounds; `evaluate_fn(round, model)` evaluates the global model
-        centrally. The result's arrays hold the final global model."""
-        ev = (lambda r, _a: evaluate_fn(r, self.model)) if evaluate_fn else None
-        res = super().start(grid, ArrayRecord(), num_rounds=num_rounds, timeout=timeout, train_config=train_config,
-                            evaluate_config=evaluate_config, evaluate_fn=ev)
-        res.arrays = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        return res
+        """Run rounds current_round + 1 .. num_rounds (all of them unless resumed from a
+        checkpoint); `timeout` bounds each round's wait for replies (nodes that miss it are
+        logged as missing and the round goes on). `evaluate_fn(round, model)` evaluates the
+        global model centrally. The result's arrays hold the final global model."""
+        log(INFO, "Starting %s: rounds %d..%d", type(self).__name__, self.current_round + 1, num_rounds)
+        self.summary()
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = Result()
+        if evaluate_fn and self.current_round == 0:
+            res = evaluate_fn(0, self.model)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
+        empty = ArrayRecord()
+        for rnd in range(self.current_round + 1, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", rnd, num_rounds)
+            replies = grid.send_and_receive(self.configure_train(rnd, empty, train_config, grid), timeout=timeout)
+            _, metrics = self.aggregate_train(rnd, replies)
+            if metrics is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
+                result.train_metrics_clientapp[rnd] = metrics
+            ev = self.configure_evaluate(rnd, empty, evaluate_config, grid)
+            if ev:
+                agg = self.aggregate_evaluate(rnd, grid.send_and_receive(ev, timeout=timeout))
+                if agg is not None:
+                    result.evaluate_metrics_clientapp[rnd] = agg
+            if evaluate_fn:
+                res = evaluate_fn(rnd, self.model)
+                if res is not None:
+                    log(INFO, "Global evaluation: %s", res)
+                    result.evaluate_metrics_serverapp[rnd] = res
+        result.arrays = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        return result
 
 
 # ---------------------------------------------------------------------- client side

@@ -1,5 +1,8 @@
 """A local Flower deployment for trying an app and for tests: a SuperLink and N SuperNodes as
 processes on 127.0.0.1 (insecure mode), `flwr run` through them, everything torn down after.
+For fault-injection tests it can also submit a run without waiting, SIGKILL the ServerApp
+process the SuperLink started, and SIGKILL or restart a SuperNode (only processes it started
+or their descendants, by process id).
 
     python -m ferret_kernels.fl.flower_local python/ferret_flower --nodes 2 \\
         --run-config "num-server-rounds=3 out-dir='/tmp/flower_out'"
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +45,7 @@ class LocalDeployment:
         self.bin = bin_dir or os.path.dirname(sys.executable)
         self.start_timeout = start_timeout
         self.procs: list[subprocess.Popen] = []
+        self.nodes: list[subprocess.Popen] = []   # the current process of SuperNode i
         self._files = []
         self.home = os.path.join(self.workdir, "flwr_home")
         missing = [b for b in ("flower-superlink", "flower-supernode", "flwr") if not os.path.exists(os.path.join(self.bin, b))]
@@ -53,7 +58,7 @@ class LocalDeployment:
         return env
 
     def _start(self, name, args):
-        f = open(os.path.join(self.workdir, f"{name}.log"), "w")
+        f = open(os.path.join(self.workdir, f"{name}.log"), "a")
         self._files.append(f)
         p = subprocess.Popen(args, env=self._env(), cwd=self.workdir, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
@@ -80,20 +85,100 @@ class LocalDeployment:
             sl = self._start("superlink", [os.path.join(self.bin, "flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                            "--port", str(self.link), "--disable-runtime-dependency-installation"])
             self._wait_port(self.link, sl)
-            for i, (cfg, port) in enumerate(zip(self.node_configs, ports[1:])):
-                self._start(f"supernode{i}", [os.path.join(self.bin, "flower-supernode"), "--insecure", "--superlink",
-                                              f"127.0.0.1:{self.link}", "--port", str(port), "--node-config", cfg])
+            self.superlink = sl
+            for i, cfg in enumerate(self.node_configs):
+                self.nodes.append(self._start_node(i, cfg, ports[1 + i]))
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def run(self, app_dir: str, run_config: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
-        """`flwr run APP local --stream [--run-config ...]`; returns the completed process."""
-        args = [os.path.join(self.bin, "flwr"), "run", os.path.abspath(app_dir), "local", "--stream"]
+    def _start_node(self, i: int, cfg: str, port: int | None = None) -> subprocess.Popen:
+        port = port or free_ports(1)[0]
+        return self._start(f"supernode{i}", [os.path.join(self.bin, "flower-supernode"), "--insecure", "--superlink",
+                                             f"127.0.0.1:{self.link}", "--port", str(port), "--node-config", cfg])
+
+    def run(self, app_dir: str, run_config: str = "", timeout: float = 600, stream: bool = True) -> subprocess.CompletedProcess:
+        """`flwr run APP local [--stream] [--run-config ...]`; returns the completed process.
+        Without `stream` it returns once the run is submitted (the ServerApp runs on)."""
+        args = [os.path.join(self.bin, "flwr"), "run", os.path.abspath(app_dir), "local"] + (["--stream"] if stream else [])
         if run_config:
             args += ["--run-config", run_config]
         return subprocess.run(args, env=self._env(), cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
+
+    def submit(self, app_dir: str, run_config: str = "") -> "RunHandle":
+        """Start `flwr run APP local --stream` in the background (output to a log file)."""
+        path = os.path.join(self.workdir, f"run{len(self._files)}.log")
+        f = open(path, "w")
+        self._files.append(f)
+        args = [os.path.join(self.bin, "flwr"), "run", os.path.abspath(app_dir), "local", "--stream"]
+        if run_config:
+            args += ["--run-config", run_config]
+        return RunHandle(subprocess.Popen(args, env=self._env(), cwd=self.workdir, stdout=f, stderr=subprocess.STDOUT), path)
+
+    def stop(self, run_id: int) -> subprocess.CompletedProcess:
+        """`flwr stop RUN_ID local`: mark a run finished (after its ServerApp died, the SuperLink
+        would otherwise wait for its heartbeat to expire while nodes retry its last messages)."""
+        return subprocess.run([os.path.join(self.bin, "flwr"), "stop", str(run_id), "local"], env=self._env(), cwd=self.workdir,
+                              capture_output=True, text=True, timeout=60)
+
+    # ------------------------------------------------------------------ fault injection
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                kids.setdefault(ppid, []).append(int(d))
+        return kids
+
+    def descendants(self, pid: int) -> list[int]:
+        """Process ids below `pid` (Linux /proc)."""
+        kids, out, todo = self._children(), [], [pid]
+        while todo:
+            for c in kids.get(todo.pop(), []):
+                out.append(c)
+                todo.append(c)
+        return out
+
+    @staticmethod
+    def _cmdline(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    def serverapp_pids(self) -> list[int]:
+        """The ServerApp processes the SuperLink started (one per active run)."""
+        return [p for p in self.descendants(self.superlink.pid) if "flwr-serverapp" in self._cmdline(p)]
+
+    def kill_serverapp(self) -> list[int]:
+        """SIGKILL every ServerApp process of this deployment (a crash of the server side of the
+        runs; the SuperLink and SuperNodes stay up). Returns the killed pids."""
+        pids = self.serverapp_pids()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL SuperNode i and the ClientApp it may be running (its process group)."""
+        p = self.nodes[i]
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def restart_node(self, i: int, node_config: str | None = None) -> None:
+        """Start SuperNode i again (a new process; Flower gives it a new node id)."""
+        self.kill_node(i)
+        self.nodes[i] = self._start_node(i, node_config or self.node_configs[i])
 
     def log(self, name: str, tail: int = 3000) -> str:
         try:
@@ -109,18 +194,54 @@ class LocalDeployment:
     def __exit__(self, *exc):
         for p in self.procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for p in self.procs:
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 p.wait()
         for f in self._files:
             f.close()
-        self.procs, self._files = [], []
+        self.procs, self.nodes, self._files = [], [], []
         shutil.rmtree(self.home, ignore_errors=True)
         return False
+
+
+class RunHandle:
+    """A `flwr run --stream` in the background: its process and its output file."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: str):
+        self.proc, self.log_path = proc, log_path
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def run_id(self, timeout: float = 60) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = re.search(r"started run (\d+)", self.output())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"no run id in the output of flwr run:\n{self.output()[-2000:]}")
+
+    def wait(self, timeout: float = 600) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
 
 def main(argv=None) -> int:

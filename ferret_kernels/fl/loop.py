@@ -10,11 +10,19 @@ server, evaluation, and a record per round; Ferret and its baselines in the same
   them. Perturbations use the in-place op (no materialized noise).
 
 A task supplies the data and the model's loss (see FederatedTask).
+
+Crash safety: with `checkpoint_dir`, run() writes a checkpoint after every round
+(ferret_kernels.fl.checkpoint: one file replaced atomically): the model, the rounds done,
+the sampling generator's state, the server's momentum window and round, and the records.
+Called again on the same directory it resumes after the last checkpointed round; the final
+model is bit-identical to an uninterrupted run's. A checkpoint of another configuration,
+or a truncated or corrupted one, raises CheckpointError.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -23,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import reconstruct_
+from .checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
 from .compress import Compressor, FerretConfig, fedavg_bytes
 from .layout import ParamLayout
 from .message import encode
@@ -111,23 +120,76 @@ def _zo_perturb(model, layout, seed, dist, alpha):
         reconstruct_(p.data, ones, seed, layout.block_size, block_offset=s.block_offset, dist=dist, alpha=alpha)
 
 
-def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callback=None) -> list[dict]:
+def _identity(cfg: LoopConfig) -> dict:
+    d = config_dict(cfg)
+    for k in ("rounds", "progress", "eval_every"):
+        d.pop(k)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _checkpoint(directory, model, cfg, r, gen, records, server):
+    blobs, hist = {}, []
+    if server is not None:
+        st = server.state()
+        for entry in st.pop("history"):
+            hist.append([[blob_name(b), s] for b, s in entry])
+            blobs.update((blob_name(b), b) for b, _ in entry)
+        st["history"] = hist
+    state = {"kind": "ferret-loop", "identity": _identity(cfg), "rounds_done": r, "gen": gen.bit_generator.state,
+             "records": records, "server": None if server is None else st}
+    save_checkpoint(directory, model.state_dict(), state, blobs)
+
+
+def _resume(directory, model, cfg, gen, server) -> tuple[int, list]:
+    got = load_checkpoint(directory)
+    if got is None:
+        return 0, []
+    tensors, state, blobs = got
+    if state.get("kind") != "ferret-loop":
+        raise CheckpointError(f"{directory} holds a checkpoint of kind {state.get('kind')!r}, not the loop's")
+    if state["identity"] != _identity(cfg):
+        mine, theirs = _identity(cfg), state["identity"]
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise CheckpointError(f"checkpoint in {directory} was written with another {', '.join(diff)}; refusing to resume from it")
+    sd = model.state_dict()
+    if set(tensors) != set(sd) or any(tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd):
+        raise CheckpointError(f"checkpoint in {directory} holds tensors that do not fit the model")
+    if server is not None:
+        st = dict(state["server"])
+        try:
+            st["history"] = [[(blobs[n], s) for n, s in entry] for entry in st["history"]]
+        except KeyError:
+            raise CheckpointError(f"checkpoint in {directory} lacks a momentum blob") from None
+        server.load_state(st)
+    with torch.no_grad():
+        model.load_state_dict(tensors)
+    gen.bit_generator.state = state["gen"]
+    return int(state["rounds_done"]), list(state["records"])
+
+
+def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callback=None,
+        checkpoint_dir: str | None = None) -> list[dict]:
     """Runs cfg.rounds rounds on `model` (the global model, updated in place). Returns one
-    record per round: metric, loss, bytes up/down per client, time per phase."""
+    record per round: metric, loss, bytes up/down per client, time per phase. With
+    `checkpoint_dir`, resumes from its checkpoint if there is one and writes one per round."""
     from tqdm.auto import tqdm
 
     gen = np.random.default_rng(cfg.seed)
     n_clients = task.num_clients()
     k = min(cfg.clients_per_round, n_clients)
     records = []
+    server = None
     if cfg.method == "ferret":
         compressor = Compressor.for_module(model, cfg.ferret)
         server = FerretServer(compressor, cfg.server)
         layout = compressor.layout
     else:
         layout = ParamLayout.from_module(model, cfg.ferret.block_size, 0)
+    done = 0
+    if checkpoint_dir:
+        done, records = _resume(checkpoint_dir, model, cfg, gen, server)
     zo_pool = [splitmix64(cfg.seed * 1_000_003 + i) for i in range(cfg.zo_candidates)]
-    rounds = tqdm(range(cfg.rounds), desc=cfg.method, disable=not cfg.progress)
+    rounds = tqdm(range(done, cfg.rounds), desc=cfg.method, disable=not cfg.progress)
     for r in rounds:
         tm = _Timer()
         clients = sorted(gen.choice(n_clients, size=k, replace=False).tolist())
@@ -147,7 +209,7 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
                     data = encode(compressor.compress(model, local, seed, weight=weight, round=r, client=str(c)))
                 up.append(len(data))
                 with tm("aggregate"):
-                    m = server.receive(data, expected_seed=seed)
+                    m = server.receive(data, expected_seed=seed, round=r, node=str(c))
                 if m is not None:
                     msgs.append(m)
             elif cfg.method == "fedavg":
@@ -162,7 +224,7 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
         with tm("aggregate"):
             if cfg.method == "ferret":
                 server.step(model, msgs, r)
-                down_bytes = sum(len(encode(m)) for m in server.broadcast(msgs))
+                down_bytes = sum(len(encode(m)) for m in server.broadcast(msgs, round=r))
             elif cfg.method == "fedavg":
                 _fedavg_apply(model, deltas, cfg.server.lr)
                 down_bytes = fedavg_bytes(layout)
@@ -181,6 +243,8 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
                    t_local=tm.t.get("local", 0.0), t_project=tm.t.get("project", 0.0),
                    t_aggregate=tm.t.get("aggregate", 0.0), t_eval=tm.t.get("eval", 0.0))
         records.append(rec)
+        if checkpoint_dir:
+            _checkpoint(checkpoint_dir, model, cfg, r + 1, gen, records, server)
         rounds.set_postfix(metric=f"{rec['metric']:.4g}", up=f"{rec['bytes_up_per_client']:.0f}B")
         if callback:
             callback(rec)

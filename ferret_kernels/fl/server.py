@@ -1,27 +1,51 @@
-"""Server side of Ferret: validation, weighted aggregation, learning-rate schedules, clipping
-and momentum in coefficient space, and the seed schemes.
+"""Server side of Ferret: validation, weighting, clipping, aggregation, learning-rate
+schedules and momentum in coefficient space, and the seed schemes.
 
-- seed_scheme "shared": one seed per round for all clients; coefficients are averaged and
-  reconstructed once (the broadcast is one aggregate message).
+Contract (docs/threat_model.md): `receive` takes a client's bytes and returns a validated
+UpdateMessage, or None with the rejection recorded as (node, reason) in a bounded log; it
+never raises for anything a client sends and never changes the model. A message is
+accepted only if it decodes canonically (message.decode), fits the layout and K bound, has
+the server's dist, the round being collected (older: stale; other clients' ids:
+replayed), the seed assigned to it, a norm within `max_norm`, and is the first from its
+client this round. `step` validates everything before it touches the model or its own
+state, so a failed step leaves both as they were.
+
+- Weights (documented policy): "examples" uses each client's claimed example count, at
+  most 2^53 (decode refuses more); "equal" ignores claims. Either way, no client's share of
+  a round exceeds `max_share` (default 1/2) when two or more updates are accepted: excess
+  share goes to the others in proportion to their weights (water-filling). One client
+  claiming 1e300 examples gets half a two-client round, not all of it.
+- Magnitudes (bounded by default): an update whose norm exceeds `max_norm` (1e4) is
+  refused; each accepted update is scaled down to at most `clip_relative` (4) times the
+  round's median update norm (it binds with three or more updates: with two the median
+  is their mean) and, if set, to `clip_norm`. Norms are measured on the coefficients,
+  which keep the update's norm in expectation (a JL sketch).
+- seed_scheme "shared": one seed per round for all clients; coefficients are averaged (also
+  across different K: basis k of a block does not depend on K, so smaller-K updates are
+  zero-padded) and reconstructed once; the broadcast is one aggregate message.
 - seed_scheme "per_client": a fresh seed per client; each update is reconstructed in its
   own fused in-place pass.
 - momentum (heavy ball, beta): the update applied in round t is sum_s beta^(t-s) U_s, where
   U_s is round s's aggregate. It is kept as the coefficient sets of the last
   `momentum_window` rounds and re-reconstructed, so no model-sized buffer is needed; terms
   older than the window are dropped (truncated momentum).
-- clip_norm: each client's update is scaled down to at most this norm, measured on its
-  coefficients (which preserve the update's norm in expectation, like a JL sketch).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import logging
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
 
 from .compress import Compressor, _block_scale
-from .message import DecodeError, UpdateMessage, decode
+from .message import WIRE_DTYPES, DecodeError, UpdateMessage, decode, encode
+
+log = logging.getLogger("ferret_kernels.fl")
 
 
 @dataclass
@@ -33,10 +57,21 @@ class ServerConfig:
     step_every: int = 10
     momentum: float = 0.0
     momentum_window: int = 8
-    clip_norm: float | None = None
-    weighting: str = "examples"     # examples (message weights) | equal
+    clip_norm: float | None = None  # absolute bound each update is scaled down to
+    # Why 4: in the BlobTask loop of tests/test_fl.py (8 rounds x 4 clients, shared and
+    # per-client seeds) honest updates stayed within 0.58-1.35x of their round's median norm,
+    # so a 4x bound clips none of them, while one hostile update moves a round of n by at
+    # most 4/n of a typical update's norm.
+    clip_relative: float | None = 4.0
+    # Why 1e4: the same honest updates measured 0.14-0.88, and a whole LLM's parameters have a
+    # norm of ~1e3 (7B values of ~0.02). An update above it is refused, not applied; below it
+    # every element moves by at most 6 x 1e4 x lr (fits fp16's 65504 at lr <= 1).
+    max_norm: float | None = 1e4
+    max_share: float = 0.5          # the largest share of a round one client can get (with >= 2 updates)
+    weighting: str = "examples"     # examples (claimed, bounded) | equal
     seed_scheme: str = "shared"     # shared | per_client
     base_seed: int = 0
+    max_rejections_logged: int = 1000  # the rejection log keeps the latest ones; a counter keeps the total
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "linear", "step"):
@@ -47,6 +82,16 @@ class ServerConfig:
             raise ValueError(f"unknown seed_scheme {self.seed_scheme!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError("momentum must be in [0, 1)")
+        if not 0 < self.max_share <= 1:
+            raise ValueError("max_share must be in (0, 1]")
+        for name in ("clip_norm", "clip_relative", "max_norm"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number or None, got {v}")
+        if not math.isfinite(self.lr):
+            raise ValueError("lr must be finite")
+        if self.momentum_window < 1 or self.max_rejections_logged < 1:
+            raise ValueError("momentum_window and max_rejections_logged must be at least 1")
 
 
 def splitmix64(x: int) -> int:
@@ -56,12 +101,47 @@ def splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def capped_shares(weights: list[float], max_share: float) -> list[float]:
+    """Normalized shares, none above max(max_share, 1/n): water-filling, in input order.
+
+    Weights are clamped to [0, 2^53] (decode already refuses more; this keeps the sums finite
+    for messages built in code). All zero: equal shares. When every client below the cap
+    claims 0, the shares sum to less than 1 (the capped excess is dropped, never given to
+    the capped client)."""
+    n = len(weights)
+    if n == 0:
+        return []
+    w = [min(max(float(x), 0.0), 2.0**53) if math.isfinite(float(x)) else 0.0 for x in weights]
+    if not any(w):
+        w = [1.0] * n
+    cap = max(max_share, 1.0 / n)
+    share = [0.0] * n
+    free = [i for i in range(n) if w[i] > 0]
+    budget = 1.0
+    while free and budget > 0:
+        tot = math.fsum(w[i] for i in free)
+        over = [i for i in free if w[i] / tot * budget > cap]  # ratio first: budget * w underflows for w ~ 1e-323
+        if not over:
+            for i in free:
+                share[i] = w[i] / tot * budget
+            break
+        for i in over:
+            share[i] = cap
+        budget -= cap * len(over)
+        free = [i for i in free if i not in over]
+    return share
+
+
 class FerretServer:
     def __init__(self, compressor: Compressor, config: ServerConfig):
         self.compressor = compressor
         self.config = config
         self.history: list[list[tuple[UpdateMessage, float]]] = []  # momentum window
-        self.rejected: list[tuple[str, str]] = []
+        self.rejected: collections.deque[tuple[str, str]] = collections.deque(maxlen=config.max_rejections_logged)
+        self.rejected_total = 0
+        self.round = 0                  # the round being collected: receive() expects its messages
+        self._seen: set[tuple[int, str]] = set()
+        self._logged_this_round = 0
 
     def seed_for(self, round: int, client: int = 0) -> int:
         """The round's shared seed, or a client's own seed under the per-client scheme."""
@@ -78,65 +158,155 @@ class FerretServer:
             return c.lr * max(0.0, 1 - round / max(c.rounds, 1))
         return c.lr * c.step_gamma ** (round // c.step_every)
 
-    def receive(self, data: bytes, *, expected_seed: int | None = None) -> UpdateMessage | None:
-        """Decode and validate one client's message; a bad one is recorded and returns None."""
+    def begin_round(self, round: int) -> None:
+        """Collect `round` next: receive() expects its messages; one update per client per round."""
+        self.round = int(round)
+        self._seen = {k for k in self._seen if k[0] >= self.round}
+        self._logged_this_round = 0
+
+    # ------------------------------------------------------------------ validation
+    def reject(self, node, reason: str) -> None:
+        """Record a rejection (bounded log + total count) and log it (at most 20 lines a round)."""
+        node = str(node)
+        self.rejected.append((node, reason))
+        self.rejected_total += 1
+        self._logged_this_round += 1
+        if self._logged_this_round <= 20:
+            log.warning("round %d: rejected the update of node %s: %s", self.round, node, reason)
+        elif self._logged_this_round == 21:
+            log.warning("round %d: more rejections this round are counted but not logged", self.round)
+
+    def receive(self, data, *, expected_seed: int | None = None, round: int | None = None, node=None) -> UpdateMessage | None:
+        """Decode and validate one client's message for `round` (default: the round being
+        collected) from `node` (its id must match the message's, if given). A bad one is
+        recorded with the node and the reason, and returns None."""
+        rnd = self.round if round is None else int(round)
+        if expected_seed is None:
+            if self.config.seed_scheme == "per_client":
+                raise ValueError("with per-client seeds, receive() needs the client's expected_seed")
+            expected_seed = self.seed_for(rnd)
+        who = "" if node is None else str(node)
         try:
             msg = decode(data, self.compressor.layout, max_bases=self.compressor.config.max_bases)
             self.compressor.check(msg)
-            if expected_seed is not None and msg.seed != expected_seed:
-                raise DecodeError(f"message seed {msg.seed} is not the one assigned ({expected_seed})")
+            who = who or msg.client
             if msg.dist != self.compressor.config.dist:
                 raise DecodeError(f"message dist {msg.dist} differs from the server's {self.compressor.config.dist}")
+            if msg.round != rnd:
+                raise DecodeError(f"message is for round {msg.round}, the server collects round {rnd} "
+                                  f"({'stale or replayed' if msg.round < rnd else 'from the future'})")
+            if node is not None and msg.client != str(node):
+                raise DecodeError(f"message names client {msg.client!r} but came from node {node} (replayed or forwarded)")
+            if msg.seed != expected_seed:
+                raise DecodeError(f"message seed {msg.seed} is not the one assigned ({expected_seed})")
+            norm = msg.norm()
+            if self.config.max_norm is not None and not norm <= self.config.max_norm:
+                raise DecodeError(f"update norm {norm:.4g} exceeds the server's bound max_norm={self.config.max_norm:g}")
+            key = (rnd, msg.client or who)
+            if key[1] and key in self._seen:
+                raise DecodeError(f"a second update from client {key[1]!r} in round {rnd}")
+            if key[1]:
+                self._seen.add(key)
         except (DecodeError, ValueError) as e:
-            self.rejected.append((getattr(e, "client", ""), str(e)))
+            self.reject(who, str(e))
+            return None
+        except Exception as e:  # noqa: BLE001 - a validator bug must not end the round; recorded as a rejection
+            self.reject(who, f"internal error while validating ({type(e).__name__}: {str(e)[:200]})")
             return None
         return msg
 
-    def _clipped(self, msg: UpdateMessage) -> UpdateMessage:
-        cn = self.config.clip_norm
-        if cn is None:
+    # ------------------------------------------------------------------ aggregation
+    def _scaled(self, msg: UpdateMessage, f: float) -> UpdateMessage:
+        if f >= 1.0:
             return msg
-        norm = math.sqrt(float(msg.coeffs.double().square().sum()) + sum(float(t.double().square().sum()) for t in msg.full.values()))
-        if norm <= cn:
-            return msg
-        f = cn / norm
-        return UpdateMessage(msg.fingerprint, msg.seed, msg.dist, msg.num_bases, msg.block_size, msg.active,
-                             msg.coeffs * f, {k: v * f for k, v in msg.full.items()}, msg.weight, msg.round,
-                             msg.client, msg.wire_dtype)
+        return dataclasses.replace(msg, coeffs=msg.coeffs * f, full={k: v * f for k, v in msg.full.items()})
 
     def aggregate(self, messages: list[UpdateMessage]) -> list[tuple[UpdateMessage, float]]:
-        """Clipped messages with normalized weights (examples or equal)."""
+        """Clipped messages with their shares (capped weights; they sum to 1 or a little less)."""
         if not messages:
             return []
-        w = [m.weight if self.config.weighting == "examples" else 1.0 for m in messages]
-        tot = sum(w)
-        if tot <= 0:
-            w, tot = [1.0] * len(messages), float(len(messages))
-        return [(self._clipped(m), wi / tot) for m, wi in zip(messages, w)]
+        for m in messages:
+            self.compressor.check(m)
+        c = self.config
+        claims = [m.weight if c.weighting == "examples" else 1.0 for m in messages]
+        shares = capped_shares(claims, c.max_share)
+        norms = [m.norm() for m in messages]
+        bound = math.inf
+        if c.clip_norm is not None:
+            bound = c.clip_norm
+        if c.clip_relative is not None and len(messages) >= 2:
+            bound = min(bound, c.clip_relative * statistics.median(norms))
+        out = []
+        for m, s, n in zip(messages, shares, norms):
+            out.append((self._scaled(m, bound / n if n > bound else 1.0), s))
+        return out
+
+    def _group_message(self, members: list[tuple[UpdateMessage, float]], round: int) -> UpdateMessage:
+        """One message for updates sharing a seed: sum_i (share_i / total) * update_i, zero-padded
+        to the largest K; its weight is the group's total share."""
+        tot = math.fsum(s for _, s in members)
+        if len(members) == 1:
+            m, s = members[0]
+            return dataclasses.replace(m, weight=s, client="server", round=round)
+        first = members[0][0]
+        K = max(m.num_bases for m, _ in members)
+        dense = sum((s / tot) * m.dense(K) * _block_scale(m.active)[:, None] for m, s in members)
+        active = torch.stack([m.active.to(torch.int32) for m, _ in members]).amax(0)
+        # re-express in the message's convention (coefficients carry s_b once)
+        dense = dense / torch.where(active > 0, _block_scale(active), torch.ones(1))[:, None]
+        mask = torch.arange(K)[None, :] < active[:, None].to(torch.int64)
+        full = {k: sum((s / tot) * m.full[k] for m, s in members) for k in first.full}
+        coeffs = dense[mask]
+        wire = self.compressor.config.wire_dtype
+        lim = torch.finfo(WIRE_DTYPES[wire]).max
+        if any(bool((t.abs() > lim).any()) for t in [coeffs, *full.values()]):
+            wire = "float32"  # the aggregate would overflow the wire dtype (fp16: 65504); send it exactly
+        return UpdateMessage(first.fingerprint, first.seed, first.dist, K, first.block_size, active, coeffs, full,
+                             tot, round, "server", wire)
+
+    def broadcast(self, messages: list[UpdateMessage], round: int | None = None) -> list[UpdateMessage]:
+        """What clients need to apply the round themselves: one message per seed (under the
+        shared seed, one aggregate of all updates, whatever their K), each with its total share
+        as weight. Applying them with lr * weight, unnormalized, is the round's step."""
+        agg = self.aggregate(messages)
+        rnd = self.round if round is None else round
+        groups: dict = {}
+        for m, s in agg:
+            groups.setdefault((m.seed, m.dist), []).append((m, s))
+        return [self._group_message(members, rnd) for members in groups.values()]
 
     @torch.no_grad()
     def step(self, module, messages: list[UpdateMessage], round: int) -> None:
-        """Apply one round: w <- w - lr_t * (U_t + beta U_{t-1} + ...), in place."""
-        self.history.append(self.aggregate(messages))
-        self.history = self.history[-max(1, self.config.momentum_window if self.config.momentum else 1):]
+        """Apply one round: w <- w - lr_t * (U_t + beta U_{t-1} + ...), in place.
+
+        Everything is validated first (messages, their round, the weights); on error nothing
+        is changed: neither the model nor the momentum history nor the round."""
+        for m in messages:
+            self.compressor.check(m)
+            if m.round != round:
+                raise ValueError(f"update of client {m.client!r} is for round {m.round}, not {round}")
+        agg = self.aggregate(messages)
+        window = self.config.momentum_window if self.config.momentum else 1
+        history = (self.history + [agg])[-window:]
         lr = self.lr_at(round)
         beta = self.config.momentum
-        for age, entry in enumerate(reversed(self.history)):
-            if entry:
-                self.compressor.apply(module, [m for m, _ in entry], lr=lr * beta**age, weights=[wi for _, wi in entry])
+        terms = [(entry, lr * beta**age) for age, entry in enumerate(reversed(history)) if entry]
+        for entry, a in terms:
+            if not math.isfinite(a) or not all(math.isfinite(s) and s >= 0 for _, s in entry):
+                raise ValueError("step sizes and shares must be finite")
+        for entry, a in terms:
+            self.compressor.apply(module, [m for m, _ in entry], lr=a, weights=[s for _, s in entry], normalize=False)
+        self.history = history
+        self.begin_round(round + 1)
 
-    def broadcast(self, messages: list[UpdateMessage]) -> list[UpdateMessage]:
-        """What clients need to apply the round themselves: under the shared seed, one
-        aggregate message (averaged coefficients); otherwise the client messages."""
-        agg = self.aggregate(messages)
-        if not agg or self.config.seed_scheme != "shared" or len({(m.seed, m.num_bases) for m, _ in agg}) != 1:
-            return [m for m, _ in agg]
-        first = agg[0][0]
-        dense = sum(wi * m.dense() * _block_scale(m.active)[:, None] for m, wi in agg)
-        active = torch.stack([m.active for m, _ in agg]).amax(0)
-        # re-express in the message's convention (coefficients carry s_b once)
-        dense = dense / torch.where(active > 0, _block_scale(active), torch.ones(1))[:, None]
-        mask = torch.arange(first.num_bases)[None, :] < active[:, None].to(torch.int64)
-        full = {k: sum(wi * m.full[k] for m, wi in agg) for k in first.full}
-        return [UpdateMessage(first.fingerprint, first.seed, first.dist, first.num_bases, first.block_size, active,
-                              dense[mask], full, 1.0, first.round, "server", first.wire_dtype)]
+    # ------------------------------------------------------------------ checkpoint state
+    def state(self) -> dict:
+        """JSON-able state plus the momentum history as encoded (float32, exact) messages."""
+        hist = [[(encode(dataclasses.replace(m, wire_dtype="float32")), s) for m, s in entry] for entry in self.history]
+        return {"round": self.round, "rejected_total": self.rejected_total, "history": hist}
+
+    def load_state(self, state: dict) -> None:
+        lay, kmax = self.compressor.layout, self.compressor.config.max_bases
+        hist = [[(decode(b, lay, max_bases=kmax), float(s)) for b, s in entry] for entry in state["history"]]
+        self.history, self.round, self.rejected_total = hist, int(state["round"]), int(state["rejected_total"])
+        self._seen = set()

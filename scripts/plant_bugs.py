@@ -1,0 +1,217 @@
+"""Plant known bugs in the source, one at a time, and report which tests catch them.
+
+    python scripts/plant_bugs.py                 # every mutation, the fl tests, stop at the first failure
+    python scripts/plant_bugs.py --list          # the mutations
+    python scripts/plant_bugs.py --only decode-no-block-count shares-no-cap --all   # every failing test
+    python scripts/plant_bugs.py --csv results.csv
+
+Each mutation replaces one exact piece of source text (it must occur exactly once: when the
+code changes, the script says so instead of planting nothing). The script copies the tracked
+files and the built extension to a scratch directory, plants one mutation, checks the file
+still compiles, runs the mutation's tests there with pytest and records "caught" (a test
+failed, with its id) or "MISSED" (every test passed). Exit status 1 if any was missed.
+
+A missed mutation is a hole in the suite (or an equivalent mutant: then drop it here and say
+why). FL_MUTATIONS covers ferret_kernels/fl; KERNEL_MUTATIONS is for the kernels' owner to
+fill (same format). Not part of CI: it runs the suite once per mutation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the fastest to fail first (with -x the first failure ends a run)
+FL_TESTS = ("tests/test_fl_adversarial.py", "tests/test_fl_checkpoint.py", "tests/test_flower_strategy.py", "tests/test_fl.py")
+
+
+@dataclass
+class Mutation:
+    id: str
+    path: str
+    old: str
+    new: str
+    why: str                       # the bug it stands for
+    tests: tuple = FL_TESTS
+
+
+FL_MUTATIONS = [
+    Mutation("decode-no-block-count", "ferret_kernels/fl/message.py",
+             '    if nb != layout.total_blocks:\n        raise DecodeError(f"message has {nb} blocks, the layout {layout.total_blocks}")\n', "",
+             "decode does not check that the block count matches the layout"),
+    Mutation("decode-no-finite-check", "ferret_kernels/fl/message.py",
+             '        if not torch.isfinite(t).all():\n            raise DecodeError(f"message tensor {name!r} has NaN or Inf values")\n', "",
+             "NaN / Inf coefficients accepted"),
+    Mutation("decode-not-canonical", "ferret_kernels/fl/message.py", "    if again != data:\n", "    if False:\n",
+             "any encoding of a valid message accepted (whitespace, key order, padding...)"),
+    Mutation("decode-lenient-integers", "ferret_kernels/fl/message.py", "    if not _UINT.fullmatch(s):\n",
+             "    s = s.strip().replace('_', '')\n    if not s.isdigit() or len(s) > 20:\n",
+             "integers with spaces, separators or non-ASCII digits accepted"),
+    Mutation("decode-any-count-dtype", "ferret_kernels/fl/message.py",
+             "        if a.dtype != _count_dtype(K) or a.dim() != 1", "        if a.dtype not in (torch.uint8, torch.int16, torch.int32) or a.dim() != 1",
+             "active counts in any integer dtype (several encodings of one message)"),
+    Mutation("decode-weight-unbounded", "ferret_kernels/fl/message.py", "    if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:\n",
+             "    if not math.isfinite(weight) or not 0 <= weight:\n", "claimed weights above 2^53 accepted"),
+    Mutation("encode-metadata-unsorted", "ferret_kernels/fl/message.py",
+             '    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))\n', "",
+             "encode keeps safetensors' random metadata order (one message, many encodings)"),
+    Mutation("receive-no-round-check", "ferret_kernels/fl/server.py", "            if msg.round != rnd:\n", "            if False:\n",
+             "stale or replayed updates of other rounds accepted"),
+    Mutation("receive-no-client-check", "ferret_kernels/fl/server.py", "            if node is not None and msg.client != str(node):\n",
+             "            if False:\n", "another node's update accepted from a node"),
+    Mutation("receive-no-duplicate-check", "ferret_kernels/fl/server.py", "            if key[1] and key in self._seen:\n",
+             "            if False:\n", "two updates from one client in a round"),
+    Mutation("receive-no-seed-check", "ferret_kernels/fl/server.py", "            if msg.seed != expected_seed:\n", "            if False:\n",
+             "updates under any seed accepted"),
+    Mutation("receive-no-max-norm", "ferret_kernels/fl/server.py",
+             "            if self.config.max_norm is not None and not norm <= self.config.max_norm:\n", "            if False:\n",
+             "unbounded update norms"),
+    Mutation("shares-no-cap", "ferret_kernels/fl/server.py", "    cap = max(max_share, 1.0 / n)\n", "    cap = 1.0\n",
+             "one client claiming a huge weight takes the whole round"),
+    Mutation("shares-underflow", "ferret_kernels/fl/server.py", "                share[i] = w[i] / tot * budget\n",
+             "                share[i] = budget * w[i] / tot\n", "tiny weights underflow to a zero share"),
+    Mutation("clip-relative-ignored", "ferret_kernels/fl/server.py", "            bound = min(bound, c.clip_relative * statistics.median(norms))\n",
+             "            pass\n", "no relative clipping"),
+    Mutation("broadcast-first-group-only", "ferret_kernels/fl/server.py",
+             "            groups.setdefault((m.seed, m.dist), []).append((m, s))\n        return [self._group_message(members, rnd) for members in groups.values()]\n",
+             "            groups.setdefault((m.seed, m.dist, m.num_bases), []).append((m, s))\n        return [self._group_message(members, rnd) for members in groups.values()][:1]\n",
+             "mixed K under the shared seed: only the first K's updates applied (the issue's erase bug)"),
+    Mutation("step-no-round-check", "ferret_kernels/fl/server.py", "            if m.round != round:\n", "            if False:\n",
+             "step applies updates of another round"),
+    Mutation("strategy-arrival-order", "ferret_kernels/fl/flower.py", "        accepted.sort(key=lambda a: a[0])", "        pass",
+             "aggregation order follows reply arrival (float sums differ)"),
+    Mutation("strategy-unsampled-accepted", "ferret_kernels/fl/flower.py", "                if node not in sampled:\n", "                if False:\n",
+             "replies from nodes not sampled this round accepted"),
+    Mutation("strategy-metrics-unchecked", "ferret_kernels/fl/flower.py", "    if not (math.isfinite(v) and lo <= v <= hi):\n",
+             "    if False:\n", "NaN / inf / negative metrics accepted"),
+    Mutation("catchup-unbounded", "ferret_kernels/fl/flower.py",
+             "        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:\n",
+             "        while False:\n", "the catch-up log grows without bound"),
+    Mutation("checkpoint-no-digest", "ferret_kernels/fl/checkpoint.py", "    if _digest(state_json, tensors) != digest:\n", "    if False:\n",
+             "a corrupted checkpoint is loaded"),
+    Mutation("checkpoint-not-atomic", "ferret_kernels/fl/checkpoint.py", '    tmp = f"{path}.tmp-{os.getpid()}"\n', "    tmp = path\n",
+             "the checkpoint is overwritten in place (a crash mid-write loses it)"),
+    Mutation("loop-resume-loses-sampling-state", "ferret_kernels/fl/loop.py", '    gen.bit_generator.state = state["gen"]\n', "",
+             "a resumed loop samples other clients than the uninterrupted run"),
+]
+
+# The kernels' owner adds mutations of csrc/ and ferret_kernels/{ops,backends,triton_kernels}.py here,
+# e.g. Mutation("chunk-sum-float32", "csrc/cpu/kernel_impl.h", "double acc", "float acc", "...", ("tests/test_ops.py",)).
+# Mutations of compiled sources need the extension rebuilt in the scratch copy: set `build` below.
+KERNEL_MUTATIONS: list[Mutation] = []
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p]
+
+
+def scratch_copy() -> str:
+    dst = tempfile.mkdtemp(prefix="plant_bugs_")
+    for rel in tracked_files() + [os.path.relpath(p, ROOT) for p in _extensions()]:
+        src = os.path.join(ROOT, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dst, rel))
+    return dst
+
+
+def _extensions() -> list[str]:
+    d = os.path.join(ROOT, "ferret_kernels")
+    return [os.path.join(d, f) for f in os.listdir(d) if re.match(r"_C.*\.(so|pyd)$", f)]
+
+
+def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: str | None = None) -> dict:
+    path = os.path.join(repo, m.path)
+    original = open(path).read()
+    n = original.count(m.old)
+    if n != 1:
+        return dict(id=m.id, result=f"NOT PLANTED (the text occurs {n} times in {m.path}: update the mutation)", tests="", seconds=0)
+    try:
+        with open(path, "w") as f:
+            f.write(original.replace(m.old, m.new))
+        if path.endswith(".py"):
+            try:
+                py_compile.compile(path, doraise=True)
+            except py_compile.PyCompileError as e:
+                return dict(id=m.id, result=f"NOT PLANTED (does not compile: {e.msg.strip()[:100]})", tests="", seconds=0)
+        # a fresh hypothesis database per mutation: examples saved under one mutation would
+        # otherwise be replayed under the next and blamed on it
+        shutil.rmtree(os.path.join(repo, ".hypothesis"), ignore_errors=True)
+        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        args = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *([] if all_failures else ["-x"]), *m.tests]
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+            text, rc = r.stdout + r.stderr, r.returncode
+        except subprocess.TimeoutExpired:
+            text, rc = "", "timeout"
+        if keep:
+            with open(os.path.join(keep, f"{m.id}.log"), "w") as f:
+                f.write(text)
+        failed = sorted(set(re.findall(r"^FAILED (\S+)", text, re.M)))
+        if rc == 0:
+            result = "MISSED"
+        elif failed:
+            result = "caught"
+        else:
+            result = f"error (rc {rc}): {text.strip().splitlines()[-1][:120] if text.strip() else ''}"
+        return dict(id=m.id, result=result, tests=" ".join(failed), seconds=round(time.monotonic() - t0, 1))
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="mutation ids")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--all", action="store_true", help="run every test (report every failing one), not stop at the first")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per mutation")
+    ap.add_argument("--csv")
+    ap.add_argument("--keep-output", metavar="DIR", help="write each mutation's pytest output to DIR/<id>.log")
+    a = ap.parse_args(argv)
+    muts = FL_MUTATIONS + KERNEL_MUTATIONS
+    if a.only:
+        unknown = set(a.only) - {m.id for m in muts}
+        if unknown:
+            ap.error(f"unknown mutation ids {sorted(unknown)}")
+        muts = [m for m in muts if m.id in a.only]
+    if a.list:
+        for m in muts:
+            print(f"{m.id:36s} {m.path:36s} {m.why}")
+        return 0
+    repo = scratch_copy()
+    if a.keep_output:
+        os.makedirs(a.keep_output, exist_ok=True)
+    rows = []
+    try:
+        for m in muts:
+            row = run_one(m, repo, a.all, a.timeout, a.keep_output)
+            row["why"] = m.why
+            rows.append(row)
+            print(f"{row['id']:36s} {row['result']:8s} {row['seconds']:7.1f} s  {row['tests']}", flush=True)
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    caught = sum(r["result"] == "caught" for r in rows)
+    print(f"\n{caught} of {len(rows)} planted bugs caught")
+    if a.csv:
+        with open(a.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

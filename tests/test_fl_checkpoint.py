@@ -1,0 +1,212 @@
+"""Crash safety of the federated layer in one process (the real-deployment restarts are in
+tests/test_flower.py): a run interrupted after any round and resumed from its checkpoint ends
+bit-identical to an uninterrupted one (loop and Flower strategy); a truncated, corrupted,
+foreign or mismatched checkpoint is refused with a clear error and nothing is loaded; a
+crash while writing leaves the previous checkpoint; the checkpoint and the catch-up log
+stay bounded over many rounds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ferret_kernels.fl import FerretConfig, ServerConfig
+from ferret_kernels.fl import checkpoint as ck
+from ferret_kernels.fl.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from ferret_kernels.fl.loop import LoopConfig, run
+from ferret_kernels.fl.tasks import BlobTask, mlp
+
+pytest.importorskip("safetensors")
+
+
+class Stop(Exception):
+    pass
+
+
+def _loop_cfg(rounds, scheme="per_client"):
+    return LoopConfig(method="ferret", rounds=rounds, clients_per_round=3, local_steps=2, local_lr=0.05, progress=False,
+                      ferret=FerretConfig(num_bases=16, block_size=32768, full_threshold=1000),
+                      server=ServerConfig(momentum=0.5, momentum_window=3, seed_scheme=scheme))
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_loop_resumes_bit_identical(tmp_path, stop_after):
+    task = BlobTask(n=800)
+    ref = mlp()
+    ref_recs = run(task, ref, _loop_cfg(4))
+
+    def crash(rec):
+        if rec["round"] == stop_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(task, mlp(), _loop_cfg(4), checkpoint_dir=str(tmp_path), callback=crash)
+    assert load_checkpoint(str(tmp_path))[1]["rounds_done"] == stop_after
+    resumed = mlp(seed=1)  # other initial weights: everything must come from the checkpoint
+    recs = run(task, resumed, _loop_cfg(4), checkpoint_dir=str(tmp_path))
+    assert _same(ref, resumed)
+    assert [r["loss"] for r in recs] == [r["loss"] for r in ref_recs] and [r["round"] for r in recs] == [1, 2, 3, 4]
+    with pytest.raises(CheckpointError, match="another seed"):  # a different run configuration is refused
+        cfg = _loop_cfg(4)
+        cfg.seed = 1
+        run(task, mlp(), cfg, checkpoint_dir=str(tmp_path))
+
+
+flwr = pytest.importorskip("flwr")
+from test_flower_strategy import LocalGrid, _handlers, _model, _task_identity  # noqa: E402,F401
+
+from ferret_kernels.fl.flower import FerretStrategy  # noqa: E402
+
+
+def _strategy(model, directory, **kw):
+    return FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig(momentum=0.5, momentum_window=3),
+                          fraction_train=0.5, min_train_nodes=2, min_available_nodes=4, checkpoint_dir=directory, **kw)
+
+
+def test_strategy_resumes_bit_identical_and_resends_the_model(tmp_path):
+    ref = _model()
+    _strategy(ref, str(tmp_path / "ref")).start(LocalGrid(_handlers(4)), num_rounds=5)
+
+    def crash(rl):
+        if rl.round == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _strategy(_model(), str(tmp_path / "run"), on_round=crash).start(LocalGrid(_handlers(4)), num_rounds=5)
+    fresh = torch.nn.Sequential(torch.nn.Linear(20, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))  # random weights
+    s = _strategy(fresh, str(tmp_path / "run"))
+    assert s.resumed_from == 2 and s.current_round == 2 and len(s.momentum_window) == 2
+    s.start(LocalGrid(_handlers(4)), num_rounds=5)  # a new run: the nodes lost their copies
+    assert [rl.round for rl in s.rounds] == [3, 4, 5]
+    assert sorted(s.rounds[0].full_model_sent) == sorted(s.rounds[0].sampled) and not s.rounds[0].rejected
+    assert all(not rl.rejected for rl in s.rounds)  # every node's copy matched the restored global model
+    assert _same(ref, fresh)
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    with pytest.MonkeyPatch.context() as mp:
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        for k, v in (("_task_id", 1), ("_run_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
+            mp.setattr(TaskIdentity, k, v)
+        _strategy(_model(), str(d)).start(LocalGrid(_handlers(4)), num_rounds=2)
+    return d, open(checkpoint_path(str(d)), "rb").read()
+
+
+def _corruptions(data: bytes):
+    hlen = int.from_bytes(data[:8], "little")
+    yield "empty", b""
+    for cut in (4, 8, 8 + hlen // 2, 8 + hlen, len(data) // 2, len(data) - 1):
+        yield f"truncated at {cut}", data[:cut]
+    for name, pos in (("header", 8 + hlen // 2), ("digest", data.index(b'"sha256"') + 20), ("tensor data", len(data) - 100),
+                      ("model bytes", 8 + hlen + 10)):
+        b = bytearray(data)
+        b[pos] ^= 0x01
+        yield f"flipped bit in the {name}", bytes(b)
+    yield "appended garbage", data + b"\0" * 16
+    yield "not a checkpoint", b"PK\x03\x04" + os.urandom(200)
+
+
+def test_corrupted_or_truncated_checkpoints_are_refused_and_nothing_is_loaded(tmp_path, good_checkpoint):
+    _, data = good_checkpoint
+    cases = list(_corruptions(data))
+    assert len(cases) >= 12
+    why = {}
+    for what, bad in cases:
+        d = tmp_path / what.replace(" ", "_")
+        d.mkdir()
+        open(checkpoint_path(str(d)), "wb").write(bad)
+        model = _model()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(CheckpointError, match="refusing to load it") as e:
+            _strategy(model, str(d))
+        why[what] = str(e.value)
+        assert str(d) in why[what], what
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), f"{what}: the model was touched"
+    for what in ("flipped bit in the tensor data", "flipped bit in the model bytes", "flipped bit in the digest"):
+        assert "is corrupted (its SHA-256 does not match its contents)" in why[what], why[what]
+    for what in ("empty", "truncated at 8", "not a checkpoint"):
+        assert "is truncated or not a checkpoint" in why[what], why[what]
+
+
+def test_checkpoint_of_another_kind_or_configuration_is_refused(tmp_path, good_checkpoint):
+    d, _ = good_checkpoint
+    with pytest.raises(CheckpointError, match="another ferret"):
+        FerretStrategy(_model(), FerretConfig(num_bases=8, block_size=256), ServerConfig(momentum=0.5, momentum_window=3),
+                       fraction_train=0.5, min_train_nodes=2, min_available_nodes=4, checkpoint_dir=str(d))
+    with pytest.raises(CheckpointError, match="another fingerprint"):
+        _strategy(torch.nn.Sequential(torch.nn.Linear(20, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4)), str(d))
+    run(BlobTask(n=800), mlp(), _loop_cfg(1), checkpoint_dir=str(tmp_path))
+    with pytest.raises(CheckpointError, match="of kind 'ferret-loop', not a Flower strategy's"):
+        _strategy(_model(), str(tmp_path))
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    t = {"w": torch.arange(6.0)}
+    save_checkpoint(str(tmp_path), t, {"round": 1})
+
+    def died(*a):
+        raise OSError("power cut")
+    monkeypatch.setattr(ck.os, "replace", died)
+    with pytest.raises(OSError, match="power cut"):
+        save_checkpoint(str(tmp_path), {"w": torch.zeros(6)}, {"round": 2})
+    assert any(f.startswith("checkpoint.safetensors.tmp-") for f in os.listdir(tmp_path))
+    tensors, state, _ = load_checkpoint(str(tmp_path))
+    assert state["round"] == 1 and torch.equal(tensors["w"], t["w"])
+    monkeypatch.undo()
+    save_checkpoint(str(tmp_path), {"w": torch.zeros(6)}, {"round": 2})
+    assert os.listdir(tmp_path) == ["checkpoint.safetensors"]  # the leftover is gone: disk stays bounded
+    assert load_checkpoint(str(tmp_path))[1]["round"] == 2
+
+
+def _noise_handlers(n, shape_fn):
+    from ferret_kernels.fl.flower import ferret_train
+
+    models = {}
+
+    def make(node):
+        def train(model, cfg, ctx):
+            g = torch.Generator().manual_seed(int(cfg["round"]) * 10 + node)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn(p.shape, generator=g))
+            return {"num-examples": 1}
+        return lambda msg, ctx: ferret_train(msg, ctx, model_fn=lambda c: models.setdefault(node, shape_fn()), train_fn=train)
+    return {node: make(node) for node in range(1, n + 1)}
+
+
+def test_checkpoint_and_catchup_log_stay_bounded(tmp_path):
+    """Over 40 rounds the catch-up log never holds more than the model's size of updates, a
+    node gets the model exactly when the rounds it missed are no longer all in the log, and
+    the checkpoint's size is flat."""
+    shape = lambda: torch.nn.Sequential(torch.nn.Linear(24, 24))  # noqa: E731 - 2,400 bytes: about 5 rounds of updates
+    sizes, oldest, last, outcomes = {}, {}, {}, []
+
+    def on_round(rl):
+        sizes[rl.round] = os.path.getsize(checkpoint_path(str(tmp_path)))
+        assert sum(len(b) for e in s.catchup.values() for b, _ in e) <= s._model_bytes()
+        for n in rl.sampled:
+            if n in last:  # its copy was at round last[n] - 1; it needs rounds last[n] .. rl.round - 1
+                full = last[n] < oldest[rl.round - 1]
+                assert (n in rl.full_model_sent) == full, (rl.round, n, last[n], oldest[rl.round - 1])
+                outcomes.append(full)
+            last[n] = rl.round
+        oldest[rl.round] = next(iter(s.catchup))
+
+    s = FerretStrategy(shape(), FerretConfig(num_bases=2, block_size=64), ServerConfig(), fraction_train=0.25,
+                       min_train_nodes=1, min_available_nodes=4, checkpoint_dir=str(tmp_path), on_round=on_round)
+    s.start(LocalGrid(_noise_handlers(4, shape)), num_rounds=40)
+    assert all(not rl.rejected for rl in s.rounds)  # every copy, caught up or resent, matched the global model
+    assert 3 <= len(s.catchup) <= 10 and len(s.rounds) == 16
+    assert True in outcomes and False in outcomes, outcomes  # both paths taken
+    late = [sizes[r] for r in range(20, 41)]
+    assert max(late) <= 1.25 * min(late) and max(late) < 3 * s._model_bytes() + 8192, late

@@ -43,6 +43,7 @@ class Mutation:
     new: str
     why: str                       # the bug it stands for
     tests: tuple = FL_TESTS
+    build: bool = False            # a source of the CPU extension: rebuilt in the scratch copy first
 
 
 FL_MUTATIONS = [
@@ -108,7 +109,37 @@ FL_MUTATIONS = [
 # The kernels' owner adds mutations of csrc/ and ferret_kernels/{ops,backends,triton_kernels}.py here,
 # e.g. Mutation("chunk-sum-float32", "csrc/cpu/kernel_impl.h", "double acc", "float acc", "...", ("tests/test_ops.py",)).
 # Mutations of compiled sources need the extension rebuilt in the scratch copy: set `build` below.
-KERNEL_MUTATIONS: list[Mutation] = []
+KERNEL_MUTATIONS = [
+    Mutation("cpu-chunks-summed-in-float32", "csrc/cpu/kernel_impl.h",
+             "for (int k = 0; k < kb; ++k) acc[k] += (double)dot_rademacher(xf, w0, (uint32_t)k, g, k0, k1, ng);",
+             "for (int k = 0; k < kb; ++k) acc[k] = (double)((float)acc[k] + dot_rademacher(xf, w0, (uint32_t)k, g, k0, k1, ng));",
+             "the CPU kernel adds a block's chunks in float32 (tolerances hid it)", ("tests/test_ops.py",), build=True),
+    Mutation("core-basis-value-wrong-bit", "csrc/ferret/core.h", "return (r.v[(j >> 5) & 3] >> (j & 31)) & 1u ? -1.0f : 1.0f;",
+             "return (r.v[(j >> 5) & 3] >> (j & 30)) & 1u ? -1.0f : 1.0f;",
+             "core.h's scalar basis_value reads the wrong sign bit (it was called by nothing)", ("tests/test_rng.py",)),
+    Mutation("cpu-check-num-bases-zero", "csrc/binding_common.h", "TORCH_CHECK_VALUE(num_bases > 0,",
+             "TORCH_CHECK_VALUE(num_bases >= 0,", "the native ops accept K = 0", ("tests/test_errors.py",), build=True),
+    Mutation("cpp-start-head-misplaced", "csrc/binding_common.h", "xb.narrow(0, p0, h).copy_(xf.narrow(0, 0, h));",
+             "xb.narrow(0, 0, h).copy_(xf.narrow(0, 0, h));", "a shard's head lands at the start of its block, not at its offset",
+             ("tests/test_start_offset.py",), build=True),
+    Mutation("py-start-head-misplaced", "ferret_kernels/ops.py", "    xb[p0:] = xf[:h]\n", "    xb[:h] = xf[:h]\n",
+             "the Triton / reference paths put a shard's head at the start of its block", ("tests/test_start_offset.py",)),
+    Mutation("cuda-reduce-drops-last-chunk", "csrc/cuda/kernels.cuh",
+             "for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];",
+             "for (int64_t c = 0; c + 1 < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];",
+             "the CUDA second pass skips a block's last chunk", ("tests/test_cuda_emulation.py",)),
+    Mutation("triton-no-active-clamp", "ferret_kernels/triton_kernels.py",
+             "        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
+             "        kb = tl.load(act_ptr + b).to(tl.int32)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
+             "Triton project writes past a row of part for a count above K", ("tests/test_device_backends.py",)),
+    Mutation("triton-sign-words-swapped", "ferret_kernels/triton_kernels.py", "tl.join(tl.join(r0, r2), tl.join(r1, r3))",
+             "tl.join(tl.join(r0, r1), tl.join(r2, r3))", "Triton rademacher signs taken from the wrong Philox words",
+             ("tests/test_device_backends.py",)),
+    Mutation("op-fake-ignores-start", "ferret_kernels/ops.py",
+             "    return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)",
+             "    return x.new_empty((num_blocks(x.numel(), block_size), num_bases), dtype=torch.float32)",
+             "the fake kernel gives the wrong shape with an element offset", ("tests/test_start_offset.py",)),
+]
 
 
 def tracked_files() -> list[str]:
@@ -145,6 +176,16 @@ def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: st
                 py_compile.compile(path, doraise=True)
             except py_compile.PyCompileError as e:
                 return dict(id=m.id, result=f"NOT PLANTED (does not compile: {e.msg.strip()[:100]})", tests="", seconds=0)
+        if m.build:  # the mutated extension, built in place in the scratch copy (restored afterwards)
+            saved = {so: open(so, "rb").read() for so in _extensions_in(repo)}
+            b = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=repo, capture_output=True,
+                               text=True, env=dict(os.environ, FERRET_BUILD_CUDA="0"), timeout=timeout)
+            if b.returncode:
+                _restore(saved)
+                return dict(id=m.id, result=f"NOT PLANTED (does not build: {b.stderr.strip()[-150:]})", tests="", seconds=0)
+            m_saved = saved
+        else:
+            m_saved = None
         # a fresh hypothesis database per mutation: examples saved under one mutation would
         # otherwise be replayed under the next and blamed on it
         shutil.rmtree(os.path.join(repo, ".hypothesis"), ignore_errors=True)
@@ -170,6 +211,19 @@ def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: st
     finally:
         with open(path, "w") as f:
             f.write(original)
+        if m.build and locals().get("m_saved"):
+            _restore(m_saved)
+
+
+def _extensions_in(repo: str) -> list[str]:
+    d = os.path.join(repo, "ferret_kernels")
+    return [os.path.join(d, f) for f in os.listdir(d) if re.match(r"_C.*\.(so|pyd)$", f)]
+
+
+def _restore(saved: dict) -> None:
+    for path, data in saved.items():
+        with open(path, "wb") as f:
+            f.write(data)
 
 
 def main(argv=None) -> int:

@@ -178,7 +178,7 @@ def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: st
                 return dict(id=m.id, result=f"NOT PLANTED (does not compile: {e.msg.strip()[:100]})", tests="", seconds=0)
         if m.build:  # the mutated extension, built in place in the scratch copy (restored afterwards)
             saved = {so: open(so, "rb").read() for so in _extensions_in(repo)}
-            b = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=repo, capture_output=True,
+            b = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=repo, capture_output=True,
                                text=True, env=dict(os.environ, FERRET_BUILD_CUDA="0"), timeout=timeout)
             if b.returncode:
                 _restore(saved)

@@ -321,12 +321,13 @@ inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const a
   if (check_counts) check_active_range(act, num_bases);
   const c10::optional<at::Tensor> act_opt = act.defined() ? c10::optional<at::Tensor>(act) : c10::nullopt;
   const int64_t h = std::min(n, block_size - p0);
+  at::Tensor flat = out.view({-1});  // contiguous (checked above): a view of any shape's elements
   at::Tensor tmp = at::zeros({p0 + h}, out.options());
-  if (accumulate) tmp.narrow(0, p0, h).copy_(out.narrow(0, 0, h));
+  if (accumulate) tmp.narrow(0, p0, h).copy_(flat.narrow(0, 0, h));
   aligned(tmp, coeffs.narrow(0, 0, 1), seed, block_size, g0, dist, scale, alpha, accumulate, rows(act_opt, 0, 1));
-  out.narrow(0, 0, h).copy_(tmp.narrow(0, p0, h));
+  flat.narrow(0, 0, h).copy_(tmp.narrow(0, p0, h));
   if (n == h) return;
-  at::Tensor body = out.narrow(0, h, n - h);
+  at::Tensor body = flat.narrow(0, h, n - h);
   aligned(body, coeffs.narrow(0, 1, nb - 1), seed, block_size, g0 + 1, dist, scale, alpha, accumulate,
           rows(act_opt, 1, nb - 1));
 }

@@ -229,12 +229,13 @@ def reconstruct_from(aligned_, out, coeffs, seed, block_size, block_offset, dist
         return
     n, p0, g0 = out.numel(), start % block_size, block_offset + start // block_size
     h, nb = min(n, block_size - p0), num_blocks(n, block_size, start)
+    flat = out.view(-1)  # contiguous (validated): a view of any shape's elements
     tmp = out.new_zeros(p0 + h)
-    tmp[p0:] = out[:h]
+    tmp[p0:] = flat[:h]
     aligned_(tmp, coeffs[:1], seed, block_size, g0, dist, scale, alpha, _rows(active, 0, 1))
-    out[:h] = tmp[p0:]
+    flat[:h] = tmp[p0:]
     if n > h:
-        aligned_(out[h:], coeffs[1:], seed, block_size, g0 + 1, dist, scale, alpha, _rows(active, 1, nb - 1))
+        aligned_(flat[h:], coeffs[1:], seed, block_size, g0 + 1, dist, scale, alpha, _rows(active, 1, nb - 1))
 
 
 class _Checked:

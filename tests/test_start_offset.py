@@ -138,3 +138,19 @@ def test_start_errors_and_fake_shapes():
         assert g.shape == (3, 2)
         r = torch.ops.ferret.reconstruct(torch.empty(3, 2), 1, 100, 64, 0, "rademacher", 1.0, None, None, 50)
         assert r.shape == (100,)
+
+
+def test_start_with_a_multi_dimensional_tensor(be):
+    """A parameter is any shape: its elements in row-major order (a 2-D out with an offset
+    failed in the head copy before this test)."""
+    name, dev = be
+    bs, s = 64, 50
+    w = torch.randn(7, 13).to(dev)
+    c = torch.randn(fk.num_blocks(91, bs, s), 3).to(dev)
+    flat = w.reshape(-1).clone()
+    fk.reconstruct_(flat, c, 5, bs, start=s, alpha=0.3)
+    fk.reconstruct_(w, c, 5, bs, start=s, alpha=0.3)
+    assert torch.equal(w.reshape(-1), flat)
+    torch.testing.assert_close(
+        fk.project(w, 5, 3, bs, start=s), fk.project(w.reshape(-1), 5, 3, bs, start=s), rtol=0, atol=0
+    )

@@ -66,6 +66,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from .aggregate import heavy_ball
 from .checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
 from .compress import Compressor, FerretConfig
 from .message import MAX_WEIGHT, DecodeError, decode, encode
@@ -433,12 +434,8 @@ class FerretStrategy(Strategy):
         lr = self.server.lr_at(server_round)
         own = [(encode(b), b.weight) for b in self.server.broadcast(msgs, round=server_round)] if msgs else []
         # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
-        entry = [(b, lr * w) for b, w in own]
-        for age, old in enumerate(reversed(self.momentum_window), start=1):
-            entry += [(b, lr * w * cfg.momentum**age) for b, w in old]
-        window = self.momentum_window
-        if cfg.momentum and cfg.momentum_window > 1:
-            window = (self.momentum_window + [own])[-(cfg.momentum_window - 1):]
+        factors, window = heavy_ball(self.momentum_window, own, cfg.momentum, cfg.momentum_window)
+        entry = [(b, lr * w * f) for e, f in factors for b, w in e]
         apply_updates(self.compressor, self.model, [b for b, _ in entry], [a for _, a in entry])
         self.momentum_window = window
         self.current_round = server_round

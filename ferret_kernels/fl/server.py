@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .compress import Compressor, _block_scale
+from .aggregate import aggregate, block_scale, heavy_ball
+from .compress import Compressor
 from .message import WIRE_DTYPES, DecodeError, UpdateMessage, decode, encode
 
 log = logging.getLogger("ferret_kernels.fl")
@@ -249,13 +250,10 @@ class FerretServer:
             m, s = members[0]
             return dataclasses.replace(m, weight=s, client="server", round=round)
         first = members[0][0]
-        K = max(m.num_bases for m, _ in members)
-        dense = sum((s / tot) * m.dense(K) * _block_scale(m.active)[:, None] for m, s in members)
-        active = torch.stack([m.active.to(torch.int32) for m, _ in members]).amax(0)
+        dense, active, full, K = aggregate([(m, s / tot) for m, s in members])
         # re-express in the message's convention (coefficients carry s_b once)
-        dense = dense / torch.where(active > 0, _block_scale(active), torch.ones(1))[:, None]
+        dense = dense / torch.where(active > 0, block_scale(active), torch.ones(1))[:, None]
         mask = torch.arange(K)[None, :] < active[:, None].to(torch.int64)
-        full = {k: sum((s / tot) * m.full[k] for m, s in members) for k in first.full}
         coeffs = dense[mask]
         wire = self.compressor.config.wire_dtype
         lim = torch.finfo(WIRE_DTYPES[wire]).max
@@ -286,11 +284,9 @@ class FerretServer:
             if m.round != round:
                 raise ValueError(f"update of client {m.client!r} is for round {m.round}, not {round}")
         agg = self.aggregate(messages)
-        window = self.config.momentum_window if self.config.momentum else 1
-        history = (self.history + [agg])[-window:]
         lr = self.lr_at(round)
-        beta = self.config.momentum
-        terms = [(entry, lr * beta**age) for age, entry in enumerate(reversed(history)) if entry]
+        factors, history = heavy_ball(self.history, agg, self.config.momentum, self.config.momentum_window)
+        terms = [(entry, lr * f) for entry, f in factors]
         for entry, a in terms:
             if not math.isfinite(a) or not all(math.isfinite(s) and s >= 0 for _, s in entry):
                 raise ValueError("step sizes and shares must be finite")

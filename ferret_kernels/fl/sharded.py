@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .. import project, reconstruct_
 from ..ops import num_blocks
-from .compress import _block_scale
+from .aggregate import block_scale
 from .layout import ParamLayout
 
 
@@ -139,7 +139,7 @@ def project_sharded(
         )
         part[first : first + nb] += g.cpu()
     dense = _gather_sum(part, group)
-    dense *= _block_scale(active)[:, None]
+    dense *= block_scale(active)[:, None]
     mask = torch.arange(kop)[None, :] < active[:, None].to(torch.int64)
     full = {}
     for s in layout.full:

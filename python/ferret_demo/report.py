@@ -8,21 +8,26 @@ import math
 import os
 
 
-def summarize(runs: dict, fedavg_key: str = "fedavg") -> list[dict]:
-    """One row per method: final metric, rounds, bytes, compression vs FedAvg, time per phase."""
+def summarize(runs: dict, finals: dict | None = None, fedavg_key: str = "fedavg") -> list[dict]:
+    """One row per method: the final metric on the whole held-out set (finals; the last round's
+    subset metric when finals lack the method), rounds, bytes, compression vs FedAvg, time per phase."""
+    finals = finals or {}
     rows = []
     base = runs.get(fedavg_key)
     base_up = base[-1]["bytes_up_per_client"] if base else float("nan")
     for name, recs in runs.items():
+        fin = finals.get(name, {})
         rows.append(dict(
-            method=name, rounds=len(recs), final_metric=recs[-1]["metric"], final_loss=recs[-1]["loss"],
-            best_metric=max(r["metric"] for r in recs if r["metric"] == r["metric"]) if any(r["metric"] == r["metric"] for r in recs) else float("nan"),
+            method=name, rounds=len(recs), final_metric=fin.get("metric", recs[-1]["metric"]),
+            final_loss=fin.get("loss", recs[-1]["loss"]), last_round_metric=recs[-1]["metric"],
             bytes_up_per_client_round=recs[-1]["bytes_up_per_client"], bytes_down_per_client_round=recs[-1]["bytes_down_per_client"],
             bytes_up_total=sum(r["bytes_up_per_client"] * r["clients"] for r in recs),
             bytes_down_total=sum(r["bytes_down_per_client"] * r["clients"] for r in recs),
             compression_vs_fedavg=base_up / recs[-1]["bytes_up_per_client"] if base else float("nan"),
             t_local=sum(r["t_local"] for r in recs), t_project=sum(r["t_project"] for r in recs),
-            t_aggregate=sum(r["t_aggregate"] for r in recs), t_eval=sum(r["t_eval"] for r in recs),
+            t_aggregate=sum(r["t_aggregate"] for r in recs),
+            t_eval=sum(r["t_eval"] for r in recs) + fin.get("t_eval_full", 0.0),
+            wall=fin.get("wall", float("nan")),
         ))
     return rows
 
@@ -65,36 +70,70 @@ def write(out_dir: str, runs: dict, summary: list[dict], config: dict, metric_na
     with open(p, "w") as f:
         json.dump({"metric": metric_name, "config": config, "summary": summary, "rounds": runs}, f, indent=1, default=str)
     paths.append(p)
-    paths.append(plot(os.path.join(out_dir, "report.png"), runs, metric_name))
+    paths.append(plot(os.path.join(out_dir, "report.png"), runs, summary, metric_name, config))
     return paths
 
 
-def plot(path: str, runs: dict, metric_name: str) -> str:
+def _label(name: str, row: dict) -> str:
+    if name.startswith("ferret") and row["compression_vs_fedavg"] == row["compression_vs_fedavg"]:
+        return f"{name} ({row['compression_vs_fedavg']:.0f}x)"
+    return name
+
+
+def plot(path: str, runs: dict, summary: list[dict], metric_name: str, config: dict | None = None) -> str:
+    """Three panels: the metric against rounds (each round on the held-out subset, the end on all
+    of it), against cumulative bytes, and the final metric against the upload per client per round
+    (the compression trade-off, FedAvg and zero-order as anchors)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    config = config or {}
+    negate = metric_name.startswith("held-out perplexity")
+    sign = -1.0 if negate else 1.0
+    shown = "held-out perplexity" if negate else metric_name
+    rows = {r["method"]: r for r in summary}
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.6))
+    colors = {}
     for name, recs in runs.items():
+        row = rows[name]
         xs = [r["round"] for r in recs]
-        ys = [r["metric"] for r in recs]
+        ys = [sign * r["metric"] for r in recs]
         cum, tot = [], 0.0
         for r in recs:
             tot += (r["bytes_up_per_client"] + r["bytes_down_per_client"]) * r["clients"]
             cum.append(tot)
-        a.plot(xs, ys, marker="o", label=name)
-        b.plot(cum, ys, marker="o", label=name)
+        (line,) = a.plot(xs, ys, marker=".", label=_label(name, row))
+        colors[name] = line.get_color()
+        a.plot([xs[-1]], [sign * row["final_metric"]], marker="*", ms=12, color=line.get_color(), ls="none")
+        b.plot(cum, ys, marker=".", color=line.get_color(), label=name)
+    sub, full = config.get("eval_examples_per_round"), config.get("eval_examples_final")
     a.set_xlabel("round")
-    a.set_ylabel(metric_name)
-    a.set_title(f"{metric_name} vs rounds")
+    a.set_ylabel(shown)
+    a.set_title(f"{shown} vs rounds" + (f"\n(dots: {sub} held-out examples; stars: all {full})" if sub and full else ""))
     b.set_xscale("log")
     b.set_xlabel("cumulative bytes communicated (up + down, all clients)")
-    b.set_ylabel(metric_name)
-    b.set_title(f"{metric_name} vs communication")
-    for ax in (a, b):
+    b.set_ylabel(shown)
+    b.set_title(f"{shown} vs communication")
+    pts = sorted(((r["bytes_up_per_client_round"], sign * r["final_metric"], n) for n, r in rows.items()))
+    ferret = [(x, y) for x, y, n in pts if n.startswith("ferret")]
+    if len(ferret) > 1:
+        c.plot([x for x, _ in ferret], [y for _, y in ferret], color="0.6", lw=1, zorder=1)
+    for x, y, n in pts:
+        c.scatter([x], [y], s=60, color=colors[n], zorder=2)
+        c.annotate(n, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if config.get("chance") and not negate:
+        c.axhline(config["chance"], color="0.5", ls=":", lw=1)
+        c.annotate("chance", (pts[0][0], config["chance"]), textcoords="offset points", xytext=(0, 3), fontsize=8,
+                   color="0.4")
+    c.set_xscale("log")
+    c.set_xlabel("upload per client per round (bytes)")
+    c.set_ylabel(f"final {shown}")
+    c.set_title("final quality vs upload bytes")
+    for ax in (a, b, c):
         ax.grid(alpha=0.3)
-        ax.legend()
+    a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

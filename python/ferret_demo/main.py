@@ -45,9 +45,9 @@ PRESETS = {
                  methods=["fedavg", "ferret", "zo"], full_threshold=2048, wire_dtype="float32", threads=1),
     # Gemma 3 270M writes BBC headlines (instruction-style, Rouge-L, as the paper's Natural
     # Instructions / Dolly tasks); clients are the 5 topic desks.
-    "llm": dict(model="gemma", data="bbc", task="headline", split="label", clients=5, clients_per_round=2, rounds=6,
+    "llm": dict(model="gemma", data="bbc", task="headline", split="label", clients=5, clients_per_round=2, rounds=5,
                 local_steps=2, batch_size=4, local_lr=2e-5, optimizer="adamw", K=64, block_size=1 << 16, compare_K=[],
-                max_per_label=None, eval_size=48, eval_subsample=16, max_len=64, server_lr=1.0, zo_lr=1e-6,
+                max_per_label=None, eval_size=32, eval_subsample=8, max_len=64, server_lr=1.0, zo_lr=1e-6,
                 zo_eps=1e-3, methods=["fedavg", "ferret", "zo"], full_threshold=0, wire_dtype="bfloat16"),
 }
 

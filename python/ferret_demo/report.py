@@ -120,9 +120,10 @@ def plot(path: str, runs: dict, summary: list[dict], metric_name: str, config: d
     ferret = [(x, y) for x, y, n in pts if n.startswith("ferret")]
     if len(ferret) > 1:
         c.plot([x for x, _ in ferret], [y for _, y in ferret], color="0.6", lw=1, zorder=1)
-    for x, y, n in pts:
+    for i, (x, y, n) in enumerate(pts):
         c.scatter([x], [y], s=60, color=colors[n], zorder=2)
-        c.annotate(n, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        short = n.replace("ferret ", "")
+        c.annotate(short, (x, y), textcoords="offset points", xytext=(-10, 9 if i % 2 else -15), fontsize=8)
     if config.get("chance") and not negate:
         c.axhline(config["chance"], color="0.5", ls=":", lw=1)
         c.annotate("chance", (pts[0][0], config["chance"]), textcoords="offset points", xytext=(0, 3), fontsize=8,
@@ -179,8 +180,23 @@ def record(report_json: str, csv_path: str, command: str = "") -> int:
     return len(rows)
 
 
-if __name__ == "__main__":  # python -m ferret_demo.report OUT/report.json RESULTS.csv ["command that made it"]
+def replot(report_json: str, png: str) -> str:
+    """Redraws a finished run's figure from its report.json (how docs/demo_report.png is made)."""
+    with open(report_json) as f:
+        rep = json.load(f)
+    return plot(png, rep["rounds"], rep["summary"], rep["metric"], rep["config"])
+
+
+if __name__ == "__main__":
+    # python -m ferret_demo.report record OUT/report.json RESULTS.csv ["command that made it"]
+    # python -m ferret_demo.report plot OUT/report.json FIGURE.png
     import sys
 
-    n = record(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")
-    print(f"appended {n} rows to {sys.argv[2]}")
+    if len(sys.argv) >= 4 and sys.argv[1] == "record":
+        n = record(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "")
+        print(f"appended {n} rows to {sys.argv[3]}")
+    elif len(sys.argv) == 4 and sys.argv[1] == "plot":
+        print(replot(sys.argv[2], sys.argv[3]))
+    else:
+        raise SystemExit("usage: python -m ferret_demo.report record REPORT.json RESULTS.csv [COMMAND] | "
+                         "plot REPORT.json FIGURE.png")

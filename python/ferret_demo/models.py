@@ -62,7 +62,7 @@ def tiny_classifier(num_classes: int, dtype=torch.float32):
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                     max_position_embeddings=64)
+                     max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return Classifier(BertModel(cfg), 64, num_classes).to(dtype), HashTokenizer(2048)
 
 

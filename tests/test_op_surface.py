@@ -43,6 +43,9 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
         "-Wl,--no-as-needed",
         "-lc10",
         "-ltorch_cpu",
+        # a CUDA build of torch: the extension needs its CUDA libraries (an H100 run, 2026-11-26:
+        # "dlopen: libc10_cuda.so: cannot open shared object file" without them)
+        *(["-lc10_cuda", "-ltorch_cuda"] if any(os.path.exists(os.path.join(p, "libc10_cuda.so")) for p in libdirs) else []),
         "-ldl",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -72,6 +75,14 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
     assert got["reconstruct_start"] == _bits(r[1500:])
     assert got["reconstruct_"] == _bits(out)
     assert "error ValueError ferret: num_bases must be a positive int, got 0" in run.stdout
+    if torch.cuda.is_available() and "cuda" in fk.available_backends("cuda"):
+        with fk.use_backend("cuda"):
+            gc = fk.project(x.cuda(), 7, 8, bs, block_offset=3, scale=0.5)
+            rc = fk.reconstruct(gc, 7, n, bs, block_offset=3, dist="uniform", scale=2.0)
+        assert got["project_cuda"] == _bits(gc.cpu())
+        assert got["reconstruct_cuda"] == _bits(rc.cpu())
+    else:
+        assert "project_cuda" not in got
 
 
 def test_without_the_extension_the_reference_serves_the_ops():

@@ -4,9 +4,13 @@
 // to compare, bit for bit, with what ferret_kernels gives in Python on the same input.
 //
 //   main <path to _C.so>
+//
+// With a CUDA device (a CUDA build of torch and of the extension) it also prints the CUDA
+// kernels' results, which the test compares with Python's `cuda` backend on the same input.
 #include <dlfcn.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
@@ -59,6 +63,13 @@ int main(int argc, char** argv) {
   at::Tensor out = at::arange(n, at::kFloat).mul(0.01);
   reconstruct_.call(out, g, 7, bs, 3, "rademacher", 0.5, -1.0, std::nullopt, 0);
   print_bits("reconstruct_", out);
+  if (at::hasCUDA()) {  // the CUDA kernels, through the same dispatcher entries
+    at::Tensor xc = x.to(at::kCUDA);
+    at::Tensor gc = project.call(xc, std::nullopt, 7, 8, bs, 3, "rademacher", 0.5, std::nullopt, 0);
+    print_bits("project_cuda", gc.cpu());
+    print_bits("reconstruct_cuda",
+               reconstruct.call(gc, 7, n, bs, 3, "uniform", 2.0, std::nullopt, std::nullopt, 0).cpu());
+  }
   try {
     project.call(x, std::nullopt, 7, 0, bs, 0, "rademacher", 1.0, std::nullopt, 0);
     std::printf("error none\n");

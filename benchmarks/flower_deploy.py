@@ -15,7 +15,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ferret_kernels.fl.flower_local import LocalDeployment  # noqa: E402
+from ferret_kernels.fl.harness.flower_local import LocalDeployment  # noqa: E402
 
 import common  # noqa: E402
 

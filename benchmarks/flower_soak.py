@@ -28,9 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 from ferret_kernels.fl.checkpoint import checkpoint_path  # noqa: E402
-from ferret_kernels.fl.flower_local import LocalDeployment  # noqa: E402
+from ferret_kernels.fl.harness.flower_local import LocalDeployment  # noqa: E402
 
-APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "ferret_flower")
+# the corrupt-update client mod lives with the tests, not in the example app
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from flower_faults import faulty_app  # noqa: E402
+
 
 
 def rss_mb(pid: int) -> float:
@@ -96,7 +99,7 @@ def main(argv=None):
     t0 = time.monotonic()
     next_kill = t0 + (rng.expovariate(1 / a.kill_every) if a.kill_every else float("inf"))
     with LocalDeployment(work, node_configs=nodes) as d:
-        run = d.submit(APP, cfg)
+        run = d.submit(faulty_app(os.path.join(work, "app")), cfg)
         seen = 0
         while run.proc.poll() is None:
             now = time.monotonic()

@@ -14,8 +14,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ferret_kernels.fl import FerretConfig, ServerConfig  # noqa: E402
-from ferret_kernels.fl.loop import LoopConfig, run  # noqa: E402
-from ferret_kernels.fl.tasks import BlobTask, mlp  # noqa: E402
+from ferret_kernels.fl.harness.loop import LoopConfig, run  # noqa: E402
+from ferret_kernels.fl.harness.tasks import BlobTask, mlp  # noqa: E402
 
 import common  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The federated layer: layout, compressor, messages, server, loop."""
+"""The federated layer: layout, codec, messages, server, loop."""
 
 import copy
 import math
@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ferret_kernels as fk
-from ferret_kernels.fl import Compressor, DecodeError, FerretConfig, FerretServer, ParamLayout, ServerConfig, decode, encode
-from ferret_kernels.fl.loop import LoopConfig, run
+from ferret_kernels.fl import UpdateCodec, DecodeError, FerretConfig, FerretServer, ParamLayout, ServerConfig, decode, encode
+from ferret_kernels.fl.harness.loop import LoopConfig, run
 from ferret_kernels.fl.message import FORMAT_VERSION, UpdateMessage
 
-from ferret_kernels.fl.tasks import BlobTask, mlp, tiny_gpt2
+from ferret_kernels.fl.harness.tasks import BlobTask, mlp, tiny_gpt2
 
 pytest.importorskip("safetensors")
 
@@ -50,7 +50,7 @@ def test_compress_apply_unbiased_on_a_transformers_model(dist):
     """The applied update averages to the true one over seeds, with the variance theory predicts."""
     model = tiny_gpt2()
     cfg = FerretConfig(num_bases=8, block_size=512, dist=dist, full_threshold=64)
-    comp = Compressor.for_module(model, cfg)
+    comp = UpdateCodec.for_module(model, cfg)
     old = _state(model)
     new = _perturbed(model)
     delta = {n: old[n] - new[n] for n in old}
@@ -82,7 +82,7 @@ def test_compress_apply_unbiased_on_a_transformers_model(dist):
 
 def test_shared_seed_aggregation_equals_averaged_per_client_reconstruction():
     model = mlp()
-    comp = Compressor.for_module(model, FerretConfig(num_bases=16, block_size=4096, full_threshold=600))
+    comp = UpdateCodec.for_module(model, FerretConfig(num_bases=16, block_size=4096, full_threshold=600))
     old = _state(model)
     msgs = [comp.compress(old, _perturbed(model, seed=i), seed=77, weight=w) for i, w in enumerate([1, 3, 2])]
     a, b = copy.deepcopy(model), copy.deepcopy(model)
@@ -103,7 +103,7 @@ def test_shared_seed_aggregation_equals_averaged_per_client_reconstruction():
 def test_adaptive_counts_follow_block_norms():
     model = mlp()
     cfg = FerretConfig(num_bases=8, block_size=8192, adaptive=True, k_max=32)
-    comp = Compressor.for_module(model, cfg)
+    comp = UpdateCodec.for_module(model, cfg)
     old = _state(model)
     new = {n: v.clone() for n, v in old.items()}
     new["2.weight"] += 0.1 * torch.randn_like(new["2.weight"])  # 32 blocks changed
@@ -125,7 +125,7 @@ def test_adaptive_counts_follow_block_norms():
 def test_uplink_is_coefficients_plus_small_header():
     model = mlp()
     for wire, nbytes in (("float32", 4), ("bfloat16", 2), ("float16", 2)):
-        comp = Compressor.for_module(model, FerretConfig(num_bases=64, block_size=32768, full_threshold=1000, wire_dtype=wire))
+        comp = UpdateCodec.for_module(model, FerretConfig(num_bases=64, block_size=32768, full_threshold=1000, wire_dtype=wire))
         msg = comp.compress(model, _perturbed(model), seed=2**64 - 1, weight=123.0, round=7, client="client-0042")
         data = encode(msg)
         payload = (msg.num_coefficients + sum(t.numel() for t in msg.full.values())) * nbytes
@@ -140,7 +140,7 @@ def _message(comp, model, **kw):
 def setup():
     model = mlp()
     cfg = FerretConfig(num_bases=16, block_size=32768, full_threshold=1000, adaptive=True, k_max=32)
-    return model, Compressor.for_module(model, cfg)
+    return model, UpdateCodec.for_module(model, cfg)
 
 
 def _rewrite(data: bytes, meta=None, tensors=None) -> bytes:
@@ -204,7 +204,7 @@ def test_decode_rejects_bad_messages_and_model_stays_unchanged(setup):
     srv.step(model, [], 0)  # nothing accepted: nothing applied
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n])
-    other = Compressor.for_module(tiny_gpt2(), FerretConfig(num_bases=16, block_size=32768))
+    other = UpdateCodec.for_module(tiny_gpt2(), FerretConfig(num_bases=16, block_size=32768))
     with pytest.raises(ValueError, match="another model"):
         comp.apply(model, [other.compress(tiny_gpt2(), _perturbed(tiny_gpt2()), seed=1)])
     for n, p in model.named_parameters():
@@ -234,7 +234,7 @@ def test_decode_never_crashes_on_corrupted_bytes(setup, cut, flips):
        seed=st.integers(0, 2**64 - 1), weight=st.floats(0, 1e6), thr=st.sampled_from([0, 600, 10**6]))
 def test_encode_decode_round_trip(wire, K, adaptive, seed, weight, thr):
     model = mlp()
-    comp = Compressor.for_module(model, FerretConfig(num_bases=K, block_size=50_000, adaptive=adaptive, full_threshold=thr, wire_dtype=wire))
+    comp = UpdateCodec.for_module(model, FerretConfig(num_bases=K, block_size=50_000, adaptive=adaptive, full_threshold=thr, wire_dtype=wire))
     msg = comp.compress(model, _perturbed(model), seed=seed, weight=weight, round=3, client="c1")
     back = decode(encode(msg), comp.layout, max_bases=comp.config.max_bases)
     assert (back.seed, back.dist, back.num_bases, back.block_size, back.weight, back.round, back.client, back.wire_dtype) == \
@@ -247,7 +247,7 @@ def test_encode_decode_round_trip(wire, K, adaptive, seed, weight, thr):
 
 def test_server_schedules_clipping_and_momentum():
     model = mlp()
-    comp = Compressor.for_module(model, FerretConfig(num_bases=8, block_size=32768, full_threshold=1000))
+    comp = UpdateCodec.for_module(model, FerretConfig(num_bases=8, block_size=32768, full_threshold=1000))
     cos = FerretServer(comp, ServerConfig(lr=2.0, schedule="cosine", rounds=10))
     assert cos.lr_at(0) == 2.0 and abs(cos.lr_at(5) - 1.0) < 1e-12 and abs(cos.lr_at(10)) < 1e-12
     step = FerretServer(comp, ServerConfig(lr=1.0, schedule="step", step_every=3, step_gamma=0.1))
@@ -303,14 +303,14 @@ def test_convergence_ferret_vs_fedavg(fedavg_run, scheme):
 def test_convergence_fails_with_a_wrong_seed_or_scale(fedavg_run, monkeypatch):
     """The convergence test's bar is discriminating: sabotaging either side breaks it."""
     gain_avg, _ = fedavg_run
-    from ferret_kernels.fl import compress as C
+    from ferret_kernels.fl import codec as C
 
-    orig = C.Compressor.apply_coefficients
-    monkeypatch.setattr(C.Compressor, "apply_coefficients",
+    orig = C.UpdateCodec.apply_coefficients
+    monkeypatch.setattr(C.UpdateCodec, "apply_coefficients",
                         lambda self, params, coeffs, seed, dist, active, lr: orig(self, params, coeffs, seed + 1, dist, active, lr))
     gain, _ = _loop("ferret")
     assert gain < 0.5 * gain_avg, "a server reconstructing with the wrong seed must not converge"
-    monkeypatch.setattr(C.Compressor, "apply_coefficients",
+    monkeypatch.setattr(C.UpdateCodec, "apply_coefficients",
                         lambda self, params, coeffs, seed, dist, active, lr: orig(self, params, coeffs * 8.0, seed, dist, active, lr))
     gain, _ = _loop("ferret")
     assert gain < 0.5 * gain_avg, "a server with the wrong scale must not converge"
@@ -323,7 +323,7 @@ def test_zeroth_order_baseline_runs_and_counts_bytes():
 
 
 def test_zo_perturbation_restores_parameters():
-    from ferret_kernels.fl.loop import _zo_perturb
+    from ferret_kernels.fl.harness.loop import _zo_perturb
 
     model = mlp()
     lay = ParamLayout.from_module(model, 32768, 0)
@@ -341,10 +341,10 @@ def test_apply_adds_no_model_sized_allocation():
     """Peak RSS while applying an update to a 256 MB model stays far below the model's size."""
     code = r"""
 import torch, sys
-from ferret_kernels.fl import Compressor, FerretConfig
+from ferret_kernels.fl import UpdateCodec, FerretConfig
 torch.manual_seed(0)
 model = torch.nn.Sequential(*[torch.nn.Linear(4096, 4096, bias=False) for _ in range(4)])  # 67M params, 268 MB
-comp = Compressor.for_module(model, FerretConfig(num_bases=64, block_size=1 << 20))
+comp = UpdateCodec.for_module(model, FerretConfig(num_bases=64, block_size=1 << 20))
 g = torch.Generator().manual_seed(1)
 nb = comp.layout.total_blocks
 from ferret_kernels.fl.message import UpdateMessage

@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import ferret_kernels as fk
-from ferret_kernels.fl import Compressor, DecodeError, FerretConfig, FerretServer, ServerConfig, decode, encode
-from ferret_kernels.fl.compress import _block_scale
+from ferret_kernels.fl import UpdateCodec, DecodeError, FerretConfig, FerretServer, ServerConfig, decode, encode
+from ferret_kernels.fl.aggregate import block_scale as _block_scale
 from ferret_kernels.fl.message import MAX_WEIGHT, UpdateMessage
 from ferret_kernels.fl.server import capped_shares
 
@@ -49,8 +49,8 @@ def _model(seed=0):
 CFG = FerretConfig(num_bases=4, block_size=64, full_threshold=20)           # 3 projected blocks, biases in full
 ACFG = FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=True, k_max=8)
 MODEL = _model()
-COMP = Compressor.for_module(MODEL, CFG)
-ACOMP = Compressor.for_module(MODEL, ACFG)
+COMP = UpdateCodec.for_module(MODEL, CFG)
+ACOMP = UpdateCodec.for_module(MODEL, ACFG)
 LAY = COMP.layout
 
 
@@ -148,7 +148,7 @@ def _mutate(data: bytearray, op):
 VARIANTS = {}
 for _adaptive in (False, True):
     for _wire in ("float32", "bfloat16", "float16"):
-        _c = Compressor.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=_adaptive,
+        _c = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=_adaptive,
                                                        k_max=8, wire_dtype=_wire))
         VARIANTS[_adaptive, _wire] = (_c, _valid(comp=_c, round=2, client="node-1", weight=3.0))
 
@@ -545,7 +545,7 @@ def test_huge_coefficients_are_refused_or_clipped_and_the_aggregate_always_encod
     assert math.isclose(agg[-1][0].norm(), bound, rel_tol=1e-5)
     assert all(a.norm() == m.norm() for (a, _), m in zip(agg[:3], honest))
     # an fp16 wire: an aggregate beyond 65504 is sent in float32, never refused by its own decoder
-    comp16 = Compressor.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, wire_dtype="float16"))
+    comp16 = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, wire_dtype="float16"))
     s16 = FerretServer(comp16, ServerConfig(clip_relative=None, max_norm=None))
     nb, full = LAY.total_blocks, {t.name: torch.zeros(t.shape) for t in LAY.full}
     m16 = [UpdateMessage(LAY.fingerprint, s16.seed_for(0), "rademacher", k, LAY.block_size, torch.full((nb,), k, dtype=torch.int32),
@@ -561,8 +561,8 @@ def test_mixed_k_under_the_shared_seed_aggregates_every_update(adaptive):
     """A K = 1 update next to K = 4 / adaptive ones: every accepted update is in the step, as
     an independent per-message reconstruction says (the old broadcast kept only the first)."""
     cfg = FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=adaptive, k_max=8)
-    comp = Compressor.for_module(MODEL, cfg)
-    comp1 = Compressor.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
+    comp = UpdateCodec.for_module(MODEL, cfg)
+    comp1 = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
     srv = FerretServer(comp, ServerConfig(clip_relative=None))
     seed = srv.seed_for(0)
     msgs = [comp1.compress(MODEL, _new(0), seed=seed, client="k1", weight=1.0)] + \
@@ -698,7 +698,7 @@ def hostile_reply(draw, ref):
         rec["update"] = bytes(data)
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
     if kind == "k1":  # a valid update with K = 1: must not erase the others
-        comp1 = Compressor.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
+        comp1 = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
         rec["update"] = encode(comp1.compress(MODEL, _new(HOSTILE), seed=seed, round=1, client=str(HOSTILE),
                                               weight=draw(st.sampled_from([1.0, 1e15, 2.0**53]))))
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))

@@ -15,8 +15,8 @@ import torch
 from ferret_kernels.fl import FerretConfig, ServerConfig
 from ferret_kernels.fl import checkpoint as ck
 from ferret_kernels.fl.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from ferret_kernels.fl.loop import LoopConfig, run
-from ferret_kernels.fl.tasks import BlobTask, mlp
+from ferret_kernels.fl.harness.loop import LoopConfig, run
+from ferret_kernels.fl.harness.tasks import BlobTask, mlp
 
 pytest.importorskip("safetensors")
 

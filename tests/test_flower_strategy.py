@@ -96,7 +96,7 @@ def _handlers(n, models=None):
 def _node_digest(strategy, ctx):
     m = _model()
     m.load_state_dict(ctx.state["ferret.model"].to_torch_state_dict())
-    return model_digest(m, strategy.compressor)
+    return model_digest(m, strategy.codec)
 
 
 @pytest.mark.parametrize("scheme,momentum", [("shared", 0.0), ("per_client", 0.0), ("shared", 0.5)])
@@ -143,7 +143,7 @@ def test_equals_plain_server_step_on_the_same_updates():
                        min_available_nodes=3)
     s.start(LocalGrid(_handlers(3)), num_rounds=2)
     for rl in s.rounds:
-        msgs = [decode(b, s.compressor.layout) for b in rl.accepted.values()]
+        msgs = [decode(b, s.codec.layout) for b in rl.accepted.values()]
         s.server.step(ref, msgs, rl.round)
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
@@ -226,3 +226,57 @@ def test_evaluate_runs_on_synced_copies():
     for node_norms, server_norm in seen:
         assert len(node_norms) == 3 and all(n == server_norm for n in node_norms), (node_norms, server_norm)
     assert len({server for _, server in seen}) == 3  # the model moved every round
+
+
+def test_start_keeps_flowers_contract_initial_arrays_and_central_evaluation():
+    """start(grid, initial_arrays, ...) as Flower's Strategy.start: the initial arrays become the
+    global model, evaluate_fn gets (round, ArrayRecord) before round 1 and after every round, and
+    the result's arrays are the final global model."""
+    from flwr.app import ArrayRecord, MetricRecord
+
+    model = _model()
+    torch.manual_seed(7)
+    init = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    s = FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig(), min_train_nodes=2,
+                       min_available_nodes=2)
+    seen = {}
+
+    def central(rnd, arrays):
+        assert isinstance(arrays, ArrayRecord)
+        seen[rnd] = arrays.to_torch_state_dict()
+        return MetricRecord({"w0": float(seen[rnd]["0.weight"][0, 0])})
+
+    res = s.start(LocalGrid(_handlers(2)), ArrayRecord(init), num_rounds=2, evaluate_fn=central)
+    assert sorted(seen) == [0, 1, 2]
+    for k in init:
+        torch.testing.assert_close(seen[0][k], init[k], rtol=0, atol=0)  # round 0: the initial arrays
+    final = res.arrays.to_torch_state_dict()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(final[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(seen[2][k], v, rtol=0, atol=0)
+    assert not torch.equal(final["0.weight"], init["0.weight"])  # two rounds moved it
+    assert res.evaluate_metrics_serverapp[0]["w0"] == pytest.approx(float(init["0.weight"][0, 0]))
+    assert all(not rl.rejected for rl in s.rounds)  # the nodes got the initial model, not the constructor's
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("missing", r"initial_arrays do not match the model: missing \['2.bias'\]"),
+    ("shape", r"initial_arrays\['0.weight'\] has shape \(256, 21\), the model's is \(256, 20\)"),
+])
+def test_start_refuses_initial_arrays_of_another_model_and_changes_nothing(bad, match):
+    from flwr.app import ArrayRecord
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    if bad == "missing":
+        del init["2.bias"]
+    else:
+        init["0.weight"] = torch.zeros(256, 21)
+    s = FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig())
+    grid = LocalGrid(_handlers(2))
+    with pytest.raises(ValueError, match=match):
+        s.start(grid, ArrayRecord(init), num_rounds=1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert s.current_round == 0 and not grid.contexts[1].state  # no round ran, no node was contacted

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ferret_kernels as fk
-from ferret_kernels.fl import Compressor, FerretConfig
+from ferret_kernels.fl import UpdateCodec, FerretConfig
 from ferret_kernels.fl.aggregate import block_scale
 from ferret_kernels.fl.layout import ParamLayout
 
@@ -43,7 +43,7 @@ def test_packed_compress_and_apply_match_the_ops_on_the_concatenated_vector(adap
     with torch.no_grad():
         for p in new.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    comp = Compressor(
+    comp = UpdateCodec(
         ParamLayout.from_module(m, BS, pack=True), FerretConfig(num_bases=8, block_size=BS, adaptive=adaptive)
     )
     msg = comp.compress(m, new, seed=77)

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from ferret_kernels.fl import Compressor, FerretConfig  # noqa: E402
+from ferret_kernels.fl import UpdateCodec, FerretConfig  # noqa: E402
 from ferret_kernels.fl.message import decode, encode  # noqa: E402
 
 if not dist.is_available():  # pragma: no cover
@@ -70,7 +70,7 @@ def _worker(rank, world, port, outdir, adaptive):
 
         torch.set_num_threads(1)
         model = _model()
-        comp = Compressor.for_module(
+        comp = UpdateCodec.for_module(
             model, FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40)
         )
         mesh = init_device_mesh("cpu", (world,))
@@ -98,7 +98,7 @@ def _worker(rank, world, port, outdir, adaptive):
 
 
 def fk_block_scale(active):
-    from ferret_kernels.fl.compress import _block_scale
+    from ferret_kernels.fl.aggregate import block_scale as _block_scale
 
     return _block_scale(active)
 
@@ -111,14 +111,14 @@ def _spawn(world, tmp_path, adaptive=False):
 @pytest.mark.parametrize("world,adaptive", [(2, False), (4, True)])
 def test_fsdp2_projection_and_apply_match_the_unsharded_ones(tmp_path, world, adaptive):
     res = _spawn(world, tmp_path, adaptive)
-    layout = Compressor.for_module(
+    layout = UpdateCodec.for_module(
         _model(), FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40)
     ).layout
     msgs = [decode(r["msg"], layout) for r in res]
     for m in msgs[1:]:  # every rank holds the same update, bit for bit
         assert torch.equal(m.coeffs, msgs[0].coeffs) and torch.equal(m.active, msgs[0].active)
     model = _model()
-    comp = Compressor.for_module(model, FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40))
+    comp = UpdateCodec.for_module(model, FerretConfig(num_bases=K, block_size=BS, adaptive=adaptive, full_threshold=40))
     ref = comp.compress(res[0]["old"], res[0]["new"], SEED)
     got = msgs[0]
     assert torch.equal(got.active, ref.active)
@@ -142,7 +142,7 @@ def test_federated_round_with_an_fsdp2_client_matches_the_unsharded_round(tmp_pa
     within float rounding (the sharded client's coefficients differ in the last bits)."""
     res = _spawn(2, tmp_path)
     base = _model()
-    comp = Compressor.for_module(base, FerretConfig(num_bases=K, block_size=BS, full_threshold=40))
+    comp = UpdateCodec.for_module(base, FerretConfig(num_bases=K, block_size=BS, full_threshold=40))
     fsdp_msg = decode(res[0]["msg"], comp.layout)
     old = {n: p.detach().clone() for n, p in base.named_parameters()}
     singles = []

@@ -1,4 +1,4 @@
-"""Compressor: a client's update `w_old - w_new` -> an UpdateMessage, and messages -> the model.
+"""UpdateCodec: a client's update `w_old - w_new` -> an UpdateMessage, and messages -> the model.
 
 Projection uses the fused difference (no model-sized temporary); applying uses the in-place
 op (no model-sized temporary) in each parameter's own dtype. Per block b with k_b active
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import reconstruct_, project
+from .. import project, reconstruct_
 from ..ops import DISTS
 from .aggregate import aggregate, block_scale
 from .layout import ParamLayout
@@ -68,7 +68,13 @@ def _as_params(obj, layout: ParamLayout) -> dict:
     return obj
 
 
-class Compressor:
+class UpdateCodec:
+    """Ferret's update codec for one parameter layout and config: the client side encodes
+    (block norms, active counts, `compress` = project w_old - w_new onto the round's bases),
+    the server side validates (`check`: layout fingerprint, K, shapes, finite values) and
+    applies (`apply`: reconstruct in place, weighted, in coefficient space under a shared
+    seed). Named for what it does: it compresses, but it also checks and applies."""
+
     def __init__(self, layout: ParamLayout, config: FerretConfig):
         if layout.block_size != config.block_size:
             raise ValueError(f"layout block size {layout.block_size} != config block size {config.block_size}")
@@ -76,7 +82,7 @@ class Compressor:
         self.config = config
 
     @classmethod
-    def for_module(cls, module: torch.nn.Module, config: FerretConfig) -> "Compressor":
+    def for_module(cls, module: torch.nn.Module, config: FerretConfig) -> "UpdateCodec":
         return cls(ParamLayout.from_module(module, config.block_size, config.full_threshold), config)
 
     # ------------------------------------------------------------------ client side
@@ -138,7 +144,7 @@ class Compressor:
 
     # ------------------------------------------------------------------ server side
     def check(self, msg: UpdateMessage) -> None:
-        """Raises ValueError if `msg` does not fit this compressor (before anything is applied).
+        """Raises ValueError if `msg` does not fit this codec (before anything is applied).
 
         Checks everything apply() relies on, so a message built in code (not decoded) is held
         to the same bounds as one that came over the wire."""
@@ -213,9 +219,12 @@ class Compressor:
                          alpha=-lr, active=act, start=s.lead)
 
 
-_block_scale = block_scale  # the name older code imported
 
 
 def fedavg_bytes(layout: ParamLayout) -> int:
     """Bytes of a full update at the parameters' own dtypes (what FedAvg uploads)."""
     return sum(s.numel * torch.tensor([], dtype=s.dtype).element_size() for s in layout.specs)
+
+
+# the earlier name (ferret_kernels < 0.2); the codec also validates and applies, so it was renamed
+Compressor = UpdateCodec

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from .aggregate import aggregate, block_scale, heavy_ball
-from .compress import Compressor
+from .codec import UpdateCodec
 from .message import WIRE_DTYPES, DecodeError, UpdateMessage, decode, encode
 
 log = logging.getLogger("ferret_kernels.fl")
@@ -134,8 +134,8 @@ def capped_shares(weights: list[float], max_share: float) -> list[float]:
 
 
 class FerretServer:
-    def __init__(self, compressor: Compressor, config: ServerConfig):
-        self.compressor = compressor
+    def __init__(self, codec: UpdateCodec, config: ServerConfig):
+        self.codec = codec
         self.config = config
         self.history: list[list[tuple[UpdateMessage, float]]] = []  # momentum window
         self.rejected: collections.deque[tuple[str, str]] = collections.deque(maxlen=config.max_rejections_logged)
@@ -188,11 +188,11 @@ class FerretServer:
             expected_seed = self.seed_for(rnd)
         who = "" if node is None else str(node)
         try:
-            msg = decode(data, self.compressor.layout, max_bases=self.compressor.config.max_bases)
-            self.compressor.check(msg)
+            msg = decode(data, self.codec.layout, max_bases=self.codec.config.max_bases)
+            self.codec.check(msg)
             who = who or msg.client
-            if msg.dist != self.compressor.config.dist:
-                raise DecodeError(f"message dist {msg.dist} differs from the server's {self.compressor.config.dist}")
+            if msg.dist != self.codec.config.dist:
+                raise DecodeError(f"message dist {msg.dist} differs from the server's {self.codec.config.dist}")
             if msg.round != rnd:
                 raise DecodeError(f"message is for round {msg.round}, the server collects round {rnd} "
                                   f"({'stale or replayed' if msg.round < rnd else 'from the future'})")
@@ -227,7 +227,7 @@ class FerretServer:
         if not messages:
             return []
         for m in messages:
-            self.compressor.check(m)
+            self.codec.check(m)
         c = self.config
         claims = [m.weight if c.weighting == "examples" else 1.0 for m in messages]
         shares = capped_shares(claims, c.max_share)
@@ -255,7 +255,7 @@ class FerretServer:
         dense = dense / torch.where(active > 0, block_scale(active), torch.ones(1))[:, None]
         mask = torch.arange(K)[None, :] < active[:, None].to(torch.int64)
         coeffs = dense[mask]
-        wire = self.compressor.config.wire_dtype
+        wire = self.codec.config.wire_dtype
         lim = torch.finfo(WIRE_DTYPES[wire]).max
         if any(bool((t.abs() > lim).any()) for t in [coeffs, *full.values()]):
             wire = "float32"  # the aggregate would overflow the wire dtype (fp16: 65504); send it exactly
@@ -280,7 +280,7 @@ class FerretServer:
         Everything is validated first (messages, their round, the weights); on error nothing
         is changed: neither the model nor the momentum history nor the round."""
         for m in messages:
-            self.compressor.check(m)
+            self.codec.check(m)
             if m.round != round:
                 raise ValueError(f"update of client {m.client!r} is for round {m.round}, not {round}")
         agg = self.aggregate(messages)
@@ -291,7 +291,7 @@ class FerretServer:
             if not math.isfinite(a) or not all(math.isfinite(s) and s >= 0 for _, s in entry):
                 raise ValueError("step sizes and shares must be finite")
         for entry, a in terms:
-            self.compressor.apply(module, [m for m, _ in entry], lr=a, weights=[s for _, s in entry], normalize=False)
+            self.codec.apply(module, [m for m, _ in entry], lr=a, weights=[s for _, s in entry], normalize=False)
         self.history = history
         self.begin_round(round + 1)
 
@@ -302,7 +302,7 @@ class FerretServer:
         return {"round": self.round, "rejected_total": self.rejected_total, "history": hist}
 
     def load_state(self, state: dict) -> None:
-        lay, kmax = self.compressor.layout, self.compressor.config.max_bases
+        lay, kmax = self.codec.layout, self.codec.config.max_bases
         hist = [[(decode(b, lay, max_bases=kmax), float(s)) for b, s in entry] for entry in state["history"]]
         self.history, self.round, self.rejected_total = hist, int(state["round"]), int(state["rejected_total"])
         self._seen = set()

@@ -12,7 +12,7 @@ Contract:
 - :func:`apply_sharded`: each rank reconstructs into its own shard in place (``reconstruct_``
   with the shard's element offset); every shard ends bit-identical to the matching slice of
   the unsharded apply. No parameter is gathered and no model-sized temporary is made.
-- Coefficients, scales and block numbering are those of :class:`ferret_kernels.fl.Compressor`
+- Coefficients, scales and block numbering are those of :class:`ferret_kernels.fl.UpdateCodec`
   for the same layout and config, so a sharded client's update is an ordinary update message
   and a sharded server applies ordinary messages.
 """
@@ -103,20 +103,20 @@ def block_sq_norms_sharded(layout: ParamLayout, old: dict, new: dict, group=None
 
 @torch.no_grad()
 def project_sharded(
-    compressor, old: dict, new: dict, seed: int, *, weight: float = 1.0, round: int = 0, client: str = "", group=None
+    codec, old: dict, new: dict, seed: int, *, weight: float = 1.0, round: int = 0, client: str = "", group=None
 ):
     """The update message of `old - new` (name -> parameter, sharded or not) under `seed`, the
-    same on every rank: what ``compressor.compress`` gives for the unsharded tensors (float32
+    same on every rank: what ``codec.compress`` gives for the unsharded tensors (float32
     rounding apart: a block split between ranks is summed in another order)."""
     from .message import UpdateMessage
 
-    cfg, layout = compressor.config, compressor.layout
+    cfg, layout = codec.config, codec.layout
     bs = layout.block_size
     if cfg.adaptive:
         norms = block_sq_norms_sharded(layout, old, new, group).sqrt()
     else:
         norms = torch.ones(layout.total_blocks, dtype=torch.float64)
-    active = compressor.active_counts(norms)
+    active = codec.active_counts(norms)
     kop = cfg.max_bases
     part = torch.zeros(layout.total_blocks, kop, dtype=torch.float32)
     for s in layout.projected:
@@ -179,7 +179,7 @@ def apply_sharded(
     active: torch.Tensor | None = None,
 ) -> None:
     """w <- w - lr * V coeffs on every rank's shard, in place: coeffs are dense, already scaled
-    [total_blocks, K] (what Compressor.apply_coefficients takes)."""
+    [total_blocks, K] (what UpdateCodec.apply_coefficients takes)."""
     bs = layout.block_size
     for s in layout.projected:
         local, start, _ = shard_extent(params[s.name])

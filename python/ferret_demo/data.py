@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ferret_kernels.fl.data import dirichlet_split, group_split
+from ferret_kernels.fl.harness.data import dirichlet_split, group_split
 
 URL = re.compile(r"https?://\S+")
 
@@ -97,7 +97,7 @@ def client_skew(parts, labels) -> float:
 
 
 class TextTask:
-    """A FederatedTask (ferret_kernels.fl.loop): classify tokenized texts."""
+    """A FederatedTask (ferret_kernels.fl.harness.loop): classify tokenized texts."""
 
     def __init__(self, corpus: Corpus, tokenizer, *, num_clients, split, alpha, eval_size, max_len, seed, device,
                  eval_subsample=None):

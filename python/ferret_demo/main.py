@@ -22,9 +22,9 @@ import time
 import torch
 
 from ferret_kernels.fl import FerretConfig, ServerConfig
-from ferret_kernels.fl.compress import fedavg_bytes
+from ferret_kernels.fl.codec import fedavg_bytes
 from ferret_kernels.fl.layout import ParamLayout
-from ferret_kernels.fl.loop import LoopConfig, run
+from ferret_kernels.fl.harness.loop import LoopConfig, run
 
 from . import assets, report
 

@@ -1,25 +1,7 @@
-"""Ferret on Flower (Message API, flwr >= 1.42): a server strategy and the client side.
-
-Wire protocol (all records are plain Flower records; the update itself is the federated
-layer's safetensors message, ferret_kernels.fl.message):
-
-server -> node (TRAIN or EVALUATE message)
-    "ferret.config"  ConfigRecord: round, base-round (the global model's round the node must
-                     be at), seed (decimal string: seeds span [0, 2^64)), num-bases,
-                     block-size, dist, adaptive, full-threshold, wire-dtype, plus the
-                     user's train config under their own keys.
-    "ferret.sync"    ConfigRecord: rounds (list[int]), updates (list[bytes]), alphas
-                     (list[float]): the applied updates the node has not seen yet, in
-                     order; the node applies w <- w - alpha * reconstruct(update) for each.
-    "ferret.model"   ArrayRecord with the full global model: only the first time a node is
-                     contacted, after it lost its copy, or when the updates it missed are
-                     no longer in the bounded catch-up log (they would exceed the model's size).
-node -> server (reply)
-    "ferret.update"  ConfigRecord with exactly: update (bytes, the encoded UpdateMessage of
-                     w_old - w_new), base-round (int) and digest (16 hex digits, of the
-                     node's copy before training).
-    "metrics"        MetricRecord: num-examples, train-loss (finite numbers if present) and
-                     whatever the train function returns (not read by the strategy).
+"""Ferret on Flower, the server half: FerretStrategy, a Flower Strategy (Message API, flwr
+>= 1.42) that samples nodes, sends (seed, config) and the updates each node has not applied,
+validates every reply, aggregates in coefficient space and applies the aggregate to the
+global model it owns. Wire protocol: protocol.py; the client half: client.py.
 
 Contract of the strategy (docs/threat_model.md): every reply is hostile until validated.
 Each one is either accepted (a valid update for this round, from a node sampled for it,
@@ -51,91 +33,37 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import math
 import random
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import torch
-
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from .aggregate import heavy_ball
-from .checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
-from .compress import Compressor, FerretConfig
-from .message import MAX_WEIGHT, DecodeError, decode, encode
-from .server import FerretServer, ServerConfig, capped_shares
-
-CONFIG, SYNC, MODEL, UPDATE = "ferret.config", "ferret.sync", "ferret.model", "ferret.update"
-UPDATE_KEYS = frozenset({"update", "base-round", "digest"})
-_DIGEST = re.compile(r"[0-9a-f]{16}")
-
-
-def model_digest(module: torch.nn.Module, compressor: Compressor) -> str:
-    """SHA-256 (first 16 hex digits) of the trainable parameters' bytes in layout order."""
-    h = hashlib.sha256()
-    params = compressor.layout.params(module)
-    for s in compressor.layout.specs:
-        h.update(params[s.name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def apply_updates(compressor: Compressor, module: torch.nn.Module, updates: Iterable[bytes], alphas: Iterable[float]) -> None:
-    """w <- w - alpha_i * reconstruct(update_i) for each encoded update, in order, in place.
-
-    Every update is decoded and checked before the first one is applied."""
-    updates, alphas = list(updates), [float(a) for a in alphas]
-    if len(updates) != len(alphas):
-        raise DecodeError(f"{len(updates)} updates but {len(alphas)} alphas")
-    if not all(math.isfinite(a) for a in alphas):
-        raise DecodeError("alphas must be finite")
-    msgs = [decode(u, compressor.layout, max_bases=compressor.config.max_bases) for u in updates]
-    for m in msgs:
-        compressor.check(m)
-    for m, a in zip(msgs, alphas):
-        compressor.apply(module, [m], lr=a, weights=[1.0])
-
-
-def _ferret_config(cfg: ConfigRecord) -> FerretConfig:
-    return FerretConfig(num_bases=int(cfg["num-bases"]), block_size=int(cfg["block-size"]), dist=str(cfg["dist"]),
-                        adaptive=bool(cfg["adaptive"]), full_threshold=int(cfg["full-threshold"]),
-                        wire_dtype=str(cfg["wire-dtype"]))
-
-
-def _content_bytes(msg: Message, record: str) -> int:
-    """Serialized size of one record of a message's content (what crossed the wire for it)."""
-    from flwr.common.serde import recorddict_to_proto
-
-    return recorddict_to_proto(RecordDict({record: msg.content[record]})).ByteSize()
-
-
-def _quote(text, limit: int = 200) -> str:
-    """A node-controlled string made safe for a log line: repr (no control characters), truncated."""
-    text = str(text)
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
-
-
-def _describe(v) -> str:
-    return f"{type(v).__name__} {_quote(v, 40) if isinstance(v, (str, bytes)) else repr(v)[:40]}"
-
-
-def _number(rec, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float | None:
-    """A scalar metric, validated: absent -> None; list, bool, NaN, inf or out of range -> DecodeError."""
-    if key not in rec:
-        return None
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise DecodeError(f"metric {key!r} is {_describe(v)}, expected a number")
-    v = float(v)
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise DecodeError(f"metric {key!r} = {v} is not a finite number in [{lo}, {hi}]")
-    return v
+from ..aggregate import heavy_ball
+from ..checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
+from ..codec import FerretConfig, UpdateCodec
+from ..message import MAX_WEIGHT, DecodeError, encode
+from ..server import FerretServer, ServerConfig, capped_shares
+from .protocol import (
+    CONFIG,
+    DIGEST,
+    MODEL,
+    SYNC,
+    UPDATE,
+    UPDATE_KEYS,
+    apply_updates,
+    content_bytes,
+    describe,
+    model_digest,
+    number,
+    quote,
+)
 
 
 @dataclass
@@ -185,8 +113,8 @@ class FerretStrategy(Strategy):
             raise ValueError("min_train_nodes, min_available_nodes and keep_rounds must be at least 1")
         self.model = model
         self.ferret = ferret or FerretConfig()
-        self.compressor = Compressor.for_module(model, self.ferret)
-        self.server = FerretServer(self.compressor, server or ServerConfig())
+        self.codec = UpdateCodec.for_module(model, self.ferret)
+        self.server = FerretServer(self.codec, server or ServerConfig())
         self.fraction_train, self.fraction_evaluate = fraction_train, fraction_evaluate
         self.min_train_nodes, self.min_available_nodes = min_train_nodes, min_available_nodes
         self.min_evaluate_nodes, self.wait_for_nodes_s = min_evaluate_nodes, wait_for_nodes_s
@@ -198,7 +126,7 @@ class FerretStrategy(Strategy):
         self.rounds: collections.deque[RoundLog] = collections.deque(maxlen=keep_rounds)
         self.current_round = 0
         self.resumed_from: int | None = None
-        self.digests = {0: model_digest(model, self.compressor)}
+        self.digests = {0: model_digest(model, self.codec)}
         self._keep_rounds = keep_rounds
         self.catchup_bytes = catchup_bytes  # the catch-up log's budget (default: the model's size)
         if checkpoint_dir:
@@ -208,7 +136,7 @@ class FerretStrategy(Strategy):
     def _identity(self) -> dict:
         """What a checkpoint must agree with to be resumed by this strategy."""
         srv = dataclasses.asdict(self.server.config)
-        return {"fingerprint": self.compressor.layout.fingerprint, "ferret": dataclasses.asdict(self.ferret),
+        return {"fingerprint": self.codec.layout.fingerprint, "ferret": dataclasses.asdict(self.ferret),
                 "server": {k: srv[k] for k in ("seed_scheme", "base_seed", "momentum", "momentum_window")},
                 "fraction_train": self.fraction_train, "min_train_nodes": self.min_train_nodes}
 
@@ -250,7 +178,7 @@ class FerretStrategy(Strategy):
         with torch.no_grad():
             self.model.load_state_dict(tensors)
         rnd = int(state["round"])
-        digest = model_digest(self.model, self.compressor)
+        digest = model_digest(self.model, self.codec)
         if digest != state["digest"]:
             raise CheckpointError(f"checkpoint in {self.checkpoint_dir}: the model's digest differs from the one recorded")
         self.current_round = rnd
@@ -314,7 +242,7 @@ class FerretStrategy(Strategy):
             rd[CONFIG] = cfg
             msg = Message(rd, dst_node_id=node, message_type=mtype)
             if log_ is not None:
-                log_.sent_bytes[node] = _content_bytes(msg, SYNC) + (
+                log_.sent_bytes[node] = content_bytes(msg, SYNC) + (
                     sum(len(a.data) for a in rd[MODEL].values()) if full else 0)  # model: its arrays' bytes
                 if full:
                     log_.full_model_sent.append(node)
@@ -340,17 +268,17 @@ class FerretStrategy(Strategy):
         if not isinstance(rec, ConfigRecord):
             raise DecodeError(f"reply has no {UPDATE!r} ConfigRecord (got {type(rec).__name__})")
         if set(rec) != UPDATE_KEYS:
-            raise DecodeError(f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[_quote(k, 30) for k in sorted(rec)][:8]}")
+            raise DecodeError(f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[quote(k, 30) for k in sorted(rec)][:8]}")
         data, base, digest = rec["update"], rec["base-round"], rec["digest"]
         if not isinstance(data, bytes):
-            raise DecodeError(f"'update' is {_describe(data)}, expected bytes")
+            raise DecodeError(f"'update' is {describe(data)}, expected bytes")
         rl.update_bytes[node] = len(data)
         if isinstance(base, bool) or not isinstance(base, int):
-            raise DecodeError(f"'base-round' is {_describe(base)}, expected an integer")
+            raise DecodeError(f"'base-round' is {describe(base)}, expected an integer")
         if base != self.current_round:
             raise DecodeError(f"update made on round {base}'s model, expected {self.current_round}")
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            raise DecodeError(f"'digest' is {_describe(digest)}, expected 16 hex digits")
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+            raise DecodeError(f"'digest' is {describe(digest)}, expected 16 hex digits")
         if self.verify_sync and digest != self.digests[self.current_round]:
             raise DecodeError("the node's model copy differs from the global model (digest mismatch)")
         metrics = {}
@@ -358,8 +286,8 @@ class FerretStrategy(Strategy):
             mr = content["metrics"]
             if not isinstance(mr, MetricRecord):
                 raise DecodeError(f"'metrics' is a {type(mr).__name__}, expected a MetricRecord")
-            metrics = {"num-examples": _number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
-                       "train-loss": _number(mr, "train-loss")}
+            metrics = {"num-examples": number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
+                       "train-loss": number(mr, "train-loss")}
         return data, metrics
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -385,7 +313,7 @@ class FerretStrategy(Strategy):
                     continue
                 seen.add(node)
                 if rep.has_error():
-                    refuse(node, f"node error: {_quote(rep.error.reason)}")
+                    refuse(node, f"node error: {quote(rep.error.reason)}")
                     self.round_of_node.pop(node, None)  # resend the full model next time
                     continue
                 try:
@@ -394,7 +322,7 @@ class FerretStrategy(Strategy):
                     refuse(node, f"malformed reply: {e}")
                     self.round_of_node.pop(node, None)
                     continue
-                rl.received_bytes[node] = _content_bytes(rep, UPDATE)
+                rl.received_bytes[node] = content_bytes(rep, UPDATE)
                 self.round_of_node[node] = self.current_round  # its copy is in sync, whatever its update holds
                 m = self.server.receive(data, expected_seed=self._node_seed(server_round, node), round=server_round, node=node)
                 if m is None:
@@ -416,7 +344,7 @@ class FerretStrategy(Strategy):
         shares = capped_shares([m.weight for m in msgs], self.server.config.max_share)
         losses = [(a[4].get("train-loss"), s) for a, s in zip(accepted, shares) if a[4].get("train-loss") is not None]
         if losses and sum(s for _, s in losses) > 0:
-            out["train-loss"] = sum(l * s for l, s in losses) / sum(s for _, s in losses)
+            out["train-loss"] = sum(v * s for v, s in losses) / sum(s for _, s in losses)
         if self.checkpoint_dir:
             self.checkpoint()
         if self.on_round:
@@ -436,11 +364,11 @@ class FerretStrategy(Strategy):
         # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
         factors, window = heavy_ball(self.momentum_window, own, cfg.momentum, cfg.momentum_window)
         entry = [(b, lr * w * f) for e, f in factors for b, w in e]
-        apply_updates(self.compressor, self.model, [b for b, _ in entry], [a for _, a in entry])
+        apply_updates(self.codec, self.model, [b for b, _ in entry], [a for _, a in entry])
         self.momentum_window = window
         self.current_round = server_round
         self.rounds[-1].applied = entry
-        self.digests[server_round] = model_digest(self.model, self.compressor)
+        self.digests[server_round] = model_digest(self.model, self.codec)
         while len(self.digests) > self._keep_rounds:
             del self.digests[min(self.digests)]
         self.catchup[server_round] = entry
@@ -471,12 +399,12 @@ class FerretStrategy(Strategy):
                 if rep.has_error() or not rep.has_content() or not isinstance(rep.content.get("metrics"), MetricRecord):
                     continue
                 mr = rep.content["metrics"]
-                n = _number(mr, "num-examples", lo=0, hi=MAX_WEIGHT)
+                n = number(mr, "num-examples", lo=0, hi=MAX_WEIGHT)
                 n = 1.0 if n is None else n
-                vals = {k: _number(mr, k) for k in mr if k != "num-examples" and not isinstance(mr[k], list)}
+                vals = {k: number(mr, k) for k in mr if k != "num-examples" and not isinstance(mr[k], list)}
                 self.round_of_node[node] = self.current_round
             except Exception as e:  # noqa: BLE001
-                log(WARNING, "round %d: skipped the evaluate reply of a node: %s", server_round, _quote(e))
+                log(WARNING, "round %d: skipped the evaluate reply of a node: %s", server_round, quote(e))
                 continue
             tot += n
             for k, v in vals.items():
@@ -487,28 +415,60 @@ class FerretStrategy(Strategy):
         f, s = self.ferret, self.server.config
         log(INFO, "\t├── Ferret: K=%d per block, block size %d, %s, adaptive=%s, full below %d elements, wire %s",
             f.num_bases, f.block_size, f.dist, f.adaptive, f.full_threshold, f.wire_dtype)
-        log(INFO, "\t├── layout: %s", self.compressor.layout)
+        log(INFO, "\t├── layout: %s", self.codec.layout)
         log(INFO, "\t├── server: lr %g (%s), momentum %g, clip %s / %s x median, max norm %s, max share %g, seeds %s, weighting %s",
             s.lr, s.schedule, s.momentum, s.clip_norm, s.clip_relative, s.max_norm, s.max_share, s.seed_scheme, s.weighting)
         log(INFO, "\t└── checkpoint: %s%s", self.checkpoint_dir or "none",
             f" (resumed after round {self.resumed_from})" if self.resumed_from is not None else "")
 
-    def start(self, grid: Grid, num_rounds: int = 3, timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, torch.nn.Module], MetricRecord | None] | None = None, **_) -> Result:
-        """Run rounds current_round + 1 .. num_rounds (all of them unless resumed from a
-        checkpoint); `timeout` bounds each round's wait for replies (nodes that miss it are
-        logged as missing and the round goes on). `evaluate_fn(round, model)` evaluates the
-        global model centrally. The result's arrays hold the final global model."""
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's Strategy.start contract, with the global model owned by the strategy.
+
+        Parameters
+        ----------
+        grid : Grid
+            Sends messages to and receives replies from the nodes' ClientApps.
+        initial_arrays : ArrayRecord, optional
+            The initial global model. Loaded into `model` (same keys and shapes, else
+            ValueError) before round 1; None keeps `model` as it is. A strategy resumed from
+            a checkpoint keeps the checkpoint's model and ignores it (logged).
+        num_rounds : int
+            Rounds current_round + 1 .. num_rounds run (all of them unless resumed).
+        timeout : float
+            Seconds each round waits for replies; nodes that miss it are logged as missing and
+            the round goes on without them.
+        train_config, evaluate_config : ConfigRecord, optional
+            Sent to the nodes with every train / evaluate message under the user's own keys.
+        evaluate_fn : Callable[[int, ArrayRecord], MetricRecord | None], optional
+            Central evaluation, as in Flower: called with the round and the global model's
+            arrays before the first round (round 0, unless resumed) and after every round.
+
+        Returns
+        -------
+        Result
+            The final global model's arrays and the per-round train / evaluate metrics.
+        """
         log(INFO, "Starting %s: rounds %d..%d", type(self).__name__, self.current_round + 1, num_rounds)
         self.summary()
+        if initial_arrays is not None:
+            if self.current_round > 0:
+                log(INFO, "resumed at round %d: initial_arrays ignored, the checkpoint's model is used", self.current_round)
+            else:
+                self._load_initial(initial_arrays)
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         result = Result()
-        if evaluate_fn and self.current_round == 0:
-            res = evaluate_fn(0, self.model)
+
+        def central(rnd: int) -> None:
+            res = evaluate_fn(rnd, self._arrays())
             if res is not None:
-                result.evaluate_metrics_serverapp[0] = res
+                log(INFO, "Global evaluation: %s", res)
+                result.evaluate_metrics_serverapp[rnd] = res
+
+        if evaluate_fn and self.current_round == 0:
+            central(0)
         empty = ArrayRecord()
         for rnd in range(self.current_round + 1, num_rounds + 1):
             log(INFO, "")
@@ -524,59 +484,25 @@ class FerretStrategy(Strategy):
                 if agg is not None:
                     result.evaluate_metrics_clientapp[rnd] = agg
             if evaluate_fn:
-                res = evaluate_fn(rnd, self.model)
-                if res is not None:
-                    log(INFO, "Global evaluation: %s", res)
-                    result.evaluate_metrics_serverapp[rnd] = res
-        result.arrays = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                central(rnd)
+        result.arrays = self._arrays()
         return result
 
+    def _arrays(self) -> ArrayRecord:
+        return ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
-# ---------------------------------------------------------------------- client side
-def _synced_model(msg: Message, context: Context, model_fn) -> tuple[torch.nn.Module, Compressor, ConfigRecord, dict]:
-    """The node's copy of the global model, brought to the message's base round and saved in
-    Context.state. Returns (model, compressor, config, the copy's tensors)."""
-    cfg = msg.content[CONFIG]
-    base = int(cfg["base-round"])
-    model = model_fn(context)  # the architecture; its weights are replaced below (a cached module is fine)
-    compressor = Compressor.for_module(model, _ferret_config(cfg))
-    sync = msg.content[SYNC]
-    if MODEL in msg.content:
-        state, have = msg.content[MODEL].to_torch_state_dict(), int(sync["model-round"])
-    elif MODEL in context.state:
-        state, have = context.state[MODEL].to_torch_state_dict(), int(context.state[SYNC]["round"])
-    else:
-        raise RuntimeError("this node holds no copy of the global model and none was sent")
-    model.load_state_dict(state)
-    rounds = [int(r) for r in sync["rounds"]]
-    todo = [i for i, r in enumerate(rounds) if r > have]
-    if sorted({rounds[i] for i in todo}) != list(range(have + 1, base + 1)):
-        raise RuntimeError(f"node copy is at round {have}; the sync covers rounds {sorted(set(rounds))}, not {have + 1}..{base}")
-    apply_updates(compressor, model, [sync["updates"][i] for i in todo], [sync["alphas"][i] for i in todo])
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    context.state[MODEL] = ArrayRecord(snapshot)
-    context.state[SYNC] = ConfigRecord({"round": base})
-    return model, compressor, cfg, snapshot
-
-
-def ferret_train(msg: Message, context: Context, *, model_fn: Callable[[Context], torch.nn.Module],
-                 train_fn: Callable[[torch.nn.Module, ConfigRecord, Context], dict]) -> Message:
-    """ClientApp train handler: sync the node's copy, train locally with `train_fn(model,
-    config, context) -> metrics` (must include "num-examples"), reply with the Ferret update."""
-    model, compressor, cfg, old = _synced_model(msg, context, model_fn)
-    digest = model_digest(model, compressor)
-    metrics = dict(train_fn(model, cfg, context))
-    upd = compressor.compress(old, model, int(cfg["seed"]), weight=float(metrics.get("num-examples", 1)),
-                              round=int(cfg["round"]), client=str(context.node_id))
-    model.load_state_dict(old)  # the node's copy stays the global model
-    content = RecordDict({UPDATE: ConfigRecord({"update": encode(upd), "base-round": int(cfg["base-round"]), "digest": digest}),
-                          "metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
-    return Message(content, reply_to=msg)
-
-
-def ferret_evaluate(msg: Message, context: Context, *, model_fn: Callable[[Context], torch.nn.Module],
-                    evaluate_fn: Callable[[torch.nn.Module, ConfigRecord, Context], dict]) -> Message:
-    """ClientApp evaluate handler: sync the node's copy and evaluate it."""
-    model, _, cfg, _ = _synced_model(msg, context, model_fn)
-    metrics = dict(evaluate_fn(model, cfg, context))
-    return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}), reply_to=msg)
+    @torch.no_grad()
+    def _load_initial(self, arrays: ArrayRecord) -> None:
+        """Load Flower's initial arrays into the global model; every key and shape is checked
+        before anything is copied (a mismatch leaves the model as it was)."""
+        state = arrays.to_torch_state_dict()
+        own = self.model.state_dict()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"initial_arrays do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+        bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+        if bad:
+            k = bad[0]
+            raise ValueError(f"initial_arrays[{k!r}] has shape {tuple(state[k].shape)}, the model's is {tuple(own[k].shape)}")
+        self.model.load_state_dict(state)
+        self.digests = {0: model_digest(self.model, self.codec)}

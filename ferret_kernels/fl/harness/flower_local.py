@@ -4,7 +4,7 @@ For fault-injection tests it can also submit a run without waiting, SIGKILL the 
 process the SuperLink started, and SIGKILL or restart a SuperNode (only processes it started
 or their descendants, by process id).
 
-    python -m ferret_kernels.fl.flower_local python/ferret_flower --nodes 2 \\
+    python -m ferret_kernels.fl.harness.flower_local python/ferret_flower --nodes 2 \\
         --run-config "num-server-rounds=3 out-dir='/tmp/flower_out'"
 """
 
@@ -245,7 +245,7 @@ class RunHandle:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ferret_kernels.fl.flower_local", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ferret_kernels.fl.harness.flower_local", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("app", help="the Flower app directory (with its pyproject.toml)")
     p.add_argument("--nodes", type=int, default=2)

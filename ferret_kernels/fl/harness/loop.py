@@ -30,12 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .. import reconstruct_
-from .checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
-from .compress import Compressor, FerretConfig, fedavg_bytes
-from .layout import ParamLayout
-from .message import encode
-from .server import FerretServer, ServerConfig, splitmix64
+from ... import reconstruct_
+from ..checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
+from ..codec import FerretConfig, UpdateCodec, fedavg_bytes
+from ..layout import ParamLayout
+from ..message import encode
+from ..server import FerretServer, ServerConfig, splitmix64
 
 
 class FederatedTask(Protocol):
@@ -183,9 +183,9 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
     records = []
     server = None
     if cfg.method == "ferret":
-        compressor = Compressor.for_module(model, cfg.ferret)
-        server = FerretServer(compressor, cfg.server)
-        layout = compressor.layout
+        codec = UpdateCodec.for_module(model, cfg.ferret)
+        server = FerretServer(codec, cfg.server)
+        layout = codec.layout
     else:
         layout = ParamLayout.from_module(model, cfg.ferret.block_size, 0)
     done = 0
@@ -196,7 +196,7 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
     for r in rounds:
         tm = _Timer()
         clients = sorted(gen.choice(n_clients, size=k, replace=False).tolist())
-        up, down, local_loss, msgs, deltas, zo_updates = [], [], [], [], [], []
+        up, local_loss, msgs, deltas, zo_updates = [], [], [], [], []
         for c in tqdm(clients, desc=f"round {r}", leave=False, disable=not cfg.progress):
             with tm("local"):
                 local = copy.deepcopy(model)
@@ -209,7 +209,7 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
             if cfg.method == "ferret":
                 with tm("project"):
                     seed = server.seed_for(r, c)
-                    data = encode(compressor.compress(model, local, seed, weight=weight, round=r, client=str(c)))
+                    data = encode(codec.compress(model, local, seed, weight=weight, round=r, client=str(c)))
                 up.append(len(data))
                 with tm("aggregate"):
                     m = server.receive(data, expected_seed=seed, round=r, node=str(c))

@@ -1,6 +1,5 @@
 """Small synthetic federated tasks (no downloads): smoke tests, sweeps, and the tests."""
 
-import numpy as np
 import torch
 
 from .data import dirichlet_split

@@ -4,12 +4,11 @@ replies with a Ferret update (K coefficients per block) instead of the weights."
 from __future__ import annotations
 
 import functools
-import random
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from ferret_kernels.fl.flower import ferret_evaluate, ferret_train, UPDATE
+from ferret_kernels.fl.flower import ferret_evaluate, ferret_train
 
 from . import task
 
@@ -34,19 +33,8 @@ def _node(context: Context):
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     _, t, pid = _node(context)
-    reply = ferret_train(msg, context, model_fn=lambda c: _node(c)[0],
-                         train_fn=lambda model, cfg, c: task.train(t, model, pid, c.run_config, int(cfg["round"])))
-    # Fault injection for the deployment tests and the soak benchmark: node config
-    # `corrupt-round=R` garbles this node's update in round R, `corrupt-rate=p` in a fraction p
-    # of rounds (drawn from the partition and round), and the server must reject it and finish
-    # the round without it.
-    rnd = int(msg.content["ferret.config"]["round"])
-    rate = float(context.node_config.get("corrupt-rate", 0.0))
-    if int(context.node_config.get("corrupt-round", -1)) == rnd or (rate and random.Random(f"{pid}:{rnd}").random() < rate):
-        data = bytearray(reply.content[UPDATE]["update"])
-        data[-8:] = b"\xff" * 8  # the last coefficients become NaN
-        reply.content[UPDATE] = ConfigRecord(dict(reply.content[UPDATE], update=bytes(data)))
-    return reply
+    return ferret_train(msg, context, model_fn=lambda c: _node(c)[0],
+                        train_fn=lambda model, cfg, c: task.train(t, model, pid, c.run_config, int(cfg["round"])))
 
 
 @app.evaluate()

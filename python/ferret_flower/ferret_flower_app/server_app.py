@@ -14,10 +14,11 @@ Run config (python/ferret_flower/pyproject.toml) beyond the model and training k
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
-from flwr.app import ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save_file
 
@@ -70,17 +71,19 @@ def main(grid: Grid, context: Context) -> None:
         min_available_nodes=int(cfg["min-nodes"]), checkpoint_dir=str(cfg["checkpoint-dir"]) or None, on_round=on_round,
         catchup_bytes=int(cfg.get("catchup-bytes", 0)) or None)
     evals = {}
+    scratch = copy.deepcopy(model)  # central evaluation reads Flower's arrays, not the strategy's model
 
-    def central_eval(r, m):
-        evals[r] = task.evaluate(heldout, m)
+    def central_eval(r: int, arrays: ArrayRecord) -> MetricRecord:
+        scratch.load_state_dict(arrays.to_torch_state_dict())
+        evals[r] = task.evaluate(heldout, scratch)
         return MetricRecord(evals[r])
 
-    strategy.start(grid, num_rounds=rounds, timeout=float(cfg["round-timeout"]), train_config=ConfigRecord({}),
-                   evaluate_fn=central_eval)
+    strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=rounds, timeout=float(cfg["round-timeout"]),
+                   train_config=ConfigRecord({}), evaluate_fn=central_eval)
     if out:
         _save(model, os.path.join(out, "final.safetensors"))
         report = {"model_bytes_bf16": sum(p.numel() * 2 for p in model.parameters()),
-                  "layout": repr(strategy.compressor.layout), "fingerprint": strategy.compressor.layout.fingerprint,
+                  "layout": repr(strategy.codec.layout), "fingerprint": strategy.codec.layout.fingerprint,
                   "resumed_from": strategy.resumed_from, "rejected_total": strategy.server.rejected_total,
                   "rounds": [rl.as_dict() for rl in strategy.rounds], "central_eval": evals}
         with open(os.path.join(out, "rounds.json"), "w") as f:

@@ -3,7 +3,7 @@ split from the seed.
 
 - model = "minilm" / "tiny": the demo's MiniLM or a tiny BERT classifying health tweets by
   outlet (needs ferret_demo's data and model packages).
-- model = "mlp": ferret_kernels.fl.tasks' 301k-parameter MLP on synthetic Gaussian blobs, no
+- model = "mlp": ferret_kernels.fl.harness.tasks' 301k-parameter MLP on synthetic Gaussian blobs, no
   data files and no transformers import: the restart tests and the soak benchmark use it.
 
 Local training is deterministic given (seed, partition, round): a restarted run retrains a
@@ -17,7 +17,7 @@ import functools
 import numpy as np
 import torch
 
-from ferret_kernels.fl.loop import LoopConfig, local_train
+from ferret_kernels.fl.harness.loop import LoopConfig, local_train
 
 MODELS = ("minilm", "tiny", "mlp")
 
@@ -26,7 +26,7 @@ def build_model(cfg):
     if cfg["model"] not in MODELS:
         raise ValueError(f"run config model must be one of {MODELS}, got {cfg['model']!r}")
     if cfg["model"] == "mlp":
-        from ferret_kernels.fl.tasks import mlp
+        from ferret_kernels.fl.harness.tasks import mlp
 
         return mlp(int(cfg["seed"])), None
     from ferret_demo.models import minilm_classifier, tiny_classifier
@@ -46,7 +46,7 @@ def _tweets(max_per_outlet: int, seed: int):
 
 def build_task(cfg, tokenizer, num_partitions: int):
     if cfg["model"] == "mlp":
-        from ferret_kernels.fl.tasks import BlobTask
+        from ferret_kernels.fl.harness.tasks import BlobTask
 
         return BlobTask(n=4000, clients=num_partitions, seed=int(cfg["seed"]))
     from ferret_demo.data import TweetTask

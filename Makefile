@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: test build demo demo-llm bench bench-quick cuda-binding-check clean gpu-check
+.PHONY: test build demo demo-llm bench bench-quick cuda-binding-check clean gpu-check lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,17 @@ cuda-binding-check:
 	$(CUDA_VENV)/bin/pip install -q torch==2.14.1 numpy setuptools wheel ninja
 	CUDA_HOME=$(CUDA_HOME) FERRET_BUILD_CUDA=1 FERRET_USE_NINJA=1 MAX_JOBS=2 $(CUDA_VENV)/bin/python setup.py -q build_ext -b build-cuda/lib -t build-cuda/tmp
 	@ls -la build-cuda/lib/ferret_kernels/_C*.so && nm -D --defined-only build-cuda/lib/ferret_kernels/_C*.so | grep -c ferret
+
+# ruff (lint + format) over the Python, clang-format over the C++ / CUDA; the tools pinned into
+# .venv (configs: [tool.ruff] in pyproject.toml, .clang-format). Fails on any finding.
+LINT_STAMP := $(VENV)/.lint-stamp
+$(LINT_STAMP): $(BIN)/python
+	$(BIN)/pip install -q ruff==0.17.5 clang-format==23.1.3
+	touch $(LINT_STAMP)
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	git ls-files 'csrc/*' 'tests/*.cpp' 'benchmarks/*.cu' | grep -E '\.(h|cpp|cu|cuh)$$' | xargs $(BIN)/clang-format --dry-run --Werror
 
 clean:
 	rm -rf build *.egg-info ferret_kernels/*.so

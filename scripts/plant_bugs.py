@@ -32,7 +32,12 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the fastest to fail first (with -x the first failure ends a run)
-FL_TESTS = ("tests/test_fl_adversarial.py", "tests/test_fl_checkpoint.py", "tests/test_flower_strategy.py", "tests/test_fl.py")
+FL_TESTS = (
+    "tests/test_fl_adversarial.py",
+    "tests/test_fl_checkpoint.py",
+    "tests/test_flower_strategy.py",
+    "tests/test_fl.py",
+)
 
 
 @dataclass
@@ -41,104 +46,261 @@ class Mutation:
     path: str
     old: str
     new: str
-    why: str                       # the bug it stands for
+    why: str  # the bug it stands for
     tests: tuple = FL_TESTS
-    build: bool = False            # a source of the CPU extension: rebuilt in the scratch copy first
+    build: bool = False  # a source of the CPU extension: rebuilt in the scratch copy first
 
 
 FL_MUTATIONS = [
-    Mutation("decode-no-block-count", "ferret_kernels/fl/message.py",
-             '    if nb != layout.total_blocks:\n        raise DecodeError(f"message has {nb} blocks, the layout {layout.total_blocks}")\n', "",
-             "decode does not check that the block count matches the layout"),
-    Mutation("decode-no-finite-check", "ferret_kernels/fl/message.py",
-             '        if not torch.isfinite(t).all():\n            raise DecodeError(f"message tensor {name!r} has NaN or Inf values")\n', "",
-             "NaN / Inf coefficients accepted"),
-    Mutation("decode-not-canonical", "ferret_kernels/fl/message.py", "    if again != data:\n", "    if False:\n",
-             "any encoding of a valid message accepted (whitespace, key order, padding...)"),
-    Mutation("decode-lenient-integers", "ferret_kernels/fl/message.py", "    if not _UINT.fullmatch(s):\n",
-             "    s = s.strip().replace('_', '')\n    if not s.isdigit() or len(s) > 20:\n",
-             "integers with spaces, separators or non-ASCII digits accepted"),
-    Mutation("decode-any-count-dtype", "ferret_kernels/fl/message.py",
-             "        if a.dtype != _count_dtype(K) or a.dim() != 1", "        if a.dtype not in (torch.uint8, torch.int16, torch.int32) or a.dim() != 1",
-             "active counts in any integer dtype (several encodings of one message)"),
-    Mutation("decode-weight-unbounded", "ferret_kernels/fl/message.py", "    if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:\n",
-             "    if not math.isfinite(weight) or not 0 <= weight:\n", "claimed weights above 2^53 accepted"),
-    Mutation("encode-metadata-unsorted", "ferret_kernels/fl/message.py",
-             '    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))\n', "",
-             "encode keeps safetensors' random metadata order (one message, many encodings)"),
-    Mutation("receive-no-round-check", "ferret_kernels/fl/server.py", "            if msg.round != rnd:\n", "            if False:\n",
-             "stale or replayed updates of other rounds accepted"),
-    Mutation("receive-no-client-check", "ferret_kernels/fl/server.py", "            if node is not None and msg.client != str(node):\n",
-             "            if False:\n", "another node's update accepted from a node"),
-    Mutation("receive-no-duplicate-check", "ferret_kernels/fl/server.py", "            if key[1] and key in self._seen:\n",
-             "            if False:\n", "two updates from one client in a round"),
-    Mutation("receive-no-seed-check", "ferret_kernels/fl/server.py", "            if msg.seed != expected_seed:\n", "            if False:\n",
-             "updates under any seed accepted"),
-    Mutation("receive-no-max-norm", "ferret_kernels/fl/server.py",
-             "            if self.config.max_norm is not None and not norm <= self.config.max_norm:\n", "            if False:\n",
-             "unbounded update norms"),
-    Mutation("shares-no-cap", "ferret_kernels/fl/server.py", "    cap = max(max_share, 1.0 / n)\n", "    cap = 1.0\n",
-             "one client claiming a huge weight takes the whole round"),
-    Mutation("shares-underflow", "ferret_kernels/fl/server.py", "                share[i] = w[i] / tot * budget\n",
-             "                share[i] = budget * w[i] / tot\n", "tiny weights underflow to a zero share"),
-    Mutation("clip-relative-ignored", "ferret_kernels/fl/server.py", "            bound = min(bound, c.clip_relative * statistics.median(norms))\n",
-             "            pass\n", "no relative clipping"),
-    Mutation("broadcast-first-group-only", "ferret_kernels/fl/server.py",
-             "            groups.setdefault((m.seed, m.dist), []).append((m, s))\n        return [self._group_message(members, rnd) for members in groups.values()]\n",
-             "            groups.setdefault((m.seed, m.dist, m.num_bases), []).append((m, s))\n        return [self._group_message(members, rnd) for members in groups.values()][:1]\n",
-             "mixed K under the shared seed: only the first K's updates applied (the issue's erase bug)"),
-    Mutation("step-no-round-check", "ferret_kernels/fl/server.py", "            if m.round != round:\n", "            if False:\n",
-             "step applies updates of another round"),
-    Mutation("strategy-arrival-order", "ferret_kernels/fl/flower/strategy.py", "        accepted.sort(key=lambda a: a[0])", "        pass",
-             "aggregation order follows reply arrival (float sums differ)"),
-    Mutation("strategy-unsampled-accepted", "ferret_kernels/fl/flower/strategy.py", "                if node not in sampled:\n", "                if False:\n",
-             "replies from nodes not sampled this round accepted"),
-    Mutation("strategy-metrics-unchecked", "ferret_kernels/fl/flower/protocol.py", "    if not (math.isfinite(v) and lo <= v <= hi):\n",
-             "    if False:\n", "NaN / inf / negative metrics accepted"),
-    Mutation("catchup-unbounded", "ferret_kernels/fl/flower/strategy.py",
-             "        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:\n",
-             "        while False:\n", "the catch-up log grows without bound"),
-    Mutation("checkpoint-no-digest", "ferret_kernels/fl/checkpoint.py", "    if _digest(state_json, tensors) != digest:\n", "    if False:\n",
-             "a corrupted checkpoint is loaded"),
-    Mutation("checkpoint-not-atomic", "ferret_kernels/fl/checkpoint.py", '    tmp = f"{path}.tmp-{os.getpid()}"\n', "    tmp = path\n",
-             "the checkpoint is overwritten in place (a crash mid-write loses it)"),
-    Mutation("loop-resume-loses-sampling-state", "ferret_kernels/fl/harness/loop.py", '    gen.bit_generator.state = state["gen"]\n', "",
-             "a resumed loop samples other clients than the uninterrupted run"),
+    Mutation(
+        "decode-no-block-count",
+        "ferret_kernels/fl/message.py",
+        '    if nb != layout.total_blocks:\n        raise DecodeError(f"message has {nb} blocks, the layout {layout.total_blocks}")\n',
+        "",
+        "decode does not check that the block count matches the layout",
+    ),
+    Mutation(
+        "decode-no-finite-check",
+        "ferret_kernels/fl/message.py",
+        '        if not torch.isfinite(t).all():\n            raise DecodeError(f"message tensor {name!r} has NaN or Inf values")\n',
+        "",
+        "NaN / Inf coefficients accepted",
+    ),
+    Mutation(
+        "decode-not-canonical",
+        "ferret_kernels/fl/message.py",
+        "    if again != data:\n",
+        "    if False:\n",
+        "any encoding of a valid message accepted (whitespace, key order, padding...)",
+    ),
+    Mutation(
+        "decode-lenient-integers",
+        "ferret_kernels/fl/message.py",
+        "    if not _UINT.fullmatch(s):\n",
+        "    s = s.strip().replace('_', '')\n    if not s.isdigit() or len(s) > 20:\n",
+        "integers with spaces, separators or non-ASCII digits accepted",
+    ),
+    Mutation(
+        "decode-any-count-dtype",
+        "ferret_kernels/fl/message.py",
+        "        if a.dtype != _count_dtype(K) or a.dim() != 1",
+        "        if a.dtype not in (torch.uint8, torch.int16, torch.int32) or a.dim() != 1",
+        "active counts in any integer dtype (several encodings of one message)",
+    ),
+    Mutation(
+        "decode-weight-unbounded",
+        "ferret_kernels/fl/message.py",
+        "    if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:\n",
+        "    if not math.isfinite(weight) or not 0 <= weight:\n",
+        "claimed weights above 2^53 accepted",
+    ),
+    Mutation(
+        "encode-metadata-unsorted",
+        "ferret_kernels/fl/message.py",
+        '    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))\n',
+        "",
+        "encode keeps safetensors' random metadata order (one message, many encodings)",
+    ),
+    Mutation(
+        "receive-no-round-check",
+        "ferret_kernels/fl/server.py",
+        "            if msg.round != rnd:\n",
+        "            if False:\n",
+        "stale or replayed updates of other rounds accepted",
+    ),
+    Mutation(
+        "receive-no-client-check",
+        "ferret_kernels/fl/server.py",
+        "            if node is not None and msg.client != str(node):\n",
+        "            if False:\n",
+        "another node's update accepted from a node",
+    ),
+    Mutation(
+        "receive-no-duplicate-check",
+        "ferret_kernels/fl/server.py",
+        "            if key[1] and key in self._seen:\n",
+        "            if False:\n",
+        "two updates from one client in a round",
+    ),
+    Mutation(
+        "receive-no-seed-check",
+        "ferret_kernels/fl/server.py",
+        "            if msg.seed != expected_seed:\n",
+        "            if False:\n",
+        "updates under any seed accepted",
+    ),
+    Mutation(
+        "receive-no-max-norm",
+        "ferret_kernels/fl/server.py",
+        "            if self.config.max_norm is not None and not norm <= self.config.max_norm:\n",
+        "            if False:\n",
+        "unbounded update norms",
+    ),
+    Mutation(
+        "shares-no-cap",
+        "ferret_kernels/fl/server.py",
+        "    cap = max(max_share, 1.0 / n)\n",
+        "    cap = 1.0\n",
+        "one client claiming a huge weight takes the whole round",
+    ),
+    Mutation(
+        "shares-underflow",
+        "ferret_kernels/fl/server.py",
+        "                share[i] = w[i] / tot * budget\n",
+        "                share[i] = budget * w[i] / tot\n",
+        "tiny weights underflow to a zero share",
+    ),
+    Mutation(
+        "clip-relative-ignored",
+        "ferret_kernels/fl/server.py",
+        "            bound = min(bound, c.clip_relative * statistics.median(norms))\n",
+        "            pass\n",
+        "no relative clipping",
+    ),
+    Mutation(
+        "broadcast-first-group-only",
+        "ferret_kernels/fl/server.py",
+        "            groups.setdefault((m.seed, m.dist), []).append((m, s))\n        return [self._group_message(members, rnd) for members in groups.values()]\n",
+        "            groups.setdefault((m.seed, m.dist, m.num_bases), []).append((m, s))\n        return [self._group_message(members, rnd) for members in groups.values()][:1]\n",
+        "mixed K under the shared seed: only the first K's updates applied (the issue's erase bug)",
+    ),
+    Mutation(
+        "step-no-round-check",
+        "ferret_kernels/fl/server.py",
+        "            if m.round != round:\n",
+        "            if False:\n",
+        "step applies updates of another round",
+    ),
+    Mutation(
+        "strategy-arrival-order",
+        "ferret_kernels/fl/flower/strategy.py",
+        "        accepted.sort(key=lambda a: a[0])",
+        "        pass",
+        "aggregation order follows reply arrival (float sums differ)",
+    ),
+    Mutation(
+        "strategy-unsampled-accepted",
+        "ferret_kernels/fl/flower/strategy.py",
+        "                if node not in sampled:\n",
+        "                if False:\n",
+        "replies from nodes not sampled this round accepted",
+    ),
+    Mutation(
+        "strategy-metrics-unchecked",
+        "ferret_kernels/fl/flower/protocol.py",
+        "    if not (math.isfinite(v) and lo <= v <= hi):\n",
+        "    if False:\n",
+        "NaN / inf / negative metrics accepted",
+    ),
+    Mutation(
+        "catchup-unbounded",
+        "ferret_kernels/fl/flower/strategy.py",
+        "        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:\n",
+        "        while False:\n",
+        "the catch-up log grows without bound",
+    ),
+    Mutation(
+        "checkpoint-no-digest",
+        "ferret_kernels/fl/checkpoint.py",
+        "    if _digest(state_json, tensors) != digest:\n",
+        "    if False:\n",
+        "a corrupted checkpoint is loaded",
+    ),
+    Mutation(
+        "checkpoint-not-atomic",
+        "ferret_kernels/fl/checkpoint.py",
+        '    tmp = f"{path}.tmp-{os.getpid()}"\n',
+        "    tmp = path\n",
+        "the checkpoint is overwritten in place (a crash mid-write loses it)",
+    ),
+    Mutation(
+        "loop-resume-loses-sampling-state",
+        "ferret_kernels/fl/harness/loop.py",
+        '    gen.bit_generator.state = state["gen"]\n',
+        "",
+        "a resumed loop samples other clients than the uninterrupted run",
+    ),
 ]
 
 # The kernels' owner adds mutations of csrc/ and ferret_kernels/{ops,backends,triton_kernels}.py here,
 # e.g. Mutation("chunk-sum-float32", "csrc/cpu/kernel_impl.h", "double acc", "float acc", "...", ("tests/test_ops.py",)).
 # Mutations of compiled sources need the extension rebuilt in the scratch copy: set `build` below.
 KERNEL_MUTATIONS = [
-    Mutation("cpu-chunks-summed-in-float32", "csrc/cpu/kernel_impl.h",
-             "for (int k = 0; k < kb; ++k) acc[k] += (double)dot_rademacher(xf, w0, (uint32_t)k, g, k0, k1, ng);",
-             "for (int k = 0; k < kb; ++k) acc[k] = (double)((float)acc[k] + dot_rademacher(xf, w0, (uint32_t)k, g, k0, k1, ng));",
-             "the CPU kernel adds a block's chunks in float32 (tolerances hid it)", ("tests/test_ops.py",), build=True),
-    Mutation("core-basis-value-wrong-bit", "csrc/ferret/core.h", "return (r.v[(j >> 5) & 3] >> (j & 31)) & 1u ? -1.0f : 1.0f;",
-             "return (r.v[(j >> 5) & 3] >> (j & 30)) & 1u ? -1.0f : 1.0f;",
-             "core.h's scalar basis_value reads the wrong sign bit (it was called by nothing)", ("tests/test_rng.py",)),
-    Mutation("cpu-check-num-bases-zero", "csrc/binding_common.h", "TORCH_CHECK_VALUE(num_bases > 0,",
-             "TORCH_CHECK_VALUE(num_bases >= 0,", "the native ops accept K = 0", ("tests/test_errors.py",), build=True),
-    Mutation("cpp-start-head-misplaced", "csrc/binding_common.h", "xb.narrow(0, p0, h).copy_(xf.narrow(0, 0, h));",
-             "xb.narrow(0, 0, h).copy_(xf.narrow(0, 0, h));", "a shard's head lands at the start of its block, not at its offset",
-             ("tests/test_start_offset.py",), build=True),
-    Mutation("py-start-head-misplaced", "ferret_kernels/ops.py", "    xb[p0:] = xf[:h]\n", "    xb[:h] = xf[:h]\n",
-             "the Triton / reference paths put a shard's head at the start of its block", ("tests/test_start_offset.py",)),
-    Mutation("cuda-reduce-drops-last-chunk", "csrc/cuda/kernels.cuh",
-             "for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];",
-             "for (int64_t c = 0; c + 1 < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];",
-             "the CUDA second pass skips a block's last chunk", ("tests/test_cuda_emulation.py",)),
-    Mutation("triton-no-active-clamp", "ferret_kernels/triton_kernels.py",
-             "        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
-             "        kb = tl.load(act_ptr + b).to(tl.int32)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
-             "Triton project writes past a row of part for a count above K", ("tests/test_device_backends.py",)),
-    Mutation("triton-sign-words-swapped", "ferret_kernels/triton_kernels.py", "tl.join(tl.join(r0, r2), tl.join(r1, r3))",
-             "tl.join(tl.join(r0, r1), tl.join(r2, r3))", "Triton rademacher signs taken from the wrong Philox words",
-             ("tests/test_device_backends.py",)),
-    Mutation("op-fake-ignores-start", "ferret_kernels/ops.py",
-             "    return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)",
-             "    return x.new_empty((num_blocks(x.numel(), block_size), num_bases), dtype=torch.float32)",
-             "the fake kernel gives the wrong shape with an element offset", ("tests/test_start_offset.py",)),
+    Mutation(
+        "cpu-chunks-summed-in-float32",
+        "csrc/cpu/kernel_impl.h",
+        "for (int k = 0; k < kb; ++k) acc[k] += (double)dot_rademacher(xf, w0, (uint32_t)k, g, k0, k1, ng);",
+        "for (int k = 0; k < kb; ++k) acc[k] = (double)((float)acc[k] + dot_rademacher(xf, w0, (uint32_t)k, g, k0, k1, ng));",
+        "the CPU kernel adds a block's chunks in float32 (tolerances hid it)",
+        ("tests/test_ops.py",),
+        build=True,
+    ),
+    Mutation(
+        "core-basis-value-wrong-bit",
+        "csrc/ferret/core.h",
+        "return (r.v[(j >> 5) & 3] >> (j & 31)) & 1u ? -1.0f : 1.0f;",
+        "return (r.v[(j >> 5) & 3] >> (j & 30)) & 1u ? -1.0f : 1.0f;",
+        "core.h's scalar basis_value reads the wrong sign bit (it was called by nothing)",
+        ("tests/test_rng.py",),
+    ),
+    Mutation(
+        "cpu-check-num-bases-zero",
+        "csrc/binding_common.h",
+        "TORCH_CHECK_VALUE(num_bases > 0,",
+        "TORCH_CHECK_VALUE(num_bases >= 0,",
+        "the native ops accept K = 0",
+        ("tests/test_errors.py",),
+        build=True,
+    ),
+    Mutation(
+        "cpp-start-head-misplaced",
+        "csrc/binding_common.h",
+        "xb.narrow(0, p0, h).copy_(xf.narrow(0, 0, h));",
+        "xb.narrow(0, 0, h).copy_(xf.narrow(0, 0, h));",
+        "a shard's head lands at the start of its block, not at its offset",
+        ("tests/test_start_offset.py",),
+        build=True,
+    ),
+    Mutation(
+        "py-start-head-misplaced",
+        "ferret_kernels/ops.py",
+        "    xb[p0:] = xf[:h]\n",
+        "    xb[:h] = xf[:h]\n",
+        "the Triton / reference paths put a shard's head at the start of its block",
+        ("tests/test_start_offset.py",),
+    ),
+    Mutation(
+        "cuda-reduce-drops-last-chunk",
+        "csrc/cuda/kernels.cuh",
+        "for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];",
+        "for (int64_t c = 0; c + 1 < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];",
+        "the CUDA second pass skips a block's last chunk",
+        ("tests/test_cuda_emulation.py",),
+    ),
+    Mutation(
+        "triton-no-active-clamp",
+        "ferret_kernels/triton_kernels.py",
+        "        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
+        "        kb = tl.load(act_ptr + b).to(tl.int32)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
+        "Triton project writes past a row of part for a count above K",
+        ("tests/test_device_backends.py",),
+    ),
+    Mutation(
+        "triton-sign-words-swapped",
+        "ferret_kernels/triton_kernels.py",
+        "tl.join(tl.join(r0, r2), tl.join(r1, r3))",
+        "tl.join(tl.join(r0, r1), tl.join(r2, r3))",
+        "Triton rademacher signs taken from the wrong Philox words",
+        ("tests/test_device_backends.py",),
+    ),
+    Mutation(
+        "op-fake-ignores-start",
+        "ferret_kernels/ops.py",
+        "    return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)",
+        "    return x.new_empty((num_blocks(x.numel(), block_size), num_bases), dtype=torch.float32)",
+        "the fake kernel gives the wrong shape with an element offset",
+        ("tests/test_start_offset.py",),
+    ),
 ]
 
 
@@ -167,7 +329,12 @@ def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: st
     original = open(path).read()
     n = original.count(m.old)
     if n != 1:
-        return dict(id=m.id, result=f"NOT PLANTED (the text occurs {n} times in {m.path}: update the mutation)", tests="", seconds=0)
+        return dict(
+            id=m.id,
+            result=f"NOT PLANTED (the text occurs {n} times in {m.path}: update the mutation)",
+            tests="",
+            seconds=0,
+        )
     try:
         with open(path, "w") as f:
             f.write(original.replace(m.old, m.new))
@@ -175,14 +342,24 @@ def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: st
             try:
                 py_compile.compile(path, doraise=True)
             except py_compile.PyCompileError as e:
-                return dict(id=m.id, result=f"NOT PLANTED (does not compile: {e.msg.strip()[:100]})", tests="", seconds=0)
+                return dict(
+                    id=m.id, result=f"NOT PLANTED (does not compile: {e.msg.strip()[:100]})", tests="", seconds=0
+                )
         if m.build:  # the mutated extension, built in place in the scratch copy (restored afterwards)
             saved = {so: open(so, "rb").read() for so in _extensions_in(repo)}
-            b = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=repo, capture_output=True,
-                               text=True, env=dict(os.environ, FERRET_BUILD_CUDA="0"), timeout=timeout)
+            b = subprocess.run(
+                [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, FERRET_BUILD_CUDA="0"),
+                timeout=timeout,
+            )
             if b.returncode:
                 _restore(saved)
-                return dict(id=m.id, result=f"NOT PLANTED (does not build: {b.stderr.strip()[-150:]})", tests="", seconds=0)
+                return dict(
+                    id=m.id, result=f"NOT PLANTED (does not build: {b.stderr.strip()[-150:]})", tests="", seconds=0
+                )
             m_saved = saved
         else:
             m_saved = None
@@ -190,7 +367,17 @@ def run_one(m: Mutation, repo: str, all_failures: bool, timeout: float, keep: st
         # otherwise be replayed under the next and blamed on it
         shutil.rmtree(os.path.join(repo, ".hypothesis"), ignore_errors=True)
         env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        args = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *([] if all_failures else ["-x"]), *m.tests]
+        args = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rf",
+            "-p",
+            "no:cacheprovider",
+            *([] if all_failures else ["-x"]),
+            *m.tests,
+        ]
         t0 = time.monotonic()
         try:
             r = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
@@ -230,7 +417,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="mutation ids")
     ap.add_argument("--list", action="store_true")
-    ap.add_argument("--all", action="store_true", help="run every test (report every failing one), not stop at the first")
+    ap.add_argument(
+        "--all", action="store_true", help="run every test (report every failing one), not stop at the first"
+    )
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per mutation")
     ap.add_argument("--csv")
     ap.add_argument("--keep-output", metavar="DIR", help="write each mutation's pytest output to DIR/<id>.log")

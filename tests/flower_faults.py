@@ -61,7 +61,9 @@ def faulty_app(dest: str) -> str:
     toml = os.path.join(dest, "pyproject.toml")
     with open(toml) as f:
         text = f.read()
-    new = re.sub(r'clientapp = "ferret_flower_app\.client_app:app"', 'clientapp = "ferret_flower_app.faulty_client:app"', text)
+    new = re.sub(
+        r'clientapp = "ferret_flower_app\.client_app:app"', 'clientapp = "ferret_flower_app.faulty_client:app"', text
+    )
     if new == text:
         raise RuntimeError(f"{toml}: no clientapp entry to redirect")
     with open(toml, "w") as f:

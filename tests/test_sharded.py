@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from ferret_kernels.fl import UpdateCodec, FerretConfig  # noqa: E402
+from ferret_kernels.fl import FerretConfig, UpdateCodec  # noqa: E402
 from ferret_kernels.fl.message import decode, encode  # noqa: E402
 
 if not dist.is_available():  # pragma: no cover

@@ -49,7 +49,9 @@ def checkpoint_path(directory: str) -> str:
     return os.path.join(directory, CHECKPOINT_NAME)
 
 
-def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], state: dict, blobs: dict[str, bytes] | None = None) -> str:
+def save_checkpoint(
+    directory: str, tensors: dict[str, torch.Tensor], state: dict, blobs: dict[str, bytes] | None = None
+) -> str:
     """Atomically replace directory/checkpoint.safetensors; returns its path."""
     from safetensors.torch import save_file
 
@@ -99,13 +101,19 @@ def load_checkpoint(directory: str) -> tuple[dict[str, torch.Tensor], dict, dict
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - SafetensorError, pyo3 panics, JSON and key errors alike
-        raise CheckpointError(f"checkpoint {path} ({len(data)} bytes) is truncated or not a checkpoint "
-                              f"({type(e).__name__}: {str(e)[:200]}); refusing to load it") from None
+        raise CheckpointError(
+            f"checkpoint {path} ({len(data)} bytes) is truncated or not a checkpoint "
+            f"({type(e).__name__}: {str(e)[:200]}); refusing to load it"
+        ) from None
     if _digest(state_json, tensors) != digest:
-        raise CheckpointError(f"checkpoint {path} is corrupted (its SHA-256 does not match its contents); refusing to load it")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted (its SHA-256 does not match its contents); refusing to load it"
+        )
     state = json.loads(state_json)
     if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {state.get('version')!r}; this library reads {CHECKPOINT_VERSION}")
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        raise CheckpointError(
+            f"checkpoint {path} has version {state.get('version')!r}; this library reads {CHECKPOINT_VERSION}"
+        )
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     blobs = {k: v.numpy().tobytes() for k, v in tensors.items() if k.startswith("blob.")}
     return model, state, blobs

@@ -32,13 +32,13 @@ from .message import WIRE_DTYPES, UpdateMessage
 
 @dataclass
 class FerretConfig:
-    num_bases: int = 64             # K per block (the average K when adaptive)
+    num_bases: int = 64  # K per block (the average K when adaptive)
     block_size: int = 1 << 20
     dist: str = "rademacher"
-    adaptive: bool = False          # k_b proportional to ||delta_b||
-    k_max: int | None = None        # cap per block when adaptive (default 4 K)
-    full_threshold: int = 0         # tensors with fewer elements travel in full
-    wire_dtype: str = "float32"     # coefficients on the wire: float32, bfloat16, float16
+    adaptive: bool = False  # k_b proportional to ||delta_b||
+    k_max: int | None = None  # cap per block when adaptive (default 4 K)
+    full_threshold: int = 0  # tensors with fewer elements travel in full
+    wire_dtype: str = "float32"  # coefficients on the wire: float32, bfloat16, float16
 
     def __post_init__(self):
         if self.num_bases <= 0:
@@ -132,15 +132,35 @@ class UpdateCodec:
         dense = torch.zeros(layout.total_blocks, kop)
         for s in layout.projected:  # a block shared by tensors (packed layouts) gets the sum of their rows
             sl = slice(s.block_offset, s.block_offset + s.num_blocks)
-            g = project(old[s.name].detach(), seed, kop, cfg.block_size, y=new[s.name].detach(),
-                        block_offset=s.block_offset, dist=cfg.dist, active=active[sl].to(old[s.name].device),
-                        start=s.lead)
+            g = project(
+                old[s.name].detach(),
+                seed,
+                kop,
+                cfg.block_size,
+                y=new[s.name].detach(),
+                block_offset=s.block_offset,
+                dist=cfg.dist,
+                active=active[sl].to(old[s.name].device),
+                start=s.lead,
+            )
             dense[sl] += g.cpu()
         dense *= block_scale(active)[:, None]
         mask = torch.arange(kop)[None, :] < active[:, None].to(torch.int64)
         full = {s.name: (old[s.name].detach().float() - new[s.name].detach().float()).cpu() for s in layout.full}
-        return UpdateMessage(layout.fingerprint, seed, cfg.dist, kop, cfg.block_size, active, dense[mask], full,
-                             float(weight), round, client, cfg.wire_dtype)
+        return UpdateMessage(
+            layout.fingerprint,
+            seed,
+            cfg.dist,
+            kop,
+            cfg.block_size,
+            active,
+            dense[mask],
+            full,
+            float(weight),
+            round,
+            client,
+            cfg.wire_dtype,
+        )
 
     # ------------------------------------------------------------------ server side
     def check(self, msg: UpdateMessage) -> None:
@@ -157,7 +177,9 @@ class UpdateCodec:
         if msg.dist not in DISTS:
             raise ValueError(f"update has unknown dist {msg.dist!r}")
         if not 1 <= msg.num_bases <= self.config.max_bases:
-            raise ValueError(f"update has K={msg.num_bases}, outside [1, {self.config.max_bases}] (this server's maximum)")
+            raise ValueError(
+                f"update has K={msg.num_bases}, outside [1, {self.config.max_bases}] (this server's maximum)"
+            )
         if msg.active.dim() != 1 or msg.active.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
             raise ValueError("update active counts must be an integer vector")
         if msg.active.numel() and (int(msg.active.min()) < 0 or int(msg.active.max()) > msg.num_bases):
@@ -174,7 +196,9 @@ class UpdateCodec:
                 raise ValueError(f"update's full tensor {s.name} has the wrong shape or NaN/Inf values")
 
     @torch.no_grad()
-    def apply(self, module, messages: list[UpdateMessage], lr: float = 1.0, weights=None, *, normalize: bool = True) -> None:
+    def apply(
+        self, module, messages: list[UpdateMessage], lr: float = 1.0, weights=None, *, normalize: bool = True
+    ) -> None:
         """w <- w - lr * sum_c weight_c * reconstruct(update_c), in place, in each parameter's dtype.
 
         Messages sharing a seed and dist are aggregated in coefficient space first (zero-padded
@@ -188,7 +212,9 @@ class UpdateCodec:
         for m in messages:
             self.check(m)
         params = _as_params(module, self.layout)
-        w = torch.tensor([m.weight for m in messages] if weights is None else [float(x) for x in weights], dtype=torch.float64)
+        w = torch.tensor(
+            [m.weight for m in messages] if weights is None else [float(x) for x in weights], dtype=torch.float64
+        )
         if w.numel() != len(messages) or not torch.isfinite(w).all() or (w < 0).any() or (normalize and w.sum() <= 0):
             raise ValueError("weights must be finite and non-negative, one per message, with a positive sum")
         if not math.isfinite(lr):
@@ -215,10 +241,17 @@ class UpdateCodec:
             p = params[s.name]
             sl = slice(s.block_offset, s.block_offset + s.num_blocks)
             act = None if active is None else active[sl].to(p.device)
-            reconstruct_(p.data, coeffs[sl].to(p.device), seed, bs, block_offset=s.block_offset, dist=dist,
-                         alpha=-lr, active=act, start=s.lead)
-
-
+            reconstruct_(
+                p.data,
+                coeffs[sl].to(p.device),
+                seed,
+                bs,
+                block_offset=s.block_offset,
+                dist=dist,
+                alpha=-lr,
+                active=act,
+                start=s.lead,
+            )
 
 
 def fedavg_bytes(layout: ParamLayout) -> int:

@@ -46,8 +46,9 @@ class ParamLayout:
         self.fingerprint = self._fingerprint()
 
     @classmethod
-    def from_module(cls, module: torch.nn.Module, block_size: int = 1 << 20, full_threshold: int = 0,
-                    pack: bool = False) -> "ParamLayout":
+    def from_module(
+        cls, module: torch.nn.Module, block_size: int = 1 << 20, full_threshold: int = 0, pack: bool = False
+    ) -> "ParamLayout":
         """The trainable parameters of `module` (named_parameters order, shared ones once);
         `pack`: blocks of one virtual vector of all projected tensors (blocks cross tensor edges)."""
         if block_size <= 0:
@@ -75,8 +76,10 @@ class ParamLayout:
     def _fingerprint(self) -> str:
         desc = {
             "block_size": self.block_size,
-            "tensors": [[s.name, list(s.shape), str(s.dtype).replace("torch.", ""), s.projected, s.block_offset]
-                        for s in self.specs],
+            "tensors": [
+                [s.name, list(s.shape), str(s.dtype).replace("torch.", ""), s.projected, s.block_offset]
+                for s in self.specs
+            ],
         }
         if self.pack:  # another plan, another fingerprint (per-tensor layouts keep theirs)
             desc["packed"] = [s.lead for s in self.specs]
@@ -103,14 +106,23 @@ class ParamLayout:
             if p is None:
                 raise KeyError(f"the model has no parameter {s.name!r} of the layout")
             if tuple(p.shape) != s.shape or p.dtype != s.dtype:
-                raise ValueError(f"parameter {s.name}: model has {tuple(p.shape)} {p.dtype}, layout {s.shape} {s.dtype}")
+                raise ValueError(
+                    f"parameter {s.name}: model has {tuple(p.shape)} {p.dtype}, layout {s.shape} {s.dtype}"
+                )
             out[s.name] = p
         return out
 
     def check_module(self, module: torch.nn.Module) -> None:
-        if ParamLayout.from_module(module, self.block_size, self.full_threshold, self.pack).fingerprint != self.fingerprint:
-            raise ValueError("the model does not match this parameter layout (names, shapes, dtypes or block plan differ)")
+        if (
+            ParamLayout.from_module(module, self.block_size, self.full_threshold, self.pack).fingerprint
+            != self.fingerprint
+        ):
+            raise ValueError(
+                "the model does not match this parameter layout (names, shapes, dtypes or block plan differ)"
+            )
 
     def __repr__(self) -> str:
-        return (f"ParamLayout({len(self.specs)} tensors, {self.numel} elements, {self.total_blocks} blocks of "
-                f"{self.block_size}, {len(self.full)} sent in full, fingerprint {self.fingerprint[:8]})")
+        return (
+            f"ParamLayout({len(self.specs)} tensors, {self.numel} elements, {self.total_blocks} blocks of "
+            f"{self.block_size}, {len(self.full)} sent in full, fingerprint {self.fingerprint[:8]})"
+        )

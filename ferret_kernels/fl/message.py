@@ -39,12 +39,12 @@ from .layout import ParamLayout
 FORMAT_VERSION = 1
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _COUNT_DTYPES = ((255, torch.uint8), (32767, torch.int16), (2**31 - 1, torch.int32))
-MAX_BASES = 1 << 16          # K above this is refused whatever the server's own bound
-MAX_WEIGHT = float(2**53)    # the most examples a message may claim (every integer below is exact in a double)
+MAX_BASES = 1 << 16  # K above this is refused whatever the server's own bound
+MAX_WEIGHT = float(2**53)  # the most examples a message may claim (every integer below is exact in a double)
 MAX_ROUND = 2**62
 REQUIRED_META = frozenset({"fmt", "lib", "rng", "fp", "seed", "dist", "K", "bs", "nb", "w", "r"})
 OPTIONAL_META = frozenset({"id"})
-_UINT = re.compile(r"0|[1-9][0-9]{0,19}")                  # re with str patterns: [0-9] is ASCII only
+_UINT = re.compile(r"0|[1-9][0-9]{0,19}")  # re with str patterns: [0-9] is ASCII only
 _FLOAT = re.compile(r"[0-9][0-9.e+-]{0,31}")
 _CLIENT = re.compile(r"[A-Za-z0-9._:@+-]{1,64}")
 _LIB = re.compile(r"[0-9][0-9A-Za-z.+!-]{0,47}")
@@ -62,14 +62,14 @@ class UpdateMessage:
     dist: str
     num_bases: int
     block_size: int
-    active: torch.Tensor            # int32 [total_blocks]
-    coeffs: torch.Tensor            # float32 [active.sum()], block-major
+    active: torch.Tensor  # int32 [total_blocks]
+    coeffs: torch.Tensor  # float32 [active.sum()], block-major
     full: dict = field(default_factory=dict)  # name -> float32 delta of a tensor sent in full
     weight: float = 1.0
     round: int = 0
     client: str = ""
     wire_dtype: str = "float32"
-    lib: str = LIB_VERSION          # the sender's library version (informational; fmt and rng decide compatibility)
+    lib: str = LIB_VERSION  # the sender's library version (informational; fmt and rng decide compatibility)
 
     def dense(self, num_bases: int | None = None) -> torch.Tensor:
         """Coefficients as float32 [total_blocks, num_bases (default K)], zero beyond each
@@ -86,7 +86,9 @@ class UpdateMessage:
 
     def norm(self) -> float:
         """Euclidean norm of everything the update carries (coefficients and full deltas), in float64."""
-        sq = float(self.coeffs.double().square().sum()) + sum(float(t.double().square().sum()) for t in self.full.values())
+        sq = float(self.coeffs.double().square().sum()) + sum(
+            float(t.double().square().sum()) for t in self.full.values()
+        )
         return math.sqrt(sq)
 
 
@@ -99,7 +101,11 @@ def _check_encodable(msg: UpdateMessage) -> None:
         raise ValueError(f"wire_dtype must be one of {list(WIRE_DTYPES)}, got {msg.wire_dtype!r}")
     if not (isinstance(msg.weight, (int, float)) and math.isfinite(msg.weight) and 0 <= msg.weight <= MAX_WEIGHT):
         raise ValueError(f"weight must be a finite number in [0, 2^53], got {msg.weight!r}")
-    if not 0 <= int(msg.seed) < 2**64 or not 0 <= int(msg.round) <= MAX_ROUND or not 1 <= int(msg.num_bases) <= MAX_BASES:
+    if (
+        not 0 <= int(msg.seed) < 2**64
+        or not 0 <= int(msg.round) <= MAX_ROUND
+        or not 1 <= int(msg.num_bases) <= MAX_BASES
+    ):
         raise ValueError(f"seed, round or K out of range (seed {msg.seed}, round {msg.round}, K {msg.num_bases})")
     if msg.client and not _CLIENT.fullmatch(msg.client):
         raise ValueError(f"client id must be 1-64 characters of [A-Za-z0-9._:@+-], got {msg.client!r}")
@@ -119,15 +125,25 @@ def encode(msg: UpdateMessage) -> bytes:
     for name, t in msg.full.items():
         tensors["f." + name] = t.detach().to(wire).contiguous().cpu()
     meta = {
-        "fmt": str(FORMAT_VERSION), "lib": msg.lib, "rng": str(RNG_VERSION), "fp": msg.fingerprint,
-        "seed": str(int(msg.seed)), "dist": msg.dist, "K": str(int(msg.num_bases)), "bs": str(int(msg.block_size)),
-        "nb": str(msg.active.numel()), "w": repr(float(msg.weight)), "r": str(int(msg.round)),
+        "fmt": str(FORMAT_VERSION),
+        "lib": msg.lib,
+        "rng": str(RNG_VERSION),
+        "fp": msg.fingerprint,
+        "seed": str(int(msg.seed)),
+        "dist": msg.dist,
+        "K": str(int(msg.num_bases)),
+        "bs": str(int(msg.block_size)),
+        "nb": str(msg.active.numel()),
+        "w": repr(float(msg.weight)),
+        "r": str(int(msg.round)),
     }
     if msg.client:
         meta["id"] = msg.client
     raw = save(tensors, metadata=meta)
     (hlen,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + hlen])  # our own bytes: "__metadata__" first, then the tensors in safetensors' order
+    header = json.loads(
+        raw[8 : 8 + hlen]
+    )  # our own bytes: "__metadata__" first, then the tensors in safetensors' order
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) != len(raw[8 : 8 + hlen].rstrip(b" ")):  # same keys and values, only reordered: same length
@@ -149,8 +165,10 @@ def max_message_bytes(layout: ParamLayout, num_bases: int) -> int:
 def _uint(meta: dict, key: str, lo: int, hi: int) -> int:
     s = meta[key]
     if not _UINT.fullmatch(s):
-        raise DecodeError(f"message metadata {key}={s[:40]!r} is not a canonical decimal integer "
-                          f"(ASCII digits, no sign, spaces, separators or leading zeros)")
+        raise DecodeError(
+            f"message metadata {key}={s[:40]!r} is not a canonical decimal integer "
+            f"(ASCII digits, no sign, spaces, separators or leading zeros)"
+        )
     v = int(s)
     if not lo <= v <= hi:
         raise DecodeError(f"message metadata {key}={v} is outside [{lo}, {hi}]")
@@ -162,8 +180,10 @@ def _as_bytes(data) -> bytes:
         return bytes(data)
     if isinstance(data, memoryview):
         if not data.c_contiguous or data.format not in ("B", "b", "c"):
-            raise DecodeError(f"a message is a contiguous byte buffer; got a memoryview of format {data.format!r}"
-                              f"{'' if data.c_contiguous else ', not contiguous'}")
+            raise DecodeError(
+                f"a message is a contiguous byte buffer; got a memoryview of format {data.format!r}"
+                f"{'' if data.c_contiguous else ', not contiguous'}"
+            )
         return data.tobytes()
     raise DecodeError(f"a message is bytes, got {type(data).__name__}")
 
@@ -193,7 +213,9 @@ def _header(data: bytes, hlen: int) -> dict:
         raise DecodeError(f"message header holds a float ({text[:20]}); only integers and strings belong there")
 
     try:
-        header = json.loads(data[8 : 8 + hlen], object_pairs_hook=pairs, parse_constant=no_constant, parse_float=no_float)
+        header = json.loads(
+            data[8 : 8 + hlen], object_pairs_hook=pairs, parse_constant=no_constant, parse_float=no_float
+        )
     except DecodeError:
         raise
     except (ValueError, RecursionError) as e:  # safetensors already bounded the nesting; belt and braces
@@ -220,17 +242,21 @@ def decode(data, layout: ParamLayout, *, max_bases: int | None = None) -> Update
         raise DecodeError(f"message is truncated (header of {hlen} bytes, {len(data) - 8} present)")
     if hlen > max_header_bytes(layout):
         raise DecodeError(f"message header of {hlen} bytes is larger than any valid one ({max_header_bytes(layout)})")
-    tensors = _load_tensors(data)   # safetensors checks the structure, offsets and sizes (and bounds JSON nesting)
+    tensors = _load_tensors(data)  # safetensors checks the structure, offsets and sizes (and bounds JSON nesting)
     meta = _header(data, hlen)
 
     keys = set(meta)
     if keys - REQUIRED_META - OPTIONAL_META or REQUIRED_META - keys:
-        raise DecodeError(f"message metadata keys differ from the format's (unexpected "
-                          f"{sorted(keys - REQUIRED_META - OPTIONAL_META)[:5]}, missing {sorted(REQUIRED_META - keys)})")
+        raise DecodeError(
+            f"message metadata keys differ from the format's (unexpected "
+            f"{sorted(keys - REQUIRED_META - OPTIONAL_META)[:5]}, missing {sorted(REQUIRED_META - keys)})"
+        )
     if meta["fmt"] != str(FORMAT_VERSION):
         raise DecodeError(f"message format version {meta['fmt'][:40]!r} is not supported (expected {FORMAT_VERSION})")
     if meta["rng"] != str(RNG_VERSION):
-        raise DecodeError(f"message uses RNG contract version {meta['rng'][:40]!r}; this library implements {RNG_VERSION}")
+        raise DecodeError(
+            f"message uses RNG contract version {meta['rng'][:40]!r}; this library implements {RNG_VERSION}"
+        )
     if not _LIB.fullmatch(meta["lib"]):
         raise DecodeError(f"message lib version {meta['lib'][:60]!r} is not a version string")
     if not _FP.fullmatch(meta["fp"]) or meta["fp"] != layout.fingerprint:
@@ -266,7 +292,9 @@ def decode(data, layout: ParamLayout, *, max_bases: int | None = None) -> Update
     extra = set(tensors) - expected - {"a"}
     missing = expected - set(tensors)
     if extra or missing:
-        raise DecodeError(f"message tensors do not match the layout (unexpected {sorted(extra)[:5]}, missing {sorted(missing)[:5]})")
+        raise DecodeError(
+            f"message tensors do not match the layout (unexpected {sorted(extra)[:5]}, missing {sorted(missing)[:5]})"
+        )
     c = tensors["c"]
     wire = next((k for k, v in WIRE_DTYPES.items() if v == c.dtype), None)
     if wire is None:
@@ -275,14 +303,18 @@ def decode(data, layout: ParamLayout, *, max_bases: int | None = None) -> Update
         if name == "a":
             continue
         if t.dtype != c.dtype:
-            raise DecodeError(f"message tensor {name!r} has dtype {t.dtype}, the coefficients {c.dtype} (one wire dtype per message)")
+            raise DecodeError(
+                f"message tensor {name!r} has dtype {t.dtype}, the coefficients {c.dtype} (one wire dtype per message)"
+            )
         if not torch.isfinite(t).all():
             raise DecodeError(f"message tensor {name!r} has NaN or Inf values")
     if "a" in tensors:
         a = tensors["a"]
         if a.dtype != _count_dtype(K) or a.dim() != 1 or a.numel() != nb:
-            raise DecodeError(f"active counts must be a {_count_dtype(K)} vector of {nb} blocks for K={K}, "
-                              f"got {a.dtype} {list(a.shape)}")
+            raise DecodeError(
+                f"active counts must be a {_count_dtype(K)} vector of {nb} blocks for K={K}, "
+                f"got {a.dtype} {list(a.shape)}"
+            )
         active = a.to(torch.int32)
         if nb and (int(active.min()) < 0 or int(active.max()) > K):
             raise DecodeError(f"active counts must be in [0, K={K}]")
@@ -291,17 +323,23 @@ def decode(data, layout: ParamLayout, *, max_bases: int | None = None) -> Update
     else:
         active = torch.full((nb,), K, dtype=torch.int32)
     if c.dim() != 1 or c.numel() != int(active.sum()):
-        raise DecodeError(f"message has {c.numel()} coefficients ({list(c.shape)}), its active counts say {int(active.sum())}")
+        raise DecodeError(
+            f"message has {c.numel()} coefficients ({list(c.shape)}), its active counts say {int(active.sum())}"
+        )
     full = {}
     for s in layout.full:
         t = tensors["f." + s.name]
         if tuple(t.shape) != s.shape:
             raise DecodeError(f"full tensor {s.name}: shape {list(t.shape)} differs from the layout's {list(s.shape)}")
         full[s.name] = t.float()
-    msg = UpdateMessage(layout.fingerprint, seed, dist, K, bs, active, c.float(), full, weight, rnd, client, wire, meta["lib"])
+    msg = UpdateMessage(
+        layout.fingerprint, seed, dist, K, bs, active, c.float(), full, weight, rnd, client, wire, meta["lib"]
+    )
     again = encode(msg)
     if again != data:
         at = next((i for i, (x, y) in enumerate(zip(again, data)) if x != y), min(len(again), len(data)))
-        raise DecodeError(f"message is not in its canonical encoding (valid fields, but the bytes differ from their one "
-                          f"encoding from byte {at}: header spacing, key order, padding or a redundant form)")
+        raise DecodeError(
+            f"message is not in its canonical encoding (valid fields, but the bytes differ from their one "
+            f"encoding from byte {at}: header spacing, key order, padding or a redundant form)"
+        )
     return msg

@@ -52,9 +52,9 @@ log = logging.getLogger("ferret_kernels.fl")
 @dataclass
 class ServerConfig:
     lr: float = 1.0
-    schedule: str = "constant"      # constant | cosine | linear | step
-    rounds: int = 1                 # for the cosine / linear schedules
-    step_gamma: float = 0.5         # step schedule: lr * gamma^(round // step_every)
+    schedule: str = "constant"  # constant | cosine | linear | step
+    rounds: int = 1  # for the cosine / linear schedules
+    step_gamma: float = 0.5  # step schedule: lr * gamma^(round // step_every)
     step_every: int = 10
     momentum: float = 0.0
     momentum_window: int = 8
@@ -68,9 +68,9 @@ class ServerConfig:
     # norm of ~1e3 (7B values of ~0.02). An update above it is refused, not applied; below it
     # every element moves by at most 6 x 1e4 x lr (fits fp16's 65504 at lr <= 1).
     max_norm: float | None = 1e4
-    max_share: float = 0.5          # the largest share of a round one client can get (with >= 2 updates)
-    weighting: str = "examples"     # examples (claimed, bounded) | equal
-    seed_scheme: str = "shared"     # shared | per_client
+    max_share: float = 0.5  # the largest share of a round one client can get (with >= 2 updates)
+    weighting: str = "examples"  # examples (claimed, bounded) | equal
+    seed_scheme: str = "shared"  # shared | per_client
     base_seed: int = 0
     max_rejections_logged: int = 1000  # the rejection log keeps the latest ones; a counter keeps the total
 
@@ -140,7 +140,7 @@ class FerretServer:
         self.history: list[list[tuple[UpdateMessage, float]]] = []  # momentum window
         self.rejected: collections.deque[tuple[str, str]] = collections.deque(maxlen=config.max_rejections_logged)
         self.rejected_total = 0
-        self.round = 0                  # the round being collected: receive() expects its messages
+        self.round = 0  # the round being collected: receive() expects its messages
         self._seen: set[tuple[int, str]] = set()
         self._logged_this_round = 0
 
@@ -177,7 +177,9 @@ class FerretServer:
         elif self._logged_this_round == 21:
             log.warning("round %d: more rejections this round are counted but not logged", self.round)
 
-    def receive(self, data, *, expected_seed: int | None = None, round: int | None = None, node=None) -> UpdateMessage | None:
+    def receive(
+        self, data, *, expected_seed: int | None = None, round: int | None = None, node=None
+    ) -> UpdateMessage | None:
         """Decode and validate one client's message for `round` (default: the round being
         collected) from `node` (its id must match the message's, if given). A bad one is
         recorded with the node and the reason, and returns None."""
@@ -194,15 +196,21 @@ class FerretServer:
             if msg.dist != self.codec.config.dist:
                 raise DecodeError(f"message dist {msg.dist} differs from the server's {self.codec.config.dist}")
             if msg.round != rnd:
-                raise DecodeError(f"message is for round {msg.round}, the server collects round {rnd} "
-                                  f"({'stale or replayed' if msg.round < rnd else 'from the future'})")
+                raise DecodeError(
+                    f"message is for round {msg.round}, the server collects round {rnd} "
+                    f"({'stale or replayed' if msg.round < rnd else 'from the future'})"
+                )
             if node is not None and msg.client != str(node):
-                raise DecodeError(f"message names client {msg.client!r} but came from node {node} (replayed or forwarded)")
+                raise DecodeError(
+                    f"message names client {msg.client!r} but came from node {node} (replayed or forwarded)"
+                )
             if msg.seed != expected_seed:
                 raise DecodeError(f"message seed {msg.seed} is not the one assigned ({expected_seed})")
             norm = msg.norm()
             if self.config.max_norm is not None and not norm <= self.config.max_norm:
-                raise DecodeError(f"update norm {norm:.4g} exceeds the server's bound max_norm={self.config.max_norm:g}")
+                raise DecodeError(
+                    f"update norm {norm:.4g} exceeds the server's bound max_norm={self.config.max_norm:g}"
+                )
             key = (rnd, msg.client or who)
             if key[1] and key in self._seen:
                 raise DecodeError(f"a second update from client {key[1]!r} in round {rnd}")
@@ -259,8 +267,20 @@ class FerretServer:
         lim = torch.finfo(WIRE_DTYPES[wire]).max
         if any(bool((t.abs() > lim).any()) for t in [coeffs, *full.values()]):
             wire = "float32"  # the aggregate would overflow the wire dtype (fp16: 65504); send it exactly
-        return UpdateMessage(first.fingerprint, first.seed, first.dist, K, first.block_size, active, coeffs, full,
-                             tot, round, "server", wire)
+        return UpdateMessage(
+            first.fingerprint,
+            first.seed,
+            first.dist,
+            K,
+            first.block_size,
+            active,
+            coeffs,
+            full,
+            tot,
+            round,
+            "server",
+            wire,
+        )
 
     def broadcast(self, messages: list[UpdateMessage], round: int | None = None) -> list[UpdateMessage]:
         """What clients need to apply the round themselves: one message per seed (under the

@@ -29,9 +29,9 @@ URL = re.compile(r"https?://\S+")
 
 @dataclass
 class Corpus:
-    texts: list            # what a classifier reads
-    labels: np.ndarray     # label index per text
-    names: list            # label names
+    texts: list  # what a classifier reads
+    labels: np.ndarray  # label index per text
+    names: list  # label names
     titles: list = field(default_factory=list)  # BBC only: headline and article body apart
     bodies: list = field(default_factory=list)
 
@@ -41,8 +41,11 @@ class Corpus:
 
 def _per_label(labels, max_per_label, seed):
     rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:max_per_label]
-                                   for c in range(int(labels.max()) + 1)]))
+    return np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[:max_per_label] for c in range(int(labels.max()) + 1)]
+        )
+    )
 
 
 def load_tweets(path: str, max_per_outlet: int | None = None, seed: int = 0) -> Corpus:
@@ -99,14 +102,27 @@ def client_skew(parts, labels) -> float:
 class TextTask:
     """A FederatedTask (ferret_kernels.fl.harness.loop): classify tokenized texts."""
 
-    def __init__(self, corpus: Corpus, tokenizer, *, num_clients, split, alpha, eval_size, max_len, seed, device,
-                 eval_subsample=None):
+    def __init__(
+        self,
+        corpus: Corpus,
+        tokenizer,
+        *,
+        num_clients,
+        split,
+        alpha,
+        eval_size,
+        max_len,
+        seed,
+        device,
+        eval_subsample=None,
+    ):
         texts, labels = corpus.texts, corpus.labels
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(texts))
         ev, tr = order[:eval_size], order[eval_size:]
-        enc = tokenizer([texts[i] for i in order], padding="max_length", truncation=True, max_length=max_len,
-                        return_tensors="pt")
+        enc = tokenizer(
+            [texts[i] for i in order], padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
+        )
         ids, mask = enc["input_ids"], enc["attention_mask"]
         self.device = device
         # the held-out set, sorted by length so that evaluation batches carry little padding; each
@@ -181,8 +197,9 @@ class LMTask(TextTask):
         """Next-token cross entropy over the real (unpadded) positions."""
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         tgt = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                                 reduction=reduction)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction=reduction
+        )
         return loss, int((tgt != -100).sum())
 
     def loss(self, model, batch):
@@ -237,8 +254,21 @@ class HeadlineTask:
     headlines end every row and the LM head (168 M of Gemma 3 270M's parameters: its vocabulary)
     runs on the headline positions only."""
 
-    def __init__(self, corpus: Corpus, tokenizer, *, num_clients, split, alpha, eval_size, max_len, seed, device,
-                 eval_subsample=None, max_new_tokens=24):
+    def __init__(
+        self,
+        corpus: Corpus,
+        tokenizer,
+        *,
+        num_clients,
+        split,
+        alpha,
+        eval_size,
+        max_len,
+        seed,
+        device,
+        eval_subsample=None,
+        max_new_tokens=24,
+    ):
         self.tok, self.device, self.max_new_tokens = tokenizer, device, max_new_tokens
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(corpus.titles))
@@ -248,8 +278,9 @@ class HeadlineTask:
         self.prompts, self.targets = [], []
         for i in order:
             body = tokenizer(" " + corpus.bodies[i], add_special_tokens=False, truncation=True, max_length=max_len)
-            t = tokenizer(" " + corpus.titles[i], add_special_tokens=False, truncation=True,
-                          max_length=max_new_tokens - 1)["input_ids"]
+            t = tokenizer(
+                " " + corpus.titles[i], add_special_tokens=False, truncation=True, max_length=max_new_tokens - 1
+            )["input_ids"]
             self.prompts.append(head + body["input_ids"] + tail)  # max_len bounds the article, never the instruction
             self.targets.append(t + [eos])
         self.titles = [corpus.titles[i] for i in order]
@@ -293,8 +324,9 @@ class HeadlineTask:
         k = int((labels != -100).sum(1).max())  # the headline positions (the last k of every row)
         logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=k + 1).logits[:, :-1].float()
         tgt = labels[:, -k:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                                 reduction=reduction)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction=reduction
+        )
         return loss, int((tgt != -100).sum())
 
     def loss(self, model, batch):
@@ -313,8 +345,14 @@ class HeadlineTask:
             for r, p in enumerate(ps):
                 ids[r, n - len(p) :] = torch.tensor(p)
                 mask[r, n - len(p) :] = 1
-            gen = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
-                                 max_new_tokens=self.max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+            gen = model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
             for row in gen[:, n:].tolist():
                 row = row[: row.index(eos)] if eos in row else row
                 out.append(self.tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip())

@@ -23,8 +23,8 @@ import torch
 
 from ferret_kernels.fl import FerretConfig, ServerConfig
 from ferret_kernels.fl.codec import fedavg_bytes
-from ferret_kernels.fl.layout import ParamLayout
 from ferret_kernels.fl.harness.loop import LoopConfig, run
+from ferret_kernels.fl.layout import ParamLayout
 
 from . import assets, report
 
@@ -33,27 +33,95 @@ PRESETS = {
     # K (k_b proportional to ||delta_b||, the same total); with blocks of 65,536 each K uploads
     # about 4 K x 427 bytes: K = 512 is 1/103 of FedAvg's bytes, 128 1/410, 32 1/1623, 8 1/6178.
     # The default K = 32 is the knee of the sweep (docs/demo.md): within a point of FedAvg, K = 8 is not.
-    "minilm": dict(model="minilm", data="bbc", task="classify", clients=16, clients_per_round=4, rounds=10,
-                   local_steps=4, batch_size=16, local_lr=1e-4, optimizer="adamw", K=32, block_size=65536,
-                   adaptive=True, compare_K=[512, 128, 8], max_per_label=None, eval_size=800, eval_subsample=64,
-                   max_len=48, server_lr=1.0, zo_lr=2e-5, zo_eps=1e-3, methods=["fedavg", "ferret", "zo"],
-                   full_threshold=0, wire_dtype="float32"),
+    "minilm": dict(
+        model="minilm",
+        data="bbc",
+        task="classify",
+        clients=16,
+        clients_per_round=4,
+        rounds=10,
+        local_steps=4,
+        batch_size=16,
+        local_lr=1e-4,
+        optimizer="adamw",
+        K=32,
+        block_size=65536,
+        adaptive=True,
+        compare_K=[512, 128, 8],
+        max_per_label=None,
+        eval_size=800,
+        eval_subsample=64,
+        max_len=48,
+        server_lr=1.0,
+        zo_lr=2e-5,
+        zo_eps=1e-3,
+        methods=["fedavg", "ferret", "zo"],
+        full_threshold=0,
+        wire_dtype="float32",
+    ),
     # smoke runs and the tests: a 2-layer BERT from a config (0.2M parameters), one thread
-    "tiny": dict(model="tiny", data="bbc", task="classify", clients=4, clients_per_round=4, rounds=5, local_steps=6,
-                 batch_size=16, local_lr=2e-3, optimizer="adamw", K=8, block_size=4096, compare_K=[], max_per_label=80,
-                 eval_size=100, eval_subsample=50, max_len=32, server_lr=1.0, zo_lr=1e-4, zo_eps=1e-3, alpha=5.0,
-                 methods=["fedavg", "ferret", "zo"], full_threshold=2048, wire_dtype="float32", threads=1),
+    "tiny": dict(
+        model="tiny",
+        data="bbc",
+        task="classify",
+        clients=4,
+        clients_per_round=4,
+        rounds=5,
+        local_steps=6,
+        batch_size=16,
+        local_lr=2e-3,
+        optimizer="adamw",
+        K=8,
+        block_size=4096,
+        compare_K=[],
+        max_per_label=80,
+        eval_size=100,
+        eval_subsample=50,
+        max_len=32,
+        server_lr=1.0,
+        zo_lr=1e-4,
+        zo_eps=1e-3,
+        alpha=5.0,
+        methods=["fedavg", "ferret", "zo"],
+        full_threshold=2048,
+        wire_dtype="float32",
+        threads=1,
+    ),
     # Gemma 3 270M writes BBC headlines (instruction-style, Rouge-L, as the paper's Natural
     # Instructions / Dolly tasks); clients are the 5 topic desks.
-    "llm": dict(model="gemma", data="bbc", task="headline", split="label", clients=5, clients_per_round=2, rounds=5,
-                local_steps=2, batch_size=4, local_lr=2e-5, optimizer="adamw", K=64, block_size=1 << 16, compare_K=[],
-                max_per_label=None, eval_size=32, eval_subsample=8, max_len=64, server_lr=1.0, zo_lr=1e-6,
-                zo_eps=1e-3, methods=["fedavg", "ferret", "zo"], full_threshold=0, wire_dtype="bfloat16"),
+    "llm": dict(
+        model="gemma",
+        data="bbc",
+        task="headline",
+        split="label",
+        clients=5,
+        clients_per_round=2,
+        rounds=5,
+        local_steps=2,
+        batch_size=4,
+        local_lr=2e-5,
+        optimizer="adamw",
+        K=64,
+        block_size=1 << 16,
+        compare_K=[],
+        max_per_label=None,
+        eval_size=32,
+        eval_subsample=8,
+        max_len=64,
+        server_lr=1.0,
+        zo_lr=1e-6,
+        zo_eps=1e-3,
+        methods=["fedavg", "ferret", "zo"],
+        full_threshold=0,
+        wire_dtype="bfloat16",
+    ),
 }
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="ferret-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ferret-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="minilm")
     p.add_argument("--config", help="JSON file with any of the options below (command-line flags win)")
     p.add_argument("--out", default="demo_out", help="report directory")
@@ -66,11 +134,17 @@ def build_parser():
     p.add_argument("--local-lr", type=float)
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     p.add_argument("--K", type=int, help="bases per block (Ferret)")
-    p.add_argument("--compare-K", type=lambda s: [int(x) for x in s.split(",") if x], help="extra Ferret runs with these K")
+    p.add_argument(
+        "--compare-K", type=lambda s: [int(x) for x in s.split(",") if x], help="extra Ferret runs with these K"
+    )
     p.add_argument("--block-size", type=int)
     p.add_argument("--dist", choices=["rademacher", "uniform", "gaussian"])
-    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
-                   help="K per block proportional to ||delta_b|| (the same total; the main job's default)")
+    p.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="K per block proportional to ||delta_b|| (the same total; the main job's default)",
+    )
     p.add_argument("--seed-scheme", choices=["shared", "per_client"])
     p.add_argument("--server-lr", type=float)
     p.add_argument("--server-schedule", choices=["constant", "cosine", "linear", "step"])
@@ -81,12 +155,20 @@ def build_parser():
     p.add_argument("--zo-eps", type=float)
     p.add_argument("--zo-candidates", type=int)
     p.add_argument("--data", choices=["bbc", "tweets"], help="bbc: news articles, 5 topics; tweets: 16 outlets")
-    p.add_argument("--task", choices=["classify", "lm", "headline"],
-                   help="classify the label; lm: causal LM of the texts (perplexity); headline: write a BBC headline (Rouge-L)")
+    p.add_argument(
+        "--task",
+        choices=["classify", "lm", "headline"],
+        help="classify the label; lm: causal LM of the texts (perplexity); headline: write a BBC headline (Rouge-L)",
+    )
     p.add_argument("--split", choices=["dirichlet", "label", "outlet"], help="label (or outlet): one client per label")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (smaller = more non-IID)")
-    p.add_argument("--max-per-label", "--max-per-outlet", dest="max_per_label", type=int,
-                   help="examples kept per label (topic or outlet)")
+    p.add_argument(
+        "--max-per-label",
+        "--max-per-outlet",
+        dest="max_per_label",
+        type=int,
+        help="examples kept per label (topic or outlet)",
+    )
     p.add_argument("--eval-size", type=int, help="held-out examples (all evaluated at the end of each method's run)")
     p.add_argument("--eval-subsample", type=int, help="held-out examples evaluated after each round (a fixed subset)")
     p.add_argument("--max-len", type=int)
@@ -99,8 +181,19 @@ def build_parser():
     return p
 
 
-DEFAULTS = dict(dist="rademacher", adaptive=False, seed_scheme="shared", server_schedule="constant", server_momentum=0.0,
-                zo_candidates=64, split="dirichlet", alpha=0.5, data="bbc", task="classify", eval_subsample=None)
+DEFAULTS = dict(
+    dist="rademacher",
+    adaptive=False,
+    seed_scheme="shared",
+    server_schedule="constant",
+    server_momentum=0.0,
+    zo_candidates=64,
+    split="dirichlet",
+    alpha=0.5,
+    data="bbc",
+    task="classify",
+    eval_subsample=None,
+)
 
 
 def resolve(args) -> dict:
@@ -111,7 +204,7 @@ def resolve(args) -> dict:
             with open(args.config) as f:
                 file_cfg = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"ferret-demo: cannot read --config {args.config}: {e}")
+            raise SystemExit(f"ferret-demo: cannot read --config {args.config}: {e}") from e
         unknown = set(file_cfg) - set(vars(args)) - set(cfg)
         if unknown:
             raise SystemExit(f"ferret-demo: unknown keys in {args.config}: {sorted(unknown)}")
@@ -128,9 +221,26 @@ def resolve(args) -> dict:
         cfg["max_per_label"] = cfg.pop("max_per_outlet")
     if cfg["task"] == "headline" and cfg["data"] != "bbc":
         raise SystemExit("ferret-demo: --task headline needs --data bbc (the tweets have no headlines)")
-    if cfg["task"] in ("lm", "headline") and cfg["model"] != "gemma" or cfg["task"] == "classify" and cfg["model"] == "gemma":
-        raise SystemExit(f"ferret-demo: --task {cfg['task']} does not fit the {cfg['model']} model (--preset llm for the LLM tasks)")
-    for k in ("clients", "clients_per_round", "rounds", "local_steps", "batch_size", "K", "block_size", "eval_size", "max_len"):
+    if (
+        cfg["task"] in ("lm", "headline")
+        and cfg["model"] != "gemma"
+        or cfg["task"] == "classify"
+        and cfg["model"] == "gemma"
+    ):
+        raise SystemExit(
+            f"ferret-demo: --task {cfg['task']} does not fit the {cfg['model']} model (--preset llm for the LLM tasks)"
+        )
+    for k in (
+        "clients",
+        "clients_per_round",
+        "rounds",
+        "local_steps",
+        "batch_size",
+        "K",
+        "block_size",
+        "eval_size",
+        "max_len",
+    ):
         if cfg[k] <= 0:
             raise SystemExit(f"ferret-demo: --{k.replace('_', '-')} must be positive, got {cfg[k]}")
     if any(k <= 0 for k in cfg["compare_K"]) or (cfg.get("eval_subsample") or 1) <= 0:
@@ -164,22 +274,57 @@ def build(cfg):
     cls = {"classify": TextTask, "lm": LMTask, "headline": HeadlineTask}[cfg["task"]]
     split = "label" if cfg["task"] == "lm" else cfg["split"]
     if cfg["eval_size"] >= len(corpus.texts):
-        raise SystemExit(f"ferret-demo: --eval-size {cfg['eval_size']} leaves no training data ({len(corpus.texts)} examples)")
-    task = cls(corpus, tok, num_clients=cfg["clients"], split=split, alpha=cfg["alpha"], eval_size=cfg["eval_size"],
-               max_len=cfg["max_len"], seed=cfg["seed"], device=cfg["device"], eval_subsample=cfg.get("eval_subsample"))
+        raise SystemExit(
+            f"ferret-demo: --eval-size {cfg['eval_size']} leaves no training data ({len(corpus.texts)} examples)"
+        )
+    task = cls(
+        corpus,
+        tok,
+        num_clients=cfg["clients"],
+        split=split,
+        alpha=cfg["alpha"],
+        eval_size=cfg["eval_size"],
+        max_len=cfg["max_len"],
+        seed=cfg["seed"],
+        device=cfg["device"],
+        eval_subsample=cfg.get("eval_subsample"),
+    )
     return model.to(cfg["device"]), task, corpus.names
 
 
 def loop_config(cfg, method, K):
-    fc = FerretConfig(num_bases=K, block_size=cfg["block_size"], dist=cfg["dist"], adaptive=cfg["adaptive"],
-                      full_threshold=cfg["full_threshold"], wire_dtype=cfg["wire_dtype"])
-    sc = ServerConfig(lr=cfg["server_lr"] if method != "zo" else 1.0, schedule=cfg["server_schedule"], rounds=cfg["rounds"],
-                      momentum=cfg["server_momentum"] if method == "ferret" else 0.0, seed_scheme=cfg["seed_scheme"],
-                      base_seed=cfg["seed"])
-    return LoopConfig(method=method, rounds=cfg["rounds"], clients_per_round=cfg["clients_per_round"],
-                      local_steps=cfg["local_steps"], batch_size=cfg["batch_size"], local_lr=cfg["local_lr"],
-                      optimizer=cfg["optimizer"], seed=cfg["seed"], zo_candidates=cfg["zo_candidates"], zo_eps=cfg["zo_eps"],
-                      zo_lr=cfg["zo_lr"], progress=not cfg.get("no_progress", False), ferret=fc, server=sc)
+    fc = FerretConfig(
+        num_bases=K,
+        block_size=cfg["block_size"],
+        dist=cfg["dist"],
+        adaptive=cfg["adaptive"],
+        full_threshold=cfg["full_threshold"],
+        wire_dtype=cfg["wire_dtype"],
+    )
+    sc = ServerConfig(
+        lr=cfg["server_lr"] if method != "zo" else 1.0,
+        schedule=cfg["server_schedule"],
+        rounds=cfg["rounds"],
+        momentum=cfg["server_momentum"] if method == "ferret" else 0.0,
+        seed_scheme=cfg["seed_scheme"],
+        base_seed=cfg["seed"],
+    )
+    return LoopConfig(
+        method=method,
+        rounds=cfg["rounds"],
+        clients_per_round=cfg["clients_per_round"],
+        local_steps=cfg["local_steps"],
+        batch_size=cfg["batch_size"],
+        local_lr=cfg["local_lr"],
+        optimizer=cfg["optimizer"],
+        seed=cfg["seed"],
+        zo_candidates=cfg["zo_candidates"],
+        zo_eps=cfg["zo_eps"],
+        zo_lr=cfg["zo_lr"],
+        progress=not cfg.get("no_progress", False),
+        ferret=fc,
+        server=sc,
+    )
 
 
 def _plan(cfg):
@@ -209,17 +354,23 @@ def main(argv=None) -> int:
     try:
         model0, task, labels = build(cfg)
     except assets.MissingAsset as e:
-        raise SystemExit(f"ferret-demo: {e}")
+        raise SystemExit(f"ferret-demo: {e}") from e
     n_params = sum(p.numel() for p in model0.parameters() if p.requires_grad)
     n_sub, n_full = task.eval_sizes()
     lm = cfg["task"] in ("lm", "headline")
-    print(f"ferret-demo: {cfg['model']} ({n_params / 1e6:.1f}M trained parameters) on {cfg['device']}, {cfg['data']} "
-          f"({len(labels)} labels), task {cfg['task']}; {task.num_clients()} clients (mean share of a client's top label "
-          f"{task.skew():.2f}), {cfg['clients_per_round']} per round, {cfg['rounds']} rounds of {cfg['local_steps']} local "
-          f"steps; {n_sub} held-out examples per round, {n_full} at the end; FedAvg uploads "
-          f"{fedavg_bytes(ParamLayout.from_module(model0, cfg['block_size'])) / 1e6:.1f} MB per client per round", flush=True)
-    metric_name = {"classify": "held-out accuracy", "lm": "held-out perplexity (negated)",
-                   "headline": "held-out Rouge-L"}[cfg["task"]]
+    print(
+        f"ferret-demo: {cfg['model']} ({n_params / 1e6:.1f}M trained parameters) on {cfg['device']}, {cfg['data']} "
+        f"({len(labels)} labels), task {cfg['task']}; {task.num_clients()} clients (mean share of a client's top label "
+        f"{task.skew():.2f}), {cfg['clients_per_round']} per round, {cfg['rounds']} rounds of {cfg['local_steps']} local "
+        f"steps; {n_sub} held-out examples per round, {n_full} at the end; FedAvg uploads "
+        f"{fedavg_bytes(ParamLayout.from_module(model0, cfg['block_size'])) / 1e6:.1f} MB per client per round",
+        flush=True,
+    )
+    metric_name = {
+        "classify": "held-out accuracy",
+        "lm": "held-out perplexity (negated)",
+        "headline": "held-out Rouge-L",
+    }[cfg["task"]]
     start = None
     if cfg["task"] == "headline":  # where every method starts (the same model)
         te = time.perf_counter()
@@ -247,17 +398,36 @@ def main(argv=None) -> int:
         print(f"  {name}: {cfg['rounds']} rounds in {finals[name]['wall']:.0f} s, final {shown}", flush=True)
         del model
     summary = report.summarize(runs, finals, "fedavg" if "fedavg" in runs else next(iter(runs)))
-    cols = ["method", "rounds", "final_metric", "last_round_metric", "bytes_up_per_client_round",
-            "bytes_down_per_client_round", "compression_vs_fedavg", "t_local", "t_project", "t_aggregate", "t_eval", "wall"]
+    cols = [
+        "method",
+        "rounds",
+        "final_metric",
+        "last_round_metric",
+        "bytes_up_per_client_round",
+        "bytes_down_per_client_round",
+        "compression_vs_fedavg",
+        "t_local",
+        "t_project",
+        "t_aggregate",
+        "t_eval",
+        "wall",
+    ]
     if lm:
         for r in summary:
             r["final_perplexity"] = _ppl(r["final_loss"])
         cols.insert(2, "final_perplexity")
     print()
     print(report.table(summary, cols))
-    extra = dict(trained_parameters=n_params, eval_examples_per_round=n_sub, eval_examples_final=n_full,
-                 labels=list(labels), client_top_label_share=task.skew(), total_seconds=time.perf_counter() - t0,
-                 torch=torch.__version__, threads=torch.get_num_threads())
+    extra = dict(
+        trained_parameters=n_params,
+        eval_examples_per_round=n_sub,
+        eval_examples_final=n_full,
+        labels=list(labels),
+        client_top_label_share=task.skew(),
+        total_seconds=time.perf_counter() - t0,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
     if not lm:
         extra["chance"] = 1 / len(labels)
     if start is not None:

@@ -45,7 +45,6 @@ class HashTokenizer:
 
 def minilm_classifier(num_classes: int, dtype=torch.float32):
     from transformers import AutoModel, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     d = assets.minilm_dir()
@@ -61,8 +60,16 @@ def tiny_classifier(num_classes: int, dtype=torch.float32):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                     max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=2048,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return Classifier(BertModel(cfg), 64, num_classes).to(dtype), HashTokenizer(2048)
 
 

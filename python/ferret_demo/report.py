@@ -17,18 +17,25 @@ def summarize(runs: dict, finals: dict | None = None, fedavg_key: str = "fedavg"
     base_up = base[-1]["bytes_up_per_client"] if base else float("nan")
     for name, recs in runs.items():
         fin = finals.get(name, {})
-        rows.append(dict(
-            method=name, rounds=len(recs), final_metric=fin.get("metric", recs[-1]["metric"]),
-            final_loss=fin.get("loss", recs[-1]["loss"]), last_round_metric=recs[-1]["metric"],
-            bytes_up_per_client_round=recs[-1]["bytes_up_per_client"], bytes_down_per_client_round=recs[-1]["bytes_down_per_client"],
-            bytes_up_total=sum(r["bytes_up_per_client"] * r["clients"] for r in recs),
-            bytes_down_total=sum(r["bytes_down_per_client"] * r["clients"] for r in recs),
-            compression_vs_fedavg=base_up / recs[-1]["bytes_up_per_client"] if base else float("nan"),
-            t_local=sum(r["t_local"] for r in recs), t_project=sum(r["t_project"] for r in recs),
-            t_aggregate=sum(r["t_aggregate"] for r in recs),
-            t_eval=sum(r["t_eval"] for r in recs) + fin.get("t_eval_full", 0.0),
-            wall=fin.get("wall", float("nan")),
-        ))
+        rows.append(
+            dict(
+                method=name,
+                rounds=len(recs),
+                final_metric=fin.get("metric", recs[-1]["metric"]),
+                final_loss=fin.get("loss", recs[-1]["loss"]),
+                last_round_metric=recs[-1]["metric"],
+                bytes_up_per_client_round=recs[-1]["bytes_up_per_client"],
+                bytes_down_per_client_round=recs[-1]["bytes_down_per_client"],
+                bytes_up_total=sum(r["bytes_up_per_client"] * r["clients"] for r in recs),
+                bytes_down_total=sum(r["bytes_down_per_client"] * r["clients"] for r in recs),
+                compression_vs_fedavg=base_up / recs[-1]["bytes_up_per_client"] if base else float("nan"),
+                t_local=sum(r["t_local"] for r in recs),
+                t_project=sum(r["t_project"] for r in recs),
+                t_aggregate=sum(r["t_aggregate"] for r in recs),
+                t_eval=sum(r["t_eval"] for r in recs) + fin.get("t_eval_full", 0.0),
+                wall=fin.get("wall", float("nan")),
+            )
+        )
     return rows
 
 
@@ -68,7 +75,9 @@ def write(out_dir: str, runs: dict, summary: list[dict], config: dict, metric_na
     paths.append(p)
     p = os.path.join(out_dir, "report.json")
     with open(p, "w") as f:
-        json.dump({"metric": metric_name, "config": config, "summary": summary, "rounds": runs}, f, indent=1, default=str)
+        json.dump(
+            {"metric": metric_name, "config": config, "summary": summary, "rounds": runs}, f, indent=1, default=str
+        )
     paths.append(p)
     paths.append(plot(os.path.join(out_dir, "report.png"), runs, summary, metric_name, config))
     return paths
@@ -111,7 +120,9 @@ def plot(path: str, runs: dict, summary: list[dict], metric_name: str, config: d
     sub, full = config.get("eval_examples_per_round"), config.get("eval_examples_final")
     a.set_xlabel("round")
     a.set_ylabel(shown)
-    a.set_title(f"{shown} vs rounds" + (f"\n(dots: {sub} held-out examples; stars: all {full})" if sub and full else ""))
+    a.set_title(
+        f"{shown} vs rounds" + (f"\n(dots: {sub} held-out examples; stars: all {full})" if sub and full else "")
+    )
     b.set_xscale("log")
     b.set_xlabel("cumulative bytes communicated (up + down, all clients)")
     b.set_ylabel(shown)
@@ -126,8 +137,9 @@ def plot(path: str, runs: dict, summary: list[dict], metric_name: str, config: d
         c.annotate(short, (x, y), textcoords="offset points", xytext=(-10, 9 if i % 2 else -15), fontsize=8)
     if config.get("chance") and not negate:
         c.axhline(config["chance"], color="0.5", ls=":", lw=1)
-        c.annotate("chance", (pts[0][0], config["chance"]), textcoords="offset points", xytext=(0, 3), fontsize=8,
-                   color="0.4")
+        c.annotate(
+            "chance", (pts[0][0], config["chance"]), textcoords="offset points", xytext=(0, 3), fontsize=8, color="0.4"
+        )
     c.set_xscale("log")
     c.set_xlabel("upload per client per round (bytes)")
     c.set_ylabel(f"final {shown}")
@@ -141,10 +153,34 @@ def plot(path: str, runs: dict, summary: list[dict], metric_name: str, config: d
     return path
 
 
-RECORD_FIELDS = ["date", "cpu", "threads", "torch", "device", "preset_model", "data", "task", "clients", "clients_per_round",
-                 "rounds", "local_steps", "local_lr", "method", "final_metric", "final_loss", "metric",
-                 "bytes_up_per_client_round", "compression_vs_fedavg", "t_local", "t_project", "t_aggregate", "t_eval",
-                 "wall", "total_seconds", "command"]
+RECORD_FIELDS = [
+    "date",
+    "cpu",
+    "threads",
+    "torch",
+    "device",
+    "preset_model",
+    "data",
+    "task",
+    "clients",
+    "clients_per_round",
+    "rounds",
+    "local_steps",
+    "local_lr",
+    "method",
+    "final_metric",
+    "final_loss",
+    "metric",
+    "bytes_up_per_client_round",
+    "compression_vs_fedavg",
+    "t_local",
+    "t_project",
+    "t_aggregate",
+    "t_eval",
+    "wall",
+    "total_seconds",
+    "command",
+]
 
 
 def record(report_json: str, csv_path: str, command: str = "") -> int:
@@ -162,15 +198,45 @@ def record(report_json: str, csv_path: str, command: str = "") -> int:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    date = datetime.datetime.fromtimestamp(os.path.getmtime(report_json), datetime.timezone.utc).isoformat(timespec="seconds")
-    rows = [dict(date=date, cpu=cpu, threads=cfg.get("threads"), torch=cfg.get("torch"), device=cfg.get("device"),
-                 preset_model=cfg.get("model"), data=cfg.get("data"), task=cfg.get("task"), clients=cfg.get("clients"),
-                 clients_per_round=cfg.get("clients_per_round"), rounds=cfg.get("rounds"),
-                 local_steps=cfg.get("local_steps"), local_lr=cfg.get("local_lr"), metric=rep["metric"],
-                 total_seconds=cfg.get("total_seconds"), command=command,
-                 **{k: s.get(k) for k in ("method", "final_metric", "final_loss", "bytes_up_per_client_round",
-                                          "compression_vs_fedavg", "t_local", "t_project", "t_aggregate", "t_eval", "wall")})
-            for s in rep["summary"]]
+    date = datetime.datetime.fromtimestamp(os.path.getmtime(report_json), datetime.timezone.utc).isoformat(
+        timespec="seconds"
+    )
+    rows = [
+        dict(
+            date=date,
+            cpu=cpu,
+            threads=cfg.get("threads"),
+            torch=cfg.get("torch"),
+            device=cfg.get("device"),
+            preset_model=cfg.get("model"),
+            data=cfg.get("data"),
+            task=cfg.get("task"),
+            clients=cfg.get("clients"),
+            clients_per_round=cfg.get("clients_per_round"),
+            rounds=cfg.get("rounds"),
+            local_steps=cfg.get("local_steps"),
+            local_lr=cfg.get("local_lr"),
+            metric=rep["metric"],
+            total_seconds=cfg.get("total_seconds"),
+            command=command,
+            **{
+                k: s.get(k)
+                for k in (
+                    "method",
+                    "final_metric",
+                    "final_loss",
+                    "bytes_up_per_client_round",
+                    "compression_vs_fedavg",
+                    "t_local",
+                    "t_project",
+                    "t_aggregate",
+                    "t_eval",
+                    "wall",
+                )
+            },
+        )
+        for s in rep["summary"]
+    ]
     new = not os.path.exists(csv_path)
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
@@ -198,5 +264,6 @@ if __name__ == "__main__":
     elif len(sys.argv) == 4 and sys.argv[1] == "plot":
         print(replot(sys.argv[2], sys.argv[3]))
     else:
-        raise SystemExit("usage: python -m ferret_demo.report record REPORT.json RESULTS.csv [COMMAND] | "
-                         "plot REPORT.json FIGURE.png")
+        raise SystemExit(
+            "usage: python -m ferret_demo.report record REPORT.json RESULTS.csv [COMMAND] | plot REPORT.json FIGURE.png"
+        )

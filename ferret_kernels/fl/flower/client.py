@@ -40,7 +40,9 @@ def _synced_model(msg: Message, context: Context, model_fn) -> tuple[torch.nn.Mo
     rounds = [int(r) for r in sync["rounds"]]
     todo = [i for i, r in enumerate(rounds) if r > have]
     if sorted({rounds[i] for i in todo}) != list(range(have + 1, base + 1)):
-        raise RuntimeError(f"node copy is at round {have}; the sync covers rounds {sorted(set(rounds))}, not {have + 1}..{base}")
+        raise RuntimeError(
+            f"node copy is at round {have}; the sync covers rounds {sorted(set(rounds))}, not {have + 1}..{base}"
+        )
     apply_updates(codec, model, [sync["updates"][i] for i in todo], [sync["alphas"][i] for i in todo])
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     context.state[MODEL] = ArrayRecord(snapshot)
@@ -48,23 +50,43 @@ def _synced_model(msg: Message, context: Context, model_fn) -> tuple[torch.nn.Mo
     return model, codec, cfg, snapshot
 
 
-def ferret_train(msg: Message, context: Context, *, model_fn: Callable[[Context], torch.nn.Module],
-                 train_fn: Callable[[torch.nn.Module, ConfigRecord, Context], dict]) -> Message:
+def ferret_train(
+    msg: Message,
+    context: Context,
+    *,
+    model_fn: Callable[[Context], torch.nn.Module],
+    train_fn: Callable[[torch.nn.Module, ConfigRecord, Context], dict],
+) -> Message:
     """ClientApp train handler: sync the node's copy, train locally with `train_fn(model,
     config, context) -> metrics` (must include "num-examples"), reply with the Ferret update."""
     model, codec, cfg, old = _synced_model(msg, context, model_fn)
     digest = model_digest(model, codec)
     metrics = dict(train_fn(model, cfg, context))
-    upd = codec.compress(old, model, int(cfg["seed"]), weight=float(metrics.get("num-examples", 1)),
-                              round=int(cfg["round"]), client=str(context.node_id))
+    upd = codec.compress(
+        old,
+        model,
+        int(cfg["seed"]),
+        weight=float(metrics.get("num-examples", 1)),
+        round=int(cfg["round"]),
+        client=str(context.node_id),
+    )
     model.load_state_dict(old)  # the node's copy stays the global model
-    content = RecordDict({UPDATE: ConfigRecord({"update": encode(upd), "base-round": int(cfg["base-round"]), "digest": digest}),
-                          "metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+    content = RecordDict(
+        {
+            UPDATE: ConfigRecord({"update": encode(upd), "base-round": int(cfg["base-round"]), "digest": digest}),
+            "metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
+        }
+    )
     return Message(content, reply_to=msg)
 
 
-def ferret_evaluate(msg: Message, context: Context, *, model_fn: Callable[[Context], torch.nn.Module],
-                    evaluate_fn: Callable[[torch.nn.Module, ConfigRecord, Context], dict]) -> Message:
+def ferret_evaluate(
+    msg: Message,
+    context: Context,
+    *,
+    model_fn: Callable[[Context], torch.nn.Module],
+    evaluate_fn: Callable[[torch.nn.Module, ConfigRecord, Context], dict],
+) -> Message:
     """ClientApp evaluate handler: sync the node's copy and evaluate it."""
     model, _, cfg, _ = _synced_model(msg, context, model_fn)
     metrics = dict(evaluate_fn(model, cfg, context))

@@ -50,7 +50,9 @@ def model_digest(module: torch.nn.Module, codec: UpdateCodec) -> str:
     return h.hexdigest()[:16]
 
 
-def apply_updates(codec: UpdateCodec, module: torch.nn.Module, updates: Iterable[bytes], alphas: Iterable[float]) -> None:
+def apply_updates(
+    codec: UpdateCodec, module: torch.nn.Module, updates: Iterable[bytes], alphas: Iterable[float]
+) -> None:
     """w <- w - alpha_i * reconstruct(update_i) for each encoded update, in order, in place.
 
     Every update is decoded and checked before the first one is applied."""
@@ -67,9 +69,14 @@ def apply_updates(codec: UpdateCodec, module: torch.nn.Module, updates: Iterable
 
 
 def ferret_config(cfg: ConfigRecord) -> FerretConfig:
-    return FerretConfig(num_bases=int(cfg["num-bases"]), block_size=int(cfg["block-size"]), dist=str(cfg["dist"]),
-                        adaptive=bool(cfg["adaptive"]), full_threshold=int(cfg["full-threshold"]),
-                        wire_dtype=str(cfg["wire-dtype"]))
+    return FerretConfig(
+        num_bases=int(cfg["num-bases"]),
+        block_size=int(cfg["block-size"]),
+        dist=str(cfg["dist"]),
+        adaptive=bool(cfg["adaptive"]),
+        full_threshold=int(cfg["full-threshold"]),
+        wire_dtype=str(cfg["wire-dtype"]),
+    )
 
 
 def content_bytes(msg: Message, record: str) -> int:

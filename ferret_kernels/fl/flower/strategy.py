@@ -71,25 +71,32 @@ class RoundLog:
     round: int
     seed: int
     sampled: list[int] = field(default_factory=list)
-    received_bytes: dict[int, int] = field(default_factory=dict)   # node -> serialized "ferret.update" record
-    update_bytes: dict[int, int] = field(default_factory=dict)     # node -> encoded UpdateMessage
-    sent_bytes: dict[int, int] = field(default_factory=dict)       # node -> serialized sync + model records
+    received_bytes: dict[int, int] = field(default_factory=dict)  # node -> serialized "ferret.update" record
+    update_bytes: dict[int, int] = field(default_factory=dict)  # node -> encoded UpdateMessage
+    sent_bytes: dict[int, int] = field(default_factory=dict)  # node -> serialized sync + model records
     full_model_sent: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
-    missing: list[int] = field(default_factory=list)               # sampled nodes that did not reply in time
-    accepted: dict[int, bytes] = field(default_factory=dict)       # node -> its validated update
+    missing: list[int] = field(default_factory=list)  # sampled nodes that did not reply in time
+    accepted: dict[int, bytes] = field(default_factory=dict)  # node -> its validated update
     applied: list[tuple[bytes, float]] = field(default_factory=list)
-    digest: str = ""                                               # global model after the round
-    resumed: bool = False                                          # first round after a restart from a checkpoint
+    digest: str = ""  # global model after the round
+    resumed: bool = False  # first round after a restart from a checkpoint
 
     def as_dict(self) -> dict:
-        return {"round": self.round, "seed": str(self.seed), "sampled": [str(n) for n in self.sampled],
-                "received_bytes": {str(k): v for k, v in self.received_bytes.items()},
-                "update_bytes": {str(k): v for k, v in self.update_bytes.items()},
-                "sent_bytes": {str(k): v for k, v in self.sent_bytes.items()},
-                "full_model_sent": [str(n) for n in self.full_model_sent],
-                "rejected": {str(k): v for k, v in self.rejected.items()}, "missing": [str(n) for n in self.missing],
-                "alphas": [a for _, a in self.applied], "digest": self.digest, "resumed": self.resumed}
+        return {
+            "round": self.round,
+            "seed": str(self.seed),
+            "sampled": [str(n) for n in self.sampled],
+            "received_bytes": {str(k): v for k, v in self.received_bytes.items()},
+            "update_bytes": {str(k): v for k, v in self.update_bytes.items()},
+            "sent_bytes": {str(k): v for k, v in self.sent_bytes.items()},
+            "full_model_sent": [str(n) for n in self.full_model_sent],
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "missing": [str(n) for n in self.missing],
+            "alphas": [a for _, a in self.applied],
+            "digest": self.digest,
+            "resumed": self.resumed,
+        }
 
 
 class FerretStrategy(Strategy):
@@ -102,11 +109,24 @@ class FerretStrategy(Strategy):
     kept, rejections go to the server's bounded log. `catchup_bytes` lowers the catch-up log's
     budget below the model's size (fewer rounds kept, the model sent sooner)."""
 
-    def __init__(self, model: torch.nn.Module, ferret: FerretConfig | None = None, server: ServerConfig | None = None, *,
-                 fraction_train: float = 1.0, min_train_nodes: int = 2, min_available_nodes: int = 2,
-                 fraction_evaluate: float = 0.0, min_evaluate_nodes: int = 1, wait_for_nodes_s: float = 120.0,
-                 verify_sync: bool = True, checkpoint_dir: str | None = None, keep_rounds: int = 16,
-                 on_round: Callable[["RoundLog"], None] | None = None, catchup_bytes: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        ferret: FerretConfig | None = None,
+        server: ServerConfig | None = None,
+        *,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 2,
+        min_available_nodes: int = 2,
+        fraction_evaluate: float = 0.0,
+        min_evaluate_nodes: int = 1,
+        wait_for_nodes_s: float = 120.0,
+        verify_sync: bool = True,
+        checkpoint_dir: str | None = None,
+        keep_rounds: int = 16,
+        on_round: Callable[["RoundLog"], None] | None = None,
+        catchup_bytes: int | None = None,
+    ):
         if not 0 < fraction_train <= 1 or not 0 <= fraction_evaluate <= 1:
             raise ValueError("fraction_train must be in (0, 1] and fraction_evaluate in [0, 1]")
         if min(min_train_nodes, min_available_nodes) < 1 or keep_rounds < 1:
@@ -120,7 +140,7 @@ class FerretStrategy(Strategy):
         self.min_evaluate_nodes, self.wait_for_nodes_s = min_evaluate_nodes, wait_for_nodes_s
         self.verify_sync = verify_sync
         self.checkpoint_dir, self.on_round = checkpoint_dir, on_round
-        self.round_of_node: dict[int, int] = {}   # node -> global round its copy is at
+        self.round_of_node: dict[int, int] = {}  # node -> global round its copy is at
         self.momentum_window: list[list[tuple[bytes, float]]] = []  # earlier rounds' own updates, for momentum
         self.catchup: collections.OrderedDict[int, list[tuple[bytes, float]]] = collections.OrderedDict()
         self.rounds: collections.deque[RoundLog] = collections.deque(maxlen=keep_rounds)
@@ -136,9 +156,13 @@ class FerretStrategy(Strategy):
     def _identity(self) -> dict:
         """What a checkpoint must agree with to be resumed by this strategy."""
         srv = dataclasses.asdict(self.server.config)
-        return {"fingerprint": self.codec.layout.fingerprint, "ferret": dataclasses.asdict(self.ferret),
-                "server": {k: srv[k] for k in ("seed_scheme", "base_seed", "momentum", "momentum_window")},
-                "fraction_train": self.fraction_train, "min_train_nodes": self.min_train_nodes}
+        return {
+            "fingerprint": self.codec.layout.fingerprint,
+            "ferret": dataclasses.asdict(self.ferret),
+            "server": {k: srv[k] for k in ("seed_scheme", "base_seed", "momentum", "momentum_window")},
+            "fraction_train": self.fraction_train,
+            "min_train_nodes": self.min_train_nodes,
+        }
 
     def checkpoint(self) -> str:
         """Write the run's state after the current round (atomic; see ferret_kernels.fl.checkpoint)."""
@@ -148,11 +172,16 @@ class FerretStrategy(Strategy):
             name = blob_name(b)
             blobs[name] = b
             return name
-        state = {"kind": "ferret-flower-strategy", "identity": self._identity(), "round": self.current_round,
-                 "digest": self.digests[self.current_round],
-                 "catchup": [[r, [[ref(b), a] for b, a in entry]] for r, entry in self.catchup.items()],
-                 "momentum": [[[ref(b), w] for b, w in entry] for entry in self.momentum_window],
-                 "rejected_total": self.server.rejected_total}
+
+        state = {
+            "kind": "ferret-flower-strategy",
+            "identity": self._identity(),
+            "round": self.current_round,
+            "digest": self.digests[self.current_round],
+            "catchup": [[r, [[ref(b), a] for b, a in entry]] for r, entry in self.catchup.items()],
+            "momentum": [[[ref(b), w] for b, w in entry] for entry in self.momentum_window],
+            "rejected_total": self.server.rejected_total,
+        }
         return save_checkpoint(self.checkpoint_dir, self.model.state_dict(), state, blobs)
 
     def _restore(self) -> None:
@@ -161,18 +190,25 @@ class FerretStrategy(Strategy):
             return
         tensors, state, blobs = got
         if state.get("kind") != "ferret-flower-strategy":
-            raise CheckpointError(f"{self.checkpoint_dir} holds a checkpoint of kind {state.get('kind')!r}, not a Flower strategy's")
+            raise CheckpointError(
+                f"{self.checkpoint_dir} holds a checkpoint of kind {state.get('kind')!r}, not a Flower strategy's"
+            )
         mine = self._identity()
         theirs = state["identity"]
         if theirs != mine:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was written by a strategy with another {', '.join(diff)}; "
-                                  f"refusing to resume from it")
+            raise CheckpointError(
+                f"checkpoint in {self.checkpoint_dir} was written by a strategy with another {', '.join(diff)}; "
+                f"refusing to resume from it"
+            )
         sd = self.model.state_dict()
-        if set(tensors) != set(sd) or any(tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd):
+        if set(tensors) != set(sd) or any(
+            tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd
+        ):
             raise CheckpointError(f"checkpoint in {self.checkpoint_dir} holds tensors that do not fit the model")
-        missing = [n for r, e in state["catchup"] for n, _ in e if n not in blobs] + \
-                  [n for e in state["momentum"] for n, _ in e if n not in blobs]
+        missing = [n for r, e in state["catchup"] for n, _ in e if n not in blobs] + [
+            n for e in state["momentum"] for n, _ in e if n not in blobs
+        ]
         if missing:
             raise CheckpointError(f"checkpoint in {self.checkpoint_dir} lacks {len(missing)} update blob(s)")
         with torch.no_grad():
@@ -180,10 +216,14 @@ class FerretStrategy(Strategy):
         rnd = int(state["round"])
         digest = model_digest(self.model, self.codec)
         if digest != state["digest"]:
-            raise CheckpointError(f"checkpoint in {self.checkpoint_dir}: the model's digest differs from the one recorded")
+            raise CheckpointError(
+                f"checkpoint in {self.checkpoint_dir}: the model's digest differs from the one recorded"
+            )
         self.current_round = rnd
         self.digests = {rnd: digest}
-        self.catchup = collections.OrderedDict((int(r), [(blobs[n], float(a)) for n, a in e]) for r, e in state["catchup"])
+        self.catchup = collections.OrderedDict(
+            (int(r), [(blobs[n], float(a)) for n, a in e]) for r, e in state["catchup"]
+        )
         self.momentum_window = [[(blobs[n], float(w)) for n, w in e] for e in state["momentum"]]
         self.server.rejected_total = int(state["rejected_total"])
         self.round_of_node = {}  # nodes keep their copies per run: a restarted run sends each the model once
@@ -198,8 +238,10 @@ class FerretStrategy(Strategy):
             time.sleep(0.5)
             nodes = list(grid.get_node_ids())
         if len(nodes) < max(self.min_available_nodes, min_nodes):
-            raise RuntimeError(f"only {len(nodes)} nodes connected after {self.wait_for_nodes_s:.0f} s; "
-                               f"the strategy needs {max(self.min_available_nodes, min_nodes)}")
+            raise RuntimeError(
+                f"only {len(nodes)} nodes connected after {self.wait_for_nodes_s:.0f} s; "
+                f"the strategy needs {max(self.min_available_nodes, min_nodes)}"
+            )
         n = min(len(nodes), max(min_nodes, int(round(fraction * len(nodes)))))
         rng = random.Random(f"sample:{self.server.config.base_seed}:{server_round}:{salt}")  # not the bases' seeds
         return sorted(rng.sample(sorted(nodes), n))
@@ -219,8 +261,14 @@ class FerretStrategy(Strategy):
         if full:
             rd[MODEL] = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             rounds, updates, alphas = [], [], []
-        rd[SYNC] = ConfigRecord({"rounds": rounds, "updates": updates, "alphas": alphas,
-                                 "model-round": self.current_round if full else have})
+        rd[SYNC] = ConfigRecord(
+            {
+                "rounds": rounds,
+                "updates": updates,
+                "alphas": alphas,
+                "model-round": self.current_round if full else have,
+            }
+        )
         return rd, full
 
     def _model_bytes(self) -> int:
@@ -234,23 +282,34 @@ class FerretStrategy(Strategy):
         for node in nodes:
             rd, full = self._sync_records(node)
             cfg = ConfigRecord(dict(config))
-            cfg.update({"round": server_round, "base-round": self.current_round,
-                        "seed": str(self._node_seed(server_round, node)),
-                        "num-bases": self.ferret.num_bases, "block-size": self.ferret.block_size,
-                        "dist": self.ferret.dist, "adaptive": self.ferret.adaptive,
-                        "full-threshold": self.ferret.full_threshold, "wire-dtype": self.ferret.wire_dtype})
+            cfg.update(
+                {
+                    "round": server_round,
+                    "base-round": self.current_round,
+                    "seed": str(self._node_seed(server_round, node)),
+                    "num-bases": self.ferret.num_bases,
+                    "block-size": self.ferret.block_size,
+                    "dist": self.ferret.dist,
+                    "adaptive": self.ferret.adaptive,
+                    "full-threshold": self.ferret.full_threshold,
+                    "wire-dtype": self.ferret.wire_dtype,
+                }
+            )
             rd[CONFIG] = cfg
             msg = Message(rd, dst_node_id=node, message_type=mtype)
             if log_ is not None:
                 log_.sent_bytes[node] = content_bytes(msg, SYNC) + (
-                    sum(len(a.data) for a in rd[MODEL].values()) if full else 0)  # model: its arrays' bytes
+                    sum(len(a.data) for a in rd[MODEL].values()) if full else 0
+                )  # model: its arrays' bytes
                 if full:
                     log_.full_model_sent.append(node)
             out.append(msg)
         return out
 
     # ------------------------------------------------------------------ Strategy API
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, server_round, 0)
         seed = self.server.seed_for(server_round, 0)
         rl = RoundLog(server_round, seed, nodes, resumed=self.resumed_from == server_round - 1)
@@ -268,7 +327,9 @@ class FerretStrategy(Strategy):
         if not isinstance(rec, ConfigRecord):
             raise DecodeError(f"reply has no {UPDATE!r} ConfigRecord (got {type(rec).__name__})")
         if set(rec) != UPDATE_KEYS:
-            raise DecodeError(f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[quote(k, 30) for k in sorted(rec)][:8]}")
+            raise DecodeError(
+                f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[quote(k, 30) for k in sorted(rec)][:8]}"
+            )
         data, base, digest = rec["update"], rec["base-round"], rec["digest"]
         if not isinstance(data, bytes):
             raise DecodeError(f"'update' is {describe(data)}, expected bytes")
@@ -286,11 +347,15 @@ class FerretStrategy(Strategy):
             mr = content["metrics"]
             if not isinstance(mr, MetricRecord):
                 raise DecodeError(f"'metrics' is a {type(mr).__name__}, expected a MetricRecord")
-            metrics = {"num-examples": number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
-                       "train-loss": number(mr, "train-loss")}
+            metrics = {
+                "num-examples": number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
+                "train-loss": number(mr, "train-loss"),
+            }
         return data, metrics
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rl = self.rounds[-1] if self.rounds and self.rounds[-1].round == server_round else None
         if rl is None:
             raise RuntimeError(f"aggregate_train for round {server_round} without configure_train")
@@ -324,7 +389,9 @@ class FerretStrategy(Strategy):
                     continue
                 rl.received_bytes[node] = content_bytes(rep, UPDATE)
                 self.round_of_node[node] = self.current_round  # its copy is in sync, whatever its update holds
-                m = self.server.receive(data, expected_seed=self._node_seed(server_round, node), round=server_round, node=node)
+                m = self.server.receive(
+                    data, expected_seed=self._node_seed(server_round, node), round=server_round, node=node
+                )
                 if m is None:
                     rl.rejected[node] = self.server.rejected[-1][1]
                     continue
@@ -339,8 +406,13 @@ class FerretStrategy(Strategy):
             log(WARNING, "round %d: no reply from %d node(s): %s", server_round, len(rl.missing), rl.missing[:10])
         self._apply_round(server_round, msgs)
         rl.digest = self.digests[self.current_round]
-        out = MetricRecord({"accepted": len(msgs), "rejected": len(rl.rejected),
-                            "mean-update-bytes": (sum(rl.received_bytes.values()) / max(len(rl.received_bytes), 1))})
+        out = MetricRecord(
+            {
+                "accepted": len(msgs),
+                "rejected": len(rl.rejected),
+                "mean-update-bytes": (sum(rl.received_bytes.values()) / max(len(rl.received_bytes), 1)),
+            }
+        )
         shares = capped_shares([m.weight for m in msgs], self.server.config.max_share)
         losses = [(a[4].get("train-loss"), s) for a, s in zip(accepted, shares) if a[4].get("train-loss") is not None]
         if losses and sum(s for _, s in losses) > 0:
@@ -380,7 +452,9 @@ class FerretStrategy(Strategy):
         self.round_of_node = {n: r for n, r in self.round_of_node.items() if r + 1 >= oldest}
         log(INFO, "round %d: applied %d update(s) from %d node(s), lr %.4g", server_round, len(entry), len(msgs), lr)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if self.fraction_evaluate == 0:
             return []
         nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, server_round, 1)
@@ -413,17 +487,47 @@ class FerretStrategy(Strategy):
 
     def summary(self) -> None:
         f, s = self.ferret, self.server.config
-        log(INFO, "\t├── Ferret: K=%d per block, block size %d, %s, adaptive=%s, full below %d elements, wire %s",
-            f.num_bases, f.block_size, f.dist, f.adaptive, f.full_threshold, f.wire_dtype)
+        log(
+            INFO,
+            "\t├── Ferret: K=%d per block, block size %d, %s, adaptive=%s, full below %d elements, wire %s",
+            f.num_bases,
+            f.block_size,
+            f.dist,
+            f.adaptive,
+            f.full_threshold,
+            f.wire_dtype,
+        )
         log(INFO, "\t├── layout: %s", self.codec.layout)
-        log(INFO, "\t├── server: lr %g (%s), momentum %g, clip %s / %s x median, max norm %s, max share %g, seeds %s, weighting %s",
-            s.lr, s.schedule, s.momentum, s.clip_norm, s.clip_relative, s.max_norm, s.max_share, s.seed_scheme, s.weighting)
-        log(INFO, "\t└── checkpoint: %s%s", self.checkpoint_dir or "none",
-            f" (resumed after round {self.resumed_from})" if self.resumed_from is not None else "")
+        log(
+            INFO,
+            "\t├── server: lr %g (%s), momentum %g, clip %s / %s x median, max norm %s, max share %g, seeds %s, weighting %s",
+            s.lr,
+            s.schedule,
+            s.momentum,
+            s.clip_norm,
+            s.clip_relative,
+            s.max_norm,
+            s.max_share,
+            s.seed_scheme,
+            s.weighting,
+        )
+        log(
+            INFO,
+            "\t└── checkpoint: %s%s",
+            self.checkpoint_dir or "none",
+            f" (resumed after round {self.resumed_from})" if self.resumed_from is not None else "",
+        )
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3, timeout: float = 3600,
-              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
         """Flower's Strategy.start contract, with the global model owned by the strategy.
 
         Parameters
@@ -454,7 +558,11 @@ class FerretStrategy(Strategy):
         self.summary()
         if initial_arrays is not None:
             if self.current_round > 0:
-                log(INFO, "resumed at round %d: initial_arrays ignored, the checkpoint's model is used", self.current_round)
+                log(
+                    INFO,
+                    "resumed at round %d: initial_arrays ignored, the checkpoint's model is used",
+                    self.current_round,
+                )
             else:
                 self._load_initial(initial_arrays)
         train_config = ConfigRecord() if train_config is None else train_config
@@ -503,6 +611,8 @@ class FerretStrategy(Strategy):
         bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
         if bad:
             k = bad[0]
-            raise ValueError(f"initial_arrays[{k!r}] has shape {tuple(state[k].shape)}, the model's is {tuple(own[k].shape)}")
+            raise ValueError(
+                f"initial_arrays[{k!r}] has shape {tuple(state[k].shape)}, the model's is {tuple(own[k].shape)}"
+            )
         self.model.load_state_dict(state)
         self.digests = {0: model_digest(self.model, self.codec)}

@@ -38,29 +38,45 @@ class LocalDeployment:
     node_configs: one Flower node-config string per SuperNode (default: partition-id=i
     num-partitions=N). Logs go to workdir/{superlink,supernodeI}.log."""
 
-    def __init__(self, workdir: str | None = None, num_nodes: int = 2, node_configs: list[str] | None = None,
-                 bin_dir: str | None = None, start_timeout: float = 60.0):
+    def __init__(
+        self,
+        workdir: str | None = None,
+        num_nodes: int = 2,
+        node_configs: list[str] | None = None,
+        bin_dir: str | None = None,
+        start_timeout: float = 60.0,
+    ):
         self.workdir = workdir or tempfile.mkdtemp(prefix="ferret_flower_")
         self.node_configs = node_configs or [f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)]
         self.bin = bin_dir or os.path.dirname(sys.executable)
         self.start_timeout = start_timeout
         self.procs: list[subprocess.Popen] = []
-        self.nodes: list[subprocess.Popen] = []   # the current process of SuperNode i
+        self.nodes: list[subprocess.Popen] = []  # the current process of SuperNode i
         self._files = []
         self.home = os.path.join(self.workdir, "flwr_home")
-        missing = [b for b in ("flower-superlink", "flower-supernode", "flwr") if not os.path.exists(os.path.join(self.bin, b))]
+        missing = [
+            b for b in ("flower-superlink", "flower-supernode", "flwr") if not os.path.exists(os.path.join(self.bin, b))
+        ]
         if missing:
-            raise FileNotFoundError(f"{', '.join(missing)} not found in {self.bin}: pip install 'ferret_kernels[flower]'")
+            raise FileNotFoundError(
+                f"{', '.join(missing)} not found in {self.bin}: pip install 'ferret_kernels[flower]'"
+            )
 
     def _env(self):
-        env = dict(os.environ, FLWR_HOME=self.home, PATH=self.bin + os.pathsep + os.environ.get("PATH", ""),
-                   PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            FLWR_HOME=self.home,
+            PATH=self.bin + os.pathsep + os.environ.get("PATH", ""),
+            PYTHONUNBUFFERED="1",
+        )
         return env
 
     def _start(self, name, args):
         f = open(os.path.join(self.workdir, f"{name}.log"), "a")
         self._files.append(f)
-        p = subprocess.Popen(args, env=self._env(), cwd=self.workdir, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            args, env=self._env(), cwd=self.workdir, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(p)
         return p
 
@@ -68,7 +84,9 @@ class LocalDeployment:
         end = time.monotonic() + self.start_timeout
         while time.monotonic() < end:
             if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}:\n{self.log('superlink')}")
+                raise RuntimeError(
+                    f"process exited with {proc.returncode} before listening on {port}:\n{self.log('superlink')}"
+                )
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     return
@@ -80,10 +98,22 @@ class LocalDeployment:
         ports = free_ports(1 + len(self.node_configs))
         self.link = ports[0]
         with open(os.path.join(self.home, "config.toml"), "w") as f:
-            f.write(f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.link}"\ninsecure = true\n')
+            f.write(
+                f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.link}"\ninsecure = true\n'
+            )
         try:
-            sl = self._start("superlink", [os.path.join(self.bin, "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                           "--port", str(self.link), "--disable-runtime-dependency-installation"])
+            sl = self._start(
+                "superlink",
+                [
+                    os.path.join(self.bin, "flower-superlink"),
+                    "--insecure",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.link),
+                    "--disable-runtime-dependency-installation",
+                ],
+            )
             self._wait_port(self.link, sl)
             self.superlink = sl
             for i, cfg in enumerate(self.node_configs):
@@ -95,13 +125,28 @@ class LocalDeployment:
 
     def _start_node(self, i: int, cfg: str, port: int | None = None) -> subprocess.Popen:
         port = port or free_ports(1)[0]
-        return self._start(f"supernode{i}", [os.path.join(self.bin, "flower-supernode"), "--insecure", "--superlink",
-                                             f"127.0.0.1:{self.link}", "--port", str(port), "--node-config", cfg])
+        return self._start(
+            f"supernode{i}",
+            [
+                os.path.join(self.bin, "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.link}",
+                "--port",
+                str(port),
+                "--node-config",
+                cfg,
+            ],
+        )
 
-    def run(self, app_dir: str, run_config: str = "", timeout: float = 600, stream: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self, app_dir: str, run_config: str = "", timeout: float = 600, stream: bool = True
+    ) -> subprocess.CompletedProcess:
         """`flwr run APP local [--stream] [--run-config ...]`; returns the completed process.
         Without `stream` it returns once the run is submitted (the ServerApp runs on)."""
-        args = [os.path.join(self.bin, "flwr"), "run", os.path.abspath(app_dir), "local"] + (["--stream"] if stream else [])
+        args = [os.path.join(self.bin, "flwr"), "run", os.path.abspath(app_dir), "local"] + (
+            ["--stream"] if stream else []
+        )
         if run_config:
             args += ["--run-config", run_config]
         return subprocess.run(args, env=self._env(), cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
@@ -114,13 +159,21 @@ class LocalDeployment:
         args = [os.path.join(self.bin, "flwr"), "run", os.path.abspath(app_dir), "local", "--stream"]
         if run_config:
             args += ["--run-config", run_config]
-        return RunHandle(subprocess.Popen(args, env=self._env(), cwd=self.workdir, stdout=f, stderr=subprocess.STDOUT), path)
+        return RunHandle(
+            subprocess.Popen(args, env=self._env(), cwd=self.workdir, stdout=f, stderr=subprocess.STDOUT), path
+        )
 
     def stop(self, run_id: int) -> subprocess.CompletedProcess:
         """`flwr stop RUN_ID local`: mark a run finished (after its ServerApp died, the SuperLink
         would otherwise wait for its heartbeat to expire while nodes retry its last messages)."""
-        return subprocess.run([os.path.join(self.bin, "flwr"), "stop", str(run_id), "local"], env=self._env(), cwd=self.workdir,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [os.path.join(self.bin, "flwr"), "stop", str(run_id), "local"],
+            env=self._env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     # ------------------------------------------------------------------ fault injection
     @staticmethod
@@ -245,8 +298,11 @@ class RunHandle:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ferret_kernels.fl.harness.flower_local", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ferret_kernels.fl.harness.flower_local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("app", help="the Flower app directory (with its pyproject.toml)")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--run-config", default="")

@@ -48,17 +48,17 @@ class FederatedTask(Protocol):
 
 @dataclass
 class LoopConfig:
-    method: str = "ferret"          # ferret | fedavg | zo
+    method: str = "ferret"  # ferret | fedavg | zo
     rounds: int = 10
     clients_per_round: int = 4
     local_steps: int = 5
     batch_size: int = 16
     local_lr: float = 1e-2
-    optimizer: str = "sgd"          # sgd | adam | adamw
+    optimizer: str = "sgd"  # sgd | adam | adamw
     seed: int = 0
-    zo_candidates: int = 64         # zo: size of the seed pool
+    zo_candidates: int = 64  # zo: size of the seed pool
     zo_eps: float = 1e-3
-    zo_lr: float | None = None      # zo: local step size (default local_lr)
+    zo_lr: float | None = None  # zo: local step size (default local_lr)
     eval_every: int = 1
     progress: bool = True
     ferret: FerretConfig = field(default_factory=FerretConfig)
@@ -138,8 +138,14 @@ def _checkpoint(directory, model, cfg, r, gen, records, server):
             hist.append([[blob_name(b), s] for b, s in entry])
             blobs.update((blob_name(b), b) for b, _ in entry)
         st["history"] = hist
-    state = {"kind": "ferret-loop", "identity": _identity(cfg), "rounds_done": r, "gen": gen.bit_generator.state,
-             "records": records, "server": None if server is None else st}
+    state = {
+        "kind": "ferret-loop",
+        "identity": _identity(cfg),
+        "rounds_done": r,
+        "gen": gen.bit_generator.state,
+        "records": records,
+        "server": None if server is None else st,
+    }
     save_checkpoint(directory, model.state_dict(), state, blobs)
 
 
@@ -153,7 +159,9 @@ def _resume(directory, model, cfg, gen, server) -> tuple[int, list]:
     if state["identity"] != _identity(cfg):
         mine, theirs = _identity(cfg), state["identity"]
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        raise CheckpointError(f"checkpoint in {directory} was written with another {', '.join(diff)}; refusing to resume from it")
+        raise CheckpointError(
+            f"checkpoint in {directory} was written with another {', '.join(diff)}; refusing to resume from it"
+        )
     sd = model.state_dict()
     if set(tensors) != set(sd) or any(tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd):
         raise CheckpointError(f"checkpoint in {directory} holds tensors that do not fit the model")
@@ -170,8 +178,9 @@ def _resume(directory, model, cfg, gen, server) -> tuple[int, list]:
     return int(state["rounds_done"]), list(state["records"])
 
 
-def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callback=None,
-        checkpoint_dir: str | None = None) -> list[dict]:
+def run(
+    task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callback=None, checkpoint_dir: str | None = None
+) -> list[dict]:
     """Runs cfg.rounds rounds on `model` (the global model, updated in place). Returns one
     record per round: metric, loss, bytes up/down per client, time per phase. With
     `checkpoint_dir`, resumes from its checkpoint if there is one and writes one per round."""
@@ -218,7 +227,12 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
             elif cfg.method == "fedavg":
                 with tm("project"):
                     g = dict(model.named_parameters())
-                    deltas.append((weight, {n: (g[n].detach() - p.detach()) for n, p in local.named_parameters() if p.requires_grad}))
+                    deltas.append(
+                        (
+                            weight,
+                            {n: (g[n].detach() - p.detach()) for n, p in local.named_parameters() if p.requires_grad},
+                        )
+                    )
                 up.append(fedavg_bytes(layout))
             else:
                 up.append(len(zo_updates[-1][0]) * 8)
@@ -239,12 +253,21 @@ def run(task: FederatedTask, model: torch.nn.Module, cfg: LoopConfig, *, callbac
                 model.eval()
                 with torch.no_grad():
                     metrics = task.evaluate(model)
-        rec = dict(round=r + 1, method=cfg.method, clients=len(clients), train_loss=float(np.mean(local_loss)),
-                   metric=metrics.get("metric", float("nan")), loss=metrics.get("loss", float("nan")),
-                   bytes_up_per_client=float(np.mean(up)), bytes_down_per_client=float(down_bytes),
-                   rejected=len(clients) - len(msgs) if cfg.method == "ferret" else 0,
-                   t_local=tm.t.get("local", 0.0), t_project=tm.t.get("project", 0.0),
-                   t_aggregate=tm.t.get("aggregate", 0.0), t_eval=tm.t.get("eval", 0.0))
+        rec = dict(
+            round=r + 1,
+            method=cfg.method,
+            clients=len(clients),
+            train_loss=float(np.mean(local_loss)),
+            metric=metrics.get("metric", float("nan")),
+            loss=metrics.get("loss", float("nan")),
+            bytes_up_per_client=float(np.mean(up)),
+            bytes_down_per_client=float(down_bytes),
+            rejected=len(clients) - len(msgs) if cfg.method == "ferret" else 0,
+            t_local=tm.t.get("local", 0.0),
+            t_project=tm.t.get("project", 0.0),
+            t_aggregate=tm.t.get("aggregate", 0.0),
+            t_eval=tm.t.get("eval", 0.0),
+        )
         records.append(rec)
         if checkpoint_dir:
             _checkpoint(checkpoint_dir, model, cfg, r + 1, gen, records, server)

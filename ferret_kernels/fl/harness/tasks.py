@@ -33,15 +33,18 @@ class BlobTask:
     @torch.no_grad()
     def evaluate(self, model):
         out = model(self.xt)
-        return {"loss": float(torch.nn.functional.cross_entropy(out, self.yt)),
-                "metric": float((out.argmax(1) == self.yt).float().mean())}
+        return {
+            "loss": float(torch.nn.functional.cross_entropy(out, self.yt)),
+            "metric": float((out.argmax(1) == self.yt).float().mean()),
+        }
 
 
 def mlp(seed=0):
     """The MLP BlobTask is meant for: 64 -> 512 -> 512 -> 10 (301k parameters)."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                               torch.nn.Linear(512, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)
+    )
 
 
 def tiny_gpt2(seed=0):

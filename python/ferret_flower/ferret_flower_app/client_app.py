@@ -33,11 +33,17 @@ def _node(context: Context):
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     _, t, pid = _node(context)
-    return ferret_train(msg, context, model_fn=lambda c: _node(c)[0],
-                        train_fn=lambda model, cfg, c: task.train(t, model, pid, c.run_config, int(cfg["round"])))
+    return ferret_train(
+        msg,
+        context,
+        model_fn=lambda c: _node(c)[0],
+        train_fn=lambda model, cfg, c: task.train(t, model, pid, c.run_config, int(cfg["round"])),
+    )
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     _, t, _ = _node(context)
-    return ferret_evaluate(msg, context, model_fn=lambda c: _node(c)[0], evaluate_fn=lambda model, cfg, c: task.evaluate(t, model))
+    return ferret_evaluate(
+        msg, context, model_fn=lambda c: _node(c)[0], evaluate_fn=lambda model, cfg, c: task.evaluate(t, model)
+    )

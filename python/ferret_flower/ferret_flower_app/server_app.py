@@ -63,13 +63,28 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(cfg["num-server-rounds"])
     strategy = FerretStrategy(
         model,
-        FerretConfig(num_bases=int(cfg["num-bases"]), block_size=int(cfg["block-size"]), dist=str(cfg["dist"]),
-                     adaptive=bool(cfg["adaptive"]), full_threshold=int(cfg["full-threshold"]), wire_dtype=str(cfg["wire-dtype"])),
-        ServerConfig(lr=float(cfg["server-lr"]), momentum=float(cfg["server-momentum"]), seed_scheme=str(cfg["seed-scheme"]),
-                     rounds=rounds, base_seed=int(cfg["seed"])),
-        fraction_train=float(cfg["fraction-train"]), min_train_nodes=int(cfg["min-nodes"]),
-        min_available_nodes=int(cfg["min-nodes"]), checkpoint_dir=str(cfg["checkpoint-dir"]) or None, on_round=on_round,
-        catchup_bytes=int(cfg.get("catchup-bytes", 0)) or None)
+        FerretConfig(
+            num_bases=int(cfg["num-bases"]),
+            block_size=int(cfg["block-size"]),
+            dist=str(cfg["dist"]),
+            adaptive=bool(cfg["adaptive"]),
+            full_threshold=int(cfg["full-threshold"]),
+            wire_dtype=str(cfg["wire-dtype"]),
+        ),
+        ServerConfig(
+            lr=float(cfg["server-lr"]),
+            momentum=float(cfg["server-momentum"]),
+            seed_scheme=str(cfg["seed-scheme"]),
+            rounds=rounds,
+            base_seed=int(cfg["seed"]),
+        ),
+        fraction_train=float(cfg["fraction-train"]),
+        min_train_nodes=int(cfg["min-nodes"]),
+        min_available_nodes=int(cfg["min-nodes"]),
+        checkpoint_dir=str(cfg["checkpoint-dir"]) or None,
+        on_round=on_round,
+        catchup_bytes=int(cfg.get("catchup-bytes", 0)) or None,
+    )
     evals = {}
     scratch = copy.deepcopy(model)  # central evaluation reads Flower's arrays, not the strategy's model
 
@@ -78,13 +93,24 @@ def main(grid: Grid, context: Context) -> None:
         evals[r] = task.evaluate(heldout, scratch)
         return MetricRecord(evals[r])
 
-    strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=rounds, timeout=float(cfg["round-timeout"]),
-                   train_config=ConfigRecord({}), evaluate_fn=central_eval)
+    strategy.start(
+        grid,
+        ArrayRecord(model.state_dict()),
+        num_rounds=rounds,
+        timeout=float(cfg["round-timeout"]),
+        train_config=ConfigRecord({}),
+        evaluate_fn=central_eval,
+    )
     if out:
         _save(model, os.path.join(out, "final.safetensors"))
-        report = {"model_bytes_bf16": sum(p.numel() * 2 for p in model.parameters()),
-                  "layout": repr(strategy.codec.layout), "fingerprint": strategy.codec.layout.fingerprint,
-                  "resumed_from": strategy.resumed_from, "rejected_total": strategy.server.rejected_total,
-                  "rounds": [rl.as_dict() for rl in strategy.rounds], "central_eval": evals}
+        report = {
+            "model_bytes_bf16": sum(p.numel() * 2 for p in model.parameters()),
+            "layout": repr(strategy.codec.layout),
+            "fingerprint": strategy.codec.layout.fingerprint,
+            "resumed_from": strategy.resumed_from,
+            "rejected_total": strategy.server.rejected_total,
+            "rounds": [rl.as_dict() for rl in strategy.rounds],
+            "central_eval": evals,
+        }
         with open(os.path.join(out, "rounds.json"), "w") as f:
             json.dump(report, f, indent=1)

@@ -52,13 +52,27 @@ def build_task(cfg, tokenizer, num_partitions: int):
     from ferret_demo.data import TweetTask
 
     texts, labels, _ = _tweets(int(cfg["max-per-outlet"]), int(cfg["seed"]))
-    return TweetTask(texts, labels, tokenizer, num_clients=num_partitions, split="dirichlet", alpha=float(cfg["alpha"]),
-                     eval_size=int(cfg["eval-size"]), max_len=int(cfg["max-len"]), seed=int(cfg["seed"]), device="cpu")
+    return TweetTask(
+        texts,
+        labels,
+        tokenizer,
+        num_clients=num_partitions,
+        split="dirichlet",
+        alpha=float(cfg["alpha"]),
+        eval_size=int(cfg["eval-size"]),
+        max_len=int(cfg["max-len"]),
+        seed=int(cfg["seed"]),
+        device="cpu",
+    )
 
 
 def train(task, model, partition: int, cfg, round: int) -> dict:
-    lc = LoopConfig(local_steps=int(cfg["local-steps"]), batch_size=int(cfg["batch-size"]), local_lr=float(cfg["local-lr"]),
-                    optimizer="adamw")
+    lc = LoopConfig(
+        local_steps=int(cfg["local-steps"]),
+        batch_size=int(cfg["batch-size"]),
+        local_lr=float(cfg["local-lr"]),
+        optimizer="adamw",
+    )
     gen = np.random.default_rng([int(cfg["seed"]), partition, round])
     torch.manual_seed(int(gen.integers(2**62)))  # dropout: the same draws whenever this round is trained
     loss = local_train(task, model, partition, lc, gen)

@@ -305,7 +305,8 @@ def _recon_prune(configs, named_args, **kwargs):
     return keep or configs
 
 
-# restore_value: benchmarking configs must not accumulate into `out` more than once
+# restore_value: benchmarking configs must not accumulate into `out` more than once (a guard:
+# _tune_on_scratch tunes every key on a scratch output before the caller's tensor is used)
 @triton.autotune(
     configs=_recon_configs(),
     key=["K", "block_size", "DIST", "ACCUM"],
@@ -430,6 +431,27 @@ def _check_grid(programs: int, what: str) -> None:
         )
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or an aligned copy of it when its pointer is not 16-byte aligned (a view at an odd
+    offset). Triton specializes kernels on pointer alignment: an unaligned pointer gets a
+    variant with narrower loads and so another reduction order, and the last bits of a
+    projection would depend on where the data sits (seen on an H100, 2026-11-26). One copy for
+    such views only (the allocator's tensors are 256-byte aligned) keeps results a function of
+    the data, as in the CUDA kernels."""
+    return t if not _real(t) or t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _real(t: torch.Tensor) -> bool:
+    """A tensor with memory (not a fake / functional one while torch.compile traces the op)."""
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        t.data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def _active32(active):
     return None if active is None else active.to(torch.int32).contiguous()
 
@@ -459,8 +481,8 @@ def project(
     act = _active32(active)
     # partial sums past a block's active count are not written: zeros then; else every entry is written
     part = (torch.zeros if act is not None else torch.empty)(nb * cpb, num_bases, device=x.device, dtype=torch.float32)
-    xc = x.reshape(-1).contiguous()
-    yc = y.reshape(-1).contiguous() if y is not None else xc
+    xc = _aligned(x.reshape(-1).contiguous())
+    yc = _aligned(y.reshape(-1).contiguous()) if y is not None else xc
     k0, k1 = _key(seed)
     with _on_device(x):
         _wrap(_project_kernel)[(nb * cpb,)](
@@ -487,6 +509,49 @@ def project(
     return out
 
 
+# (K, block_size, dist, accumulate, out dtype, with active counts, device): the autotuner's key
+# for _reconstruct_kernel (its key arguments plus the dtypes of its tensor arguments: coefficients
+# are always float32, the active pointer's dtype follows HAS_ACT) and the device
+_TUNED: set = set()
+_SCRATCH_ELEMS = 1 << 26  # enough blocks to fill an H100 (132 SMs) at every block size
+
+
+def _tune_on_scratch(out, c, act, block_size, dist, accum) -> None:
+    """Autotune the reconstruct kernel on a scratch output the first time a key is seen, so the
+    caller's tensor is never the benchmark's: with restore_value alone, tuning an in-place
+    reconstruct_ copies the output (a full-size clone in peak memory) and restores it inside
+    every timed run (the copy is timed with the kernel). The scratch is at most 2^26 elements,
+    once per key; the real launch then finds the key cached (restore_value stays as a guard)."""
+    if _INTERPRET or not _real(out):
+        return
+    key = (c.shape[1], block_size, dist, accum, out.dtype, act is not None, out.device)
+    if key in _TUNED:
+        return
+    n = out.numel()
+    m = min(n, max(block_size, _SCRATCH_ELEMS // block_size * block_size))
+    nbm = triton.cdiv(m, block_size)
+    scratch = torch.zeros(m, device=out.device, dtype=out.dtype)
+    cs = c[:nbm].contiguous()
+    acts = act[:nbm].contiguous() if act is not None else None
+    _wrap(_reconstruct_kernel)[lambda meta: (nbm * triton.cdiv(block_size, meta["CHUNK"]),)](
+        cs,
+        scratch,
+        acts if acts is not None else cs,
+        m,
+        block_size,
+        0,
+        c.shape[1],
+        1,
+        2,
+        1.0,
+        ACCUM=accum,
+        HAS_ACT=acts is not None,
+        DIST=_DIST_ID[dist],
+        enable_fp_fusion=_FP_FUSION,
+    )
+    _TUNED.add(key)
+
+
 def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, factor, accum, active):
     n = out.numel()
     nb, K = coeffs.shape
@@ -502,6 +567,7 @@ def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, facto
         return (nb * triton.cdiv(block_size, meta["CHUNK"]),)
 
     with _on_device(out):
+        _tune_on_scratch(out, c, act, block_size, dist, accum)
         _wrap(_reconstruct_kernel)[grid](
             c,
             out,

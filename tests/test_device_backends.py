@@ -150,6 +150,30 @@ def test_active_counts_adjoint_and_determinism():
     assert torch.equal(fk.project(x, 3, K, bs, dist="uniform"), full)  # repeatable, bit for bit
 
 
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_depend_on_the_data_not_on_where_it_sits_in_memory(dist, dtype):
+    """A view at an odd element offset (an unaligned pointer) gives the same bits as an aligned
+    copy of the same data: on a GPU, Triton compiles another variant for unaligned pointers
+    (other vector widths, so another reduction order) unless the wrapper aligns its inputs."""
+    bs = 4096 if DEV == "cuda" else 512  # small under the interpreter (only a GPU specializes)
+    n, K = 4 * bs + 5, 5
+    big = torch.randn(n + 3, device=DEV).to(dtype)
+    yb = torch.randn(n + 3, device=DEV).to(dtype)
+    for off in (1, 3):
+        x, y = big[off : off + n], yb[off : off + n]
+        assert x.data_ptr() % 16 != 0
+        xa, ya = x.clone(), y.clone()
+        assert xa.data_ptr() % 16 == 0
+        assert torch.equal(fk.project(x, 11, K, bs, dist=dist), fk.project(xa, 11, K, bs, dist=dist))
+        assert torch.equal(fk.project(x, 11, K, bs, y=y, dist=dist), fk.project(xa, 11, K, bs, y=ya, dist=dist))
+        c = torch.randn(5, K, device=DEV)
+        out, outa = big.clone()[off : off + n], x.clone()
+        fk.reconstruct_(out, c, 11, bs, dist=dist, alpha=-0.5)
+        fk.reconstruct_(outa, c, 11, bs, dist=dist, alpha=-0.5)
+        assert torch.equal(out, outa)
+
+
 def test_ops_registered_for_torch_library(gb):
     x = torch.randn(600, device=DEV)
     if gb == "cuda":
@@ -245,6 +269,34 @@ def test_cuda_graph_capture_with_active_counts(gb):
     want_g = fk.project(x, 3, K, bs, active=act)
     want = fk.reconstruct_(torch.zeros(n, device=DEV), want_g, 3, bs, active=act, alpha=0.5)
     assert torch.equal(gamma, want_g) and torch.equal(out, want)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="needs a CUDA device")
+def test_in_place_reconstruct_is_autotuned_on_scratch_not_on_the_callers_tensor(gb):
+    """The first reconstruct_ of a new shape key autotunes on a scratch output (at most 2^26
+    elements): no full-size copy of the caller's tensor in peak memory, and its values are
+    accumulated into exactly once."""
+    if gb != "triton":
+        pytest.skip("autotuning is the Triton backend's")
+    if torch.cuda.mem_get_info()[0] < 6 << 30:
+        pytest.skip("needs 6 GiB of free device memory")
+    n, bs, K = 1 << 28, 3 << 15, 3  # 1 GiB of float32; a block size no other test tunes
+    nb = fk.num_blocks(n, bs)
+    c = torch.randn(nb, K, device=DEV)
+    out = torch.full((n,), 0.25, device=DEV)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fk.reconstruct_(out, c, 5, bs, alpha=-1.0)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    # scratch (<= 256 MiB) + triton's 256 MB cache-flush buffer; a copy of `out` alone is 1 GiB
+    assert extra < 0.75 * out.numel() * 4, f"{extra / 2**20:.0f} MiB above the inputs while tuning"
+    again = torch.full((n,), 0.25, device=DEV)
+    fk.reconstruct_(again, c, 5, bs, alpha=-1.0)  # the tuned config, no benchmarking
+    assert torch.equal(out, again)
+    first = 0.25 - ref(fk.reconstruct, c[:1], 5, bs, bs)
+    torch.testing.assert_close(out[:bs].cpu(), first, rtol=1e-5, atol=1e-5)
 
 
 def test_launch_over_the_grid_limit_is_refused_with_a_clear_error(gb):

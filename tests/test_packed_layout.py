@@ -43,9 +43,8 @@ def test_packed_compress_and_apply_match_the_ops_on_the_concatenated_vector(adap
     with torch.no_grad():
         for p in new.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    comp = UpdateCodec(
-        ParamLayout.from_module(m, BS, pack=True), FerretConfig(num_bases=8, block_size=BS, adaptive=adaptive)
-    )
+    comp = UpdateCodec.for_module(m, FerretConfig(num_bases=8, block_size=BS, adaptive=adaptive, pack=True))
+    assert comp.layout.pack and comp.layout.fingerprint == ParamLayout.from_module(m, BS, pack=True).fingerprint
     msg = comp.compress(m, new, seed=77)
     old_p, new_p = dict(m.named_parameters()), dict(new.named_parameters())
     d = _flat(old_p, comp.layout) - _flat(new_p, comp.layout)
@@ -72,3 +71,21 @@ def test_packed_compress_and_apply_match_the_ops_on_the_concatenated_vector(adap
     want = _flat(old_p, comp.layout).clone()
     fk.reconstruct_(want, dense, 77, BS, alpha=-0.5, active=msg.active)
     assert torch.equal(_flat(target, comp.layout), want)
+
+
+def test_codec_refuses_a_layout_that_disagrees_with_its_config():
+    m = _model()
+    with pytest.raises(ValueError, match=r"layout pack=True != config pack=False"):
+        UpdateCodec(ParamLayout.from_module(m, BS, pack=True), FerretConfig(num_bases=8, block_size=BS))
+
+
+def test_flower_nodes_build_the_packed_layout_the_strategy_announces():
+    pytest.importorskip("flwr")
+    from flwr.app import ConfigRecord
+
+    from ferret_kernels.fl.flower.protocol import ferret_config
+
+    keys = {"num-bases": 8, "block-size": BS, "dist": "rademacher", "adaptive": False, "full-threshold": 0}
+    cfg = ferret_config(ConfigRecord(dict(keys, **{"wire-dtype": "float32", "pack": True})))
+    assert cfg.pack and UpdateCodec.for_module(_model(), cfg).layout.pack
+    assert not ferret_config(ConfigRecord(dict(keys, **{"wire-dtype": "float32"}))).pack  # an older server

@@ -39,6 +39,7 @@ class FerretConfig:
     k_max: int | None = None  # cap per block when adaptive (default 4 K)
     full_threshold: int = 0  # tensors with fewer elements travel in full
     wire_dtype: str = "float32"  # coefficients on the wire: float32, bfloat16, float16
+    pack: bool = False  # blocks of one virtual vector of all projected tensors (ParamLayout pack=True)
 
     def __post_init__(self):
         if self.num_bases <= 0:
@@ -78,12 +79,14 @@ class UpdateCodec:
     def __init__(self, layout: ParamLayout, config: FerretConfig):
         if layout.block_size != config.block_size:
             raise ValueError(f"layout block size {layout.block_size} != config block size {config.block_size}")
+        if layout.pack != config.pack:
+            raise ValueError(f"layout pack={layout.pack} != config pack={config.pack}")
         self.layout = layout
         self.config = config
 
     @classmethod
     def for_module(cls, module: torch.nn.Module, config: FerretConfig) -> "UpdateCodec":
-        return cls(ParamLayout.from_module(module, config.block_size, config.full_threshold), config)
+        return cls(ParamLayout.from_module(module, config.block_size, config.full_threshold, config.pack), config)
 
     # ------------------------------------------------------------------ client side
     @torch.no_grad()

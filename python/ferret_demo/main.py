@@ -145,6 +145,12 @@ def build_parser():
         default=None,
         help="K per block proportional to ||delta_b|| (the same total; the main job's default)",
     )
+    p.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="blocks of one virtual vector of all tensors (blocks cross tensor edges; fewer blocks)",
+    )
     p.add_argument("--seed-scheme", choices=["shared", "per_client"])
     p.add_argument("--server-lr", type=float)
     p.add_argument("--server-schedule", choices=["constant", "cosine", "linear", "step"])
@@ -184,6 +190,7 @@ def build_parser():
 DEFAULTS = dict(
     dist="rademacher",
     adaptive=False,
+    pack=False,
     seed_scheme="shared",
     server_schedule="constant",
     server_momentum=0.0,
@@ -298,6 +305,7 @@ def loop_config(cfg, method, K):
         block_size=cfg["block_size"],
         dist=cfg["dist"],
         adaptive=cfg["adaptive"],
+        pack=cfg["pack"],
         full_threshold=cfg["full_threshold"],
         wire_dtype=cfg["wire_dtype"],
     )

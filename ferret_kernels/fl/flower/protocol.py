@@ -76,6 +76,7 @@ def ferret_config(cfg: ConfigRecord) -> FerretConfig:
         adaptive=bool(cfg["adaptive"]),
         full_threshold=int(cfg["full-threshold"]),
         wire_dtype=str(cfg["wire-dtype"]),
+        pack=bool(cfg.get("pack", False)),  # absent: a server from before packed layouts
     )
 
 

@@ -293,6 +293,7 @@ class FerretStrategy(Strategy):
                     "adaptive": self.ferret.adaptive,
                     "full-threshold": self.ferret.full_threshold,
                     "wire-dtype": self.ferret.wire_dtype,
+                    "pack": self.ferret.pack,
                 }
             )
             rd[CONFIG] = cfg

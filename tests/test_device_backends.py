@@ -290,8 +290,9 @@ def test_in_place_reconstruct_is_autotuned_on_scratch_not_on_the_callers_tensor(
     fk.reconstruct_(out, c, 5, bs, alpha=-1.0)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
-    # scratch (<= 256 MiB) + triton's 256 MB cache-flush buffer; a copy of `out` alone is 1 GiB
-    assert extra < 0.75 * out.numel() * 4, f"{extra / 2**20:.0f} MiB above the inputs while tuning"
+    # the scratch (<= 256 MiB), restore_value's copy of it and triton's 256 MB cache-flush buffer:
+    # 768 MiB on an H100 (2026-11-26); tuning on `out` itself would copy 1 GiB plus the buffer
+    assert extra < out.numel() * 4, f"{extra / 2**20:.0f} MiB above the inputs while tuning"
     again = torch.full((n,), 0.25, device=DEV)
     fk.reconstruct_(again, c, 5, bs, alpha=-1.0)  # the tuned config, no benchmarking
     assert torch.equal(out, again)

@@ -147,14 +147,23 @@ class UpdateCodec:
                 start=s.lead,
             )
             dense[sl] += g.cpu()
-        dense *= block_scale(active)[:, None]
-        mask = torch.arange(kop)[None, :] < active[:, None].to(torch.int64)
         full = {s.name: (old[s.name].detach().float() - new[s.name].detach().float()).cpu() for s in layout.full}
+        return self.message(dense, active, full, seed, weight=weight, round=round, client=client)
+
+    def message(
+        self, dense: torch.Tensor, active: torch.Tensor, full: dict, seed: int, *, weight=1.0, round=0, client=""
+    ) -> UpdateMessage:
+        """The message of unscaled projections `dense` [total_blocks, max_bases] (rows past a
+        block's active count ignored): each block's row scaled by 1/sqrt(k_b), the active
+        entries kept, with the tensors that travel in full."""
+        cfg = self.config
+        dense = dense * block_scale(active)[:, None]
+        mask = torch.arange(cfg.max_bases)[None, :] < active[:, None].to(torch.int64)
         return UpdateMessage(
-            layout.fingerprint,
+            self.layout.fingerprint,
             seed,
             cfg.dist,
-            kop,
+            cfg.max_bases,
             cfg.block_size,
             active,
             dense[mask],

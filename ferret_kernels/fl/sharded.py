@@ -24,7 +24,6 @@ import torch.distributed as dist
 
 from .. import project, reconstruct_
 from ..ops import num_blocks
-from .aggregate import block_scale
 from .layout import ParamLayout
 
 
@@ -108,7 +107,6 @@ def project_sharded(
     """The update message of `old - new` (name -> parameter, sharded or not) under `seed`, the
     same on every rank: what ``codec.compress`` gives for the unsharded tensors (float32
     rounding apart: a block split between ranks is summed in another order)."""
-    from .message import UpdateMessage
 
     cfg, layout = codec.config, codec.layout
     bs = layout.block_size
@@ -138,26 +136,8 @@ def project_sharded(
             start=s.lead + start,
         )
         part[first : first + nb] += g.cpu()
-    dense = _gather_sum(part, group)
-    dense *= block_scale(active)[:, None]
-    mask = torch.arange(kop)[None, :] < active[:, None].to(torch.int64)
-    full = {}
-    for s in layout.full:
-        full[s.name] = _full_delta(old[s.name], new[s.name], group)
-    return UpdateMessage(
-        layout.fingerprint,
-        seed,
-        cfg.dist,
-        kop,
-        bs,
-        active,
-        dense[mask],
-        full,
-        float(weight),
-        round,
-        client,
-        cfg.wire_dtype,
-    )
+    full = {s.name: _full_delta(old[s.name], new[s.name], group) for s in layout.full}
+    return codec.message(_gather_sum(part, group), active, full, seed, weight=weight, round=round, client=client)
 
 
 def _full_delta(old: torch.Tensor, new: torch.Tensor, group) -> torch.Tensor:

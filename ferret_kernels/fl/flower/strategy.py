@@ -45,11 +45,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from ..aggregate import heavy_ball
 from ..checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
 from ..codec import FerretConfig, UpdateCodec
-from ..message import MAX_WEIGHT, DecodeError, encode
+from ..message import MAX_WEIGHT, DecodeError
 from ..server import FerretServer, ServerConfig, capped_shares
+from ..sync import aggregate_round
 from .protocol import (
     CONFIG,
     DIGEST,
@@ -57,7 +57,6 @@ from .protocol import (
     SYNC,
     UPDATE,
     UPDATE_KEYS,
-    apply_updates,
     content_bytes,
     describe,
     model_digest,
@@ -430,13 +429,9 @@ class FerretStrategy(Strategy):
         Under the shared seed one aggregate of every accepted update (whatever its K); under
         per-client seeds each (clipped) update; each with its share. Nothing of the strategy's
         state changes before the model is updated."""
-        cfg = self.server.config
         lr = self.server.lr_at(server_round)
-        own = [(encode(b), b.weight) for b in self.server.broadcast(msgs, round=server_round)] if msgs else []
-        # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
-        factors, window = heavy_ball(self.momentum_window, own, cfg.momentum, cfg.momentum_window)
-        entry = [(b, lr * w * f) for e, f in factors for b, w in e]
-        apply_updates(self.codec, self.model, [b for b, _ in entry], [a for _, a in entry])
+        # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age) (fl.sync)
+        entry, window = aggregate_round(self.server, self.model, msgs, server_round, self.momentum_window)
         self.momentum_window = window
         self.current_round = server_round
         self.rounds[-1].applied = entry

@@ -68,9 +68,7 @@ def build_job(
         job.to_server(WireMeter("up"), filter_type=FilterType.TASK_RESULT, tasks=["train"])
         job.to_server(WireMeter("down"), filter_type=FilterType.TASK_DATA, tasks=["train"])
     args = " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    job.to_clients(
-        ScriptRunner(script=os.path.join(HERE, "site.py"), script_args=args, framework=FrameworkType.RAW)
-    )
+    job.to_clients(ScriptRunner(script=os.path.join(HERE, "site.py"), script_args=args, framework=FrameworkType.RAW))
     for add in (job.add_file_to_server, job.add_file_to_clients):
         add(os.path.join(HERE, "ferret_task.py"))
         for f in ("__init__.py", "task.py"):

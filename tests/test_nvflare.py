@@ -1,0 +1,187 @@
+"""Ferret on NVIDIA FLARE, in FLARE's own runtime: the job of python/ferret_nvflare run by
+FLARE's simulator (a server and three sites, each site running the job's Client API script)
+for three rounds of the 301k-parameter MLP, with a test-only Filter on site-2's task results
+(tests/nvflare_faults.py) corrupting its update in round 2. Checked against independent
+references:
+
+- the global model after the run equals the initial model minus, for every round, the mean
+  of the accepted updates reconstructed here with the ops (decoded from the bytes the server
+  received, averaged in coefficient space by this test, rounded to the wire dtype as the
+  server's broadcast is, reconstructed out of place with ferret_kernels.reconstruct);
+- site-2's corrupt update is rejected with a reason naming it, rounds 2 and 3 complete, and
+  in round 3 site-2 gets the full model again and its update (made on a copy whose digest
+  matches the server's) is accepted, like every other site's;
+- bytes per site per round as FLARE transmits them (WireMeter: FOBS's encoding of each task
+  result / task data Shareable on the server): the update is inside, FLARE's envelope adds
+  less than 4 KiB, after round 1 the server sends sites coefficients, not weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("nvflare", reason="nvflare not installed (pip install 'ferret_kernels[nvflare]')")
+
+from safetensors.torch import load_file  # noqa: E402
+
+import ferret_kernels as fk  # noqa: E402
+from ferret_kernels.fl import ParamLayout, decode  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS, SITES, K, BS = 3, 3, 8, 4096
+
+RUN = f"""
+import sys
+sys.path[:0] = [{os.path.join(ROOT, "python", "ferret_nvflare")!r}, {os.path.join(ROOT, "tests")!r}]
+from job import build_job
+from nvflare.job_config.defs import FilterType
+from nvflare_faults import CorruptUpdate
+
+job = build_job(
+    {{"model": "mlp", "local-steps": 2, "num-partitions": {SITES}}},
+    num_rounds={ROUNDS},
+    min_clients={SITES},
+    ferret={{"num_bases": {K}, "block_size": {BS}, "wire_dtype": "bfloat16"}},
+    server={{"weighting": "equal", "clip_relative": None, "lr": 1.0}},
+    round_timeout=240,
+)
+job.to_clients(CorruptUpdate("site-2", 2), filter_type=FilterType.TASK_RESULT, tasks=["train"])
+job.simulator_run(sys.argv[1], n_clients={SITES}, threads={SITES})
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("nvflare")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-c", RUN, str(ws)], cwd=str(ws), env=env, capture_output=True, text=True, timeout=280
+    )
+    wall = time.monotonic() - t0
+    out = os.path.join(ws, "server", "simulate_job", "ferret")
+    assert p.returncode == 0 and os.path.exists(os.path.join(out, "final.safetensors")), (
+        f"simulator failed (rc {p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    )
+    rounds = [json.loads(line) for line in open(os.path.join(out, "rounds.jsonl"))]
+    wire = [json.loads(line) for line in open(os.path.join(out, "wire.jsonl"))]
+    print(f"FLARE simulator: {SITES} sites, {ROUNDS} rounds in {wall:.1f} s")
+    return out, rounds, wire, p.stdout + p.stderr
+
+
+def _layout(state: dict) -> ParamLayout:
+    """The block plan of the MLP (the same named tensors in the same order as the server's model)."""
+    from ferret_kernels.fl.harness.tasks import mlp
+
+    m = mlp(0)
+    assert set(dict(m.named_parameters())) == set(state)
+    return ParamLayout.from_module(m, BS, 0)
+
+
+def test_rounds_complete_and_the_corrupt_update_is_rejected(run):
+    _, rounds, _, log = run
+    sites = [f"site-{i}" for i in range(1, SITES + 1)]
+    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
+    for r in rounds:
+        assert r["sampled"] == sites and r["missing"] == []
+    assert rounds[0]["accepted"] == sites and rounds[0]["rejected"] == {}
+    assert rounds[0]["full_model_sent"] == sites
+    # round 2: site-2's update garbled on its way out; rejected, named, the round goes on
+    assert rounds[1]["accepted"] == ["site-1", "site-3"]
+    assert list(rounds[1]["rejected"]) == ["site-2"]
+    assert "NaN" in rounds[1]["rejected"]["site-2"], rounds[1]["rejected"]
+    assert rounds[1]["full_model_sent"] == []
+    # round 3: site-2's copy was in sync (its reply's digest matched; only its update was bad), so it
+    # gets coefficients like the others; every copy matches the server's (digest): all accepted
+    assert rounds[2]["full_model_sent"] == []
+    assert rounds[2]["accepted"] == sites and rounds[2]["rejected"] == {}
+    assert "test fault: corrupted the update of site-2 in round 2" in log
+    assert len({r["digest"] for r in rounds}) == ROUNDS  # the model moved every round
+
+
+def _reconstructed(init: dict, layout: ParamLayout, steps) -> dict:
+    """init - sum over steps of reconstruct(coefficients) (out of place, with the ops)."""
+    ref = {k: v.clone().float() for k, v in init.items()}
+    for coeffs, seed in steps:
+        for s in layout.projected:
+            rows = coeffs[s.block_offset : s.block_offset + s.num_blocks]
+            delta = fk.reconstruct(rows, seed, s.numel, BS, block_offset=s.block_offset, scale=K**-0.5)
+            ref[s.name] -= delta.view(s.shape)
+    return ref
+
+
+def _dist(a: dict, b: dict) -> float:
+    return sum(float((a[k].float() - b[k].float()).square().sum()) for k in a) ** 0.5
+
+
+def test_global_model_equals_independent_reconstruction(run):
+    out, rounds, _, _ = run
+    init = load_file(os.path.join(out, "initial.safetensors"))
+    final = load_file(os.path.join(out, "final.safetensors"))
+    layout = _layout(init)
+    mine, applied = [], []
+    for r in rounds:
+        msgs = []
+        for site in r["accepted"]:
+            with open(os.path.join(out, "updates", f"round{r['round']}_{site}.bin"), "rb") as f:
+                msgs.append(decode(f.read(), layout, max_bases=K))
+        assert len({m.seed for m in msgs}) == 1 and all(m.num_bases == K for m in msgs)
+        assert all((m.active == K).all() for m in msgs)
+        # this test's aggregate: the mean in coefficient space (equal weights, no clipping, lr 1)
+        mean = torch.stack([m.coeffs.view(-1, K).double() for m in msgs]).mean(0)
+        # the server's, as it sent it to the sites (and applied it): one message, in the wire dtype
+        assert r["alphas"] == [1.0]
+        with open(os.path.join(out, "updates", f"round{r['round']}_applied0.bin"), "rb") as f:
+            agg = decode(f.read(), layout, max_bases=K)
+        assert agg.seed == msgs[0].seed and agg.wire_dtype == "bfloat16"
+        got = agg.coeffs.view(-1, K).double() * agg.weight
+        # equal to the mean up to the rounding into bf16 (half a unit in the last place: 2^-8 relative)
+        assert ((got - mean).abs() <= 2**-8 * mean.abs() + 1e-12).all()
+        wire_mean = mean.float().to(torch.bfloat16).double()
+        assert float((got == wire_mean).double().mean()) > 0.9  # most round the same way; ties may not
+        mine.append((mean.float(), msgs[0].seed))
+        applied.append((got.float(), agg.seed))
+    moved = _dist(final, init)
+    assert moved > 1e-3  # training moved the model: the comparisons below are not vacuous
+    # the global model is the initial one minus the reconstructed aggregates it sent (tight) ...
+    err = _dist(final, _reconstructed(init, layout, applied))
+    assert err <= 1e-5 * moved, f"global model differs from the reconstruction by {err:.3g} (moved {moved:.3g})"
+    # ... and, within the wire dtype's rounding, minus this test's own means of the accepted updates
+    err = _dist(final, _reconstructed(init, layout, mine))
+    assert err <= 4e-3 * moved, f"global model differs from the accepted updates' mean by {err:.3g} (moved {moved:.3g})"
+    # a reference that summed the updates instead of averaging them is far off
+    summed = _reconstructed(init, layout, [(c * 2, s) for c, s in mine])
+    assert _dist(final, summed) > 0.3 * moved
+
+
+def test_bytes_per_site_per_round_from_flare(run):
+    out, rounds, wire, _ = run
+    model_bytes = sum(
+        v.numel() * v.element_size() for v in load_file(os.path.join(out, "initial.safetensors")).values()
+    )
+    up = {(w["site"], w["round"]): w["bytes"] for w in wire if w["direction"] == "up"}
+    down = {(w["site"], w["round"]): w["bytes"] for w in wire if w["direction"] == "down"}
+    for r in rounds:
+        for site in r["sampled"]:
+            n = up[(site, r["round"])]
+            assert r["wire_bytes"][site] == n  # the controller's record is FLARE's measurement
+            upd = r["update_bytes"].get(site)
+            if upd is not None:  # the update travels inside; FLARE's envelope is small
+                assert upd < n < upd + 4096, (site, r["round"], upd, n)
+            if site in r["full_model_sent"]:
+                assert down[(site, r["round"])] > model_bytes
+            else:  # only the last round's applied aggregate (coefficients) goes down
+                assert down[(site, r["round"])] < model_bytes / 50
+    per_site = [up[k] for k in up]
+    print(
+        f"FLARE wire bytes per site per round, up: {min(per_site)}-{max(per_site)} B "
+        f"(update {min(v for r in rounds for v in r['update_bytes'].values())} B); "
+        f"down after round 1: {sorted(set(v for (s, r), v in down.items() if r > 1))} B; model {model_bytes} B fp32"
+    )

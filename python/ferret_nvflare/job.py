@@ -6,7 +6,7 @@ default) across FLARE sites with Ferret updates (K coefficients per block) inste
     python python/ferret_nvflare/job.py --sites 2 --set model=tiny --set local-steps=2
 
 `build_job` returns the FedJob (server: FerretController + a WireMeter on task results and
-task data; sites: site.py through FLARE's ScriptRunner, in process). The job ships site.py,
+task data; sites: site.py, FLARE's Client API in the site's job process). The job ships site.py,
 ferret_task.py and the Flower app's task module (models and data) in its custom folders;
 ferret_kernels and ferret_demo are installed packages on every machine (never copied).
 docs/nvflare.md: simulator, POC mode and a provisioned deployment.
@@ -37,9 +37,9 @@ def build_job(
     """The FedJob. run_config: ferret_task.DEFAULTS overrides (model, seed, local training);
     ferret / server: FerretConfig / ServerConfig fields (default K=32 per block of 65,536,
     bf16 on the wire, server lr 1)."""
+    from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.defs import FilterType
-    from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
     from ferret_kernels.fl.nvflare import FerretController, WireMeter
 
@@ -67,8 +67,14 @@ def build_job(
     if meter:
         job.to_server(WireMeter("up"), filter_type=FilterType.TASK_RESULT, tasks=["train"])
         job.to_server(WireMeter("down"), filter_type=FilterType.TASK_DATA, tasks=["train"])
+    # the Client API script, in the site's job process (what ScriptRunner sets up, with the script's
+    # path relative to the job's custom folder so that the exported job runs on any machine)
     args = " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    job.to_clients(ScriptRunner(script=os.path.join(HERE, "site.py"), script_args=args, framework=FrameworkType.RAW))
+    job.to_clients(
+        ClientAPIExecutor(execution_mode="in_process", task_script_path="site.py", task_script_args=args),
+        tasks=["train"],
+    )
+    job.add_file_to_clients(os.path.join(HERE, "site.py"))
     for add in (job.add_file_to_server, job.add_file_to_clients):
         add(os.path.join(HERE, "ferret_task.py"))
         for f in ("__init__.py", "task.py"):

@@ -14,6 +14,13 @@ references:
 - bytes per site per round as FLARE transmits them (WireMeter: FOBS's encoding of each task
   result / task data Shareable on the server): the update is inside, FLARE's envelope adds
   less than 4 KiB, after round 1 the server sends sites coefficients, not weights.
+
+Without FLARE's runtime (FerretController's round fed FLModels as FLARE's callback delivers
+them): each kind of hostile result (weights, missing or mistyped records, wrong base round or
+digest, truncated or NaN update, non-finite metrics) is rejected with the site named and the
+round's model is bit-identical to the round without that site; a duplicate, a result from a
+site not sampled and an update forwarded under another site's name are rejected; a site
+refuses a task that skips rounds and keeps its copy.
 """
 
 from __future__ import annotations
@@ -185,3 +192,156 @@ def test_bytes_per_site_per_round_from_flare(run):
         f"(update {min(v for r in rounds for v in r['update_bytes'].values())} B); "
         f"down after round 1: {sorted(set(v for (s, r), v in down.items() if r > 1))} B; model {model_bytes} B fp32"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The controller's handling of hostile results, without FLARE's runtime: FerretController's round
+# logic fed FLModels as FLARE's callback would deliver them (the sender's name set by "FLARE").
+
+
+def tiny_model(args: dict):
+    """model_factory for the unit tests below ('test_nvflare:tiny_model')."""
+    torch.manual_seed(int(args.get("seed", 0)))
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+
+
+def _controller():
+    from ferret_kernels.fl.nvflare import FerretController
+
+    c = FerretController(
+        "test_nvflare:tiny_model",
+        num_rounds=2,
+        min_clients=1,
+        ferret={"num_bases": 4, "block_size": 512},
+        server={"weighting": "equal", "clip_relative": None},
+        out_dir="",
+    )
+    c._setup()
+    c.info = c.warning = lambda *a, **k: None  # no FLARE engine here
+    return c
+
+
+def _train(model, cfg):
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(int(cfg["round"]) * 100 + len(str(cfg["seed"])))
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    return {"num-examples": 10.0, "train-loss": 1.0}
+
+
+def _round(c, sites, rnd, tamper=None):
+    """One round: each site trains from its task; `tamper(site, reply) -> [(sender, reply)]` edits
+    what FLARE delivers. Returns the round's log."""
+    c.ferret_server.begin_round(rnd)
+    c._received = []
+    for name, site in sites.items():
+        task = c._task(rnd, c.site_seed(rnd, name), c._sync_for(name))
+        reply = site.train(task, _train)
+        for sender, rep in tamper(name, reply) if tamper else [(name, reply)]:
+            rep.meta["client_name"] = sender  # FLARE sets this from the sender's identity
+            c._on_result(rep)
+    log = {"round": rnd, "sampled": sorted(sites), "full_model_sent": [], "rejected": {}, "missing": []}
+    c._finish_round(rnd, sorted(sites), log)
+    return log
+
+
+def _copy(reply, **changes):
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in reply.meta.items()}
+    rec = dict(meta["ferret.update"])
+    for k, v in changes.items():
+        if k in ("params", "metrics", "meta"):
+            continue
+        rec[k.replace("_", "-")] = v
+    meta["ferret.update"] = rec
+    if "meta" in changes:
+        meta = changes["meta"]
+    return FLModel(
+        params=changes.get("params"), metrics=changes.get("metrics", reply.metrics), meta=meta, current_round=1
+    )
+
+
+HOSTILE = {
+    "weights": lambda r: _copy(r, params={"0.weight": torch.zeros(1).numpy()}),
+    "no record": lambda r: _copy(r, meta={}),
+    "record not a dict": lambda r: _copy(r, meta={"ferret.update": ["x"]}),
+    "extra key": lambda r: _copy(r, extra=1),
+    "update is str": lambda r: _copy(r, update="abc"),
+    "truncated": lambda r: _copy(r, update=r.meta["ferret.update"]["update"][:-9]),
+    "NaN coefficients": lambda r: _copy(r, update=r.meta["ferret.update"]["update"][:-8] + b"\xff" * 8),
+    "wrong base round": lambda r: _copy(r, base_round=7),
+    "base round bool": lambda r: _copy(r, base_round=False),
+    "bad digest": lambda r: _copy(r, digest="0" * 16),
+    "digest not hex": lambda r: _copy(r, digest="zz"),
+    "NaN loss": lambda r: _copy(r, metrics={"num-examples": 1.0, "train-loss": float("nan")}),
+    "weight list": lambda r: _copy(r, metrics={"num-examples": [1.0]}),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(HOSTILE))
+def test_hostile_result_is_rejected_and_the_round_is_as_without_it(fault):
+    from ferret_kernels.fl.nvflare import FerretSite
+
+    def sites(c):
+        return {n: FerretSite(tiny_model({}), n) for n in ("site-1", "site-2", "site-3")}
+
+    honest = _controller()
+    hs = sites(honest)
+    _round(honest, hs, 1)
+    ref = _round(honest, {n: hs[n] for n in ("site-1", "site-3")}, 2)  # round 2 without site-2
+
+    c = _controller()
+    cs = sites(c)
+    _round(c, cs, 1)
+    log = _round(c, cs, 2, tamper=lambda n, r: [(n, HOSTILE[fault](r) if n == "site-2" else r)])
+    assert list(log["rejected"]) == ["site-2"], log
+    assert log["accepted"] == ["site-1", "site-3"] and log["missing"] == []
+    assert log["digest"] == ref["digest"]  # the model is exactly as if site-2 had not been sampled
+    assert c.ferret_server.rejected[-1][0] == "site-2"
+
+
+def test_forged_sender_replay_and_unsampled_results_are_rejected():
+    from ferret_kernels.fl.nvflare import FerretSite
+
+    c = _controller()
+    sites = {n: FerretSite(tiny_model({}), n) for n in ("site-1", "site-2")}
+    _round(c, sites, 1)
+
+    def tamper(name, reply):
+        if name == "site-1":  # site-1's update delivered twice, and also as from site-9 (not sampled)
+            return [(name, reply), (name, _copy(reply)), ("site-9", _copy(reply))]
+        return [("site-2", _copy(sites_reply["site-1"]))]  # site-2 forwards site-1's update as its own
+
+    sites_reply = {}
+    orig = sites["site-1"].train
+
+    def keep(task, fn):
+        sites_reply["site-1"] = orig(task, fn)
+        return sites_reply["site-1"]
+
+    sites["site-1"].train = keep
+    log = _round(c, sites, 2, tamper)
+    assert log["accepted"] == ["site-1"]
+    assert "a second result from this site" in log["rejected"]["site-1"]  # the first one counts
+    assert "not sampled" in log["rejected"]["site-9"]
+    assert "came from node site-2" in log["rejected"]["site-2"]
+
+
+def test_site_refuses_a_task_that_skips_rounds_and_keeps_its_copy():
+    from ferret_kernels.fl.nvflare import FerretSite
+
+    c = _controller()
+    s = FerretSite(tiny_model({}), "site-1")
+    _round(c, {"site-1": s}, 1)
+    _round(c, {"site-1": s}, 2)
+    # the site's copy is at round 1 (it applies round 2's aggregate when round 3's task brings it)
+    before = {k: v.clone() for k, v in s.copy.items()}
+    assert s.round == 1
+    task = c._task(3, c.site_seed(3, "site-1"), c._sync_for("site-1"))
+    task.meta["ferret.config"]["base-round"] = 3  # claims a round whose update the task does not carry
+    with pytest.raises(RuntimeError, match=r"copy is at round 1; the sync covers rounds \[2\], not 2..3"):
+        s.train(task, _train)
+    assert all(torch.equal(before[k], s.copy[k]) for k in before) and s.round == 1
+    err = s.error_reply(task, RuntimeError("x"))  # what FerretSite.run sends then: rejected, full model next
+    assert err.params is None and "ferret.update" not in err.meta

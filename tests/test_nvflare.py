@@ -299,6 +299,11 @@ def test_hostile_result_is_rejected_and_the_round_is_as_without_it(fault):
     assert log["accepted"] == ["site-1", "site-3"] and log["missing"] == []
     assert log["digest"] == ref["digest"]  # the model is exactly as if site-2 had not been sampled
     assert c.ferret_server.rejected[-1][0] == "site-2"
+    # a bad update in a well-formed result leaves the site in sync (its digest matched): coefficients
+    # next round; a malformed result makes its copy untrusted: the full model next round
+    have = c._sync_for("site-2")[0]
+    assert have == (1 if fault in ("truncated", "NaN coefficients") else None)
+    assert c._sync_for("site-1")[0] == 1
 
 
 def test_forged_sender_replay_and_unsampled_results_are_rejected():

@@ -25,18 +25,13 @@ node -> server (reply)
 
 from __future__ import annotations
 
-import math
-import re
-
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from ..codec import FerretConfig
-from ..message import DecodeError
+from ..replies import DIGEST, UPDATE_KEYS, describe, number, quote  # noqa: F401 - re-exported (engine-neutral)
 from ..sync import apply_updates, model_digest  # noqa: F401 - re-exported (moved to the engine-neutral fl.sync)
 
 CONFIG, SYNC, MODEL, UPDATE = "ferret.config", "ferret.sync", "ferret.model", "ferret.update"
-UPDATE_KEYS = frozenset({"update", "base-round", "digest"})
-DIGEST = re.compile(r"[0-9a-f]{16}")
 
 
 def ferret_config(cfg: ConfigRecord) -> FerretConfig:
@@ -55,26 +50,3 @@ def content_bytes(msg: Message, record: str) -> int:
     from flwr.common.serde import recorddict_to_proto
 
     return recorddict_to_proto(RecordDict({record: msg.content[record]})).ByteSize()
-
-
-def quote(text, limit: int = 200) -> str:
-    """A node-controlled string made safe for a log line: repr (no control characters), truncated."""
-    text = str(text)
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
-
-
-def describe(v) -> str:
-    return f"{type(v).__name__} {quote(v, 40) if isinstance(v, (str, bytes)) else repr(v)[:40]}"
-
-
-def number(rec, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float | None:
-    """A scalar metric, validated: absent -> None; list, bool, NaN, inf or out of range -> DecodeError."""
-    if key not in rec:
-        return None
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise DecodeError(f"metric {key!r} is {describe(v)}, expected a number")
-    v = float(v)
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise DecodeError(f"metric {key!r} = {v} is not a finite number in [{lo}, {hi}]")
-    return v

@@ -48,17 +48,15 @@ from flwr.serverapp.strategy import Result, Strategy
 from ..checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
 from ..codec import FerretConfig, UpdateCodec
 from ..message import MAX_WEIGHT, DecodeError
+from ..replies import check_base, reply_metrics, update_bytes
 from ..server import FerretServer, ServerConfig, capped_shares
 from ..sync import aggregate_round
 from .protocol import (
     CONFIG,
-    DIGEST,
     MODEL,
     SYNC,
     UPDATE,
-    UPDATE_KEYS,
     content_bytes,
-    describe,
     model_digest,
     number,
     quote,
@@ -325,31 +323,17 @@ class FerretStrategy(Strategy):
         rec = content.get(UPDATE)
         if not isinstance(rec, ConfigRecord):
             raise DecodeError(f"reply has no {UPDATE!r} ConfigRecord (got {type(rec).__name__})")
-        if set(rec) != UPDATE_KEYS:
-            raise DecodeError(
-                f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[quote(k, 30) for k in sorted(rec)][:8]}"
-            )
-        data, base, digest = rec["update"], rec["base-round"], rec["digest"]
-        if not isinstance(data, bytes):
-            raise DecodeError(f"'update' is {describe(data)}, expected bytes")
+        data = update_bytes(rec, UPDATE)  # the record's shape is checked as on every engine (fl.replies)
         rl.update_bytes[node] = len(data)
-        if isinstance(base, bool) or not isinstance(base, int):
-            raise DecodeError(f"'base-round' is {describe(base)}, expected an integer")
-        if base != self.current_round:
-            raise DecodeError(f"update made on round {base}'s model, expected {self.current_round}")
-        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
-            raise DecodeError(f"'digest' is {describe(digest)}, expected 16 hex digits")
-        if self.verify_sync and digest != self.digests[self.current_round]:
-            raise DecodeError("the node's model copy differs from the global model (digest mismatch)")
+        check_base(
+            rec, base_round=self.current_round, digest=self.digests[self.current_round] if self.verify_sync else None
+        )
         metrics = {}
         if "metrics" in content:
             mr = content["metrics"]
             if not isinstance(mr, MetricRecord):
                 raise DecodeError(f"'metrics' is a {type(mr).__name__}, expected a MetricRecord")
-            metrics = {
-                "num-examples": number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
-                "train-loss": number(mr, "train-loss"),
-            }
+            metrics = reply_metrics(mr)
         return data, metrics
 
     def aggregate_train(

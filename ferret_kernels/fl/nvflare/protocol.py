@@ -22,25 +22,22 @@ site -> server (the task result)
                            the train function returns (not read by the server).
     params                 None: no weights leave the site.
 
-Every reply is hostile until `reply_update` (shape of the records) and FerretServer.receive
+Every reply is hostile until `reply_update` (shape of the records, with fl.replies' checks
+shared with the Flower strategy) and FerretServer.receive
 (the update's bytes: ferret_kernels.fl.message.decode + UpdateCodec.check + freshness, seed,
 norm) have accepted it.
 """
 
 from __future__ import annotations
 
-import math
-import re
-
 import numpy as np
 import torch
 
 from ..codec import FerretConfig
-from ..message import MAX_WEIGHT, DecodeError
+from ..message import DecodeError
+from ..replies import check_base, describe, quote, reply_metrics, update_bytes  # noqa: F401 - quote re-exported
 
 CONFIG, SYNC, UPDATE = "ferret.config", "ferret.sync", "ferret.update"
-UPDATE_KEYS = frozenset({"update", "base-round", "digest"})
-DIGEST = re.compile(r"[0-9a-f]{16}")
 
 
 def config_dict(cfg: FerretConfig) -> dict:
@@ -93,63 +90,22 @@ def from_numpy(params: dict, like: dict) -> dict:
     return out
 
 
-def quote(text, limit: int = 200) -> str:
-    """A site-controlled string made safe for a log line: repr (no control characters), truncated."""
-    text = str(text)
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
-
-
-def describe(v) -> str:
-    return f"{type(v).__name__} {quote(v, 40) if isinstance(v, (str, bytes)) else repr(v)[:40]}"
-
-
-def number(rec: dict, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float | None:
-    """A scalar metric, validated: absent -> None; list, bool, NaN, inf or out of range -> DecodeError."""
-    if key not in rec:
-        return None
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise DecodeError(f"metric {key!r} is {describe(v)}, expected a number")
-    v = float(v)
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise DecodeError(f"metric {key!r} = {v} is not a finite number in [{lo}, {hi}]")
-    return v
-
-
 def reply_update(params, metrics, meta, *, base_round: int, digest: str | None) -> tuple[bytes, dict]:
     """The reply's update bytes and validated metrics, or DecodeError saying what is wrong.
 
     `params`, `metrics`, `meta` are the reply FLModel's fields as FLARE decoded them (any
     type: the site chose them); `digest` is the global model's digest the site's copy must
-    have (None: not checked)."""
+    have (None: not checked). The update record and metrics are checked by fl.replies, as
+    the Flower strategy checks its records."""
     if params:
         raise DecodeError(f"reply carries params ({type(params).__name__}): a Ferret site sends no weights")
     if not isinstance(meta, dict):
         raise DecodeError(f"reply meta is {describe(meta)}, expected a dict")
     rec = meta.get(UPDATE)
-    if not isinstance(rec, dict):
-        raise DecodeError(f"reply has no {UPDATE!r} dict (got {type(rec).__name__})")
-    if set(rec) != UPDATE_KEYS:
-        raise DecodeError(
-            f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[quote(k, 30) for k in sorted(map(str, rec))][:8]}"
-        )
-    data, base, dig = rec["update"], rec["base-round"], rec["digest"]
-    if not isinstance(data, bytes):
-        raise DecodeError(f"'update' is {describe(data)}, expected bytes")
-    if isinstance(base, bool) or not isinstance(base, int):
-        raise DecodeError(f"'base-round' is {describe(base)}, expected an integer")
-    if base != base_round:
-        raise DecodeError(f"update made on round {base}'s model, expected {base_round}")
-    if not isinstance(dig, str) or not DIGEST.fullmatch(dig):
-        raise DecodeError(f"'digest' is {describe(dig)}, expected 16 hex digits")
-    if digest is not None and dig != digest:
-        raise DecodeError("the site's model copy differs from the global model (digest mismatch)")
-    out = {}
-    if metrics is not None:
-        if not isinstance(metrics, dict):
-            raise DecodeError(f"metrics are {describe(metrics)}, expected a dict")
-        out = {
-            "num-examples": number(metrics, "num-examples", lo=0, hi=MAX_WEIGHT),
-            "train-loss": number(metrics, "train-loss"),
-        }
-    return data, out
+    data = update_bytes(rec, UPDATE)
+    check_base(rec, base_round=base_round, digest=digest)
+    if metrics is None:
+        return data, {}
+    if not isinstance(metrics, dict):
+        raise DecodeError(f"metrics are {describe(metrics)}, expected a dict")
+    return data, reply_metrics(metrics)

@@ -13,6 +13,9 @@ Contract:
   combined with the momentum window (heavy ball) and applied to `module` from those very
   bytes through `apply_updates`. Returns (entry, window): entry is [(encoded update, alpha)],
   exactly what a site must apply (with apply_updates) to follow the server bit for bit.
+- the catch-up log ({round: entry}, oldest first, bounded in bytes): `missed_updates` is what
+  brings a client's copy from its round to the current one (or None: send the full model),
+  `trim_catchup` keeps the log within its budget.
 """
 
 from __future__ import annotations
@@ -70,3 +73,30 @@ def aggregate_round(server, module: torch.nn.Module, msgs: list, round: int, win
     entry = [(b, lr * w * f) for e, f in factors for b, w in e]
     apply_updates(server.codec, module, [b for b, _ in entry], [a for _, a in entry])
     return entry, window
+
+
+def missed_updates(catchup, have: int | None, current: int, limit: int) -> tuple[list, list, list] | None:
+    """What brings a copy at round `have` to round `current` from the catch-up log (an ordered
+    {round: [(encoded update, alpha)]}, oldest first): (rounds, updates, alphas) in order, or
+    None when the full model must be sent instead (no copy, rounds no longer in the log, or
+    more than `limit` bytes of updates)."""
+    if have is None or (have < current and (not catchup or have + 1 < next(iter(catchup)))):
+        return None
+    rounds, updates, alphas = [], [], []
+    for r, entry in catchup.items():
+        if have < r <= current:
+            for u, a in entry:
+                rounds.append(r), updates.append(u), alphas.append(a)
+    if sum(len(u) for u in updates) > limit:
+        return None
+    return rounds, updates, alphas
+
+
+def trim_catchup(catchup, budget: int, round_of: dict, next_round: int) -> dict:
+    """Drop the oldest rounds until the log holds at most `budget` bytes (a lagging client then
+    gets the model: the log never holds more than its budget). Returns `round_of` (client ->
+    the round its copy is at) without the clients the log can no longer bring up to date."""
+    while catchup and sum(len(b) for e in catchup.values() for b, _ in e) > budget:
+        catchup.popitem(last=False)
+    oldest = next(iter(catchup), next_round)
+    return {n: r for n, r in round_of.items() if r + 1 >= oldest}

@@ -50,7 +50,7 @@ from ..codec import FerretConfig, UpdateCodec
 from ..message import MAX_WEIGHT, DecodeError
 from ..replies import check_base, reply_metrics, update_bytes
 from ..server import FerretServer, ServerConfig, capped_shares
-from ..sync import aggregate_round
+from ..sync import aggregate_round, missed_updates, trim_catchup
 from .protocol import (
     CONFIG,
     MODEL,
@@ -246,18 +246,12 @@ class FerretStrategy(Strategy):
     def _sync_records(self, node: int) -> tuple[RecordDict, bool]:
         """The records that bring `node` to the current global round (full model if needed)."""
         have = self.round_of_node.get(node)
-        rounds, updates, alphas = [], [], []
-        full = have is None or (have < self.current_round and (not self.catchup or have + 1 < next(iter(self.catchup))))
-        if not full:
-            for r, entry in self.catchup.items():
-                if have < r <= self.current_round:
-                    for u, a in entry:
-                        rounds.append(r), updates.append(u), alphas.append(a)
-            full = sum(len(u) for u in updates) > self._model_bytes()
+        missed = missed_updates(self.catchup, have, self.current_round, self._model_bytes())
+        full = missed is None
+        rounds, updates, alphas = ([], [], []) if full else missed
         rd = RecordDict()
         if full:
             rd[MODEL] = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            rounds, updates, alphas = [], [], []
         rd[SYNC] = ConfigRecord(
             {
                 "rounds": rounds,
@@ -425,10 +419,7 @@ class FerretStrategy(Strategy):
         self.catchup[server_round] = entry
         # beyond the model's size a lagging node gets the model: the log never holds more
         budget = min(self._model_bytes(), self.catchup_bytes or self._model_bytes())
-        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:
-            self.catchup.popitem(last=False)
-        oldest = next(iter(self.catchup), server_round + 1)
-        self.round_of_node = {n: r for n, r in self.round_of_node.items() if r + 1 >= oldest}
+        self.round_of_node = trim_catchup(self.catchup, budget, self.round_of_node, server_round + 1)
         log(INFO, "round %d: applied %d update(s) from %d node(s), lr %.4g", server_round, len(entry), len(msgs), lr)
 
     def configure_evaluate(

@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 from ..codec import FerretConfig, UpdateCodec
 from ..message import DecodeError
 from ..server import FerretServer, ServerConfig
-from ..sync import aggregate_round, model_digest
+from ..sync import aggregate_round, missed_updates, model_digest, trim_catchup
 from .meter import WIRE_BYTES_PROP
 from .protocol import CONFIG, SYNC, config_dict, quote, reply_update, to_numpy
 
@@ -159,16 +159,8 @@ class FerretController(ModelController):
     def _sync_for(self, site: str) -> tuple[int | None, list, list, list]:
         """(None, ...) when the site needs the full model, else (its round, rounds, updates, alphas)."""
         have = self.round_of_site.get(site)
-        if have is None or (have < self.current_round and (not self.catchup or have + 1 < next(iter(self.catchup)))):
-            return None, [], [], []
-        rounds, updates, alphas = [], [], []
-        for r, entry in self.catchup.items():
-            if have < r <= self.current_round:
-                for u, a in entry:
-                    rounds.append(r), updates.append(u), alphas.append(a)
-        if sum(len(u) for u in updates) > self._model_bytes():
-            return None, [], [], []
-        return have, rounds, updates, alphas
+        missed = missed_updates(self.catchup, have, self.current_round, self._model_bytes())
+        return (None, [], [], []) if missed is None else (have, *missed)
 
     def _task(self, rnd: int, seed: int, sync) -> FLModel:
         have, rounds, updates, alphas = sync
@@ -289,10 +281,7 @@ class FerretController(ModelController):
             del self.digests[old]
         self.catchup[rnd] = entry
         budget = min(self._model_bytes(), self.catchup_bytes or self._model_bytes())
-        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:
-            self.catchup.popitem(last=False)
-        oldest = next(iter(self.catchup), rnd + 1)
-        self.round_of_site = {s: r for s, r in self.round_of_site.items() if r + 1 >= oldest}
+        self.round_of_site = trim_catchup(self.catchup, budget, self.round_of_site, rnd + 1)
         log["accepted"] = sorted(a[3] for a in accepted)
         log["alphas"] = [a for _, a in entry]
         log["digest"] = self.digests[rnd]

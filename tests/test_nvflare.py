@@ -20,7 +20,8 @@ them): each kind of hostile result (weights, missing or mistyped records, wrong 
 digest, truncated or NaN update, non-finite metrics) is rejected with the site named and the
 round's model is bit-identical to the round without that site; a duplicate, a result from a
 site not sampled and an update forwarded under another site's name are rejected; a site
-refuses a task that skips rounds and keeps its copy.
+refuses a task that skips rounds and keeps its copy; sites sampled in some rounds only catch
+up from coefficients under both seed schemes.
 """
 
 from __future__ import annotations
@@ -234,13 +235,17 @@ def _round(c, sites, rnd, tamper=None):
     what FLARE delivers. Returns the round's log."""
     c.ferret_server.begin_round(rnd)
     c._received = []
+    full = []
     for name, site in sites.items():
-        task = c._task(rnd, c.site_seed(rnd, name), c._sync_for(name))
+        sync = c._sync_for(name)
+        if sync[0] is None:
+            full.append(name)
+        task = c._task(rnd, c.site_seed(rnd, name), sync)
         reply = site.train(task, _train)
         for sender, rep in tamper(name, reply) if tamper else [(name, reply)]:
             rep.meta["client_name"] = sender  # FLARE sets this from the sender's identity
             c._on_result(rep)
-    log = {"round": rnd, "sampled": sorted(sites), "full_model_sent": [], "rejected": {}, "missing": []}
+    log = {"round": rnd, "sampled": sorted(sites), "full_model_sent": full, "rejected": {}, "missing": []}
     c._finish_round(rnd, sorted(sites), log)
     return log
 
@@ -350,3 +355,41 @@ def test_site_refuses_a_task_that_skips_rounds_and_keeps_its_copy():
     assert all(torch.equal(before[k], s.copy[k]) for k in before) and s.round == 1
     err = s.error_reply(task, RuntimeError("x"))  # what FerretSite.run sends then: rejected, full model next
     assert err.params is None and "ferret.update" not in err.meta
+
+
+@pytest.mark.parametrize("scheme", ["shared", "per_client"])
+def test_partial_participation_and_seed_schemes_keep_every_copy_in_sync(scheme):
+    """Sites sampled in some rounds only catch up from the coefficients they missed (never the
+    model again); under per-client seeds each site gets its own seed and task. Every update is
+    accepted, which needs each site's copy to have the server's digest."""
+    from ferret_kernels.fl.nvflare import FerretController, FerretSite
+
+    c = FerretController(
+        "test_nvflare:tiny_model",
+        num_rounds=5,
+        min_clients=1,
+        ferret={"num_bases": 4, "block_size": 512},
+        server={"seed_scheme": scheme},
+        out_dir="",
+    )
+    c._setup()
+    c.info = c.warning = lambda *a, **k: None
+    sites = {n: FerretSite(tiny_model({}), n) for n in ("site-1", "site-2", "site-3")}
+    plan = {
+        1: ["site-1", "site-2", "site-3"],
+        2: ["site-1"],
+        3: ["site-1", "site-2"],
+        4: ["site-3"],
+        5: ["site-2", "site-3"],
+    }
+    for rnd, names in plan.items():
+        seeds = {c.site_seed(rnd, n) for n in names}
+        assert len(seeds) == (len(names) if scheme == "per_client" else 1)
+        log = _round(c, {n: sites[n] for n in names}, rnd)
+        assert log["accepted"] == names and log["rejected"] == {}, log
+        assert log["full_model_sent"] == (names if rnd == 1 else [])  # the model once; then coefficients
+        assert c.rounds[-1]["digest"] == c.digests[rnd]
+    assert all(sites[n].copy is not None for n in sites)
+    # site-3 trained in round 5 on the model of round 4, having missed rounds 2 and 3: it caught up
+    # by applying their aggregates (sent as coefficients: its sync record listed them)
+    assert sites["site-3"].round == 4

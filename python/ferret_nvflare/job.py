@@ -43,7 +43,8 @@ def build_job(
 
     from ferret_kernels.fl.nvflare import FerretController, WireMeter
 
-    sys.path.insert(0, HERE)
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)  # ferret_task, as the server and sites import it from the job's custom folder
     import ferret_task
 
     cfg = ferret_task.config(run_config)  # refuses unknown keys before a job is written

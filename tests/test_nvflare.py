@@ -11,9 +11,11 @@ references:
 - site-2's corrupt update is rejected with a reason naming it, rounds 2 and 3 complete, and
   in round 3 site-2 gets the full model again and its update (made on a copy whose digest
   matches the server's) is accepted, like every other site's;
-- bytes per site per round as FLARE transmits them (WireMeter: FOBS's encoding of each task
-  result / task data Shareable on the server): the update is inside, FLARE's envelope adds
-  less than 4 KiB, after round 1 the server sends sites coefficients, not weights.
+- bytes per site per round as FLARE transmits them, from FLARE's own CellNet statistics (the
+  size of every submit_update / get_task stream and of the model downloads) and from the job's
+  WireMeter filter (FOBS's encoding of each task result / task data on the server): the update
+  is inside each result and FLARE's envelope adds less than 4 KiB; the model goes to each site
+  once, after that tasks carry coefficients, not weights.
 
 Without FLARE's runtime (FerretController's round fed FLModels as FLARE's callback delivers
 them): each kind of hostile result (weights, missing or mistyped records, wrong base round or
@@ -81,7 +83,9 @@ def run(tmp_path_factory):
     rounds = [json.loads(line) for line in open(os.path.join(out, "rounds.jsonl"))]
     wire = [json.loads(line) for line in open(os.path.join(out, "wire.jsonl"))]
     print(f"FLARE simulator: {SITES} sites, {ROUNDS} rounds in {wall:.1f} s")
-    return out, rounds, wire, p.stdout + p.stderr
+    with open(os.path.join(ws, "server", "pool_stats", "simulator_cell_stats.json")) as f:
+        stats = json.load(f)  # FLARE's own CellNet statistics of the run
+    return out, rounds, wire, p.stdout + p.stderr, stats
 
 
 def _layout(state: dict) -> ParamLayout:
@@ -94,7 +98,7 @@ def _layout(state: dict) -> ParamLayout:
 
 
 def test_rounds_complete_and_the_corrupt_update_is_rejected(run):
-    _, rounds, _, log = run
+    _, rounds, _, log, _ = run
     sites = [f"site-{i}" for i in range(1, SITES + 1)]
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     for r in rounds:
@@ -130,7 +134,7 @@ def _dist(a: dict, b: dict) -> float:
 
 
 def test_global_model_equals_independent_reconstruction(run):
-    out, rounds, _, _ = run
+    out, rounds, _, _, _ = run
     init = load_file(os.path.join(out, "initial.safetensors"))
     final = load_file(os.path.join(out, "final.safetensors"))
     layout = _layout(init)
@@ -169,29 +173,55 @@ def test_global_model_equals_independent_reconstruction(run):
     assert _dist(final, summed) > 0.3 * moved
 
 
+def _flare_stream(stats: dict, pool: str, suffix: str) -> dict:
+    """count, total, min, max (bytes) of one category of FLARE's stream-size histogram `pool`
+    (CellNet records each stream's size in MB = 2^20 bytes), all bins merged."""
+    cats = stats[pool]["pool"]["cat_data"]
+    (key,) = [k for k in cats if k.endswith(suffix)]
+    bins = [b for b in cats[key] if b]
+    mb = 1 << 20
+    return {
+        "count": sum(b["count"] for b in bins),
+        "total": sum(b["total"] for b in bins) * mb,
+        "min": min(b["min"] for b in bins) * mb,
+        "max": max(b["max"] for b in bins) * mb,
+    }
+
+
 def test_bytes_per_site_per_round_from_flare(run):
-    out, rounds, wire, _ = run
+    out, rounds, wire, _, stats = run
     model_bytes = sum(
         v.numel() * v.element_size() for v in load_file(os.path.join(out, "initial.safetensors")).values()
     )
-    up = {(w["site"], w["round"]): w["bytes"] for w in wire if w["direction"] == "up"}
-    down = {(w["site"], w["round"]): w["bytes"] for w in wire if w["direction"] == "down"}
+    upd = [v for r in rounds for v in r["update_bytes"].values()]
+    # FLARE's own accounting: one submit_update stream per site per round, carrying the update
+    up = _flare_stream(stats, "received_stream_sizes", ":server_command:submit_update")
+    assert up["count"] == SITES * ROUNDS
+    assert min(upd) < up["min"] and up["max"] < max(upd) + 4096, (up, min(upd), max(upd))
+    # down: every task is small (coefficients); the model itself went once to each site, in round 1,
+    # through FLARE's download service (arrays above its streaming threshold are fetched apart)
+    task = _flare_stream(stats, "sent_stream_sizes", ":server_command:get_task")
+    assert task["count"] >= SITES * ROUNDS and task["max"] < 8192, task  # (and replies to polls without a task)
+    dl = _flare_stream(stats, "sent_stream_sizes", ":download_service__download")
+    assert SITES * model_bytes <= dl["total"] < 1.05 * SITES * model_bytes + 65536, (dl, model_bytes)
+    # the WireMeter filter (FOBS encoding of each result / task data on the server) agrees per site and round
+    meter_up = {(w["site"], w["round"]): w["bytes"] for w in wire if w["direction"] == "up"}
+    meter_down = {(w["site"], w["round"]): w["bytes"] for w in wire if w["direction"] == "down"}
     for r in rounds:
         for site in r["sampled"]:
-            n = up[(site, r["round"])]
-            assert r["wire_bytes"][site] == n  # the controller's record is FLARE's measurement
-            upd = r["update_bytes"].get(site)
-            if upd is not None:  # the update travels inside; FLARE's envelope is small
-                assert upd < n < upd + 4096, (site, r["round"], upd, n)
+            n = meter_up[(site, r["round"])]
+            assert r["wire_bytes"][site] == n  # the controller's record is the meter's
+            if site in r["update_bytes"]:
+                assert r["update_bytes"][site] < n < r["update_bytes"][site] + 4096
             if site in r["full_model_sent"]:
-                assert down[(site, r["round"])] > model_bytes
+                assert meter_down[(site, r["round"])] > model_bytes
             else:  # only the last round's applied aggregate (coefficients) goes down
-                assert down[(site, r["round"])] < model_bytes / 50
-    per_site = [up[k] for k in up]
+                assert meter_down[(site, r["round"])] < model_bytes / 50
     print(
-        f"FLARE wire bytes per site per round, up: {min(per_site)}-{max(per_site)} B "
-        f"(update {min(v for r in rounds for v in r['update_bytes'].values())} B); "
-        f"down after round 1: {sorted(set(v for (s, r), v in down.items() if r > 1))} B; model {model_bytes} B fp32"
+        f"FLARE CellNet stats: submit_update {up['min']:.0f}-{up['max']:.0f} B per site per round "
+        f"(update {min(upd)}-{max(upd)} B), get_task {task['min']:.0f}-{task['max']:.0f} B, "
+        f"model downloads {dl['total']:.0f} B in all (model {model_bytes} B fp32, {SITES} sites); "
+        f"WireMeter up {min(meter_up.values())}-{max(meter_up.values())} B"
     )
 
 

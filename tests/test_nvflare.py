@@ -273,7 +273,8 @@ def _round(c, sites, rnd, tamper=None):
         task = c._task(rnd, c.site_seed(rnd, name), sync)
         reply = site.train(task, _train)
         for sender, rep in tamper(name, reply) if tamper else [(name, reply)]:
-            rep.meta["client_name"] = sender  # FLARE sets this from the sender's identity
+            rep.meta["client_name"] = sender  # FLARE sets this from the sender's identity ...
+            rep.meta.setdefault("props", task.meta)  # ... and this from the task the result answers
             c._on_result(rep)
     log = {"round": rnd, "sampled": sorted(sites), "full_model_sent": full, "rejected": {}, "missing": []}
     c._finish_round(rnd, sorted(sites), log)
@@ -423,3 +424,18 @@ def test_partial_participation_and_seed_schemes_keep_every_copy_in_sync(scheme):
     # site-3 trained in round 5 on the model of round 4, having missed rounds 2 and 3: it caught up
     # by applying their aggregates (sent as coefficients: its sync record listed them)
     assert sites["site-3"].round == 4
+
+
+def test_a_late_result_of_an_earlier_round_is_ignored():
+    """FLARE may deliver an answer to round 1's task after round 1 ended: round 2 ignores it (by
+    the round of the task it answers, which FLARE keeps, not by anything in the result) and
+    still accepts the site's answer to round 2's task."""
+    from ferret_kernels.fl.nvflare import FerretSite
+
+    c = _controller()
+    sites = {n: FerretSite(tiny_model({}), n) for n in ("site-1", "site-2")}
+    first = {}
+    _round(c, sites, 1, tamper=lambda n, r: first.setdefault(n, [(n, r)]))
+    assert first["site-1"][0][1].meta["props"]["ferret.config"]["round"] == 1
+    log = _round(c, sites, 2, tamper=lambda n, r: ([first[n][0]] if n == "site-1" else []) + [(n, r)])
+    assert log["accepted"] == ["site-1", "site-2"] and log["rejected"] == {}, log

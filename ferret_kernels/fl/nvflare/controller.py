@@ -184,11 +184,15 @@ class FerretController(ModelController):
         return FLModel(params=params, current_round=rnd, total_rounds=self.num_rounds, meta=meta)
 
     def _on_result(self, result: FLModel) -> bool:
-        """FLARE's callback, once per result it delivers (its thread): kept for the round's check."""
-        site = str(result.meta.get("client_name"))  # set by FLARE from the sender's identity
+        """FLARE's callback, once per result it delivers (its thread): kept for the end of the
+        round, which decides acceptance. The site's name and the task's round come from FLARE
+        (the sender's identity, the props of the task this result answers), not from the result."""
+        site = str(result.meta.get("client_name"))
+        props = result.meta.get("props")
+        task_round = props.get(CONFIG, {}).get("round") if isinstance(props, dict) else None
         wire = self.fl_ctx.get_prop(WIRE_BYTES_PROP) if self.fl_ctx is not None else None
         with self._lock:
-            self._received.append((site, result, wire if isinstance(wire, int) else None))
+            self._received.append((site, task_round, result, wire if isinstance(wire, int) else None))
         return True
 
     # ------------------------------------------------------------------ one round
@@ -236,6 +240,10 @@ class FerretController(ModelController):
             received, self._received = self._received, []
         sampled_set, seen, accepted = set(sampled), set(), []
         log["wire_bytes"], log["update_bytes"] = {}, {}
+        late = [site for site, task_round, _, _ in received if task_round != rnd]
+        if late:  # an answer to an earlier round's task that FLARE delivered after that round ended
+            self.warning(f"Ferret round {rnd}: ignored results of earlier rounds' tasks from {sorted(late)}")
+        received = [(site, res, wire) for site, task_round, res, wire in received if task_round == rnd]
         for site, res, wire in sorted(received, key=lambda x: x[0]):
             try:
                 if site not in sampled_set:

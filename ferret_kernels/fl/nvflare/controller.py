@@ -14,7 +14,9 @@ that validates, aggregates and applies: FerretServer, fl.sync):
   reason naming the site, kept in FerretServer's bounded log and in the round's record,
   and the round goes on with the others exactly as it would have without that result.
   A site that errs or whose result FLARE cannot convert is listed as missing. Results that
-  are errors are ignored (ignore_result_error=True), never a reason to stop the job.
+  are errors are ignored (ignore_result_error=True), never a reason to stop the job. A result
+  counts for the round of the task it answers (FLARE's record of the task, not the result's
+  word): one delivered after its round ended is ignored.
 - accepted updates are aggregated in an order that does not depend on arrival (sorted by
   the SHA-256 of their bytes); the server applies exactly the encoded updates it then sends
   to sites (fl.sync.aggregate_round), so its model and every site's copy stay identical.

@@ -25,47 +25,13 @@ node -> server (reply)
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
-from collections.abc import Iterable
-
-import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from ..codec import FerretConfig, UpdateCodec
-from ..message import DecodeError, decode
+from ..codec import FerretConfig
+from ..replies import DIGEST, UPDATE_KEYS, describe, number, quote  # noqa: F401 - re-exported (engine-neutral)
+from ..sync import apply_updates, model_digest  # noqa: F401 - re-exported (moved to the engine-neutral fl.sync)
 
 CONFIG, SYNC, MODEL, UPDATE = "ferret.config", "ferret.sync", "ferret.model", "ferret.update"
-UPDATE_KEYS = frozenset({"update", "base-round", "digest"})
-DIGEST = re.compile(r"[0-9a-f]{16}")
-
-
-def model_digest(module: torch.nn.Module, codec: UpdateCodec) -> str:
-    """SHA-256 (first 16 hex digits) of the trainable parameters' bytes in layout order."""
-    h = hashlib.sha256()
-    params = codec.layout.params(module)
-    for s in codec.layout.specs:
-        h.update(params[s.name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def apply_updates(
-    codec: UpdateCodec, module: torch.nn.Module, updates: Iterable[bytes], alphas: Iterable[float]
-) -> None:
-    """w <- w - alpha_i * reconstruct(update_i) for each encoded update, in order, in place.
-
-    Every update is decoded and checked before the first one is applied."""
-    updates, alphas = list(updates), [float(a) for a in alphas]
-    if len(updates) != len(alphas):
-        raise DecodeError(f"{len(updates)} updates but {len(alphas)} alphas")
-    if not all(math.isfinite(a) for a in alphas):
-        raise DecodeError("alphas must be finite")
-    msgs = [decode(u, codec.layout, max_bases=codec.config.max_bases) for u in updates]
-    for m in msgs:
-        codec.check(m)
-    for m, a in zip(msgs, alphas):
-        codec.apply(module, [m], lr=a, weights=[1.0])
 
 
 def ferret_config(cfg: ConfigRecord) -> FerretConfig:
@@ -85,26 +51,3 @@ def content_bytes(msg: Message, record: str) -> int:
     from flwr.common.serde import recorddict_to_proto
 
     return recorddict_to_proto(RecordDict({record: msg.content[record]})).ByteSize()
-
-
-def quote(text, limit: int = 200) -> str:
-    """A node-controlled string made safe for a log line: repr (no control characters), truncated."""
-    text = str(text)
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
-
-
-def describe(v) -> str:
-    return f"{type(v).__name__} {quote(v, 40) if isinstance(v, (str, bytes)) else repr(v)[:40]}"
-
-
-def number(rec, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float | None:
-    """A scalar metric, validated: absent -> None; list, bool, NaN, inf or out of range -> DecodeError."""
-    if key not in rec:
-        return None
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise DecodeError(f"metric {key!r} is {describe(v)}, expected a number")
-    v = float(v)
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise DecodeError(f"metric {key!r} = {v} is not a finite number in [{lo}, {hi}]")
-    return v

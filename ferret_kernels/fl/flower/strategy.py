@@ -432,7 +432,9 @@ class FerretStrategy(Strategy):
         state changes before the model is updated."""
         cfg = self.server.config
         lr = self.server.lr_at(server_round)
-        own = [(encode(b), b.weight) for b in self.server.broadcast(msgs, round=server_round)] if msgs else []
+        # under DP a round releases its noised aggregate even with no accepted update (skipping the
+        # release would tell whether the one sampled client's update was accepted)
+        own = [(encode(b), b.weight) for b in self.server.broadcast(msgs, round=server_round)] if msgs or cfg.dp else []
         # heavy-ball momentum in coefficient space: lr_t * sum_age beta^age * U_(t-age)
         factors, window = heavy_ball(self.momentum_window, own, cfg.momentum, cfg.momentum_window)
         entry = [(b, lr * w * f) for e, f in factors for b, w in e]

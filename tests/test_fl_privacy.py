@@ -343,3 +343,12 @@ def test_one_sign_flipping_client_of_four_collapses_the_mean_not_multi_krum():
     assert _blob_run("mean", "sign_flip") < 0.3
     assert _blob_run("multi_krum", "sign_flip") >= clean - 0.02
     assert _blob_run("median", "sign_flip") >= 0.9
+
+
+def test_noise_multiplier_for_inverts_epsilon():
+    pytest.importorskip("dp_accounting")
+    from ferret_kernels.fl.privacy import noise_multiplier_for
+
+    for target, kw in [(3.0, {}), (1.0, dict(sampling="fixed", population=16))]:
+        s = noise_multiplier_for(target, 0.5, 10, 1e-5, **kw)
+        assert epsilon(s, 0.5, 10, 1e-5, **kw) <= target < epsilon(s * 0.99, 0.5, 10, 1e-5, **kw)

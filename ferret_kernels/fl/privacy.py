@@ -206,3 +206,31 @@ def epsilon(
         acc = dp_accounting.pld.PLDAccountant(neighboring_relation=relation)
     acc.compose(dp_accounting.SelfComposedDpEvent(event, int(rounds)))
     return float(acc.get_epsilon(delta))
+
+
+def noise_multiplier_for(
+    target_epsilon: float,
+    sample_rate: float,
+    rounds: int,
+    delta: float,
+    *,
+    sampling: str = "poisson",
+    population: int | None = None,
+    accountant: str = "rdp",
+    tol: float = 1e-3,
+) -> float:
+    """The smallest noise multiplier (to relative `tol`) whose `epsilon` is at most
+    `target_epsilon` for these parameters: bisection on epsilon, which decreases in sigma."""
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target_epsilon must be positive and finite, got {target_epsilon}")
+    kw = dict(sampling=sampling, population=population, accountant=accountant)
+    eps = lambda s: epsilon(s, sample_rate, rounds, delta, **kw)
+    lo, hi = 0.0, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+    return hi

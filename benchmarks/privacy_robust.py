@@ -125,7 +125,9 @@ def exp_dp(rounds, delta=1e-5, clip=1.0):
                 seconds=wall,
             )
         )
-        print(f"dp {rows[-1]['method']:7s} {rows[-1]['dp']:14s} eps {eps:8.3f} acc {final['metric']:.4f} ({wall:.0f} s)")
+        print(
+            f"dp {rows[-1]['method']:7s} {rows[-1]['dp']:14s} eps {eps:8.3f} acc {final['metric']:.4f} ({wall:.0f} s)"
+        )
     return rows
 
 

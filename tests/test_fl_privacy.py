@@ -352,3 +352,40 @@ def test_noise_multiplier_for_inverts_epsilon():
     for target, kw in [(3.0, {}), (1.0, dict(sampling="fixed", population=16))]:
         s = noise_multiplier_for(target, 0.5, 10, 1e-5, **kw)
         assert epsilon(s, 0.5, 10, 1e-5, **kw) <= target < epsilon(s * 0.99, 0.5, 10, 1e-5, **kw)
+
+
+# ---------------------------------------------------------------------------------------- SecAgg+ helpers
+
+
+def test_secagg_vectors_round_trip_and_bad_configurations_are_refused():
+    from ferret_kernels.fl.flower.secagg import message_from_ndarrays, update_ndarrays
+
+    model, codec, server = _setup()
+    m = _msg(model, codec, server, 0)
+    arrays = update_ndarrays(m)
+    torch.testing.assert_close(torch.cat([torch.as_tensor(a).reshape(-1) for a in arrays]).double(), _vec(m))
+    back = message_from_ndarrays(arrays, codec, m.seed, 0)
+    a, b = _model(), _model()
+    codec.apply(a, [m], lr=1.0, weights=[1.0], normalize=False)
+    codec.apply(b, [back], lr=1.0, weights=[1.0], normalize=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="arrays"):
+        message_from_ndarrays(arrays[:1], codec, m.seed, 0)
+    bad = [arrays[0].copy(), *arrays[1:]]
+    bad[0][0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        message_from_ndarrays(bad, codec, m.seed, 0)
+    small = dataclasses.replace(m, active=m.active.clamp(max=2), coeffs=m.dense()[:, :2].reshape(-1).clone())
+    with pytest.raises(ValueError, match="every block"):
+        update_ndarrays(small)
+    pytest.importorskip("flwr")
+    from ferret_kernels.fl.flower.secagg import make_strategy
+
+    for fc, sc, msg in [
+        (FerretConfig(num_bases=K, block_size=BS, adaptive=True), ServerConfig(), "uniform K"),
+        (FerretConfig(num_bases=K, block_size=BS), ServerConfig(seed_scheme="per_client"), "shared"),
+        (FerretConfig(num_bases=K, block_size=BS), ServerConfig(aggregator="median"), "individual updates"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            make_strategy(_model(), fc, sc)

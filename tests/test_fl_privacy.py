@@ -389,3 +389,27 @@ def test_secagg_vectors_round_trip_and_bad_configurations_are_refused():
     ]:
         with pytest.raises(ValueError, match=msg):
             make_strategy(_model(), fc, sc)
+
+
+def test_secagg_strategy_applies_the_unmasked_mean_and_refuses_a_huge_one():
+    pytest.importorskip("flwr")
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from ferret_kernels.fl.flower.secagg import make_strategy, update_ndarrays
+
+    model = _model()
+    fc = FerretConfig(num_bases=K, block_size=BS, full_threshold=10)
+    s = make_strategy(model, fc, ServerConfig(lr=0.5))
+    m = _msg(model, s.codec, s.server, 0, round=1)
+    res = lambda arrays: [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 1, {}))]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    huge = [a * 1e6 for a in update_ndarrays(m)]  # norm above max_norm (1e4)
+    assert s.aggregate_fit(1, res(huge), []) == (None, {})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "max_norm" in s.server.rejected[-1][1]
+    params, metrics = s.aggregate_fit(1, res(update_ndarrays(m)), [])
+    ref = _model()
+    s.codec.apply(ref, [m], lr=0.5, weights=[1.0], normalize=False)
+    for got, want in zip(parameters_to_ndarrays(params), ref.state_dict().values()):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert metrics == {"clients": 1} and s.clients == {1: 1}

@@ -21,9 +21,12 @@ Clients send weight 1: the mean over the clients that completed the round.
   are x_i.
 
 What the server can no longer do (it never sees one update): validate or clip individual
-updates (the checks of docs/threat_model.md G1-G7 apply to the unmasked mean only; a client's
-influence is bounded by the elementwise clip to clipping_range, and a NaN is clipped into that
-range by numpy); robust aggregation. The model travels in full to every sampled node every round
+updates (the checks of docs/threat_model.md G1-G7 apply to the unmasked mean only: a mean with
+NaN or Inf, another shape, or a norm above ServerConfig.max_norm is refused whole and the round
+applies nothing); robust aggregation. A client controls the integers it masks (the quantizer
+runs on the client; numpy turns a NaN into -2^31), so one client can move each coordinate of
+the mean by up to modulus_range x 2 clipping_range / quantization_range / n (16,384 / n with
+Flower's defaults), not only by the clip range. The model travels in full to every sampled node every round
 (the legacy workflow's FitIns), only the uplink is K numbers per block. Fixed-point error: one
 client's value has stochastic-rounding error below 2 clipping_range / quantization_range
 (16 / 2^22 = 3.8e-6 with Flower's defaults), unbiased, so the mean's error per coordinate is
@@ -125,6 +128,14 @@ def make_strategy(model: torch.nn.Module, ferret: FerretConfig, server: ServerCo
                 return None, {}
             arrays = parameters_to_ndarrays(results[0][1].parameters)  # every result holds the unmasked mean
             msg = message_from_ndarrays(arrays, self.codec, self.server.seed_for(server_round), server_round)
+            bound = self.server.config.max_norm
+            if bound is not None and not msg.norm() <= bound:
+                # one hostile client can add any integer mod 2^32 to the masked sum: a mean this
+                # large is refused whole (the round applies nothing), as receive() refuses an update
+                self.server.reject(
+                    "secagg-sum", f"round {server_round}: mean norm {msg.norm():.4g} > max_norm {bound:g}"
+                )
+                return None, {}
             lr = self.server.lr_at(server_round)
             self.codec.apply(self.model, [msg], lr=lr, weights=[1.0], normalize=False)
             self.applied[server_round] = msg

@@ -13,10 +13,10 @@ every tensor projected (full_threshold 0: 76 blocks x 64 = 4,864 released coordi
 C = 1 (honest update norms measured 1.6-2.1 with K = 8: every update is clipped), noise
 multipliers calibrated to epsilon 1, 3, 8 at delta 1e-5 over the run and smaller ones (0.1,
 0.3, 1) to see where accuracy starts to drop; beside them clipping alone (sigma 0) and no DP.
-FedAvg gets the same mechanism in parameter space (`_fedavg_dp`: each client's full update
-clipped to C, N(0, (sigma C)^2) on all 206,853 coordinates of the sum, fixed denominator m),
-which is what Flower's DifferentialPrivacyServerSideFixedClipping does, with the same
-sampling and so the same epsilon.
+FedAvg gets the same mechanism in parameter space through Flower's own wrapper
+(`_fedavg_dp`: DifferentialPrivacyServerSideFixedClipping around FedAvg, each client's whole
+update clipped to C, equal weights, noise std sigma C / m on all 206,853 parameters), with
+the same sampling and so the same epsilon.
 robust: 4 clients, all 4 per round, client 0 hostile: sign_flip or random at 3.5x its honest
 update (under the default relative clip of 4x the round's median norm, so it is not clipped),
 each aggregator, and the clean run.
@@ -61,23 +61,37 @@ def _run(cfg, model0, task, method, K, **server_over):
 
 
 def _fedavg_dp(clip, sigma, m, seed):
-    """The loop's FedAvg step with central DP: clip each client's update to `clip`, sum, add
-    N(0, (sigma clip)^2) to every coordinate, divide by m (claimed weights ignored)."""
-    gen = torch.Generator().manual_seed(seed)
+    """The loop's FedAvg step through Flower's DifferentialPrivacyServerSideFixedClipping around
+    FedAvg: each client's update clipped to `clip`, the mean (every client weight 1), noise of
+    std sigma clip / m on every parameter (Flower draws it from numpy's global generator)."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+
+    np.random.seed(seed)
+    dp = DifferentialPrivacyServerSideFixedClipping(FedAvg(), sigma, clip, m)
 
     @torch.no_grad()
     def apply(model, deltas, lr):
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        acc = {n: torch.zeros_like(dict(model.named_parameters())[n], dtype=torch.float64) for n in names}
-        for _, d in deltas:
-            norm = float(torch.sqrt(sum(d[n].double().square().sum() for n in names)))
-            f = min(1.0, clip / norm) if norm > 0 else 1.0
-            for n in names:
-                acc[n] += f * d[n].double()
-        for n, p in model.named_parameters():
-            if n in acc:
-                noisy = (acc[n] + sigma * clip * torch.randn(p.shape, generator=gen, dtype=torch.float64)) / m
-                p.copy_((p.double() - lr * noisy).to(p.dtype))
+        if lr != 1.0:
+            raise ValueError("the Flower DP comparison applies the aggregate as the new model (server lr 1)")
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        dp.current_round_params = [p.detach().double().numpy() for _, p in params]
+        results = [
+            (
+                None,
+                FitRes(
+                    Status(Code.OK, ""),
+                    ndarrays_to_parameters([(p.double() - d[n].double()).numpy() for n, p in params]),
+                    1,
+                    {},
+                ),
+            )
+            for _, d in deltas
+        ]
+        new, _ = dp.aggregate_fit(1, results, [])
+        for (_, p), a in zip(params, parameters_to_ndarrays(new)):
+            p.copy_(torch.as_tensor(a).to(p.dtype))
 
     return apply
 

@@ -413,3 +413,35 @@ def test_secagg_strategy_applies_the_unmasked_mean_and_refuses_a_huge_one():
     for got, want in zip(parameters_to_ndarrays(params), ref.state_dict().values()):
         np.testing.assert_array_equal(got, want.numpy())
     assert metrics == {"clients": 1} and s.clients == {1: 1}
+
+
+@pytest.mark.parametrize("mode", ["server", "client"])
+def test_loop_clients_noise_their_updates_in_client_mode_only(mode, monkeypatch):
+    """In client mode every update the server receives carries the client's noise (norm far
+    above C: sigma C / sqrt(m) on each of ~1,200 coordinates); in server mode the server gets
+    the honest updates and adds the noise itself."""
+    pytest.importorskip("dp_accounting")
+    norms = []
+    orig = FerretServer.receive
+
+    def receive(self, data, **kw):
+        m = orig(self, data, **kw)
+        norms.append(m.norm())
+        return m
+
+    monkeypatch.setattr(FerretServer, "receive", receive)
+    C, sigma, m = 1.0, 1.0, 4
+    cfg = LoopConfig(
+        rounds=1,
+        clients_per_round=m,
+        local_steps=2,
+        ferret=FerretConfig(num_bases=16, block_size=32768, full_threshold=1000),
+        server=ServerConfig(dp_clip=C, dp_noise_multiplier=sigma, dp_expected_clients=m, dp_seed=0, dp_mode=mode),
+        progress=False,
+    )
+    run(BlobTask(clients=8), mlp(), cfg)
+    assert len(norms) == m
+    if mode == "client":
+        assert min(norms) > 5 * C, norms
+    else:
+        assert max(norms) < 2 * C, norms

@@ -11,7 +11,8 @@ server, evaluation, and a record per round; Ferret and its baselines in the same
 
 A task supplies the data and the model's loss (see FederatedTask).
 
-Client-level DP (ServerConfig.dp_clip, ferret only): each record carries `epsilon`, the
+Client-level DP (ServerConfig.dp_clip, ferret only; with dp_mode "client" each simulated client
+clips and noises its own update, privacy.privatize_update): each record carries `epsilon`, the
 guarantee after that many rounds at ServerConfig.dp_delta for this loop's sampling (a uniform
 sample of clients_per_round of the task's clients without replacement, replace-one
 adjacency: privacy.epsilon(sampling="fixed")). The sampling generator is seeded from
@@ -236,6 +237,8 @@ def run(
                 with tm("project"):
                     seed = server.seed_for(r, c)
                     msg = codec.compress(model, local, seed, weight=weight, round=r, client=str(c))
+                    if cfg.server.dp and cfg.server.dp_mode == "client":  # the client clips and noises its own update
+                        msg = _privatize(msg, cfg.server, gen)
                     if c in cfg.attack_clients:
                         msg = poison(msg, cfg.attack, cfg.attack_scale, gen)
                     data = encode(msg)
@@ -297,6 +300,15 @@ def run(
         if callback:
             callback(rec)
     return records
+
+
+def _privatize(msg, s: ServerConfig, gen: np.random.Generator):
+    from ..privacy import client_noise_std, privatize_update
+
+    g = torch.Generator().manual_seed(int(gen.integers(2**62)))  # a simulation: drawn from the loop's seed
+    return privatize_update(
+        msg, s.dp_clip, client_noise_std(s.dp_clip, s.dp_noise_multiplier, s.dp_expected_clients), g
+    )
 
 
 def _epsilon(cfg: LoopConfig, k: int, n_clients: int, rounds: int) -> float:

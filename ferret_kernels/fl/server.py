@@ -29,6 +29,19 @@ state, so a failed step leaves both as they were.
   U_s is round s's aggregate. It is kept as the coefficient sets of the last
   `momentum_window` rounds and re-reconstructed, so no model-sized buffer is needed; terms
   older than the window are dropped (truncated momentum).
+- aggregator (robust aggregation, shared seed only; fl/robust.py): "mean" (the default above)
+  or "median", "trimmed_mean" (`trim` per end), "krum" / "multi_krum" (`krum_f`,
+  `multi_krum_m`) over the clipped updates' vectors, equally weighted; the broadcast is one
+  message with weight 1. Per-client seeds are refused: their coefficients are in different
+  bases, so a coordinate-wise rule would compare unrelated numbers.
+- client-level DP (`dp_clip` set; fl/privacy.py, docs/privacy.md): every accepted update must
+  use the server's K in every block; the round releases (sum_i clip(x_i, dp_clip) +
+  N(0, (dp_noise_multiplier dp_clip)^2)) / dp_expected_clients as its one broadcast message,
+  also when no update was accepted. `clip_relative`, `clip_norm`, `weighting` and `max_share`
+  do not apply under DP (they depend on other clients' updates or claims and would break the
+  sensitivity bound); `max_norm` refusals still do (they depend on the client alone). With
+  dp_mode "client" the clients clip and noise (privacy.privatize_update) and the server adds
+  none. broadcast() and step() of one round use the same noise (one key per round).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import privacy, robust
 from .aggregate import aggregate, block_scale, heavy_ball
 from .codec import UpdateCodec
 from .message import WIRE_DTYPES, DecodeError, UpdateMessage, decode, encode
@@ -73,6 +87,16 @@ class ServerConfig:
     seed_scheme: str = "shared"  # shared | per_client
     base_seed: int = 0
     max_rejections_logged: int = 1000  # the rejection log keeps the latest ones; a counter keeps the total
+    aggregator: str = "mean"  # mean | median | trimmed_mean | krum | multi_krum (robust ones: shared seed only)
+    trim: int = 1  # trimmed_mean: values dropped at each end per coordinate (clamped to (n - 1) // 2)
+    krum_f: int = 1  # krum / multi_krum: the number of Byzantine clients assumed
+    multi_krum_m: int | None = None  # multi_krum: updates averaged (default n - krum_f)
+    dp_clip: float | None = None  # client-level DP: each update's norm bound C (None: no DP)
+    dp_noise_multiplier: float = 0.0  # sigma: noise std sigma * C on the sum
+    dp_expected_clients: int | None = None  # m, the fixed denominator (expected clients per round)
+    dp_mode: str = "server"  # server: the server clips and noises | client: clients do (privacy.privatize_update)
+    dp_seed: int | None = None  # None: fresh OS entropy per round; an int: reproducible noise (experiments only)
+    dp_delta: float = 1e-5  # the delta at which epsilon is reported
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "linear", "step"):
@@ -93,6 +117,43 @@ class ServerConfig:
             raise ValueError("lr must be finite")
         if self.momentum_window < 1 or self.max_rejections_logged < 1:
             raise ValueError("momentum_window and max_rejections_logged must be at least 1")
+        if self.aggregator not in robust.AGGREGATORS:
+            raise ValueError(f"unknown aggregator {self.aggregator!r} (one of {robust.AGGREGATORS})")
+        if self.aggregator != "mean" and self.seed_scheme != "shared":
+            raise ValueError(
+                f"aggregator {self.aggregator!r} needs seed_scheme 'shared': under per-client seeds each "
+                "client's coefficients are in its own random bases, so coordinates cannot be compared"
+            )
+        if self.trim < 0 or self.krum_f < 0 or (self.multi_krum_m is not None and self.multi_krum_m < 1):
+            raise ValueError("trim and krum_f must be >= 0 and multi_krum_m >= 1")
+        if self.dp_mode not in ("server", "client"):
+            raise ValueError(f"unknown dp_mode {self.dp_mode!r} (server, client)")
+        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
+            raise ValueError(f"dp_noise_multiplier must be finite and >= 0, got {self.dp_noise_multiplier}")
+        if self.dp_clip is None:
+            if self.dp_noise_multiplier > 0:
+                raise ValueError("dp_noise_multiplier needs dp_clip (the noise is calibrated to the clip bound)")
+        else:
+            if not (math.isfinite(self.dp_clip) and self.dp_clip > 0):
+                raise ValueError(f"dp_clip must be a positive finite number or None, got {self.dp_clip}")
+            if self.dp_expected_clients is None or int(self.dp_expected_clients) != self.dp_expected_clients:
+                raise ValueError("dp_clip needs dp_expected_clients, the fixed denominator (an integer >= 1)")
+            if self.dp_expected_clients < 1:
+                raise ValueError(f"dp_expected_clients must be >= 1, got {self.dp_expected_clients}")
+            if self.seed_scheme != "shared":
+                raise ValueError(
+                    "client-level DP needs seed_scheme 'shared': the noise is added in the shared coefficient space"
+                )
+            if self.aggregator != "mean":
+                raise ValueError(
+                    f"client-level DP is defined for the mean; aggregator {self.aggregator!r} has another sensitivity"
+                )
+            if not 0 < self.dp_delta < 1:
+                raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip is not None
 
 
 def splitmix64(x: int) -> int:
@@ -143,6 +204,11 @@ class FerretServer:
         self.round = 0  # the round being collected: receive() expects its messages
         self._seen: set[tuple[int, str]] = set()
         self._logged_this_round = 0
+        self._noise_key: tuple[int, int] | None = None  # (round, key): broadcast and step draw the same noise
+        if config.dp and codec.config.adaptive:
+            raise ValueError(
+                "client-level DP needs a uniform K: adaptive K sets k_b from the block norms, which would leak"
+            )
 
     def seed_for(self, round: int, client: int = 0) -> int:
         """The round's shared seed, or a client's own seed under the per-client scheme."""
@@ -206,6 +272,14 @@ class FerretServer:
                 )
             if msg.seed != expected_seed:
                 raise DecodeError(f"message seed {msg.seed} is not the one assigned ({expected_seed})")
+            if self.config.dp and (
+                msg.num_bases != self.codec.config.num_bases
+                or (msg.active.numel() and int(msg.active.min()) != msg.num_bases)
+            ):
+                raise DecodeError(
+                    f"under DP every update must use K={self.codec.config.num_bases} in every block "
+                    f"(got K={msg.num_bases} with {int((msg.active < msg.num_bases).sum())} blocks below it)"
+                )
             norm = msg.norm()
             if self.config.max_norm is not None and not norm <= self.config.max_norm:
                 raise DecodeError(
@@ -237,6 +311,11 @@ class FerretServer:
         for m in messages:
             self.codec.check(m)
         c = self.config
+        if c.dp:  # fixed shares 1/m; clipped to C by the server in server mode (see the module docstring)
+            share = 1.0 / c.dp_expected_clients
+            if c.dp_mode == "client":
+                return [(m, share) for m in messages]
+            return [(privacy.clip_message(m, c.dp_clip)[0], share) for m in messages]
         claims = [m.weight if c.weighting == "examples" else 1.0 for m in messages]
         shares = capped_shares(claims, c.max_share)
         norms = [m.norm() for m in messages]
@@ -286,8 +365,12 @@ class FerretServer:
         """What clients need to apply the round themselves: one message per seed (under the
         shared seed, one aggregate of all updates, whatever their K), each with its total share
         as weight. Applying them with lr * weight, unnormalized, is the round's step."""
-        agg = self.aggregate(messages)
         rnd = self.round if round is None else round
+        if self.config.dp:
+            return [self._dp_release(messages, rnd)]
+        agg = self.aggregate(messages)
+        if self.config.aggregator != "mean":
+            return [self._robust_message(agg, rnd)] if agg else []
         groups: dict = {}
         for m, s in agg:
             groups.setdefault((m.seed, m.dist), []).append((m, s))
@@ -303,7 +386,11 @@ class FerretServer:
             self.codec.check(m)
             if m.round != round:
                 raise ValueError(f"update of client {m.client!r} is for round {m.round}, not {round}")
-        agg = self.aggregate(messages)
+        if self.config.dp or self.config.aggregator != "mean":
+            # the very message broadcast (noised or robustly aggregated) is what is applied
+            agg = [(b, b.weight) for b in self.broadcast(messages, round)]
+        else:
+            agg = self.aggregate(messages)
         lr = self.lr_at(round)
         factors, history = heavy_ball(self.history, agg, self.config.momentum, self.config.momentum_window)
         terms = [(entry, lr * f) for entry, f in factors]
@@ -314,6 +401,110 @@ class FerretServer:
             self.codec.apply(module, [m for m, _ in entry], lr=a, weights=[s for _, s in entry], normalize=False)
         self.history = history
         self.begin_round(round + 1)
+
+    def _template(self, round: int) -> UpdateMessage:
+        """An all-zero message of the round's shared seed with the server's K in every block."""
+        lay, cfg = self.codec.layout, self.codec.config
+        K = cfg.num_bases
+        return UpdateMessage(
+            lay.fingerprint,
+            self.seed_for(round),
+            cfg.dist,
+            K,
+            lay.block_size,
+            torch.full((lay.total_blocks,), K, dtype=torch.int32),
+            torch.zeros(lay.total_blocks * K),
+            {s.name: torch.zeros(s.shape) for s in lay.full},
+            1.0,
+            round,
+            "server",
+            "float32",
+        )
+
+    def _noise(self, round: int) -> torch.Generator:
+        """The round's noise generator: from dp_seed (reproducible) or one OS-random key per round,
+        kept until the next round so broadcast() and step() of a round add the same noise."""
+        c = self.config
+        if c.dp_seed is not None:
+            return privacy.noise_generator(splitmix64(splitmix64(c.dp_seed) ^ int(round)))
+        if self._noise_key is None or self._noise_key[0] != round:
+            self._noise_key = (round, int(privacy.noise_generator(None).initial_seed()))
+        return privacy.noise_generator(self._noise_key[1])
+
+    def _dp_release(self, messages: list[UpdateMessage], round: int) -> UpdateMessage:
+        c = self.config
+        for m in messages:
+            self.codec.check(m)
+        return privacy.dp_aggregate(
+            messages,
+            template=self._template(round),
+            clip=c.dp_clip if c.dp_mode == "server" else None,
+            noise_std=c.dp_noise_multiplier * c.dp_clip if c.dp_mode == "server" else 0.0,
+            denominator=c.dp_expected_clients,
+            generator=self._noise(round),
+            round=round,
+        )
+
+    def _robust_message(self, agg: list[tuple[UpdateMessage, float]], round: int) -> UpdateMessage:
+        """The robust aggregate of the clipped updates (claimed shares ignored) as one message of
+        weight 1. Rows: each update's scaled dense coefficients s_b gamma_b zero-padded to the
+        largest K (the space reconstruction is linear in), then its full deltas."""
+        c = self.config
+        msgs = [m for m, _ in agg]
+        if len({(m.seed, m.dist) for m in msgs}) != 1:
+            raise ValueError("robust aggregation needs every update under the round's one shared seed and dist")
+        K = max(m.num_bases for m in msgs)
+        names = sorted(msgs[0].full)
+        rows = [
+            torch.cat(
+                [(m.dense(K) * block_scale(m.active)[:, None]).double().reshape(-1)]
+                + [m.full[k].double().reshape(-1) for k in names]
+            )
+            for m in msgs
+        ]
+        X, n = torch.stack(rows), len(rows)
+        if c.aggregator == "median":
+            v = robust.median(X)
+        elif c.aggregator == "trimmed_mean":
+            t = min(c.trim, (n - 1) // 2)
+            if t < c.trim:
+                log.warning("round %d: trimmed mean of %d updates drops %d per end, not %d", round, n, t, c.trim)
+            v = robust.trimmed_mean(X, t)
+        else:
+            if n < 2 * c.krum_f + 3:
+                log.warning("round %d: %d updates, fewer than Krum's 2f + 3 = %d", round, n, 2 * c.krum_f + 3)
+            m_sel = 1 if c.aggregator == "krum" else min(c.multi_krum_m or max(n - c.krum_f, 1), n)
+            v = robust.multi_krum(X, c.krum_f, m_sel)
+        nb = msgs[0].active.numel()
+        active = torch.stack([m.active.to(torch.int32) for m in msgs]).amax(0)
+        dense = v[: nb * K].reshape(nb, K).float()
+        dense = dense / torch.where(active > 0, block_scale(active), torch.ones(1))[:, None]
+        mask = torch.arange(K)[None, :] < active[:, None].to(torch.int64)
+        off, full = nb * K, {}
+        for k in names:
+            t = msgs[0].full[k]
+            full[k] = v[off : off + t.numel()].reshape(t.shape).float()
+            off += t.numel()
+        coeffs = dense[mask]
+        wire = self.codec.config.wire_dtype
+        lim = torch.finfo(WIRE_DTYPES[wire]).max
+        if any(bool((t.abs() > lim).any()) for t in [coeffs, *full.values()]):
+            wire = "float32"
+        first = msgs[0]
+        return UpdateMessage(
+            first.fingerprint,
+            first.seed,
+            first.dist,
+            K,
+            first.block_size,
+            active,
+            coeffs,
+            full,
+            1.0,
+            round,
+            "server",
+            wire,
+        )
 
     # ------------------------------------------------------------------ checkpoint state
     def state(self) -> dict:

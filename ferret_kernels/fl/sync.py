@@ -68,7 +68,9 @@ def aggregate_round(server, module: torch.nn.Module, msgs: list, round: int, win
     momentum factor. No accepted update: entry holds only the momentum terms (or nothing)."""
     cfg = server.config
     lr = server.lr_at(round)
-    own = [(encode(b), b.weight) for b in server.broadcast(msgs, round=round)] if msgs else []
+    # under DP a round releases its noised aggregate even with no accepted update (skipping the
+    # release would tell whether the one sampled client's update was accepted)
+    own = [(encode(b), b.weight) for b in server.broadcast(msgs, round=round)] if msgs or cfg.dp else []
     factors, window = heavy_ball(window, own, cfg.momentum, cfg.momentum_window)
     entry = [(b, lr * w * f) for e, f in factors for b, w in e]
     apply_updates(server.codec, module, [b for b, _ in entry], [a for _, a in entry])

@@ -7,6 +7,13 @@ zeroth-order baseline. `--preset llm` fine-tunes Gemma 3 270M to write an articl
 (clients = topic desks, metric = Rouge-L of generated headlines). `--preset tiny` is a
 seconds-long smoke run. `--data tweets` switches to the health-news tweets (16 outlets).
 
+Privacy and robustness (Ferret runs only; docs/privacy.md): `--dp-clip C --dp-noise SIGMA` turns
+on client-level DP (each update clipped to C in coefficient space, N(0, (SIGMA C)^2) on the sum,
+fixed denominator clients-per-round; needs uniform K, so `--no-adaptive` with the main job) and
+adds an epsilon column (at `--dp-delta`); `--aggregator median|trimmed_mean|krum|multi_krum`
+picks a robust rule; `--attack sign_flip|scale|random --attack-clients 0,1 --attack-scale S`
+makes those clients send a hostile update instead of their own.
+
 Writes OUT/rounds.csv, OUT/summary.csv, OUT/report.json and OUT/report.png.
 """
 
@@ -183,6 +190,17 @@ def build_parser():
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ferret_kernels"))
+    p.add_argument("--dp-clip", type=float, help="client-level DP: clip each update to this norm (Ferret runs)")
+    p.add_argument(
+        "--dp-noise", type=float, help="client-level DP: noise multiplier sigma (std sigma x clip on the sum)"
+    )
+    p.add_argument("--dp-delta", type=float, help="client-level DP: the delta epsilon is reported at (default 1e-5)")
+    p.add_argument("--aggregator", choices=["mean", "median", "trimmed_mean", "krum", "multi_krum"])
+    p.add_argument("--attack", choices=["none", "sign_flip", "scale", "random"], help="simulated hostile clients")
+    p.add_argument(
+        "--attack-clients", type=lambda s: [int(x) for x in s.split(",") if x], help="ids of the hostile clients"
+    )
+    p.add_argument("--attack-scale", type=float, help="hostile update = scale x the honest one (sign_flip: -scale)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -200,6 +218,13 @@ DEFAULTS = dict(
     data="bbc",
     task="classify",
     eval_subsample=None,
+    dp_clip=None,
+    dp_noise=0.0,
+    dp_delta=1e-5,
+    aggregator="mean",
+    attack="none",
+    attack_clients=[0],
+    attack_scale=1.0,
 )
 
 
@@ -254,6 +279,17 @@ def resolve(args) -> dict:
         raise SystemExit("ferret-demo: --compare-K and --eval-subsample take positive numbers")
     if cfg["clients_per_round"] > cfg["clients"] and cfg["split"] == "dirichlet":
         raise SystemExit("ferret-demo: --clients-per-round cannot exceed --clients")
+    if cfg["dp_noise"] and cfg["dp_clip"] is None:
+        raise SystemExit("ferret-demo: --dp-noise needs --dp-clip (the noise is calibrated to the clip bound)")
+    if cfg["dp_clip"] is not None:
+        if not cfg["dp_clip"] > 0 or not cfg["dp_noise"] >= 0:
+            raise SystemExit("ferret-demo: --dp-clip must be positive and --dp-noise non-negative")
+        if cfg["adaptive"]:
+            raise SystemExit(
+                "ferret-demo: --dp-clip needs a uniform K (adaptive K leaks block norms): add --no-adaptive"
+            )
+        if cfg["aggregator"] != "mean":
+            raise SystemExit("ferret-demo: --dp-clip works with --aggregator mean only")
     return cfg
 
 
@@ -316,6 +352,17 @@ def loop_config(cfg, method, K):
         momentum=cfg["server_momentum"] if method == "ferret" else 0.0,
         seed_scheme=cfg["seed_scheme"],
         base_seed=cfg["seed"],
+        **(
+            dict(
+                aggregator=cfg["aggregator"],
+                dp_clip=cfg["dp_clip"],
+                dp_noise_multiplier=cfg["dp_noise"] if cfg["dp_clip"] is not None else 0.0,
+                dp_expected_clients=cfg["clients_per_round"] if cfg["dp_clip"] is not None else None,
+                dp_delta=cfg["dp_delta"],
+            )
+            if method == "ferret"
+            else {}
+        ),
     )
     return LoopConfig(
         method=method,
@@ -332,6 +379,11 @@ def loop_config(cfg, method, K):
         progress=not cfg.get("no_progress", False),
         ferret=fc,
         server=sc,
+        **(
+            dict(attack=cfg["attack"], attack_clients=tuple(cfg["attack_clients"]), attack_scale=cfg["attack_scale"])
+            if method == "ferret"
+            else {}
+        ),
     )
 
 
@@ -424,6 +476,8 @@ def main(argv=None) -> int:
         for r in summary:
             r["final_perplexity"] = _ppl(r["final_loss"])
         cols.insert(2, "final_perplexity")
+    if cfg["dp_clip"] is not None:  # Ferret runs carry epsilon; the others are not private
+        cols.insert(2, "epsilon")
     print()
     print(report.table(summary, cols))
     extra = dict(

@@ -34,6 +34,7 @@ def summarize(runs: dict, finals: dict | None = None, fedavg_key: str = "fedavg"
                 t_aggregate=sum(r["t_aggregate"] for r in recs),
                 t_eval=sum(r["t_eval"] for r in recs) + fin.get("t_eval_full", 0.0),
                 wall=fin.get("wall", float("nan")),
+                epsilon=recs[-1].get("epsilon", float("nan")),  # client-level DP (nan: not private)
             )
         )
     return rows
@@ -60,8 +61,9 @@ def write(out_dir: str, runs: dict, summary: list[dict], config: dict, metric_na
     paths = []
     p = os.path.join(out_dir, "rounds.csv")
     with open(p, "w", newline="") as f:
-        fields = ["method"] + [k for k in next(iter(runs.values()))[0].keys() if k != "method"]
-        w = csv.DictWriter(f, fieldnames=fields)
+        # every run's keys in first-seen order: private Ferret runs add `epsilon`, FedAvg's lack it
+        fields = ["method"] + list(dict.fromkeys(k for recs in runs.values() for k in recs[0] if k != "method"))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         for name, recs in runs.items():
             for r in recs:

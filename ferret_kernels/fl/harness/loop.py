@@ -11,6 +11,13 @@ server, evaluation, and a record per round; Ferret and its baselines in the same
 
 A task supplies the data and the model's loss (see FederatedTask).
 
+Client-level DP (ServerConfig.dp_clip, ferret only; with dp_mode "client" each simulated client
+clips and noises its own update, privacy.privatize_update): each record carries `epsilon`, the
+guarantee after that many rounds at ServerConfig.dp_delta for this loop's sampling (a uniform
+sample of clients_per_round of the task's clients without replacement, replace-one
+adjacency: privacy.epsilon(sampling="fixed")). The sampling generator is seeded from
+cfg.seed, so this is a simulation's epsilon: a deployment must keep its sampling secret.
+
 Crash safety: with `checkpoint_dir`, run() writes a checkpoint after every round
 (ferret_kernels.fl.checkpoint: one file replaced atomically): the model, the rounds done,
 the sampling generator's state, the server's momentum window and round, and the records.
@@ -36,6 +43,7 @@ from ..codec import FerretConfig, UpdateCodec, fedavg_bytes
 from ..layout import ParamLayout
 from ..message import encode
 from ..server import FerretServer, ServerConfig, splitmix64
+from .attacks import ATTACKS, poison
 
 
 class FederatedTask(Protocol):
@@ -61,6 +69,11 @@ class LoopConfig:
     zo_lr: float | None = None  # zo: local step size (default local_lr)
     eval_every: int = 1
     progress: bool = True
+    # simulated hostile clients (ferret only; harness/attacks.py): these client ids send
+    # `attack` at `attack_scale` x their honest update instead of it
+    attack: str = "none"  # none | sign_flip | scale | random
+    attack_clients: tuple = ()
+    attack_scale: float = 1.0
     ferret: FerretConfig = field(default_factory=FerretConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -72,6 +85,11 @@ class LoopConfig:
         for name in ("rounds", "clients_per_round", "local_steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r} (one of {ATTACKS})")
+        if self.attack != "none" and self.method != "ferret":
+            raise ValueError("simulated attacks are implemented for method 'ferret' only")
+        self.attack_clients = tuple(int(c) for c in self.attack_clients)
 
 
 def _optimizer(cfg: LoopConfig, params):
@@ -218,7 +236,12 @@ def run(
             if cfg.method == "ferret":
                 with tm("project"):
                     seed = server.seed_for(r, c)
-                    data = encode(codec.compress(model, local, seed, weight=weight, round=r, client=str(c)))
+                    msg = codec.compress(model, local, seed, weight=weight, round=r, client=str(c))
+                    if cfg.server.dp and cfg.server.dp_mode == "client":  # the client clips and noises its own update
+                        msg = _privatize(msg, cfg.server, gen)
+                    if c in cfg.attack_clients:
+                        msg = poison(msg, cfg.attack, cfg.attack_scale, gen)
+                    data = encode(msg)
                 up.append(len(data))
                 with tm("aggregate"):
                     m = server.receive(data, expected_seed=seed, round=r, node=str(c))
@@ -268,6 +291,8 @@ def run(
             t_aggregate=tm.t.get("aggregate", 0.0),
             t_eval=tm.t.get("eval", 0.0),
         )
+        if cfg.method == "ferret" and cfg.server.dp:
+            rec["epsilon"] = _epsilon(cfg, k, n_clients, r + 1)
         records.append(rec)
         if checkpoint_dir:
             _checkpoint(checkpoint_dir, model, cfg, r + 1, gen, records, server)
@@ -275,6 +300,22 @@ def run(
         if callback:
             callback(rec)
     return records
+
+
+def _privatize(msg, s: ServerConfig, gen: np.random.Generator):
+    from ..privacy import client_noise_std, privatize_update
+
+    g = torch.Generator().manual_seed(int(gen.integers(2**62)))  # a simulation: drawn from the loop's seed
+    return privatize_update(
+        msg, s.dp_clip, client_noise_std(s.dp_clip, s.dp_noise_multiplier, s.dp_expected_clients), g
+    )
+
+
+def _epsilon(cfg: LoopConfig, k: int, n_clients: int, rounds: int) -> float:
+    from ..privacy import epsilon
+
+    s = cfg.server  # the denominator m scales noise and sensitivity alike: epsilon does not depend on it
+    return epsilon(s.dp_noise_multiplier, k / n_clients, rounds, s.dp_delta, sampling="fixed", population=n_clients)
 
 
 @torch.no_grad()

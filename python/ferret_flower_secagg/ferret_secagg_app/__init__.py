@@ -1,0 +1,1 @@
+"""Ferret under Flower's SecAgg+ (ferret_kernels.fl.flower.secagg)."""

@@ -89,3 +89,14 @@ def test_flower_nodes_build_the_packed_layout_the_strategy_announces():
     cfg = ferret_config(ConfigRecord(dict(keys, **{"wire-dtype": "float32", "pack": True})))
     assert cfg.pack and UpdateCodec.for_module(_model(), cfg).layout.pack
     assert not ferret_config(ConfigRecord(dict(keys, **{"wire-dtype": "float32"}))).pack  # an older server
+
+
+def test_config_fields_round_trip_for_every_engine():
+    """The fields a server announces rebuild the same config on a client, packed or not, in
+    Flower's ConfigRecord and in FLARE's task meta (the FLARE copy once dropped `pack`)."""
+    for pack in (False, True):
+        cfg = FerretConfig(num_bases=8, block_size=BS, adaptive=True, wire_dtype="bfloat16", pack=pack)
+        assert FerretConfig.from_fields(cfg.to_fields()) == cfg
+    nv = pytest.importorskip("ferret_kernels.fl.nvflare.protocol", reason="nvflare not installed")
+    cfg = FerretConfig(num_bases=8, block_size=BS, pack=True)
+    assert nv.ferret_config(nv.config_dict(cfg)) == cfg

@@ -59,6 +59,32 @@ class FerretConfig:
     def max_bases(self) -> int:
         return self.k_max if self.adaptive else self.num_bases
 
+    def to_fields(self) -> dict:
+        """What a server tells its clients each round (Flower's ConfigRecord, FLARE's task meta)."""
+        return {
+            "num-bases": self.num_bases,
+            "block-size": self.block_size,
+            "dist": self.dist,
+            "adaptive": self.adaptive,
+            "full-threshold": self.full_threshold,
+            "wire-dtype": self.wire_dtype,
+            "pack": self.pack,
+        }
+
+    @classmethod
+    def from_fields(cls, fields) -> "FerretConfig":
+        """The client's side of to_fields (any mapping; "pack" absent: a server from before
+        packed layouts). Values are converted and then validated by __post_init__."""
+        return cls(
+            num_bases=int(fields["num-bases"]),
+            block_size=int(fields["block-size"]),
+            dist=str(fields["dist"]),
+            adaptive=bool(fields["adaptive"]),
+            full_threshold=int(fields["full-threshold"]),
+            wire_dtype=str(fields["wire-dtype"]),
+            pack=bool(fields.get("pack", False)),
+        )
+
 
 def _as_params(obj, layout: ParamLayout) -> dict:
     if isinstance(obj, torch.nn.Module):

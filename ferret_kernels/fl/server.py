@@ -336,16 +336,22 @@ class FerretServer:
         if len(members) == 1:
             m, s = members[0]
             return dataclasses.replace(m, weight=s, client="server", round=round)
-        first = members[0][0]
         dense, active, full, K = aggregate([(m, s / tot) for m, s in members])
-        # re-express in the message's convention (coefficients carry s_b once)
+        return self._server_message(members[0][0], dense, active, full, K, tot, round)
+
+    def _server_message(
+        self, first: UpdateMessage, dense, active, full: dict, K: int, weight: float, round
+    ) -> UpdateMessage:
+        """A message the server makes from aggregated, block-scaled coefficients `dense`
+        [blocks, K]: re-expressed in the message's convention (coefficients carry s_b once),
+        in the wire dtype unless a value would overflow it (fp16: 65504), then exactly."""
         dense = dense / torch.where(active > 0, block_scale(active), torch.ones(1))[:, None]
         mask = torch.arange(K)[None, :] < active[:, None].to(torch.int64)
         coeffs = dense[mask]
         wire = self.codec.config.wire_dtype
         lim = torch.finfo(WIRE_DTYPES[wire]).max
         if any(bool((t.abs() > lim).any()) for t in [coeffs, *full.values()]):
-            wire = "float32"  # the aggregate would overflow the wire dtype (fp16: 65504); send it exactly
+            wire = "float32"
         return UpdateMessage(
             first.fingerprint,
             first.seed,
@@ -355,7 +361,7 @@ class FerretServer:
             active,
             coeffs,
             full,
-            tot,
+            weight,
             round,
             "server",
             wire,
@@ -478,33 +484,12 @@ class FerretServer:
         nb = msgs[0].active.numel()
         active = torch.stack([m.active.to(torch.int32) for m in msgs]).amax(0)
         dense = v[: nb * K].reshape(nb, K).float()
-        dense = dense / torch.where(active > 0, block_scale(active), torch.ones(1))[:, None]
-        mask = torch.arange(K)[None, :] < active[:, None].to(torch.int64)
         off, full = nb * K, {}
         for k in names:
             t = msgs[0].full[k]
             full[k] = v[off : off + t.numel()].reshape(t.shape).float()
             off += t.numel()
-        coeffs = dense[mask]
-        wire = self.codec.config.wire_dtype
-        lim = torch.finfo(WIRE_DTYPES[wire]).max
-        if any(bool((t.abs() > lim).any()) for t in [coeffs, *full.values()]):
-            wire = "float32"
-        first = msgs[0]
-        return UpdateMessage(
-            first.fingerprint,
-            first.seed,
-            first.dist,
-            K,
-            first.block_size,
-            active,
-            coeffs,
-            full,
-            1.0,
-            round,
-            "server",
-            wire,
-        )
+        return self._server_message(msgs[0], dense, active, full, K, 1.0, round)
 
     # ------------------------------------------------------------------ checkpoint state
     def state(self) -> dict:

@@ -35,15 +35,7 @@ CONFIG, SYNC, MODEL, UPDATE = "ferret.config", "ferret.sync", "ferret.model", "f
 
 
 def ferret_config(cfg: ConfigRecord) -> FerretConfig:
-    return FerretConfig(
-        num_bases=int(cfg["num-bases"]),
-        block_size=int(cfg["block-size"]),
-        dist=str(cfg["dist"]),
-        adaptive=bool(cfg["adaptive"]),
-        full_threshold=int(cfg["full-threshold"]),
-        wire_dtype=str(cfg["wire-dtype"]),
-        pack=bool(cfg.get("pack", False)),  # absent: a server from before packed layouts
-    )
+    return FerretConfig.from_fields(cfg)
 
 
 def content_bytes(msg: Message, record: str) -> int:

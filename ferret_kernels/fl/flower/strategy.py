@@ -278,13 +278,7 @@ class FerretStrategy(Strategy):
                     "round": server_round,
                     "base-round": self.current_round,
                     "seed": str(self._node_seed(server_round, node)),
-                    "num-bases": self.ferret.num_bases,
-                    "block-size": self.ferret.block_size,
-                    "dist": self.ferret.dist,
-                    "adaptive": self.ferret.adaptive,
-                    "full-threshold": self.ferret.full_threshold,
-                    "wire-dtype": self.ferret.wire_dtype,
-                    "pack": self.ferret.pack,
+                    **self.ferret.to_fields(),
                 }
             )
             rd[CONFIG] = cfg

@@ -41,25 +41,11 @@ CONFIG, SYNC, UPDATE = "ferret.config", "ferret.sync", "ferret.update"
 
 
 def config_dict(cfg: FerretConfig) -> dict:
-    return {
-        "num-bases": cfg.num_bases,
-        "block-size": cfg.block_size,
-        "dist": cfg.dist,
-        "adaptive": cfg.adaptive,
-        "full-threshold": cfg.full_threshold,
-        "wire-dtype": cfg.wire_dtype,
-    }
+    return cfg.to_fields()
 
 
 def ferret_config(cfg: dict) -> FerretConfig:
-    return FerretConfig(
-        num_bases=int(cfg["num-bases"]),
-        block_size=int(cfg["block-size"]),
-        dist=str(cfg["dist"]),
-        adaptive=bool(cfg["adaptive"]),
-        full_threshold=int(cfg["full-threshold"]),
-        wire_dtype=str(cfg["wire-dtype"]),
-    )
+    return FerretConfig.from_fields(cfg)
 
 
 def to_numpy(state: dict) -> dict:

@@ -531,30 +531,13 @@ def _tune_on_scratch(out, c, act, block_size, dist, accum) -> None:
     m = min(n, max(block_size, _SCRATCH_ELEMS // block_size * block_size))
     nbm = triton.cdiv(m, block_size)
     scratch = torch.zeros(m, device=out.device, dtype=out.dtype)
-    cs = c[:nbm].contiguous()
     acts = act[:nbm].contiguous() if act is not None else None
-    _wrap(_reconstruct_kernel)[lambda meta: (nbm * triton.cdiv(block_size, meta["CHUNK"]),)](
-        cs,
-        scratch,
-        acts if acts is not None else cs,
-        m,
-        block_size,
-        0,
-        c.shape[1],
-        1,
-        2,
-        1.0,
-        ACCUM=accum,
-        HAS_ACT=acts is not None,
-        DIST=_DIST_ID[dist],
-        enable_fp_fusion=_FP_FUSION,
-    )
+    _run_reconstruct(scratch, c[:nbm].contiguous(), acts, block_size, 0, 1, 2, 1.0, accum, dist)
     _TUNED.add(key)
 
 
 def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, factor, accum, active):
-    n = out.numel()
-    nb, K = coeffs.shape
+    nb = coeffs.shape[0]
     if nb == 0:
         return
     min_chunk = min(cfg.kwargs["CHUNK"] for cfg in _reconstruct_kernel.configs)
@@ -562,28 +545,30 @@ def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, facto
     c = coeffs.to(torch.float32).contiguous()
     act = _active32(active)
     k0, k1 = _key(seed)
-
-    def grid(meta):
-        return (nb * triton.cdiv(block_size, meta["CHUNK"]),)
-
     with _on_device(out):
         _tune_on_scratch(out, c, act, block_size, dist, accum)
-        _wrap(_reconstruct_kernel)[grid](
-            c,
-            out,
-            act if act is not None else c,
-            n,
-            block_size,
-            block_offset,
-            K,
-            k0,
-            k1,
-            factor,
-            ACCUM=accum,
-            HAS_ACT=act is not None,
-            DIST=_DIST_ID[dist],
-            enable_fp_fusion=_FP_FUSION,
-        )
+        _run_reconstruct(out, c, act, block_size, block_offset, k0, k1, factor, accum, dist)
+
+
+def _run_reconstruct(out, c, act, block_size, block_offset, k0, k1, factor, accum, dist) -> None:
+    """One launch of the (autotuned) reconstruct kernel over c's blocks into out."""
+    nb = c.shape[0]
+    _wrap(_reconstruct_kernel)[lambda meta: (nb * triton.cdiv(block_size, meta["CHUNK"]),)](
+        c,
+        out,
+        act if act is not None else c,
+        out.numel(),
+        block_size,
+        block_offset,
+        c.shape[1],
+        k0,
+        k1,
+        factor,
+        ACCUM=accum,
+        HAS_ACT=act is not None,
+        DIST=_DIST_ID[dist],
+        enable_fp_fusion=_FP_FUSION,
+    )
 
 
 @triton_op("ferret::_triton_reconstruct", mutates_args=())

@@ -67,6 +67,16 @@ def _rows_of(spec, block_size: int, start: int, numel: int) -> tuple[int, int]:
     return first, num_blocks(numel, block_size, spec.lead + start)
 
 
+def _local_pieces(layout: ParamLayout, old: dict, new: dict):
+    """For each projected tensor this rank contributes: (spec, local old, local new, element
+    offset of the shard in the tensor, first global block, number of blocks)."""
+    for s in layout.projected:
+        a, start, mine = shard_extent(old[s.name])
+        b, _, _ = shard_extent(new[s.name])
+        if mine and a.numel():
+            yield (s, a, b, start, *_rows_of(s, layout.block_size, start, a.numel()))
+
+
 def _gather_sum(part: torch.Tensor, group) -> torch.Tensor:
     """sum over ranks of `part`, added in rank order (identical on every rank and every run)."""
     if not dist.is_initialized():
@@ -85,12 +95,7 @@ def block_sq_norms_sharded(layout: ParamLayout, old: dict, new: dict, group=None
     """||delta_b||^2 of every block (float64 [total_blocks]) from sharded tensors."""
     bs = layout.block_size
     part = torch.zeros(layout.total_blocks, dtype=torch.float64)
-    for s in layout.projected:
-        a, start, mine = shard_extent(old[s.name])
-        b, _, _ = shard_extent(new[s.name])
-        if not mine or a.numel() == 0:
-            continue
-        first, nb = _rows_of(s, bs, start, a.numel())
+    for s, a, b, start, first, nb in _local_pieces(layout, old, new):
         lead = (s.lead + start) % bs
         d = torch.zeros(lead + a.numel(), dtype=torch.float64, device=a.device)
         d[lead:] = a.double() - b.double()
@@ -117,12 +122,7 @@ def project_sharded(
     active = codec.active_counts(norms)
     kop = cfg.max_bases
     part = torch.zeros(layout.total_blocks, kop, dtype=torch.float32)
-    for s in layout.projected:
-        a, start, mine = shard_extent(old[s.name])
-        b, _, _ = shard_extent(new[s.name])
-        if not mine or a.numel() == 0:
-            continue
-        first, nb = _rows_of(s, bs, start, a.numel())
+    for s, a, b, start, first, nb in _local_pieces(layout, old, new):
         act = active[first : first + nb].to(a.device)
         g = project(
             a.detach(),

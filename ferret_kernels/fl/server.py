@@ -383,18 +383,22 @@ class FerretServer:
         return [self._group_message(members, rnd) for members in groups.values()]
 
     @torch.no_grad()
-    def step(self, module, messages: list[UpdateMessage], round: int) -> None:
+    def step(self, module, messages: list[UpdateMessage], round: int) -> list[UpdateMessage] | None:
         """Apply one round: w <- w - lr_t * (U_t + beta U_{t-1} + ...), in place.
 
         Everything is validated first (messages, their round, the weights); on error nothing
-        is changed: neither the model nor the momentum history nor the round."""
+        is changed: neither the model nor the momentum history nor the round. Returns the
+        broadcast messages it applied under DP or a robust aggregator (what clients are sent,
+        so a caller need not aggregate again), None under the plain mean."""
         for m in messages:
             self.codec.check(m)
             if m.round != round:
                 raise ValueError(f"update of client {m.client!r} is for round {m.round}, not {round}")
+        sent = None
         if self.config.dp or self.config.aggregator != "mean":
             # the very message broadcast (noised or robustly aggregated) is what is applied
-            agg = [(b, b.weight) for b in self.broadcast(messages, round)]
+            sent = self.broadcast(messages, round)
+            agg = [(b, b.weight) for b in sent]
         else:
             agg = self.aggregate(messages)
         lr = self.lr_at(round)
@@ -407,6 +411,7 @@ class FerretServer:
             self.codec.apply(module, [m for m, _ in entry], lr=a, weights=[s for _, s in entry], normalize=False)
         self.history = history
         self.begin_round(round + 1)
+        return sent
 
     def _template(self, round: int) -> UpdateMessage:
         """An all-zero message of the round's shared seed with the server's K in every block."""

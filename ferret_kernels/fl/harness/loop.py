@@ -263,8 +263,10 @@ def run(
             del local
         with tm("aggregate"):
             if cfg.method == "ferret":
-                server.step(model, msgs, r)
-                down_bytes = sum(len(encode(m)) for m in server.broadcast(msgs, round=r))
+                sent = server.step(model, msgs, r)  # None under the plain mean: aggregate once more to count
+                down_bytes = sum(
+                    len(encode(m)) for m in (sent if sent is not None else server.broadcast(msgs, round=r))
+                )
             elif cfg.method == "fedavg":
                 _fedavg_apply(model, deltas, cfg.server.lr)
                 down_bytes = fedavg_bytes(layout)

@@ -157,6 +157,53 @@ class Emu:
         )
         return self._get(os.path.join(d, "out.bin"), dtype, (numel,))
 
+    def project_multi(self, xs, seed, K, bs, segs, ys=None, dist="rademacher", scale=1.0, active=None):
+        """segs: (lead, first block, row) per tensor, in launch order; returns [launch rows, K]."""
+        d = self._dir()
+        for i, x in enumerate(xs):
+            self._put(os.path.join(d, f"x{i}.bin"), x)
+            if ys is not None:
+                self._put(os.path.join(d, f"y{i}.bin"), ys[i])
+        if active is not None:
+            self._put(os.path.join(d, "active.bin"), active.to(torch.int32))
+        spec = ",".join(f"{x.numel()}:{lead}:{g}:{row}" for x, (lead, g, row) in zip(xs, segs))
+        self._run(
+            "project_multi",
+            d,
+            dtype=DT[xs[0].dtype],
+            dist=DIST_ID[dist],
+            block_size=bs,
+            K=K,
+            seed=seed,
+            scale=repr(float(scale)),
+            segs=spec,
+        )
+        rows = sum(fk.num_blocks(x.numel(), bs, lead) for x, (lead, _, _) in zip(xs, segs))
+        return self._get(os.path.join(d, "out.bin"), torch.float32, (rows, K))
+
+    def reconstruct_multi(self, outs, coeffs, seed, bs, segs, dist="rademacher", scale=1.0, alpha=1.0, active=None):
+        """outs[i] += alpha * scale * V c in place, c the rows of segs[i] = (lead, first block, row)."""
+        d = self._dir()
+        for i, o in enumerate(outs):
+            self._put(os.path.join(d, f"out{i}.bin"), o)
+        self._put(os.path.join(d, "coeffs.bin"), coeffs.float())
+        if active is not None:
+            self._put(os.path.join(d, "active.bin"), active.to(torch.int32))
+        spec = ",".join(f"{o.numel()}:{lead}:{g}:{row}" for o, (lead, g, row) in zip(outs, segs))
+        self._run(
+            "reconstruct_multi",
+            d,
+            dtype=DT[outs[0].dtype],
+            dist=DIST_ID[dist],
+            block_size=bs,
+            K=coeffs.shape[1],
+            seed=seed,
+            scale=repr(float(scale)),
+            alpha=repr(float(alpha)),
+            segs=spec,
+        )
+        return [self._get(os.path.join(d, f"out{i}.bin"), o.dtype, (o.numel(),)) for i, o in enumerate(outs)]
+
     def philox(self, ctr, seed):
         d = self._dir()
         self._put(os.path.join(d, "ctr.bin"), ctr.to(torch.int64))
@@ -303,3 +350,89 @@ def test_shared_memory_protocol_is_race_free(tmp_path):
     r = tsan.reconstruct(c, 5, x.numel(), bs, dist="gaussian", out=x.bfloat16(), alpha=0.5)
     want = (x.bfloat16().float() + 0.5 * ref(fk.reconstruct, c, 5, x.numel(), bs, dist="gaussian")).bfloat16()
     assert_recon_close(r, want, 0.5 * c, bs, "gaussian", dtype=torch.bfloat16, base=x.bfloat16())
+
+
+# A list launch: tensors that start inside a block (lead), a tiny one inside a single chunk, one
+# spanning several blocks with a partial last chunk, one exactly a block; rows of coeffs / active
+# not in launch order (as for one dtype of a mixed list).
+MULTI = [(1000, 3), (5, 700), (3 * 512 + 17, 0), (512, 0), (2 * 9000 + 123, 8900)]
+
+
+def _padded(x, lead):
+    """x behind `lead` zeros: a one-tensor launch of it sees what the list launch sees."""
+    return torch.cat([torch.zeros(lead, dtype=x.dtype), x])
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_list_launch_equals_one_launch_per_tensor(emu, dist, dtype):
+    """project_multi / reconstruct_multi_ kernels against the one-tensor kernels on the same
+    elements, bit for bit: chunks wholly outside a tensor, leads inside a block and tensor ends
+    inside a chunk are handled in the list kernel itself (ASan build: no read or write past any
+    tensor's own buffer)."""
+    torch.manual_seed(5)
+    bs, K = 9000, 6
+    xs = [torch.randn(n).to(dtype) for n, _ in MULTI]
+    ys = [torch.randn(n).to(dtype) for n, _ in MULTI]
+    leads = [lead for _, lead in MULTI]
+    nbs = [fk.num_blocks(x.numel(), bs, lead) for x, lead in zip(xs, leads)]
+    firsts = [7, 30, 2, 50, 11]
+    rows, r = [], 20  # rows from 20, in reverse list order
+    for nb in reversed(nbs):
+        rows.insert(0, r)
+        r += nb
+    segs = list(zip(leads, firsts, rows))
+    active = torch.randint(0, K + 1, (r,), dtype=torch.int32)
+    got = emu.project_multi(xs, 99, K, bs, segs, ys=ys, dist=dist, scale=0.25, active=active)
+    want = torch.cat(
+        [
+            emu.project(
+                _padded(x, lead),
+                99,
+                K,
+                bs,
+                y=_padded(y, lead),
+                block_offset=g,
+                dist=dist,
+                scale=0.25,
+                active=active[row : row + nb],
+            )
+            for x, y, (lead, g, row), nb in zip(xs, ys, segs, nbs)
+        ]
+    )
+    assert torch.equal(got, want)
+    assert_project_close(
+        got[: nbs[0]],
+        cpu(
+            fk.project,
+            xs[0],
+            99,
+            K,
+            bs,
+            y=ys[0],
+            block_offset=7,
+            dist=dist,
+            scale=0.25,
+            active=active[rows[0] : rows[0] + nbs[0]],
+            start=leads[0],
+        ),
+        0.25 * _padded(xs[0].float() - ys[0].float(), leads[0]),
+        bs,
+        dist,
+    )
+    c = torch.randn(r, K)
+    outs = emu.reconstruct_multi(xs, c, 99, bs, segs, dist=dist, scale=0.5, alpha=-3.0, active=active)
+    for x, o, (lead, g, row), nb in zip(xs, outs, segs, nbs):
+        one = emu.reconstruct(
+            c[row : row + nb],
+            99,
+            lead + x.numel(),
+            bs,
+            block_offset=g,
+            dist=dist,
+            scale=0.5,
+            out=_padded(x, lead),
+            alpha=-3.0,
+            active=active[row : row + nb],
+        )
+        assert torch.equal(o, one[lead:])

@@ -5,8 +5,8 @@
 namespace ferret {
 namespace cuda {
 
-cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r, float* part, const int64_t* ctr,
-                              int64_t* out, cudaStream_t s) {
+cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r, const MultiParams& m, float* part,
+                              const int64_t* ctr, int64_t* out, cudaStream_t s) {
   cudaError_t e = cudaSuccess;
   for (int dtype = kF32; dtype <= kF16; ++dtype) {
     for (int dist = kRademacher; dist <= kGaussian; ++dist) {
@@ -19,6 +19,13 @@ cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r
       e = launch_project(pp, part, s);
       if (e != cudaSuccess) return e;
       e = launch_reconstruct(rr, s);
+      if (e != cudaSuccess) return e;
+      MultiParams mm = m;
+      mm.dtype = dtype;
+      mm.dist = dist;
+      e = launch_project_multi(mm, part, part, s);
+      if (e != cudaSuccess) return e;
+      e = launch_reconstruct_multi(mm, s);
       if (e != cudaSuccess) return e;
     }
   }

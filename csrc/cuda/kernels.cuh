@@ -403,6 +403,29 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// acc[e] = sum over bases k < kb of coeffs[k] * v_k at the thread's elements (j0 .. j0 + kElems - 1
+// of block g). Rademacher lanes past the end of the data must still call it (their quad's word
+// exchange); kb is uniform across the CTA.
+template <int DIST, int N>
+__device__ __forceinline__ void reconstruct_acc(int64_t j0, int kb, uint32_t g, uint64_t seed,
+                                                const float* __restrict__ coeffs, float (&acc)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
+  if constexpr (DIST == kRademacher) {
+    const uint32_t k0 = seed_lo(seed), k1 = seed_hi(seed);
+    for (int k = 0; k < kb; k += 4) {
+      uint32_t w[4];
+      rademacher_words4(j0, (uint32_t)k, g, k0, k1, w);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (k + j < kb) rademacher_axpy(w[j], __ldg(coeffs + k + j), acc);
+    }
+  } else {
+    const RoundKeys rk = round_keys(seed);
+    for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, rk, __ldg(coeffs + k), acc);
+  }
+}
+
 template <typename T, int DIST>
 __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams p, int64_t chunks_per_block) {
   using L = Layout<DIST>;
@@ -415,27 +438,136 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructParams
   if (DIST != kRademacher && valid <= 0) return;
   const int K = p.num_bases;
   const int kb = p.active ? min(max(p.active[b], 0), K) : K;  // clamped: never past the coeffs row
-  const uint32_t g = p.block_offset + (uint32_t)b;
-  const uint32_t k0 = seed_lo(p.seed), k1 = seed_hi(p.seed);
-  const float* coeffs = p.coeffs + b * (int64_t)K;
   float acc[L::kElems];
-#pragma unroll
-  for (int i = 0; i < L::kElems; ++i) acc[i] = 0.0f;
-  if constexpr (DIST == kRademacher) {
-    for (int k = 0; k < kb; k += 4) {  // kb is uniform across the CTA
-      uint32_t w[4];
-      rademacher_words4(j0, (uint32_t)k, g, k0, k1, w);
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (k + j < kb) rademacher_axpy(w[j], __ldg(coeffs + k + j), acc);
-    }
-    if (valid <= 0) return;
-  } else {
-    const RoundKeys rk = round_keys(p.seed);
-    for (int k = 0; k < kb; ++k) basis_axpy<DIST>(j0, (uint32_t)k, g, rk, __ldg(coeffs + k), acc);
-  }
+  reconstruct_acc<DIST>(j0, kb, p.block_offset + (uint32_t)b, p.seed, p.coeffs + b * (int64_t)K, acc);
+  if (valid <= 0) return;
   const float f = p.accumulate ? p.alpha * p.scale : p.scale;
   store_run<T, L::kElems>(static_cast<T*>(p.out) + b * p.block_size + j0, valid, acc, p.accumulate, f);
+}
+
+// ------------------------------------------------------------------ lists of tensors
+// project_multi / reconstruct_multi_: one launch for many tensors (a model's parameters). Launch
+// row r is block r - s.launch_row of segment s; every row has chunks_per_block CTAs, as in the
+// one-tensor kernels, so each chunk's partial sums and each element's value are computed exactly
+// as there (bit-identical to a loop of one-tensor calls). A CTA whose chunk lies wholly outside
+// its tensor (the front of a block a tensor starts inside, the rest of a short last block) only
+// writes zeros; per element, a thread's run is read and written inside [0, numel) only.
+
+// The segment holding launch row r: the last one whose launch_row <= r (segs ascending, the
+// table is a few KB and stays in L1 across the CTAs of an SM).
+__device__ __forceinline__ int find_segment(const Segment* __restrict__ segs, int n, int64_t r) {
+  int lo = 0, hi = n;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (__ldg(&segs[mid].launch_row) <= r)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+// Where CTA `cta` of a list launch works: its segment, block j of it (global row `row`), the
+// in-block start j0 of this thread's run and the run's valid range [lo, hi) in it (element i of
+// the run is tensor element e + i).
+template <int DIST>
+struct MultiPos {
+  const Segment* s;
+  int64_t j, row, j0, e, lo, hi;
+  bool empty;  // the CTA's whole chunk is outside the tensor (uniform across the CTA)
+  __device__ __forceinline__ MultiPos(const MultiParams& p, int64_t cta, int64_t cpb) {
+    using L = Layout<DIST>;
+    const int64_t lr = cta / cpb;
+    s = p.segs + find_segment(p.segs, p.num_segs, lr);
+    const int64_t lead = s->lead, numel = s->numel;
+    j = lr - s->launch_row;
+    row = s->row + j;
+    const int64_t cs = (cta % cpb) * L::kChunk;
+    const int64_t blo = j == 0 ? lead : 0, bhi = min(p.block_size, lead + numel - j * p.block_size);
+    empty = cs >= bhi || cs + L::kChunk <= blo;
+    j0 = cs + (int64_t)threadIdx.x * L::kElems;
+    e = j * p.block_size + j0 - lead;
+    lo = max((int64_t)0, -e);
+    hi = min(min((int64_t)L::kElems, numel - e), p.block_size - j0);  // this tensor, this block
+  }
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_span(const T* __restrict__ x, const T* __restrict__ y, int64_t e, int64_t lo,
+                                          int64_t hi, float (&out)[N]) {
+  if (lo == 0 && hi >= N) {
+    if (y)
+      load_diff_run<T, N>(x + e, y + e, N, out);
+    else
+      load_run<T, N>(x + e, N, out);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = i >= lo && i < hi ? to_f32<T>(x[e + i]) : 0.0f;
+  if (y) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (i >= lo && i < hi) out[i] -= to_f32<T>(y[e + i]);
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_span(T* __restrict__ out, int64_t e, int64_t lo, int64_t hi, const float (&v)[N],
+                                           bool accumulate, float f) {
+  if (lo == 0 && hi >= N) {
+    store_run<T, N>(out + e, N, v, accumulate, f);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (i >= lo && i < hi) {
+      const float r = f * v[i];
+      out[e + i] = from_f32<T>(accumulate ? to_f32<T>(out[e + i]) + r : r);
+    }
+  }
+}
+
+// Grid: num_rows * cpb CTAs; part: [num_rows * cpb, K] (zeroed when there are active counts).
+// Rademacher: at most 80 registers, 3 CTAs per SM (sm_90, nvcc 13: 94-103 registers and 2 CTAs
+// per SM unbounded, against 64 for the one-tensor kernel; the segment lookup and the edge path
+// cost the difference); capped at 64 it spilled. Gaussian and uniform (instruction bound, 16
+// elements a thread): unbounded, 89-96 registers without spills (the cap of 80 made them spill).
+template <typename T, int DIST>
+__global__ void __launch_bounds__(kThreads, DIST == kRademacher ? 3 : 1)
+    project_multi_kernel(MultiParams p, int64_t cpb, float* part) {
+  using L = Layout<DIST>;
+  __shared__ float red[kWarps][kTileK];
+  const int64_t cta = (int64_t)blockIdx.x;
+  const MultiPos<DIST> m(p, cta, cpb);
+  const int K = p.num_bases;
+  if (m.empty) {  // uniform across the CTA: no lane is left out of a shuffle or a barrier
+    for (int k = threadIdx.x; k < K; k += kThreads) part[cta * K + k] = 0.0f;
+    return;
+  }
+  float x[L::kElems];
+  load_span<T, L::kElems>(static_cast<const T*>(m.s->x), static_cast<const T*>(m.s->y), m.e, m.lo, m.hi, x);
+  ProjectParams lp{};  // the fields project_chunk reads, for this segment
+  lp.num_bases = K;
+  lp.seed = p.seed;
+  lp.block_offset = m.s->block_offset;
+  lp.active = p.active ? p.active + m.s->row : nullptr;
+  project_chunk<DIST>(lp, cta, m.j, m.j0, m.hi > m.lo ? 1 : 0, x, part, red);
+}
+
+template <typename T, int DIST>
+__global__ void __launch_bounds__(kThreads) reconstruct_multi_kernel(MultiParams p, int64_t cpb) {
+  using L = Layout<DIST>;
+  const MultiPos<DIST> m(p, (int64_t)blockIdx.x, cpb);
+  if (m.empty) return;
+  const bool mine = m.hi > m.lo;
+  if (DIST != kRademacher && !mine) return;  // rademacher lanes still join their quad's exchange
+  const int K = p.num_bases;
+  const int kb = p.active ? min(max(p.active[m.row], 0), K) : K;
+  float acc[L::kElems];
+  reconstruct_acc<DIST>(m.j0, kb, m.s->block_offset + (uint32_t)m.j, p.seed, p.coeffs + m.row * K, acc);
+  if (!mine) return;
+  const float f = p.accumulate ? p.alpha * p.scale : p.scale;
+  store_span<T, L::kElems>(static_cast<T*>(const_cast<void*>(m.s->x)), m.e, m.lo, m.hi, acc, p.accumulate, f);
 }
 
 // ------------------------------------------------------------------ host-side launchers
@@ -509,6 +641,40 @@ struct ReconstructLaunch {
     return cudaGetLastError();
   }
 };
+
+// out: [num_rows, K] in launch-row order; part: num_rows * chunks_per_block * K floats (zeroed
+// when there are active counts).
+template <typename T, int DIST>
+struct ProjectMultiLaunch {
+  static cudaError_t run(const MultiParams& p, float* part, float* out, cudaStream_t stream) {
+    const int64_t cpb = chunks_per_block(p.block_size, DIST);
+    FERRET_LAUNCH((unsigned)(p.num_rows * cpb), kThreads, stream, project_multi_kernel<T, DIST>)(p, cpb, part);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const dim3 grid((unsigned)p.num_rows, (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
+    FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, out);
+    return cudaGetLastError();
+  }
+};
+
+template <typename T, int DIST>
+struct ReconstructMultiLaunch {
+  static cudaError_t run(const MultiParams& p, cudaStream_t stream) {
+    const int64_t cpb = chunks_per_block(p.block_size, DIST);
+    FERRET_LAUNCH((unsigned)(p.num_rows * cpb), kThreads, stream, reconstruct_multi_kernel<T, DIST>)(p, cpb);
+    return cudaGetLastError();
+  }
+};
+
+inline cudaError_t launch_project_multi(const MultiParams& p, float* part, float* out, cudaStream_t stream) {
+  if (p.num_rows == 0) return cudaSuccess;
+  return dispatch<ProjectMultiLaunch>(p.dtype, p.dist, p, part, out, stream);
+}
+
+inline cudaError_t launch_reconstruct_multi(const MultiParams& p, cudaStream_t stream) {
+  if (p.num_rows == 0) return cudaSuccess;
+  return dispatch<ReconstructMultiLaunch>(p.dtype, p.dist, p, stream);
+}
 
 // part must hold num_blocks * chunks_per_block(block_size, dist) * K floats (zeroed).
 inline cudaError_t launch_project(const ProjectParams& p, float* part, cudaStream_t stream) {

@@ -40,4 +40,32 @@ struct ReconstructParams {
   const int32_t* active;
 };
 
+// One tensor of a list launch (project_multi / reconstruct_multi_): the kernels find a CTA's
+// tensor by binary search over launch_row, so a launch covers any number of tensors.
+struct Segment {
+  const void* x;          // project: x; reconstruct: out (contiguous, the launch's dtype)
+  const void* y;          // project: optional y (nullptr)
+  int64_t numel;          // elements of the tensor
+  int64_t lead;           // in-block position of its element 0 (start % block_size)
+  int64_t row;            // its first block's row in the output / coeffs / active
+  int64_t launch_row;     // its first block's row among this launch's rows (ascending)
+  uint32_t block_offset;  // global index of its first block
+};
+
+struct MultiParams {
+  const Segment* segs;  // device memory, launch_row ascending, segs[0].launch_row == 0
+  int32_t num_segs;
+  int64_t num_rows;  // blocks of this launch (the sum over its tensors)
+  int dtype;
+  int dist;
+  int64_t block_size;
+  int32_t num_bases;
+  uint64_t seed;
+  float scale;
+  float alpha;
+  bool accumulate;
+  const int32_t* active;  // optional [all rows]
+  const float* coeffs;    // reconstruct: [all rows, K]
+};
+
 }  // namespace ferret

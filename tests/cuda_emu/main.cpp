@@ -5,6 +5,9 @@
 //   cuda_emu project     dir=D dtype=f32|bf16|f16 dist=0|1|2 numel= block_size= block_offset= K= seed=
 //                        scale= [misalign=elements]         reads x.bin [y.bin] [active.bin], writes out.bin
 //   cuda_emu reconstruct ... alpha= accumulate=0|1           reads coeffs.bin [out.bin] [active.bin]
+//   cuda_emu project_multi dir=D dtype= dist= block_size= K= seed= scale= segs=n:lead:first_block:row,...
+//                        reads x<i>.bin [y<i>.bin] per segment [active.bin], writes out.bin (launch-row order)
+//   cuda_emu reconstruct_multi ... alpha=   reads out<i>.bin coeffs.bin [active.bin], writes out<i>.bin
 //   cuda_emu philox      dir=D n= seed=                      reads ctr.bin (int64 [n, 4]), writes out.bin
 //   cuda_emu selftest    what=deadlock|oob                   kernels the emulator must reject
 //
@@ -18,6 +21,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cuda/kernels.cuh"
 
@@ -139,6 +143,95 @@ int reconstruct(const Args& a) {
   return 0;
 }
 
+// The segments of a list launch: "numel:lead:first_block:row,..." in launch order (launch_row
+// is the running sum of blocks; row, the segment's first row of coeffs / active, may differ, as
+// in a launch that covers one dtype of a mixed list). Each tensor is its own exact-size buffer.
+struct MultiSetup {
+  ferret::MultiParams p{};
+  std::vector<ferret::Segment> segs;
+  std::vector<std::unique_ptr<Buffer>> bufs;
+  std::vector<int64_t> blocks;
+  int64_t all_rows = 0;  // rows of coeffs / active
+  size_t es = 0;
+};
+
+void multi_setup(const Args& a, MultiSetup& m, const char* xname, bool with_y) {
+  m.p.dtype = dtype_of(need(a, "dtype"), &m.es);
+  m.p.dist = (int)num(a, "dist");
+  m.p.block_size = num(a, "block_size");
+  m.p.num_bases = (int32_t)num(a, "K");
+  m.p.seed = unum(a, "seed");
+  m.p.scale = (float)real(a, "scale");
+  const std::string spec = need(a, "segs");
+  size_t pos = 0;
+  int64_t launch_row = 0;
+  while (pos < spec.size()) {
+    size_t end = spec.find(',', pos);
+    if (end == std::string::npos) end = spec.size();
+    int64_t f[4];
+    size_t q = pos;
+    for (int i = 0; i < 4; ++i) {
+      size_t c = spec.find(i < 3 ? ':' : ',', q);
+      if (c == std::string::npos || c > end) c = end;
+      f[i] = std::stoll(spec.substr(q, c - q));
+      q = c + 1;
+    }
+    ferret::Segment s{};
+    s.numel = f[0];
+    s.lead = f[1];
+    s.block_offset = (uint32_t)f[2];
+    s.row = f[3];
+    s.launch_row = launch_row;
+    const int64_t nb = (s.lead + s.numel + m.p.block_size - 1) / m.p.block_size;
+    const std::string i = std::to_string(m.segs.size());
+    m.bufs.push_back(load(path(a, (xname + i + ".bin").c_str()), s.numel * m.es, 0));
+    s.x = m.bufs.back()->data;
+    if (with_y && exists(path(a, ("y" + i + ".bin").c_str()))) {
+      m.bufs.push_back(load(path(a, ("y" + i + ".bin").c_str()), s.numel * m.es, 0));
+      s.y = m.bufs.back()->data;
+    }
+    m.segs.push_back(s);
+    m.blocks.push_back(nb);
+    launch_row += nb;
+    m.all_rows = std::max(m.all_rows, s.row + nb);
+    pos = end + 1;
+  }
+  m.p.segs = m.segs.data();
+  m.p.num_segs = (int32_t)m.segs.size();
+  m.p.num_rows = launch_row;
+  if (exists(path(a, "active.bin"))) {
+    m.bufs.push_back(load(path(a, "active.bin"), m.all_rows * 4, 0));
+    m.p.active = reinterpret_cast<const int32_t*>(m.bufs.back()->data);
+  }
+}
+
+int project_multi(const Args& a) {
+  MultiSetup m;
+  multi_setup(a, m, "x", true);
+  const int64_t cpb = ferret::cuda::chunks_per_block(m.p.block_size, m.p.dist);
+  Buffer part(m.p.num_rows * cpb * m.p.num_bases * 4, 0), out(m.p.num_rows * m.p.num_bases * 4, 0);
+  memset(part.data, m.p.active ? 0 : 0xff, part.bytes);  // NaN partials: one the kernel skips shows
+  memset(out.data, 0xff, out.bytes);
+  if (int rc = check(ferret::cuda::launch_project_multi(m.p, reinterpret_cast<float*>(part.data),
+                                                        reinterpret_cast<float*>(out.data), nullptr)))
+    return rc;
+  save(path(a, "out.bin"), out.data, out.bytes);
+  return 0;
+}
+
+int reconstruct_multi(const Args& a) {
+  MultiSetup m;
+  multi_setup(a, m, "out", false);
+  m.p.alpha = (float)real(a, "alpha");
+  m.p.accumulate = true;
+  auto coeffs = load(path(a, "coeffs.bin"), m.all_rows * m.p.num_bases * 4, 0);
+  m.p.coeffs = reinterpret_cast<const float*>(coeffs->data);
+  if (int rc = check(ferret::cuda::launch_reconstruct_multi(m.p, nullptr))) return rc;
+  for (size_t i = 0; i < m.segs.size(); ++i)
+    save(path(a, ("out" + std::to_string(i) + ".bin").c_str()), m.segs[i].x, m.segs[i].numel * m.es);
+  return 0;
+}
+
 int philox(const Args& a) {
   const int64_t n = num(a, "n");
   auto ctr = load(path(a, "ctr.bin"), n * 32, 0);
@@ -194,6 +287,8 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "project") return project(a);
     if (cmd == "reconstruct") return reconstruct(a);
+    if (cmd == "project_multi") return project_multi(a);
+    if (cmd == "reconstruct_multi") return reconstruct_multi(a);
     if (cmd == "philox") return philox(a);
     if (cmd == "selftest") return selftest(a);
     fprintf(stderr, "unknown command %s\n", cmd.c_str());

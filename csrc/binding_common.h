@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "ferret/core.h"
 #include "ferret/params.h"
@@ -330,6 +332,164 @@ inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const a
   at::Tensor body = flat.narrow(0, h, n - h);
   aligned(body, coeffs.narrow(0, 1, nb - 1), seed, block_size, g0 + 1, dist, scale, alpha, accumulate,
           rows(act_opt, 1, nb - 1));
+}
+
+// ---------------------------------------------------------------------------- lists of tensors
+// project_multi / reconstruct_multi_: tensor i of the list has its own block_offsets[i] and element
+// offset starts[i] (empty: all 0) and owns rows [row_i, row_i + nb_i) of the result / coeffs /
+// active, in list order, nb_i = blocks_from(starts[i], numel_i, block_size). The whole list is
+// checked before anything is allocated or written; a message names the tensor (xs[3]: ...).
+
+struct MultiItem {
+  int64_t numel, lead, first_block, num_blocks, row;
+};
+
+struct MultiPlan {
+  std::vector<MultiItem> items;
+  int64_t rows = 0;
+  at::Tensor active;  // int32 [rows] on the device, or undefined
+};
+
+inline std::string strip_prefix(const std::string& m) {
+  const std::string p = "ferret: ";
+  return m.compare(0, p.size(), p) == 0 ? m.substr(p.size()) : m;
+}
+
+// Runs f (checks of one tensor) and names the tensor in what it throws.
+template <typename F>
+void for_tensor(const std::string& who, F&& f) {
+  try {
+    f();
+  } catch (const c10::TypeError& e) {
+    TORCH_CHECK_TYPE(false, "ferret: ", who, ": ", strip_prefix(e.msg()));
+  } catch (const c10::ValueError& e) {
+    TORCH_CHECK_VALUE(false, "ferret: ", who, ": ", strip_prefix(e.msg()));
+  }
+}
+
+inline MultiPlan plan_multi(const char* what, at::TensorList ts, at::TensorList ys, int64_t num_bases,
+                            int64_t block_size, at::IntArrayRef block_offsets, at::IntArrayRef starts,
+                            c10::string_view dist, const c10::optional<at::Tensor>& active, const at::Device& device) {
+  const int64_t n = (int64_t)ts.size();
+  TORCH_CHECK_VALUE(n > 0, "ferret: ", what, " must hold at least one tensor");
+  TORCH_CHECK_VALUE((int64_t)block_offsets.size() == n, "ferret: block_offsets must have one entry per tensor (",
+                    num(n), "), got ", num((int64_t)block_offsets.size()));
+  TORCH_CHECK_VALUE(starts.empty() || (int64_t)starts.size() == n,
+                    "ferret: starts must be empty or have one entry per tensor (", num(n), "), got ",
+                    num((int64_t)starts.size()));
+  TORCH_CHECK_VALUE(ys.empty() || (int64_t)ys.size() == n, "ferret: ys must be empty or have one tensor per x (",
+                    num(n), "), got ", num((int64_t)ys.size()));
+  parse_dist(dist);
+  MultiPlan plan;
+  plan.items.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string who = std::string(what) + "[" + num(i) + "]";
+    const at::Tensor& t = ts[i];
+    for_tensor(who, [&] {
+      parse_dtype(t.scalar_type(), "the tensor");
+      TORCH_CHECK_VALUE(t.device() == device, "ferret: must be on ", name(device), ", got ", name(t.device()));
+      if (!ys.empty()) {
+        const at::Tensor& y = ys[i];
+        TORCH_CHECK_TYPE(y.scalar_type() == t.scalar_type(), "ferret: y must have x's dtype ", name(t.scalar_type()),
+                         ", got ", name(y.scalar_type()));
+        TORCH_CHECK_VALUE(y.device() == t.device(), "ferret: y must be on x's device ", name(t.device()), ", got ",
+                          name(y.device()));
+        TORCH_CHECK_VALUE(y.numel() == t.numel(), "ferret: y must have as many elements as x (", num(t.numel()),
+                          "), got ", num(y.numel()));
+      }
+      const int64_t start = starts.empty() ? 0 : starts[i];
+      check_start_call(t.numel(), num_bases, block_size, block_offsets[i], start);
+      const int64_t nb = blocks_from(start, t.numel(), block_size);
+      plan.items.push_back({t.numel(), start % block_size, block_offsets[i] + start / block_size, nb, plan.rows});
+      plan.rows += nb;
+    });
+  }
+  plan.active = checked_active(active, plan.rows, device);
+  return plan;
+}
+
+// outs of reconstruct_multi_: contiguous, and no two share an element (the launch writes each
+// element once, a loop of reconstruct_ would apply a shared one twice).
+inline void check_outs(at::TensorList outs) {
+  std::vector<std::pair<uintptr_t, int64_t>> spans;  // (first byte, list index)
+  for (size_t i = 0; i < outs.size(); ++i) {
+    TORCH_CHECK_VALUE(outs[i].is_contiguous(), "ferret: outs[", num((int64_t)i),
+                      "]: reconstruct_multi_ needs contiguous tensors");
+    if (outs[i].numel()) spans.emplace_back(reinterpret_cast<uintptr_t>(outs[i].data_ptr()), (int64_t)i);
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t k = 1; k < spans.size(); ++k) {
+    const at::Tensor& prev = outs[spans[k - 1].second];
+    const uintptr_t end = spans[k - 1].first + (uintptr_t)(prev.numel() * prev.element_size());
+    const int64_t a = std::min(spans[k - 1].second, spans[k].second),
+                  b = std::max(spans[k - 1].second, spans[k].second);
+    TORCH_CHECK_VALUE(spans[k].first >= end, "ferret: outs[", num(a), "] and outs[", num(b),
+                      "] overlap in memory (each element is updated once)");
+  }
+}
+
+inline void check_multi_coeffs(const at::Tensor& coeffs, const MultiPlan& plan, const at::Device& device) {
+  TORCH_CHECK_TYPE(
+      coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kBFloat16 || coeffs.scalar_type() == at::kHalf,
+      "ferret: coeffs must be float32, bfloat16 or float16, got ", name(coeffs.scalar_type()));
+  TORCH_CHECK_VALUE(coeffs.device() == device, "ferret: coeffs must be on the tensors' device ", name(device), ", got ",
+                    name(coeffs.device()));
+  TORCH_CHECK_VALUE(coeffs.dim() == 2 && coeffs.size(0) == plan.rows, "ferret: coeffs must have ", num(plan.rows),
+                    " rows (the blocks of the ", num((int64_t)plan.items.size()), " tensors), got shape ",
+                    shape(coeffs.sizes()));
+}
+
+// The list ops as a loop of the backend's one-tensor ops (the CPU kernels: they already spread
+// each tensor over all cores; a launch per tensor costs nothing there).
+using ProjectOp = at::Tensor (*)(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t, int64_t,
+                                 int64_t, c10::string_view, double, const c10::optional<at::Tensor>&, int64_t);
+using ReconstructOp_ = void (*)(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view, double,
+                                double, const c10::optional<at::Tensor>&, int64_t);
+
+inline c10::optional<at::Tensor> plan_rows(const MultiPlan& plan, size_t i) {
+  if (!plan.active.defined()) return c10::nullopt;
+  return plan.active.narrow(0, plan.items[i].row, plan.items[i].num_blocks);
+}
+
+inline at::Tensor project_multi_loop(ProjectOp one, at::TensorList xs, at::TensorList ys, int64_t seed,
+                                     int64_t num_bases, int64_t block_size, at::IntArrayRef block_offsets,
+                                     c10::string_view dist, double scale, const c10::optional<at::Tensor>& active,
+                                     at::IntArrayRef starts) {
+  TORCH_CHECK_VALUE(!xs.empty(), "ferret: xs must hold at least one tensor");
+  const MultiPlan plan =
+      plan_multi("xs", xs, ys, num_bases, block_size, block_offsets, starts, dist, active, xs[0].device());
+  if (xs[0].device().is_cpu()) check_active_range(plan.active, num_bases);  // before any tensor's call
+  at::Tensor out = at::empty({plan.rows, num_bases}, xs[0].options().dtype(at::kFloat));
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const MultiItem& it = plan.items[i];
+    if (!it.num_blocks) continue;
+    const c10::optional<at::Tensor> y = ys.empty() ? c10::nullopt : c10::optional<at::Tensor>(ys[i]);
+    out.narrow(0, it.row, it.num_blocks)
+        .copy_(one(xs[i], y, seed, num_bases, block_size, block_offsets[i], dist, scale, plan_rows(plan, i),
+                   starts.empty() ? 0 : starts[i]));
+  }
+  return out;
+}
+
+inline void reconstruct_multi_loop(ReconstructOp_ one, at::TensorList outs, const at::Tensor& coeffs, int64_t seed,
+                                   int64_t block_size, at::IntArrayRef block_offsets, c10::string_view dist,
+                                   double scale, double alpha, const c10::optional<at::Tensor>& active,
+                                   at::IntArrayRef starts) {
+  TORCH_CHECK_VALUE(!outs.empty(), "ferret: outs must hold at least one tensor");
+  TORCH_CHECK_VALUE(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got shape ",
+                    shape(coeffs.sizes()));
+  const MultiPlan plan =
+      plan_multi("outs", outs, {}, coeffs.size(1), block_size, block_offsets, starts, dist, active, outs[0].device());
+  check_multi_coeffs(coeffs, plan, outs[0].device());
+  check_outs(outs);
+  if (outs[0].device().is_cpu()) check_active_range(plan.active, coeffs.size(1));  // nothing written yet
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const MultiItem& it = plan.items[i];
+    if (!it.num_blocks) continue;
+    at::Tensor o = outs[i];
+    one(o, coeffs.narrow(0, it.row, it.num_blocks), seed, block_size, block_offsets[i], dist, scale, alpha,
+        plan_rows(plan, i), starts.empty() ? 0 : starts[i]);
+  }
 }
 
 }  // namespace ferret

@@ -24,7 +24,7 @@ from . import backends
 RNG_VERSION = 1
 DISTS = ("rademacher", "uniform", "gaussian")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-OPS = ("project", "reconstruct", "reconstruct_", "philox")
+OPS = ("project", "reconstruct", "reconstruct_", "project_multi", "reconstruct_multi_", "philox")
 
 SCHEMAS = {
     "project": "(Tensor x, Tensor? y, int seed, int num_bases, int block_size, int block_offset=0, "
@@ -33,6 +33,10 @@ SCHEMAS = {
     'str dist="rademacher", float scale=1.0, ScalarType? dtype=None, Tensor? active=None, int start=0) -> Tensor',
     "reconstruct_": "(Tensor(a!) out, Tensor coeffs, int seed, int block_size, int block_offset=0, "
     'str dist="rademacher", float scale=1.0, float alpha=1.0, Tensor? active=None, int start=0) -> ()',
+    "project_multi": "(Tensor[] xs, Tensor[] ys, int seed, int num_bases, int block_size, int[] block_offsets, "
+    'str dist="rademacher", float scale=1.0, Tensor? active=None, int[] starts=[]) -> Tensor',
+    "reconstruct_multi_": "(Tensor(a!)[] outs, Tensor coeffs, int seed, int block_size, int[] block_offsets, "
+    'str dist="rademacher", float scale=1.0, float alpha=1.0, Tensor? active=None, int[] starts=[]) -> ()',
     "philox": "(Tensor counter, int seed) -> Tensor",
 }
 
@@ -179,6 +183,111 @@ def validate_philox(counter) -> None:
         raise ValueError(f"ferret: counter must have shape [N, 4], got {list(counter.shape)}")
 
 
+def _strip(e: Exception) -> str:
+    m = str(e)
+    return m[len("ferret: ") :] if m.startswith("ferret: ") else m
+
+
+def plan_multi(what, ts, ys, num_bases, block_size, block_offsets, starts, dist, active, values=True):
+    """Checks a list call (as csrc/binding_common.h's plan_multi, in the same words) and returns
+    (rows, [(first row, blocks) per tensor]): tensor i owns rows [row_i, row_i + nb_i) of the
+    result / coeffs / active, nb_i = num_blocks(numel_i, block_size, starts[i])."""
+    n = len(ts)
+    if n == 0:
+        raise ValueError(f"ferret: {what} must hold at least one tensor")
+    if len(block_offsets) != n:
+        raise ValueError(f"ferret: block_offsets must have one entry per tensor ({n}), got {len(block_offsets)}")
+    if len(starts) not in (0, n):
+        raise ValueError(f"ferret: starts must be empty or have one entry per tensor ({n}), got {len(starts)}")
+    if len(ys) not in (0, n):
+        raise ValueError(f"ferret: ys must be empty or have one tensor per x ({n}), got {len(ys)}")
+    if dist not in DISTS:
+        raise ValueError(f"ferret: unknown dist {dist!r}; expected one of {', '.join(DISTS)}")
+    device = ts[0].device
+    rows, spans = 0, []
+    for i, t in enumerate(ts):
+        try:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"ferret: must be a tensor, got {type(t).__name__}")
+            _check_float(t, "the tensor")
+            if t.device != device:
+                raise ValueError(f"ferret: must be on {device}, got {t.device}")
+            if ys:
+                y = ys[i]
+                if y.dtype != t.dtype:
+                    raise TypeError(f"ferret: y must have x's dtype {t.dtype}, got {y.dtype}")
+                if y.device != t.device:
+                    raise ValueError(f"ferret: y must be on x's device {t.device}, got {y.device}")
+                if y.numel() != t.numel():
+                    raise ValueError(f"ferret: y must have as many elements as x ({t.numel()}), got {y.numel()}")
+            start = starts[i] if starts else 0
+            _check_plan(t.numel(), num_bases, block_size, block_offsets[i], dist)
+            _check_start(start, t.numel(), block_size, block_offsets[i])
+        except TypeError as e:
+            raise TypeError(f"ferret: {what}[{i}]: {_strip(e)}") from None
+        except ValueError as e:
+            raise ValueError(f"ferret: {what}[{i}]: {_strip(e)}") from None
+        nb = num_blocks(t.numel(), block_size, start)
+        spans.append((rows, nb))
+        rows += nb
+    _check_active(active, rows, num_bases, device, values)
+    return rows, spans
+
+
+def check_outs(outs) -> None:
+    """reconstruct_multi_'s outputs: contiguous, and no two share an element."""
+    spans = []
+    for i, t in enumerate(outs):
+        if not t.is_contiguous():
+            raise ValueError(f"ferret: outs[{i}]: reconstruct_multi_ needs contiguous tensors")
+        if t.numel() and _real(t):
+            spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i))
+    spans.sort()
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ValueError(
+                f"ferret: outs[{min(a, b)}] and outs[{max(a, b)}] overlap in memory (each element is updated once)"
+            )
+
+
+def check_multi_coeffs(coeffs, rows: int, n: int, device) -> None:
+    _check_float(coeffs, "coeffs")
+    if coeffs.device != device:
+        raise ValueError(f"ferret: coeffs must be on the tensors' device {device}, got {coeffs.device}")
+    if coeffs.dim() != 2 or coeffs.shape[0] != rows:
+        raise ValueError(
+            f"ferret: coeffs must have {rows} rows (the blocks of the {n} tensors), got shape {list(coeffs.shape)}"
+        )
+
+
+def validate_reconstruct_multi_(outs, coeffs, block_size, block_offsets, dist, active, starts, values=True):
+    if not outs:
+        raise ValueError("ferret: outs must hold at least one tensor")
+    if not isinstance(coeffs, torch.Tensor) or coeffs.dim() != 2:
+        raise ValueError(
+            f"ferret: coeffs must be 2-D [num_blocks, num_bases], got shape {list(getattr(coeffs, 'shape', []))}"
+        )
+    rows, spans = plan_multi("outs", outs, [], coeffs.shape[1], block_size, block_offsets, starts, dist, active, values)
+    check_multi_coeffs(coeffs, rows, len(outs), outs[0].device)
+    check_outs(outs)
+    return rows, spans
+
+
+def _real(t: torch.Tensor) -> bool:
+    """A tensor with memory (not a fake / functional one while torch.compile traces an op)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(t):
+        return False
+    try:
+        t.data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def _values(t: torch.Tensor) -> bool:
     """Data-dependent checks (active count ranges) only where they cost no device-to-host copy."""
     return t.device.type == "cpu"
@@ -242,8 +351,9 @@ class _Checked:
     """An implementation's four ops behind the Python validators, with element offsets handled
     on top of them (the Triton and reference paths)."""
 
-    def __init__(self, name, project, reconstruct, reconstruct_, philox):
+    def __init__(self, name, project, reconstruct, reconstruct_, philox, project_multi=None, reconstruct_multi_=None):
         self.name, self._p, self._r, self._ri, self._ph = name, project, reconstruct, reconstruct_, philox
+        self._pm, self._rm = project_multi, reconstruct_multi_  # list kernels (they validate), else loops
 
     def project(
         self, x, y, seed, num_bases, block_size, block_offset=0, dist="rademacher", scale=1.0, active=None, start=0
@@ -295,13 +405,70 @@ class _Checked:
         validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, _values(out), start)
         reconstruct_from(self._ri, out, coeffs, seed, block_size, block_offset, dist, scale, alpha, active, start)
 
+    def project_multi(
+        self, xs, ys, seed, num_bases, block_size, block_offsets, dist="rademacher", scale=1.0, active=None, starts=()
+    ):
+        """The list op: the implementation's list kernel, else a loop of its project (validated whole first)."""
+        if self._pm is not None:
+            return self._pm(xs, ys, seed, num_bases, block_size, block_offsets, dist, scale, active, starts)
+        rows, spans = plan_multi(
+            "xs", xs, ys, num_bases, block_size, block_offsets, starts, dist, active, _values(xs[0])
+        )
+        out = xs[0].new_empty((rows, num_bases), dtype=torch.float32)
+        for i, (r, nb) in enumerate(spans):
+            if nb:
+                out[r : r + nb] = self.project(
+                    xs[i],
+                    ys[i] if ys else None,
+                    seed,
+                    num_bases,
+                    block_size,
+                    block_offsets[i],
+                    dist,
+                    scale,
+                    _rows(active, r, nb),
+                    starts[i] if starts else 0,
+                )
+        return out
+
+    def reconstruct_multi_(
+        self,
+        outs,
+        coeffs,
+        seed,
+        block_size,
+        block_offsets,
+        dist="rademacher",
+        scale=1.0,
+        alpha=1.0,
+        active=None,
+        starts=(),
+    ):
+        _, spans = validate_reconstruct_multi_(
+            outs, coeffs, block_size, block_offsets, dist, active, starts, _values(coeffs)
+        )
+        for i, (r, nb) in enumerate(spans):
+            if nb:
+                self.reconstruct_(
+                    outs[i],
+                    coeffs[r : r + nb],
+                    seed,
+                    block_size,
+                    block_offsets[i],
+                    dist,
+                    scale,
+                    alpha,
+                    _rows(active, r, nb),
+                    starts[i] if starts else 0,
+                )
+
     def philox(self, counter, seed):
         validate_philox(counter)
         return self._ph(counter, seed)
 
 
-def checked(name, project, reconstruct, reconstruct_, philox) -> _Checked:
-    return _Checked(name, project, reconstruct, reconstruct_, philox)
+def checked(name, project, reconstruct, reconstruct_, philox, project_multi=None, reconstruct_multi_=None) -> _Checked:
+    return _Checked(name, project, reconstruct, reconstruct_, philox, project_multi, reconstruct_multi_)
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -342,6 +509,22 @@ def _fallback_reconstruct_(
     )
 
 
+def _fallback_project_multi(
+    xs, ys, seed, num_bases, block_size, block_offsets, dist="rademacher", scale=1.0, active=None, starts=()
+):
+    return backends.fallback(xs[0].device).project_multi(
+        xs, ys, seed, num_bases, block_size, block_offsets, dist, scale, active, starts
+    )
+
+
+def _fallback_reconstruct_multi_(
+    outs, coeffs, seed, block_size, block_offsets, dist="rademacher", scale=1.0, alpha=1.0, active=None, starts=()
+):
+    backends.fallback(coeffs.device).reconstruct_multi_(
+        outs, coeffs, seed, block_size, block_offsets, dist, scale, alpha, active, starts
+    )
+
+
 def _fallback_philox(counter, seed):
     return backends.fallback(counter.device).philox(counter, seed)
 
@@ -350,6 +533,8 @@ for _name, _fn in (
     ("project", _fallback_project),
     ("reconstruct", _fallback_reconstruct),
     ("reconstruct_", _fallback_reconstruct_),
+    ("project_multi", _fallback_project_multi),
+    ("reconstruct_multi_", _fallback_reconstruct_multi_),
     ("philox", _fallback_philox),
 ):
     _lib.impl(_name, _fn, "CompositeExplicitAutograd")
@@ -378,6 +563,22 @@ def _reconstruct__fake(
     out, coeffs, seed, block_size, block_offset=0, dist="rademacher", scale=1.0, alpha=1.0, active=None, start=0
 ):
     validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, values=False, start=start)
+    return None
+
+
+@torch.library.register_fake("ferret::project_multi")
+def _project_multi_fake(
+    xs, ys, seed, num_bases, block_size, block_offsets, dist="rademacher", scale=1.0, active=None, starts=()
+):
+    rows, _ = plan_multi("xs", xs, ys, num_bases, block_size, block_offsets, starts, dist, active, values=False)
+    return xs[0].new_empty((rows, num_bases), dtype=torch.float32)
+
+
+@torch.library.register_fake("ferret::reconstruct_multi_")
+def _reconstruct_multi__fake(
+    outs, coeffs, seed, block_size, block_offsets, dist="rademacher", scale=1.0, alpha=1.0, active=None, starts=()
+):
+    validate_reconstruct_multi_(outs, coeffs, block_size, block_offsets, dist, active, starts, values=False)
     return None
 
 

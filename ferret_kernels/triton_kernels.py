@@ -360,6 +360,135 @@ def _reconstruct_kernel(
         tl.store(ptrs, res.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------- lists of tensors
+# project_multi / reconstruct_multi_: one launch per dtype for a list of tensors. A table of int64
+# rows (_SEG_FIELDS per tensor) says where each tensor's blocks are; a program finds its tensor by
+# binary search over launch_row (log2 of the tensor count scalar loads) and then works exactly as
+# the one-tensor kernels do on one chunk of one block, reading and writing only elements of the
+# tensor (element e = j * block_size + position - lead). Every row has the same number of chunks,
+# so the partial sums reduce with _reduce_kernel.
+_SEG_FIELDS = 8  # launch_row, row, numel, lead, first block, x address, y address, (pad)
+
+
+@triton.jit
+def _find_segment(tab_ptr, S, lr):
+    lo = tl.zeros([], dtype=tl.int64)
+    hi = lo + S
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        below = tl.load(tab_ptr + mid * 8) <= lr
+        lo = tl.where(below, mid, lo)
+        hi = tl.where(below, hi, mid)
+    return tab_ptr + lo * 8
+
+
+@triton.jit(do_not_specialize=("k0", "k1"))
+def _project_multi_kernel(
+    tab_ptr,
+    S,
+    act_ptr,
+    part_ptr,
+    block_size,
+    K,
+    k0,
+    k1,
+    XT: tl.constexpr,
+    HAS_Y: tl.constexpr,
+    HAS_ACT: tl.constexpr,
+    DIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    ROWS: tl.constexpr = CHUNK // COLS
+    pid = tl.program_id(0).to(tl.int64)
+    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
+    lr = pid // cpb
+    seg = _find_segment(tab_ptr, S, lr)
+    j = lr - tl.load(seg)
+    row = tl.load(seg + 1) + j
+    numel = tl.load(seg + 2)
+    lead = tl.load(seg + 3)
+    cstart = (pid % cpb) * CHUNK
+    # the chunk's elements of this tensor: tile offsets [lo, hi) from tensor element e0 (a scalar
+    # base and int32 offsets: per-element 64-bit addresses took 254 registers on sm_90)
+    e0 = j * block_size + cstart - lead
+    lo = (tl.maximum(-e0, 0)).to(tl.int32)
+    hi = (tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK)).to(tl.int32)
+    offs = _tile_offsets(DIST, ROWS)
+    mask = (offs >= lo) & (offs < hi)
+    x_ptr = tl.load(seg + 5).to(tl.pointer_type(XT)) + e0
+    xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Y:
+        y_ptr = tl.load(seg + 6).to(tl.pointer_type(XT)) + e0
+        xv -= tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    kb = K
+    if HAS_ACT:  # clamped to [0, K]: never past the row of part
+        kb = tl.minimum(tl.maximum(tl.load(act_ptr + row).to(tl.int32), 0), K)
+    g = (tl.load(seg + 4) + j).to(tl.uint32)
+    if DIST == 0:
+        xbits = xv.to(tl.uint32, bitcast=True)
+        for k in range(0, kb):
+            sx = (xbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
+            tl.store(part_ptr + pid * K + k, tl.sum(tl.sum(sx, axis=1), axis=0))
+    else:
+        for k in range(0, kb):
+            v = _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+            tl.store(part_ptr + pid * K + k, tl.sum(tl.sum(xv * v, axis=1), axis=0))
+
+
+@triton.jit(do_not_specialize=("k0", "k1"))
+def _reconstruct_multi_kernel(
+    tab_ptr,
+    S,
+    c_ptr,
+    act_ptr,
+    block_size,
+    K,
+    k0,
+    k1,
+    factor,
+    XT: tl.constexpr,
+    HAS_ACT: tl.constexpr,
+    DIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    ROWS: tl.constexpr = CHUNK // COLS
+    pid = tl.program_id(0).to(tl.int64)
+    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
+    lr = pid // cpb
+    seg = _find_segment(tab_ptr, S, lr)
+    j = lr - tl.load(seg)
+    row = tl.load(seg + 1) + j
+    numel = tl.load(seg + 2)
+    lead = tl.load(seg + 3)
+    cstart = (pid % cpb) * CHUNK
+    blo = tl.where(j == 0, lead, 0)
+    bhi = tl.minimum(block_size, lead + numel - j * block_size)
+    if (cstart < bhi) & (cstart + CHUNK > blo):  # else the chunk is outside the tensor
+        out_ptr = tl.load(seg + 5).to(tl.pointer_type(XT))
+        kb = K
+        if HAS_ACT:
+            kb = tl.minimum(tl.maximum(tl.load(act_ptr + row).to(tl.int32), 0), K)
+        g = (tl.load(seg + 4) + j).to(tl.uint32)
+        acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
+        for k in range(0, kb):
+            gk = tl.load(c_ptr + row * K + k)
+            if DIST == 0:
+                gbits = gk.to(tl.uint32, bitcast=True)
+                acc += (gbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
+            else:
+                acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+        e0 = j * block_size + cstart - lead
+        lo = (tl.maximum(-e0, 0)).to(tl.int32)
+        hi = (tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK)).to(tl.int32)
+        offs = _tile_offsets(DIST, ROWS)
+        mask = (offs >= lo) & (offs < hi)
+        ptrs = out_ptr + e0 + offs
+        res = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + acc * factor
+        tl.store(ptrs, res.to(XT), mask=mask)
+
+
 @triton.jit(do_not_specialize=("k0", "k1"))
 def _philox_kernel(c_ptr, o_ptr, n, k0, k1, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -441,15 +570,7 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if not _real(t) or t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _real(t: torch.Tensor) -> bool:
-    """A tensor with memory (not a fake / functional one while torch.compile traces the op)."""
-    if torch.compiler.is_compiling():
-        return False
-    try:
-        t.data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
+_real = ops._real
 
 
 def _active32(active):
@@ -616,6 +737,116 @@ def philox(counter: torch.Tensor, seed: int) -> torch.Tensor:
     return out
 
 
+_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_RECON_MULTI_CHUNK = 2048  # fixed (not autotuned): one compiled variant per dist and dtype
+
+
+def _segment_groups(ts, ys, spans, block_size, block_offsets, starts):
+    """[(dtype, int64 table [S, 8] on the device, launch rows, [(row, launch row, blocks)])], one
+    per dtype present; `keep` holds the contiguous inputs alive for the launch. No aligned copies
+    (as _aligned makes for the one-tensor kernels): an address read from the table tells the
+    compiler nothing about alignment, so every tensor gets the same code and results depend on
+    the data only; outputs are written where they are."""
+    groups, keep = {}, []
+    for i, (t, (row, nb)) in enumerate(zip(ts, spans)):
+        if not nb:
+            continue
+        start = starts[i] if starts else 0
+        x = t.reshape(-1).contiguous()  # outs are contiguous (checked): the caller's memory
+        y = ys[i].reshape(-1).contiguous() if ys else None
+        keep += [x] + ([y] if y is not None else [])
+        g = groups.setdefault(t.dtype, {"rows": [], "spans": [], "n": 0})
+        lead, first = start % block_size, block_offsets[i] + start // block_size
+        g["rows"].append([g["n"], row, t.numel(), lead, first, x.data_ptr(), y.data_ptr() if y is not None else 0, 0])
+        g["spans"].append((row, g["n"], nb))
+        g["n"] += nb
+    out = []
+    for dtype, g in groups.items():
+        tab = torch.tensor(g["rows"], dtype=torch.int64).pin_memory() if ts[0].is_cuda else torch.tensor(g["rows"])
+        out.append((dtype, tab.to(ts[0].device, non_blocking=True), g["n"], g["spans"]))
+    return out, keep
+
+
+def _project_multi(xs, ys, seed, num_bases, block_size, block_offsets, dist, scale, active, starts):
+    rows, spans = ops.plan_multi(
+        "xs", xs, ys, num_bases, block_size, block_offsets, starts, dist, active, not xs[0].is_cuda
+    )
+    out = torch.empty(rows, num_bases, device=xs[0].device, dtype=torch.float32)
+    chunk = _project_chunk(block_size, dist)
+    cpb = triton.cdiv(block_size, chunk)
+    kt = min(64, triton.next_power_of_2(num_bases))
+    groups, keep = _segment_groups(xs, ys, spans, block_size, block_offsets, starts)
+    for _, _, n, _ in groups:
+        _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {chunk}")
+    act = _active32(active)
+    k0, k1 = _key(seed)
+    with _on_device(xs[0]):
+        for dtype, tab, n, gspans in groups:
+            part = (torch.zeros if act is not None else torch.empty)(
+                n * cpb, num_bases, device=out.device, dtype=torch.float32
+            )
+            dst = out if len(groups) == 1 else torch.empty(n, num_bases, device=out.device, dtype=torch.float32)
+            _project_multi_kernel[(n * cpb,)](
+                tab,
+                tab.shape[0],
+                act if act is not None else part,
+                part,
+                block_size,
+                num_bases,
+                k0,
+                k1,
+                XT=_TL_DTYPE[dtype],
+                HAS_Y=bool(ys),
+                HAS_ACT=act is not None,
+                DIST=_DIST_ID[dist],
+                CHUNK=chunk,
+                num_warps=4,
+                enable_fp_fusion=_FP_FUSION,
+            )
+            _reduce_kernel[(n * triton.cdiv(num_bases, kt),)](
+                part, dst, cpb, num_bases, scale, KT=kt, enable_fp_fusion=_FP_FUSION
+            )
+            if dst is not out:
+                for row, lrow, nb in gspans:
+                    out[row : row + nb] = dst[lrow : lrow + nb]
+    del keep
+    return out
+
+
+def _reconstruct_multi_(outs, coeffs, seed, block_size, block_offsets, dist, scale, alpha, active, starts):
+    rows, spans = ops.validate_reconstruct_multi_(
+        outs, coeffs, block_size, block_offsets, dist, active, starts, not coeffs.is_cuda
+    )
+    c = coeffs.to(torch.float32).contiguous()
+    num_bases = c.shape[1]
+    cpb = triton.cdiv(block_size, _RECON_MULTI_CHUNK)
+    groups, keep = _segment_groups(outs, [], spans, block_size, block_offsets, starts)
+    for _, _, n, _ in groups:
+        _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {_RECON_MULTI_CHUNK}")
+    act = _active32(active)
+    k0, k1 = _key(seed)
+    with _on_device(coeffs):
+        for dtype, tab, n, _ in groups:
+            _reconstruct_multi_kernel[(n * cpb,)](
+                tab,
+                tab.shape[0],
+                c,
+                act if act is not None else c,
+                block_size,
+                num_bases,
+                k0,
+                k1,
+                alpha * scale,
+                XT=_TL_DTYPE[dtype],
+                HAS_ACT=act is not None,
+                DIST=_DIST_ID[dist],
+                CHUNK=_RECON_MULTI_CHUNK,
+                num_warps=4,
+                enable_fp_fusion=_FP_FUSION,
+            )
+    del keep
+
+
 ops.register_adjoint_autograd("ferret::_triton_project", "ferret::_triton_reconstruct")
 backends.register(
     "triton",
@@ -625,5 +856,7 @@ backends.register(
         torch.ops.ferret._triton_reconstruct,
         torch.ops.ferret._triton_reconstruct_,
         torch.ops.ferret._triton_philox,
+        project_multi=_project_multi,
+        reconstruct_multi_=_reconstruct_multi_,
     ),
 )

@@ -28,7 +28,9 @@ def test_opcheck(backend, i):
     torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("name", ["project", "reconstruct", "reconstruct_", "philox"])
+@pytest.mark.parametrize(
+    "name", ["project", "reconstruct", "reconstruct_", "project_multi", "reconstruct_multi_", "philox"]
+)
 def test_one_op_with_native_kernels_per_dispatch_key(name):
     """One schema per op (C++ and Python agree), the C++ kernel registered on it for the CPU key."""
     if fk.native_load_error() is not None:

@@ -143,6 +143,20 @@ void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64
                    start, true);
 }
 
+// Lists of tensors: a loop of the kernels above (each already uses every core).
+at::Tensor project_multi(at::TensorList xs, at::TensorList ys, int64_t seed, int64_t num_bases, int64_t block_size,
+                         at::IntArrayRef block_offsets, c10::string_view dist, double scale,
+                         const c10::optional<at::Tensor>& active, at::IntArrayRef starts) {
+  return project_multi_loop(&project, xs, ys, seed, num_bases, block_size, block_offsets, dist, scale, active, starts);
+}
+
+void reconstruct_multi_(at::TensorList outs, const at::Tensor& coeffs, int64_t seed, int64_t block_size,
+                        at::IntArrayRef block_offsets, c10::string_view dist, double scale, double alpha,
+                        const c10::optional<at::Tensor>& active, at::IntArrayRef starts) {
+  reconstruct_multi_loop(&reconstruct_, outs, coeffs, seed, block_size, block_offsets, dist, scale, alpha, active,
+                         starts);
+}
+
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {
   check_counter(counter);
   at::Tensor c = counter.to(at::kLong).contiguous();
@@ -183,6 +197,8 @@ TORCH_LIBRARY_IMPL(ferret, CPU, m) {
   m.impl("project", &ferret::cpu::project);
   m.impl("reconstruct", &ferret::cpu::reconstruct);
   m.impl("reconstruct_", &ferret::cpu::reconstruct_);
+  m.impl("project_multi", &ferret::cpu::project_multi);
+  m.impl("reconstruct_multi_", &ferret::cpu::reconstruct_multi_);
   m.impl("philox", &ferret::cpu::philox);
 }
 

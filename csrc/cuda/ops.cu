@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstring>
+#include <vector>
+
 #include "binding_common.h"
 #include "cuda/kernels.cuh"
 
@@ -80,6 +83,127 @@ void reconstruct_(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, int64
                    start, false);
 }
 
+// ---------------------------------------------------------------------------- lists of tensors
+// One launch per dtype present (one for a model in one dtype) instead of one or two per tensor.
+// The segment table (40 bytes a tensor) goes to the device with one copy from pinned memory.
+
+struct Group {
+  int dtype;
+  std::vector<Segment> segs;    // launch_row ascending
+  std::vector<int64_t> blocks;  // per segment
+  int64_t rows = 0;             // blocks of the group
+};
+
+struct Launches {
+  std::vector<at::Tensor> keep;  // contiguous inputs, alive until the launches are queued
+  std::vector<Group> groups;
+};
+
+// The list's tensors with blocks, by dtype (list order within a group).
+Launches group_segments(at::TensorList ts, at::TensorList ys, const MultiPlan& plan) {
+  Launches L;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const MultiItem& it = plan.items[i];
+    if (!it.num_blocks) continue;
+    const int dt = parse_dtype(ts[i].scalar_type(), "x");
+    auto g = std::find_if(L.groups.begin(), L.groups.end(), [&](const Group& e) { return e.dtype == dt; });
+    if (g == L.groups.end()) g = L.groups.insert(L.groups.end(), Group{dt, {}, {}, 0});
+    L.keep.push_back(ts[i].contiguous());
+    Segment s{};
+    s.x = L.keep.back().data_ptr();
+    if (!ys.empty()) {
+      L.keep.push_back(ys[i].contiguous());
+      s.y = L.keep.back().data_ptr();
+    }
+    s.numel = it.numel;
+    s.lead = it.lead;
+    s.row = it.row;
+    s.launch_row = g->rows;
+    s.block_offset = (uint32_t)it.first_block;
+    g->segs.push_back(s);
+    g->blocks.push_back(it.num_blocks);
+    g->rows += it.num_blocks;
+  }
+  return L;
+}
+
+// The group's launch parameters, its segment table copied to the device (`table` keeps it alive).
+MultiParams multi_params(const Group& g, at::Tensor& table, const MultiPlan& plan, int64_t seed, int64_t num_bases,
+                         int64_t block_size, c10::string_view dist, const at::Device& device) {
+  const int64_t bytes = (int64_t)(g.segs.size() * sizeof(Segment));
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), g.segs.data(), bytes);
+  table = host.to(device, /*non_blocking=*/true);
+  MultiParams m{};
+  m.segs = reinterpret_cast<const Segment*>(table.data_ptr());
+  m.num_segs = (int32_t)g.segs.size();
+  m.num_rows = g.rows;
+  m.dtype = g.dtype;
+  m.dist = parse_dist(dist);
+  m.block_size = block_size;
+  m.num_bases = (int32_t)num_bases;
+  m.seed = (uint64_t)seed;
+  m.active = plan.active.defined() ? plan.active.data_ptr<int32_t>() : nullptr;
+  return m;
+}
+
+at::Tensor project_multi(at::TensorList xs, at::TensorList ys, int64_t seed, int64_t num_bases, int64_t block_size,
+                         at::IntArrayRef block_offsets, c10::string_view dist, double scale,
+                         const c10::optional<at::Tensor>& active, at::IntArrayRef starts) {
+  TORCH_CHECK_VALUE(!xs.empty(), "ferret: xs must hold at least one tensor");
+  const c10::cuda::CUDAGuard guard(xs[0].device());
+  const MultiPlan plan =
+      plan_multi("xs", xs, ys, num_bases, block_size, block_offsets, starts, dist, active, xs[0].device());
+  const Launches L = group_segments(xs, ys, plan);
+  const int64_t cpb = chunks_per_block(block_size, parse_dist(dist));
+  for (const Group& g : L.groups) check_grid(g.rows * cpb, g.rows, cpb);
+  at::Tensor out = at::empty({plan.rows, num_bases}, xs[0].options().dtype(at::kFloat));
+  for (const Group& g : L.groups) {
+    at::Tensor table;
+    MultiParams m = multi_params(g, table, plan, seed, num_bases, block_size, dist, xs[0].device());
+    m.scale = (float)scale;
+    // partial sums past a block's active count are not written: zeros then; else every entry is
+    at::Tensor part = plan.active.defined() ? at::zeros({g.rows * cpb, num_bases}, out.options())
+                                            : at::empty({g.rows * cpb, num_bases}, out.options());
+    const bool direct = L.groups.size() == 1;  // one dtype: launch rows are the output's rows
+    at::Tensor dst = direct ? out : at::empty({g.rows, num_bases}, out.options());
+    check_launch(
+        launch_project_multi(m, part.data_ptr<float>(), dst.data_ptr<float>(), at::cuda::getCurrentCUDAStream()),
+        "project_multi");
+    if (!direct) {
+      for (size_t k = 0; k < g.segs.size(); ++k)
+        out.narrow(0, g.segs[k].row, g.blocks[k]).copy_(dst.narrow(0, g.segs[k].launch_row, g.blocks[k]));
+    }
+  }
+  return out;
+}
+
+void reconstruct_multi_(at::TensorList outs, const at::Tensor& coeffs, int64_t seed, int64_t block_size,
+                        at::IntArrayRef block_offsets, c10::string_view dist, double scale, double alpha,
+                        const c10::optional<at::Tensor>& active, at::IntArrayRef starts) {
+  TORCH_CHECK_VALUE(!outs.empty(), "ferret: outs must hold at least one tensor");
+  TORCH_CHECK_VALUE(coeffs.dim() == 2, "ferret: coeffs must be 2-D [num_blocks, num_bases], got shape ",
+                    shape(coeffs.sizes()));
+  const c10::cuda::CUDAGuard guard(outs[0].device());
+  const MultiPlan plan =
+      plan_multi("outs", outs, {}, coeffs.size(1), block_size, block_offsets, starts, dist, active, outs[0].device());
+  check_multi_coeffs(coeffs, plan, outs[0].device());
+  check_outs(outs);  // contiguous: the segments point into the caller's tensors
+  const Launches L = group_segments(outs, {}, plan);
+  const int64_t cpb = chunks_per_block(block_size, parse_dist(dist));
+  for (const Group& g : L.groups) check_grid(g.rows * cpb, g.rows, cpb);
+  const at::Tensor c = coeffs.to(at::kFloat).contiguous();
+  for (const Group& g : L.groups) {
+    at::Tensor table;
+    MultiParams m = multi_params(g, table, plan, seed, coeffs.size(1), block_size, dist, outs[0].device());
+    m.coeffs = c.data_ptr<float>();
+    m.scale = (float)scale;
+    m.alpha = (float)alpha;
+    m.accumulate = true;
+    check_launch(launch_reconstruct_multi(m, at::cuda::getCurrentCUDAStream()), "reconstruct_multi_");
+  }
+}
+
 at::Tensor philox(const at::Tensor& counter, int64_t seed) {
   check_counter(counter);
   const c10::cuda::CUDAGuard guard(counter.device());
@@ -99,5 +223,7 @@ TORCH_LIBRARY_IMPL(ferret, CUDA, m) {
   m.impl("project", &ferret::cuda::project);
   m.impl("reconstruct", &ferret::cuda::reconstruct);
   m.impl("reconstruct_", &ferret::cuda::reconstruct_);
+  m.impl("project_multi", &ferret::cuda::project_multi);
+  m.impl("reconstruct_multi_", &ferret::cuda::reconstruct_multi_);
   m.impl("philox", &ferret::cuda::philox);
 }

@@ -1,0 +1,300 @@
+"""project_multi / reconstruct_multi_: the ops for a list of tensors (a model) in one call.
+
+Properties, for every backend that runs here (CPU kernel, reference, Triton; the CUDA kernel and
+Triton on a GPU): the list op equals, bit for bit, a loop of the same backend's one-tensor ops
+(the rows of project one tensor after another; reconstruct_ per tensor), with element offsets,
+per-tensor block offsets, active counts, differences x - y and mixed dtypes; backends agree
+with the reference within the kernels' tolerance; a bad list is refused whole, naming the
+tensor, in the same words by the C++ and Python validators, and no tensor is written. The
+CUDA kernels' list launch is also checked on the CPU, through the emulator
+(tests/test_cuda_emulation.py::test_list_launch_equals_one_launch_per_tensor).
+"""
+
+import pytest
+import torch
+
+import ferret_kernels as fk
+
+from conftest import DISTS, assert_project_close, assert_recon_close
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+BS = 512
+# (numel, dtype, start, block_offset): one element, a tensor inside one block from a lead, one
+# across blocks, one exactly a block from the last position of a block, an fp16 one
+LIST = [
+    (1, torch.float32, 0, 5),
+    (509, torch.bfloat16, 3, 0),
+    (3 * BS + 17, torch.float32, 0, 40),
+    (BS, torch.float32, BS - 1, 9),
+    (2000, torch.float16, 700, 100),
+]
+
+
+def _backends():
+    out = []
+    for name in ("cpu", "reference", "triton", "cuda"):
+        if DEV == "cuda" and name in ("cpu", "reference"):
+            continue  # their device is the CPU
+        why = fk.backends.unavailable_reason(name, torch.device(DEV))
+        out.append(pytest.param(name, marks=pytest.mark.skip(reason=why)) if why else name)
+    return out
+
+
+@pytest.fixture(params=_backends())
+def backend(request):
+    if request.param == "triton":
+        from ferret_kernels import triton_kernels  # noqa: F401
+    with fk.use_backend(request.param):
+        yield request.param
+
+
+def _tensors(seed=0, dtypes=True):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g).to(dt if dtypes else torch.float32).to(DEV) for n, dt, _, _ in LIST]
+
+
+def _plan():
+    starts = [s for _, _, s, _ in LIST]
+    offs = [o for _, _, _, o in LIST]
+    nbs = [fk.num_blocks(n, BS, s) for (n, _, s, _) in LIST]
+    return starts, offs, nbs
+
+
+def _exact(backend):
+    """Triton on a GPU: the list kernel reads tensors through addresses whose alignment the
+    compiler cannot know, the one-tensor kernel through aligned pointers, and a reduction's
+    order follows the load width, so project may differ in the last bits there."""
+    return not (backend == "triton" and DEV == "cuda")
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("with_y", [False, True])
+def test_project_multi_equals_a_loop_of_project(backend, dist, with_y):
+    xs, ys = _tensors(1), (_tensors(2) if with_y else None)
+    starts, offs, nbs = _plan()
+    K = 6
+    active = torch.randint(0, K + 1, (sum(nbs),), generator=torch.Generator().manual_seed(3)).to(DEV)
+    got = fk.project_multi(xs, 77, K, BS, ys=ys, block_offsets=offs, starts=starts, dist=dist, scale=0.5, active=active)
+    assert got.shape == (sum(nbs), K) and got.dtype == torch.float32
+    rows, r = [], 0
+    for i, x in enumerate(xs):
+        a = active[r : r + nbs[i]]
+        rows.append(
+            fk.project(
+                x,
+                77,
+                K,
+                BS,
+                y=ys[i] if ys else None,
+                block_offset=offs[i],
+                start=starts[i],
+                dist=dist,
+                scale=0.5,
+                active=a,
+            )
+        )
+        r += nbs[i]
+    loop = torch.cat(rows)
+    if _exact(backend):
+        assert torch.equal(got, loop)
+    r = 0
+    for i, x in enumerate(xs):  # against the reference, tensor by tensor
+        d = x.float() - (ys[i].float() if ys else 0)
+        with fk.use_backend("reference"):
+            want = fk.project(
+                d.cpu(),
+                77,
+                K,
+                BS,
+                block_offset=offs[i],
+                start=starts[i],
+                dist=dist,
+                scale=0.5,
+                active=active[r : r + nbs[i]].cpu(),
+            )
+        pad = torch.cat([torch.zeros(starts[i] % BS), 0.5 * d.cpu()])
+        assert_project_close(got[r : r + nbs[i]].cpu(), want, pad, BS, dist)
+        r += nbs[i]
+    assert torch.equal(
+        fk.project_multi(xs, 77, K, BS, ys=ys, block_offsets=offs, starts=starts, dist=dist, scale=0.5, active=active),
+        got,
+    )  # run to run
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_reconstruct_multi_equals_a_loop_of_reconstruct_(backend, dist):
+    starts, offs, nbs = _plan()
+    K = 5
+    c = torch.randn(sum(nbs), K, generator=torch.Generator().manual_seed(4)).to(DEV)
+    active = torch.randint(0, K + 1, (sum(nbs),), generator=torch.Generator().manual_seed(5)).to(DEV)
+    outs, loop = _tensors(6), _tensors(6)
+    ret = fk.reconstruct_multi_(
+        outs, c, 2**64 - 9, BS, block_offsets=offs, starts=starts, dist=dist, scale=2.0, alpha=-0.25, active=active
+    )
+    assert ret is not None and all(a is b for a, b in zip(ret, outs))
+    r = 0
+    for i, o in enumerate(loop):
+        fk.reconstruct_(
+            o,
+            c[r : r + nbs[i]],
+            2**64 - 9,
+            BS,
+            block_offset=offs[i],
+            start=starts[i],
+            dist=dist,
+            scale=2.0,
+            alpha=-0.25,
+            active=active[r : r + nbs[i]],
+        )
+        r += nbs[i]
+    for a, b in zip(outs, loop):
+        assert torch.equal(a, b)  # elementwise: no reduction order, bit for bit on every backend
+    base, r = _tensors(6), 0
+    for i, (o, b0) in enumerate(zip(outs, base)):
+        mask = (torch.arange(K, device=DEV)[None, :] < active[r : r + nbs[i], None]).float()
+        cc = (c[r : r + nbs[i]] * mask).cpu()
+        with fk.use_backend("reference"):
+            v = fk.reconstruct(cc, 2**64 - 9, b0.numel(), BS, block_offset=offs[i], start=starts[i], dist=dist)
+        want = (b0.float().cpu() - 0.5 * v).to(b0.dtype)
+        assert_recon_close(o.cpu(), want, 0.5 * cc, BS, dist, dtype=b0.dtype, base=b0.cpu())
+        r += nbs[i]
+
+
+def test_default_block_offsets_number_the_tensors_blocks_one_after_another(backend):
+    xs = _tensors(7, dtypes=False)
+    got = fk.project_multi(xs, 3, 4, BS)
+    offs, b = [], 0
+    for x in xs:
+        offs.append(b)
+        b += fk.num_blocks(x.numel(), BS)
+    loop = torch.cat([fk.project(x, 3, 4, BS, block_offset=o) for x, o in zip(xs, offs)])
+    if _exact(backend):
+        assert torch.equal(got, loop)
+    torch.testing.assert_close(got, loop, rtol=1e-5, atol=1e-5)
+
+
+def test_adjoint_over_a_list(backend):
+    """<project_multi(x), c> = <x, reconstruct_multi(c)> summed over the list."""
+    xs = _tensors(8, dtypes=False)
+    starts, offs, nbs = _plan()
+    c = torch.randn(sum(nbs), 7, generator=torch.Generator().manual_seed(9)).to(DEV)
+    g = fk.project_multi(xs, 11, 7, BS, block_offsets=offs, starts=starts, dist="uniform")
+    outs = [torch.zeros_like(x) for x in xs]
+    fk.reconstruct_multi_(outs, c, 11, BS, block_offsets=offs, starts=starts, dist="uniform")
+    lhs = (g.double() * c.double()).sum()
+    rhs = sum((x.double() * o.double()).sum() for x, o in zip(xs, outs))
+    assert abs(lhs - rhs).item() <= 1e-5 * (g.abs().sum() * c.abs().max()).item()
+
+
+def _bad_calls():
+    x, z = torch.randn(700), torch.randn(300)
+    c = torch.randn(3, 4)
+    P, R = "project_multi", "reconstruct_multi_"
+    return [
+        (P, ([x, z], [], 1, 4, 256, [0]), ValueError, "block_offsets must have one entry per tensor \\(2\\), got 1"),
+        (P, ([x, z], [], 1, 4, 256, [0, 3], "rademacher", 1.0, None, [0]), ValueError, "starts must be empty or"),
+        (P, ([x, z], [x], 1, 4, 256, [0, 3]), ValueError, "ys must be empty or have one tensor per x \\(2\\), got 1"),
+        (P, ([x, z.long()], [], 1, 4, 256, [0, 3]), TypeError, "xs\\[1\\]: the tensor must be float32"),
+        (P, ([x, z], [x, x], 1, 4, 256, [0, 3]), ValueError, "xs\\[1\\]: y must have as many elements as x"),
+        (P, ([x, z], [], 1, 4, 256, [0, -3]), ValueError, "xs\\[1\\]: block_offset must be >= 0"),
+        (P, ([x, z], [], 1, 4, 256, [0, 3], "rademacher", 1.0, None, [0, -1]), ValueError, "xs\\[1\\]: start must"),
+        (P, ([x, z], [], 1, 4, 256, [0, 3], "normal"), ValueError, "unknown dist 'normal'"),
+        (
+            P,
+            ([x, z], [], 1, 4, 256, [0, 3], "rademacher", 1.0, torch.ones(3, dtype=torch.int32)),
+            ValueError,
+            "active must have shape \\[5\\]",
+        ),
+        (
+            R,
+            ([torch.zeros(700), torch.zeros(300)], c, 1, 256, [0, 3]),
+            ValueError,
+            "coeffs must have 5 rows \\(the blocks of the 2 tensors\\)",
+        ),
+        (
+            R,
+            ([torch.zeros(700), torch.zeros(4, 2).t()], torch.randn(4, 4), 1, 256, [0, 3]),
+            ValueError,
+            "outs\\[1\\]: reconstruct_multi_ needs contiguous tensors",
+        ),
+        (
+            R,
+            (
+                [torch.zeros(700), torch.zeros(300)],
+                torch.randn(5, 4),
+                1,
+                256,
+                [0, 3],
+                "rademacher",
+                1.0,
+                1.0,
+                torch.tensor([4, 4, 4, 4, 5]),
+            ),
+            ValueError,
+            "active counts must be in",
+        ),
+        (
+            R,
+            ([torch.zeros(700), torch.zeros(300, dtype=torch.float64)], torch.randn(5, 4), 1, 256, [0, 3]),
+            TypeError,
+            "outs\\[1\\]: the tensor must be float32",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_bad_calls())))
+def test_bad_lists_are_refused_whole_with_the_same_words(i):
+    """The C++ validator (torch.ops.ferret.* with the extension) and the Python one (reference,
+    Triton, fake kernels) refuse the same calls with the same words, before writing anything."""
+    op, args, exc, match = _bad_calls()[i]
+    outs = args[0] if op == "reconstruct_multi_" else []
+    before = [o.clone() for o in outs]
+    with pytest.raises(exc, match=match) as python:
+        getattr(fk.backends.implementation("reference"), op)(*args)
+    if fk.native_load_error() is None:
+        with pytest.raises(exc, match=match) as native:
+            getattr(torch.ops.ferret, op)(*args)
+        assert str(python.value).split(" (")[0].split(", got")[0] in str(native.value)
+    for o, b in zip(outs, before):
+        assert torch.equal(o, b)
+
+
+def test_overlapping_outputs_are_refused():
+    base = torch.zeros(1000)
+    for backend in ("cpu", "reference"):
+        if fk.backends.unavailable_reason(backend, torch.device("cpu")):
+            continue
+        with fk.use_backend(backend), pytest.raises(ValueError, match="outs\\[0\\] and outs\\[1\\] overlap"):
+            fk.reconstruct_multi_([base[:600], base[500:]], torch.ones(3, 2), 1, 512)
+        assert torch.equal(base, torch.zeros(1000))
+        fk.reconstruct_multi_([base[:500], base[500:]], torch.ones(2, 2), 1, 512)  # adjacent views are fine
+        assert base.abs().sum() > 0
+        base.zero_()
+
+
+def test_empty_lists_and_starts_without_offsets():
+    with pytest.raises(ValueError, match="must hold at least one tensor"):
+        fk.project_multi([], 1, 4, 256)
+    with pytest.raises(ValueError, match="give block_offsets with starts"):
+        fk.project_multi([torch.randn(5)], 1, 4, 256, starts=[3])
+
+
+def test_opcheck_and_fake_shapes():
+    """Schema, fake kernels and mutation annotations (torch.library.opcheck) on the CPU."""
+    xs = [torch.randn(700), torch.randn(300).bfloat16()]
+    ys = [torch.randn(700), torch.randn(300).bfloat16()]
+    act = torch.tensor([4, 0, 2, 1, 3], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.ferret.project_multi.default, (xs, [], 7, 4, 256, [0, 3]))
+    torch.library.opcheck(
+        torch.ops.ferret.project_multi.default, (xs, ys, -5, 4, 256, [0, 3], "gaussian", 0.5, act, [10, 0])
+    )
+    outs = [torch.randn(700), torch.randn(300).half()]
+    torch.library.opcheck(
+        torch.ops.ferret.reconstruct_multi_.default, (outs, torch.randn(5, 4), 7, 256, [2, 0], "uniform", 1.0, -0.5)
+    )
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fx = [mode.from_tensor(x) for x in xs]
+        out = torch.ops.ferret.project_multi(fx, [], 7, 4, 256, [0, 3], "rademacher", 1.0, None, [255, 0])
+        assert tuple(out.shape) == (6, 4) and out.dtype == torch.float32

@@ -1,7 +1,9 @@
 """UpdateCodec: a client's update `w_old - w_new` -> an UpdateMessage, and messages -> the model.
 
 Projection uses the fused difference (no model-sized temporary); applying uses the in-place
-op (no model-sized temporary) in each parameter's own dtype. Per block b with k_b active
+op (no model-sized temporary) in each parameter's own dtype. Both take the whole model in one
+call per device (project_multi / reconstruct_multi_: on a GPU one launch per dtype, not one
+or two per tensor). Per block b with k_b active
 bases the coefficients sent are gamma_b = s_b V_b^T delta_b with s_b = 1/sqrt(k_b), and the
 reconstruction is s_b V_b gamma_b: an unbiased estimate of delta_b (docs/ops.md).
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import project, reconstruct_
+from .. import project_multi, reconstruct_multi_
 from ..ops import DISTS
 from .aggregate import aggregate, block_scale
 from .layout import ParamLayout
@@ -84,6 +86,18 @@ class FerretConfig:
             wire_dtype=str(fields["wire-dtype"]),
             pack=bool(fields.get("pack", False)),
         )
+
+
+def _device_groups(layout: ParamLayout, params: dict):
+    """The projected tensors grouped by device (a model split over GPUs), each group with the
+    global block of every row the list ops give for it (per-tensor layouts: consecutive;
+    packed: a block shared by tensors appears once per tensor)."""
+    groups: dict = {}
+    for s in layout.projected:
+        groups.setdefault(params[s.name].device, []).append(s)
+    for dev, specs in groups.items():
+        blocks = torch.cat([torch.arange(s.block_offset, s.block_offset + s.num_blocks) for s in specs])
+        yield dev, specs, blocks
 
 
 def _as_params(obj, layout: ParamLayout) -> dict:
@@ -159,20 +173,19 @@ class UpdateCodec:
         active = self.active_counts(norms)
         kop = cfg.max_bases
         dense = torch.zeros(layout.total_blocks, kop)
-        for s in layout.projected:  # a block shared by tensors (packed layouts) gets the sum of their rows
-            sl = slice(s.block_offset, s.block_offset + s.num_blocks)
-            g = project(
-                old[s.name].detach(),
+        for dev, specs, blocks in _device_groups(layout, old):  # a block shared by tensors (packed) sums their rows
+            g = project_multi(
+                [old[s.name].detach() for s in specs],
                 seed,
                 kop,
                 cfg.block_size,
-                y=new[s.name].detach(),
-                block_offset=s.block_offset,
+                ys=[new[s.name].detach() for s in specs],
+                block_offsets=[s.block_offset for s in specs],
+                starts=[s.lead for s in specs],
                 dist=cfg.dist,
-                active=active[sl].to(old[s.name].device),
-                start=s.lead,
+                active=active[blocks].to(dev),
             )
-            dense[sl] += g.cpu()
+            dense.index_add_(0, blocks, g.cpu())
         full = {s.name: (old[s.name].detach().float() - new[s.name].detach().float()).cpu() for s in layout.full}
         return self.message(dense, active, full, seed, weight=weight, round=round, client=client)
 
@@ -275,20 +288,17 @@ class UpdateCodec:
     def apply_coefficients(self, params: dict, coeffs: torch.Tensor, seed: int, dist: str, active, lr: float) -> None:
         """w <- w - lr * V coeffs for already scaled, dense [total_blocks, K] coefficients."""
         bs = self.layout.block_size
-        for s in self.layout.projected:
-            p = params[s.name]
-            sl = slice(s.block_offset, s.block_offset + s.num_blocks)
-            act = None if active is None else active[sl].to(p.device)
-            reconstruct_(
-                p.data,
-                coeffs[sl].to(p.device),
+        for dev, specs, blocks in _device_groups(self.layout, params):
+            reconstruct_multi_(
+                [params[s.name].data for s in specs],
+                coeffs[blocks].to(dev),
                 seed,
                 bs,
-                block_offset=s.block_offset,
+                block_offsets=[s.block_offset for s in specs],
+                starts=[s.lead for s in specs],
                 dist=dist,
                 alpha=-lr,
-                active=act,
-                start=s.lead,
+                active=None if active is None else active[blocks].to(dev),
             )
 
 

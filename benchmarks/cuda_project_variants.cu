@@ -1,5 +1,6 @@
 // Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh:
-// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS), side by side in one process, beside
+// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS, and the cp.async candidate
+// project_pipe_kernel, "pipe_*"), side by side in one process, beside
 // the device's copy and read bandwidth; checks that every variant's output is bit-identical to
 // the shipped configuration's. Used to choose ProjectConfig from measurements.
 //
@@ -49,6 +50,22 @@ __global__ void read_kernel(const uint4* x, int64_t nvec, float* sink) {
   if (s == 12345.0f) sink[threadIdx.x] = s;
 }
 
+// Read floor with 4 independent 16-byte loads in flight per thread (the one above has one):
+// how much of the gap to `read` is the kernel's memory-level parallelism.
+__global__ void read4_kernel(const uint4* x, int64_t nvec, float* sink) {
+  float s = 0.0f;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nvec; i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = i + u * stride < nvec ? __ldg(x + i + u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      s += __uint_as_float(v[u].x) + __uint_as_float(v[u].y) + __uint_as_float(v[u].z) + __uint_as_float(v[u].w);
+  }
+  if (s == 12345.0f) sink[threadIdx.x] = s;
+}
+
 template <typename F>
 float median_ms(F&& f, int reps = 20) {
   cudaEvent_t a, b;
@@ -78,6 +95,23 @@ struct Result {
   int regs, ctas;
   bool same;
 };
+
+// The cp.async candidate (project_pipe_kernel): same checks, its own launcher.
+template <int DIST, int MB, int CH>
+Result run_pipe(const char* name, ProjectParams p, float* part, float* out_ref) {
+  using T = __nv_bfloat16;
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, project_pipe_kernel<T, DIST, MB, CH>));
+  const size_t smem = 2 * PipeLayout<T, DIST>::kStageBytes;
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_pipe_kernel<T, DIST, MB, CH>, kThreads, smem));
+  const float ms = median_ms([&] { CK((launch_project_pipe<T, DIST, MB, CH>(p, part, 0))); });
+  const size_t nout = (size_t)p.num_blocks * p.num_bases;
+  std::vector<float> got(nout), ref(nout);
+  CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(ref.data(), out_ref, nout * 4, cudaMemcpyDeviceToHost));
+  return {name, p.num_bases, ms, attr.numRegs, ctas, std::memcmp(got.data(), ref.data(), nout * 4) == 0};
+}
 
 template <int DIST, int MB, int CH>
 Result run_variant(const char* name, ProjectParams p, float* part, float* out_ref, bool is_ref) {
@@ -121,8 +155,13 @@ int main(int argc, char** argv) {
   const float read_ms = median_ms(
       [&] { read_kernel<<<8 * prop.multiProcessorCount, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink); });
   const double read_gbs = n * 2.0 / (read_ms * 1e-3) / 1e9;
-  std::printf("# %s, %d SMs | copy %.0f GB/s | read %.0f GB/s (bf16 n = 2^%d: %.3f ms)\n", prop.name,
-              prop.multiProcessorCount, copy_gbs, read_gbs, log2n, read_ms);
+  const float read4_ms = median_ms([&] {
+    read4_kernel<<<8 * prop.multiProcessorCount, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink);
+  });
+  const double read4_gbs = n * 2.0 / (read4_ms * 1e-3) / 1e9;
+  std::printf(
+      "# %s, %d SMs | copy %.0f GB/s | read %.0f GB/s (bf16 n = 2^%d: %.3f ms) | read, 4 loads in flight: %.0f GB/s\n",
+      prop.name, prop.multiProcessorCount, copy_gbs, read_gbs, log2n, read_ms, read4_gbs);
 
   std::vector<Result> rows;
   const int Ks[] = {4, 64};
@@ -157,6 +196,10 @@ int main(int argc, char** argv) {
     rows.push_back(run_variant<kRademacher, 3, 4>("mb3_ch4", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 1, 8>("mb1_ch8", p, part, ref, false));
+    rows.push_back(run_pipe<kRademacher, 4, 4>("pipe_mb4_ch4", p, part, ref));
+    rows.push_back(run_pipe<kRademacher, 4, 8>("pipe_mb4_ch8", p, part, ref));
+    rows.push_back(run_pipe<kRademacher, 4, 16>("pipe_mb4_ch16", p, part, ref));
+    rows.push_back(run_pipe<kRademacher, 3, 8>("pipe_mb3_ch8", p, part, ref));
     CK(cudaFree(part));
     CK(cudaFree(out));
     CK(cudaFree(ref));
@@ -165,7 +208,7 @@ int main(int argc, char** argv) {
   if (f)
     std::fprintf(f,
                  "gpu,sms,variant,dtype,dist,n,K,time_ms,GB_per_s,frac_of_copy,frac_of_read,regs,ctas_per_sm,identical,"
-                 "copy_GBps,read_GBps\n");
+                 "copy_GBps,read_GBps,read4_GBps\n");
   std::printf("%-8s %3s %8s %8s %8s %8s %5s %5s %s\n", "variant", "K", "ms", "GB/s", "of copy", "of read", "regs",
               "ctas", "identical");
   for (const Result& r : rows) {
@@ -173,9 +216,9 @@ int main(int argc, char** argv) {
     std::printf("%-8s %3d %8.4f %8.0f %8.3f %8.3f %5d %5d %s\n", r.name.c_str(), r.K, r.ms, gbs, gbs / copy_gbs,
                 gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "NO");
     if (f)
-      std::fprintf(f, "%s,%d,%s,bfloat16,rademacher,%lld,%d,%.5f,%.1f,%.4f,%.4f,%d,%d,%s,%.1f,%.1f\n", prop.name,
+      std::fprintf(f, "%s,%d,%s,bfloat16,rademacher,%lld,%d,%.5f,%.1f,%.4f,%.4f,%d,%d,%s,%.1f,%.1f,%.1f\n", prop.name,
                    prop.multiProcessorCount, r.name.c_str(), (long long)n, r.K, r.ms, gbs, gbs / copy_gbs,
-                   gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "no", copy_gbs, read_gbs);
+                   gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "no", copy_gbs, read_gbs, read4_gbs);
   }
   if (f) std::fclose(f);
   bool all = true;

@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (opcheck, torch.compile), the contract's streams, error text, statistics.
 TEST_FILES = [
     "tests/test_device_backends.py",
+    "tests/test_multi.py",
     "tests/test_start_offset.py",
     "tests/test_op_surface.py",
     "tests/test_ops.py",
@@ -334,6 +335,37 @@ def stage_bench(run: Run, timeout: float, gpu: bool) -> bool:
     return rc == 0
 
 
+def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
+    """benchmarks/cuda_project_variants.cu: the CUDA project kernel's variants side by side (the
+    cp.async candidate among them), torch-free, built with nvcc; without a GPU only built."""
+    t = time.monotonic()
+    home = run.env.get("CUDA_HOME", "not found")
+    nvcc = os.path.join(home, "bin", "nvcc") if home != "not found" else shutil.which("nvcc")
+    if nvcc is None:
+        run.stage("project variants", "skipped", 0, "no nvcc")
+        return True
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    exe = os.path.join(ROOT, "build", "cuda_project_variants")
+    arch = run.env.get("arch", "9.0").replace(".", "") if gpu else "90"
+    cmd = [nvcc, "-O3", f"-arch=sm_{arch}", "--expt-relaxed-constexpr", "-Icsrc"]
+    rc, text = run.sh(cmd + ["benchmarks/cuda_project_variants.cu", "-o", exe], min(timeout, 120))
+    if rc != 0 or not gpu:
+        status = "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL")
+        run.stage("project variants", status, time.monotonic() - t, "built" + ("" if gpu else " (no GPU: not run)"))
+        return rc == 0
+    dest = os.path.join(run.out or os.path.join(ROOT, "benchmarks", "results"), "cuda_project_variants_new.csv")
+    rc, text = run.sh([exe, "28", dest], max(timeout - (time.monotonic() - t), 5))
+    run.variants_text = text
+    rows = [ln for ln in text.splitlines() if re.match(r"^(mb|pipe)\w+\s", ln)]
+    note = f"{len(rows)} rows to {os.path.relpath(dest, ROOT) if not run.out else dest}" + (
+        "" if rc == 0 else " (a variant's bits differ)" if rc == 2 else ""
+    )
+    run.stage(
+        "project variants", "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL"), time.monotonic() - t, note
+    )
+    return rc == 0
+
+
 def write_summary(run: Run, csv_before: int) -> None:
     if not run.out:
         return
@@ -362,6 +394,10 @@ def write_summary(run: Run, csv_before: int) -> None:
     md += ["", "## benchmark notes", ""] + [
         ln for ln in text.splitlines() if ln.startswith(("#", "skipped", "baselines"))
     ]
+    variants = getattr(run, "variants_text", "")
+    if variants:
+        md += ["", "## CUDA project variants (benchmarks/cuda_project_variants.cu)", "", "```"]
+        md += [ln for ln in variants.splitlines() if ln.strip()] + ["```"]
     with open(os.path.join(run.out, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(run.out, "gpu_check.log"), "w") as f:
@@ -394,6 +430,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or None, help="folder for summary.md, the log and the rows")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--skip-variants", action="store_true", help="do not build / run cuda_project_variants.cu")
     ap.add_argument(
         "--tests",
         nargs="+",
@@ -422,11 +459,15 @@ def main(argv=None) -> int:
     # the benchmark's share is reserved before the tests start (timings are what a GPU run is for)
     # (the whole bench took 57 s on an H100, 2026-11-26; the device tests ~250 s with 16 cores)
     bench_share = 0 if args.skip_bench else (min(100, 0.3 * run.left()) if gpu else min(240, 0.4 * run.left()))
+    # the variants: nvcc build ~15 s, run ~20 s on a GPU (a build only without one)
+    variants_share = 0 if args.skip_variants else 45
     built = ok
     if built and not args.skip_tests:
-        ok = stage_tests(run, run.left() - bench_share - 10, gpu, args.tests) and ok
+        ok = stage_tests(run, run.left() - bench_share - variants_share - 10, gpu, args.tests) and ok
     if built and not args.skip_bench:  # failing tests do not stop the measurements
-        ok = stage_bench(run, run.left() - 10, gpu) and ok
+        ok = stage_bench(run, run.left() - variants_share - 10, gpu) and ok
+    if not args.skip_variants and run.left() > 20:
+        ok = stage_variants(run, run.left() - 5, gpu) and ok
     total = run.elapsed()
     run.log(f"gpu-check {'PASSED' if ok else 'FAILED'} in {total:.0f} s of {args.budget:.0f}")
     for n, s, sec, note in run.stages:

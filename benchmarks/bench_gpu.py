@@ -1,6 +1,7 @@
 """GPU benchmark: Triton and CUDA kernels beside the baselines, on one device, in one run.
 
     python benchmarks/bench_gpu.py            # n = 2^28 bf16, K = 4 and 64, plus the LLaMA2-7B apply
+                                              # and K = 4 project, per tensor and as one list call
     python benchmarks/bench_gpu.py --quick    # n = 2^24, no 7B model
     python benchmarks/bench_gpu.py --smoke    # tiny sizes, any device (CPU: Triton's interpreter), no CSV:
                                               # checks the script end to end; its times mean nothing
@@ -81,21 +82,33 @@ def llama2_7b_shapes():
     return shapes
 
 
-def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state=None):
-    """Reconstruct-and-apply a Ferret update into bf16 parameters of LLaMA2-7B's shapes."""
-    shapes = shapes or llama2_7b_shapes()
-    if state is None or state.get("shapes") is not shapes:
-        state = {"shapes": shapes, "params": [torch.zeros(s, dtype=torch.bfloat16, device=device) for _, s in shapes]}
+def _7b_state(shapes, bs, K, device, state):
+    if state is None or state.get("shapes") is not shapes or state.get("K") != K:
+        state = {"shapes": shapes, "K": K}
+        state["params"] = [torch.zeros(s, dtype=torch.bfloat16, device=device) for _, s in shapes]
         offsets, off = [], 0
         for p in state["params"]:
             offsets.append(off)
             off += fk.num_blocks(p.numel(), bs)
         state["offsets"], state["coeffs"] = offsets, torch.randn(off, K, device=device) * 1e-3
+    return state
+
+
+def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state=None, multi=False):
+    """Reconstruct-and-apply a Ferret update into bf16 parameters of LLaMA2-7B's shapes: one
+    reconstruct_ per tensor (291 calls), or `multi`: one reconstruct_multi_ for the model."""
+    shapes = shapes or llama2_7b_shapes()
+    state = _7b_state(shapes, bs, K, device, state)
     params, offsets, coeffs = state["params"], state["offsets"], state["coeffs"]
     total = sum(p.numel() for p in params)
 
     def apply():
         with fk.use_backend(be):
+            if multi:
+                fk.reconstruct_multi_(
+                    params, coeffs, 1234, bs, block_offsets=offsets, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0
+                )
+                return
             for p, o in zip(params, offsets):
                 nb = fk.num_blocks(p.numel(), bs)
                 fk.reconstruct_(
@@ -105,7 +118,7 @@ def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state
     apply()  # compile / autotune outside the timing
     t = do_bench(apply, device)
     row = dict(
-        op="apply_llama2_7b",
+        op="apply_llama2_7b_multi" if multi else "apply_llama2_7b",
         backend=be,
         dist=dist,
         dtype="bfloat16",
@@ -115,6 +128,37 @@ def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state
         time_ms=t * 1e3,
         Gelem_bases_per_s=total * K / t / 1e9,
         GB_per_s=4 * total / t / 1e9,
+    )
+    return row, state
+
+
+def bench_7b_project(be, dist, bs=1 << 20, K=4, shapes=None, device="cuda", state=None, multi=False):
+    """Project a whole LLaMA2-7B-shaped bf16 model at small K (memory bound): a project per
+    tensor (291 calls, ~4 launches each) against one project_multi (one launch per dtype)."""
+    shapes = shapes or llama2_7b_shapes()
+    state = _7b_state(shapes, bs, K, device, state)
+    params, offsets = state["params"], state["offsets"]
+    total = sum(p.numel() for p in params)
+
+    def run():
+        with fk.use_backend(be):
+            if multi:
+                return fk.project_multi(params, 99, K, bs, block_offsets=offsets, dist=dist)
+            return [fk.project(p, 99, K, bs, block_offset=o, dist=dist) for p, o in zip(params, offsets)]
+
+    run()
+    t = do_bench(run, device)
+    row = dict(
+        op="project_llama2_7b_multi" if multi else "project_llama2_7b",
+        backend=be,
+        dist=dist,
+        dtype="bfloat16",
+        n=total,
+        K=K,
+        block_size=bs,
+        time_ms=t * 1e3,
+        Gelem_bases_per_s=total * K / t / 1e9,
+        GB_per_s=2 * total / t / 1e9,
     )
     return row, state
 
@@ -284,9 +328,21 @@ def main(argv=None):
         state = None
         for dist in dists:
             for be in backends:
-                if out_of_time(f"7B apply {be} {dist}"):
+                for multi in (False, True):  # a call per tensor, then the list op, side by side
+                    if out_of_time(f"7B apply {be} {dist}{' multi' if multi else ''}"):
+                        continue
+                    row, state = bench_7b_apply(
+                        be, dist, bs=bs, K=K_7b, shapes=shapes_7b, device=dev, state=state, multi=multi
+                    )
+                    emit(row, extra)
+        # the whole model at K = 4: per-tensor host work against the list op
+        for be in backends:
+            for multi in (False, True):
+                if out_of_time(f"7B project K=4 {be}{' multi' if multi else ''}"):
                     continue
-                row, state = bench_7b_apply(be, dist, K=K_7b, shapes=shapes_7b, device=dev, state=state)
+                row, state = bench_7b_project(
+                    be, "rademacher", bs=bs, K=4, shapes=shapes_7b, device=dev, state=state, multi=multi
+                )
                 emit(row, extra)
         state = None
         if dev == "cuda":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import project, reconstruct_
+from .. import project_multi, reconstruct_multi_
 from ..ops import num_blocks
 from .layout import ParamLayout
 
@@ -122,20 +122,23 @@ def project_sharded(
     active = codec.active_counts(norms)
     kop = cfg.max_bases
     part = torch.zeros(layout.total_blocks, kop, dtype=torch.float32)
-    for s, a, b, start, first, nb in _local_pieces(layout, old, new):
-        act = active[first : first + nb].to(a.device)
-        g = project(
-            a.detach(),
+    groups: dict = {}  # this rank's pieces by device: one project_multi call each
+    for piece in _local_pieces(layout, old, new):
+        groups.setdefault(piece[1].device, []).append(piece)
+    for dev, pieces in groups.items():
+        rows = torch.cat([torch.arange(first, first + nb) for *_, first, nb in pieces])
+        g = project_multi(
+            [a.detach() for _, a, *_ in pieces],
             seed,
             kop,
             bs,
-            y=b.detach(),
-            block_offset=s.block_offset,
+            ys=[b.detach() for _, _, b, *_ in pieces],
+            block_offsets=[s.block_offset for s, *_ in pieces],
+            starts=[s.lead + start for s, _, _, start, _, _ in pieces],
             dist=cfg.dist,
-            active=act,
-            start=s.lead + start,
+            active=active[rows].to(dev),
         )
-        part[first : first + nb] += g.cpu()
+        part.index_add_(0, rows, g.cpu())
     full = {s.name: _full_delta(old[s.name], new[s.name], group) for s in layout.full}
     return codec.message(_gather_sum(part, group), active, full, seed, weight=weight, round=round, client=client)
 
@@ -161,24 +164,24 @@ def apply_sharded(
     """w <- w - lr * V coeffs on every rank's shard, in place: coeffs are dense, already scaled
     [total_blocks, K] (what UpdateCodec.apply_coefficients takes)."""
     bs = layout.block_size
+    groups: dict = {}  # this rank's shards by device: one reconstruct_multi_ call each
     for s in layout.projected:
         local, start, _ = shard_extent(params[s.name])
         if local.numel() == 0:
             continue
-        first, nb = _rows_of(s, bs, start, local.numel())
-        c = coeffs[first : first + nb].to(local.device)
-        act = None if active is None else active[first : first + nb].to(torch.int32).to(local.device)
-        view = local if local.is_contiguous() else None
-        if view is None:
+        if not local.is_contiguous():
             raise ValueError(f"ferret: the local shard of {s.name} is not contiguous")
-        reconstruct_(
-            view,
-            c,
+        groups.setdefault(local.device, []).append((s, local, start, *_rows_of(s, bs, start, local.numel())))
+    for dev, shards in groups.items():  # every shard checked above, before the first write
+        rows = torch.cat([torch.arange(first, first + nb) for *_, first, nb in shards])
+        reconstruct_multi_(
+            [local for _, local, *_ in shards],
+            coeffs[rows].to(dev),
             seed,
             bs,
-            block_offset=s.block_offset,
+            block_offsets=[s.block_offset for s, *_ in shards],
+            starts=[s.lead + start for s, _, start, _, _ in shards],
             dist=dist_name,
             alpha=-lr,
-            active=act,
-            start=s.lead + start,
+            active=None if active is None else active[rows].to(torch.int32).to(dev),
         )

@@ -78,12 +78,26 @@ def test_cpp_caller_without_python_gets_the_cpu_kernels_results(tmp_path):
     assert got["reconstruct"] == _bits(r)
     assert got["reconstruct_start"] == _bits(r[1500:])
     assert got["reconstruct_"] == _bits(out)
+    with fk.use_backend("cpu"):  # the list ops: a C++ caller gets the Python layer's bits
+        xs, starts = [x, y[:1500]], [0, 700]
+        gm = fk.project_multi(xs, 7, 8, bs, block_offsets=[3, 9], starts=starts, dist="uniform", scale=0.5)
+        outs = fk.reconstruct_multi_(
+            [t.clone() for t in xs], gm, 7, bs, block_offsets=[3, 9], starts=starts, alpha=-0.5
+        )
+    assert got["project_multi"] == _bits(gm)
+    assert got["reconstruct_multi_0"] == _bits(outs[0])
+    assert got["reconstruct_multi_1"] == _bits(outs[1].float())
     assert "error ValueError ferret: num_bases must be a positive int, got 0" in run.stdout
     if torch.cuda.is_available() and "cuda" in fk.available_backends("cuda"):
         with fk.use_backend("cuda"):
             gc = fk.project(x.cuda(), 7, 8, bs, block_offset=3, scale=0.5)
             rc = fk.reconstruct(gc, 7, n, bs, block_offset=3, dist="uniform", scale=2.0)
         assert got["project_cuda"] == _bits(gc.cpu())
+        with fk.use_backend("cuda"):
+            gmc = fk.project_multi(
+                [x.cuda(), y[:1500].cuda()], 7, 8, bs, block_offsets=[3, 9], starts=[0, 700], dist="uniform", scale=0.5
+            )
+        assert got["project_multi_cuda"] == _bits(gmc.cpu())
         assert got["reconstruct_cuda"] == _bits(rc.cpu())
     else:
         assert "project_cuda" not in got

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <vector>
 #include <cstring>
 #include <optional>
 
@@ -49,6 +50,14 @@ int main(int argc, char** argv) {
   auto reconstruct_ = d.findSchemaOrThrow("ferret::reconstruct_", "")
                           .typed<void(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view,
                                       double, double, const std::optional<at::Tensor>&, int64_t)>();
+  auto project_multi =
+      d.findSchemaOrThrow("ferret::project_multi", "")
+          .typed<at::Tensor(at::TensorList, at::TensorList, int64_t, int64_t, int64_t, at::IntArrayRef,
+                            c10::string_view, double, const std::optional<at::Tensor>&, at::IntArrayRef)>();
+  auto reconstruct_multi_ =
+      d.findSchemaOrThrow("ferret::reconstruct_multi_", "")
+          .typed<void(at::TensorList, const at::Tensor&, int64_t, int64_t, at::IntArrayRef, c10::string_view, double,
+                      double, const std::optional<at::Tensor>&, at::IntArrayRef)>();
   const int64_t n = 5000, bs = 1024;
   at::Tensor x = at::arange(n, at::kFloat).mul(0.37).sin();
   at::Tensor y = at::arange(n, at::kFloat).mul(0.11).cos().to(at::kBFloat16);
@@ -63,8 +72,20 @@ int main(int argc, char** argv) {
   at::Tensor out = at::arange(n, at::kFloat).mul(0.01);
   reconstruct_.call(out, g, 7, bs, 3, "rademacher", 0.5, -1.0, std::nullopt, 0);
   print_bits("reconstruct_", out);
+  // a list of tensors: x, then the first 1500 elements of y, which start at element 700 of block 9
+  const std::vector<at::Tensor> xs{x, y.narrow(0, 0, 1500)};
+  const std::vector<int64_t> offs{3, 9}, starts{0, 700};
+  at::Tensor gm = project_multi.call(xs, {}, 7, 8, bs, offs, "uniform", 0.5, std::nullopt, starts);
+  print_bits("project_multi", gm);
+  std::vector<at::Tensor> outs{x.clone(), y.narrow(0, 0, 1500).clone()};
+  reconstruct_multi_.call(outs, gm, 7, bs, offs, "rademacher", 1.0, -0.5, std::nullopt, starts);
+  print_bits("reconstruct_multi_0", outs[0]);
+  print_bits("reconstruct_multi_1", outs[1].to(at::kFloat));
   if (at::hasCUDA()) {  // the CUDA kernels, through the same dispatcher entries
     at::Tensor xc = x.to(at::kCUDA);
+    const std::vector<at::Tensor> xsc{xc, xs[1].to(at::kCUDA)};
+    print_bits("project_multi_cuda",
+               project_multi.call(xsc, {}, 7, 8, bs, offs, "uniform", 0.5, std::nullopt, starts).cpu());
     at::Tensor gc = project.call(xc, std::nullopt, 7, 8, bs, 3, "rademacher", 0.5, std::nullopt, 0);
     print_bits("project_cuda", gc.cpu());
     print_bits("reconstruct_cuda",

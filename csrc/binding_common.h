@@ -91,7 +91,8 @@ inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int
   TORCH_CHECK_VALUE(block_offset >= 0, "ferret: block_offset must be >= 0, got ", num(block_offset));
   TORCH_CHECK_VALUE(numel >= 0, "ferret: numel must be >= 0, got ", num(numel));
   const int64_t nb = ceil_div(numel, block_size);
-  TORCH_CHECK_VALUE(block_offset + nb <= (int64_t(1) << 32),
+  // written as a difference: block_offset + nb overflows int64 for offsets near 2^63
+  TORCH_CHECK_VALUE(nb <= (int64_t(1) << 32) && block_offset <= (int64_t(1) << 32) - nb,
                     "ferret: global block indices must stay below 2^32 (block_offset + num_blocks: ", num(block_offset),
                     " + ", num(nb), ")");
 }
@@ -100,7 +101,7 @@ inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int
 // checked by the CPU binding only (check_active_range): on a GPU that would copy them to the host
 // on every call; the GPU kernels clamp them to [0, num_bases] instead.
 inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks,
-                                 const at::Device& device) {
+                                 const at::Device& device, int64_t num_bases) {
   if (!active.has_value()) return at::Tensor();
   const at::Tensor& a = *active;
   TORCH_CHECK_TYPE(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong,
@@ -108,7 +109,10 @@ inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_
   TORCH_CHECK_VALUE(a.device() == device, "ferret: active must be on ", name(device), ", got ", name(a.device()));
   TORCH_CHECK_VALUE(a.dim() == 1 && a.size(0) == num_blocks, "ferret: active must have shape [", num(num_blocks),
                     "] (one count per block), got ", shape(a.sizes()));
-  return a.to(at::kInt).contiguous();
+  // int64 counts are clamped to [-1, K + 1] before they become int32: a count of 2^32 + 2 must
+  // not wrap to 2 (the CPU range check then refuses it; the GPU kernels clamp it to K)
+  if (a.scalar_type() == at::kLong) return a.clamp(-1, num_bases + 1).to(at::kInt).contiguous();
+  return a.contiguous();
 }
 
 struct ProjectArgs {
@@ -132,7 +136,7 @@ inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Ten
   check_plan(x.numel(), num_bases, block_size, block_offset);
   const int dist_id = parse_dist(dist);
   const int64_t nb = ceil_div(x.numel(), block_size);
-  a.active = checked_active(active, nb, x.device());
+  a.active = checked_active(active, nb, x.device(), num_bases);
   a.x = x.contiguous();
   if (y.has_value()) a.y = y->contiguous();
   // every entry is written by the second pass of both backends (rows past a block's active count
@@ -187,7 +191,7 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
   const int64_t nb = ceil_div(out.numel(), block_size);
   TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
                     " in ", num(out.numel()), " elements), got shape ", shape(coeffs.sizes()));
-  a.active = checked_active(active, nb, out.device());
+  a.active = checked_active(active, nb, out.device(), num_bases);
   a.coeffs = coeffs.to(at::kFloat).contiguous();
   ReconstructParams& p = a.p;
   p.coeffs = a.coeffs.data_ptr<float>();
@@ -240,8 +244,10 @@ inline void check_start_call(int64_t numel, int64_t num_bases, int64_t block_siz
                              int64_t start) {
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   check_plan(numel, num_bases, block_size, block_offset);
-  const int64_t first = block_offset + start / block_size, nb = blocks_from(start, numel, block_size);
-  TORCH_CHECK_VALUE(first + nb <= (int64_t(1) << 32),
+  // block_offset <= 2^32 here (check_plan) and skip is bounded first, so nothing overflows int64
+  const int64_t skip = start / block_size, nb = blocks_from(start, numel, block_size);
+  const int64_t first = block_offset + std::min(skip, int64_t(1) << 33);
+  TORCH_CHECK_VALUE(skip <= (int64_t(1) << 32) && nb <= (int64_t(1) << 32) && first <= (int64_t(1) << 32) - nb,
                     "ferret: global block indices must stay below 2^32 (block_offset + num_blocks: ", num(first), " + ",
                     num(nb), ")");
 }
@@ -251,6 +257,14 @@ using ProjectFn = at::Tensor (*)(const at::Tensor&, const c10::optional<at::Tens
 // out[0, numel) (+)= reconstruction of coeffs from a block boundary (the backend's kernel)
 using ReconstructIntoFn = void (*)(at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view, double,
                                    double, bool, const c10::optional<at::Tensor>&);
+
+// Before block_offset + start / block_size is formed (int64: it overflows for values near 2^63).
+inline void check_first_block(int64_t block_offset, int64_t start, int64_t block_size) {
+  TORCH_CHECK_VALUE(block_offset >= 0, "ferret: block_offset must be >= 0, got ", num(block_offset));
+  TORCH_CHECK_VALUE(block_offset <= (int64_t(1) << 32) && start / block_size <= (int64_t(1) << 32),
+                    "ferret: global block indices must stay below 2^32 (block_offset ", num(block_offset),
+                    ", start / block_size ", num(start / block_size), ")");
+}
 
 inline c10::optional<at::Tensor> rows(const c10::optional<at::Tensor>& t, int64_t first, int64_t count) {
   if (!t.has_value()) return c10::nullopt;
@@ -263,6 +277,7 @@ inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10
                                bool check_counts) {
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
+  check_first_block(block_offset, start, block_size);
   if (start % block_size == 0)
     return aligned(x, y, seed, num_bases, block_size, block_offset + start / block_size, dist, scale, active);
   // the whole call first (dtype, y, plan, dist, active), then the two pieces
@@ -279,7 +294,7 @@ inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10
   check_start_call(n, num_bases, block_size, block_offset, start);
   parse_dist(dist);
   const int64_t nb = blocks_from(start, n, block_size);
-  at::Tensor act = checked_active(active, nb, x.device());
+  at::Tensor act = checked_active(active, nb, x.device(), num_bases);
   if (check_counts) check_active_range(act, num_bases);
   const c10::optional<at::Tensor> act_opt = act.defined() ? c10::optional<at::Tensor>(act) : c10::nullopt;
   const int64_t h = std::min(n, block_size - p0);
@@ -306,6 +321,7 @@ inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const a
                              bool check_counts) {
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
+  check_first_block(block_offset, start, block_size);
   if (start % block_size == 0)
     return aligned(out, coeffs, seed, block_size, block_offset + start / block_size, dist, scale, alpha, accumulate,
                    active);
@@ -321,7 +337,7 @@ inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const a
   const int64_t nb = blocks_from(start, n, block_size);
   TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
                     " in ", num(n), " elements from element ", num(start), "), got shape ", shape(coeffs.sizes()));
-  at::Tensor act = checked_active(active, nb, out.device());
+  at::Tensor act = checked_active(active, nb, out.device(), num_bases);
   if (check_counts) check_active_range(act, num_bases);
   const c10::optional<at::Tensor> act_opt = act.defined() ? c10::optional<at::Tensor>(act) : c10::nullopt;
   const int64_t h = std::min(n, block_size - p0);
@@ -406,7 +422,7 @@ inline MultiPlan plan_multi(const char* what, at::TensorList ts, at::TensorList 
       plan.rows += nb;
     });
   }
-  plan.active = checked_active(active, plan.rows, device);
+  plan.active = checked_active(active, plan.rows, device, num_bases);
   return plan;
 }
 
@@ -417,6 +433,10 @@ inline void check_outs(at::TensorList outs) {
   for (size_t i = 0; i < outs.size(); ++i) {
     TORCH_CHECK_VALUE(outs[i].is_contiguous(), "ferret: outs[", num((int64_t)i),
                       "]: reconstruct_multi_ needs contiguous tensors");
+    // no autograd: a tensor that requires grad is updated only under no_grad (checked here, before
+    // any tensor is written, instead of the first in-place write failing halfway)
+    TORCH_CHECK_VALUE(!(outs[i].requires_grad() && at::GradMode::is_enabled()), "ferret: outs[", num((int64_t)i),
+                      "] requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)");
     if (outs[i].numel()) spans.emplace_back(reinterpret_cast<uintptr_t>(outs[i].data_ptr()), (int64_t)i);
   }
   std::sort(spans.begin(), spans.end());

@@ -8,6 +8,8 @@ use_backend), calling the Triton or reference implementation when asked to.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from . import backends, ops
@@ -78,18 +80,37 @@ def reconstruct_(
     return out
 
 
-def _list_plan(ts, block_size, block_offsets, starts):
+def _ints(values, what: str) -> list[int]:
+    """Per-tensor offsets as Python ints: ints, numpy / torch integer scalars; a float, bool or
+    string is refused (int() would truncate 1.7 to 1)."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or isinstance(v, torch.Tensor) and v.dtype == torch.bool:
+            raise TypeError(f"ferret: {what}[{i}] must be an int, got a bool")
+        try:
+            out.append(operator.index(v))
+        except TypeError:
+            raise TypeError(f"ferret: {what}[{i}] must be an int, got {type(v).__name__}") from None
+    return out
+
+
+def _list_plan(ts, block_size, block_offsets, starts, what="xs"):
+    if isinstance(ts, torch.Tensor):
+        raise TypeError(f"ferret: {what} must be a list of tensors, got a tensor (wrap it: [t])")
     ts = list(ts)
     if not ts:
-        raise ValueError("ferret: the list must hold at least one tensor")
+        raise ValueError(f"ferret: {what} must hold at least one tensor")
+    for i, t in enumerate(ts):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"ferret: {what}[{i}] must be a tensor, got {type(t).__name__}")
     if starts is not None and block_offsets is None:
         raise ValueError("ferret: give block_offsets with starts (where each tensor's blocks are numbered)")
     if block_offsets is None:  # one tensor after another, each from a block boundary
         block_offsets, b = [], 0
         for t in ts:
             block_offsets.append(b)
-            b += num_blocks(t.numel(), block_size) if block_size > 0 else 0
-    return ts, [int(o) for o in block_offsets], [int(s) for s in (starts or [])]
+            b += num_blocks(t.numel(), block_size) if isinstance(block_size, int) and block_size > 0 else 0
+    return ts, _ints(block_offsets, "block_offsets"), _ints(starts or [], "starts")
 
 
 def project_multi(
@@ -113,7 +134,11 @@ def project_multi(
     `block_offsets` (default: the tensors' blocks one after another from 0) and `starts` (default
     all 0) are per tensor; `active` has one count per row of the result. No autograd (use project)."""
     xs, offs, starts = _list_plan(xs, block_size, block_offsets, starts)
-    ys = [] if ys is None else list(ys)
+    ys = [] if ys is None else _list_plan(ys, block_size, offs, None, "ys")[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in xs + ys):
+        raise ValueError(
+            "ferret: project_multi has no autograd: call it under torch.no_grad(), or use project for gradients"
+        )
     return _impl(xs[0].device).project_multi(
         xs, ys, seed_to_op(seed), num_bases, block_size, offs, dist, float(scale), active, starts
     )
@@ -136,7 +161,7 @@ def reconstruct_multi_(
     call (one launch per dtype on CUDA); rows, block_offsets and starts as in project_multi. The
     outs must be contiguous and must not overlap; everything is checked before any is written.
     Returns outs."""
-    outs, offs, starts = _list_plan(outs, block_size, block_offsets, starts)
+    outs, offs, starts = _list_plan(outs, block_size, block_offsets, starts, "outs")
     _impl(outs[0].device).reconstruct_multi_(
         outs, coeffs, seed_to_op(seed), block_size, offs, dist, float(scale), float(alpha), active, starts
     )

@@ -240,6 +240,10 @@ def check_outs(outs) -> None:
     for i, t in enumerate(outs):
         if not t.is_contiguous():
             raise ValueError(f"ferret: outs[{i}]: reconstruct_multi_ needs contiguous tensors")
+        if t.requires_grad and torch.is_grad_enabled():  # before any write, not at the first one
+            raise ValueError(
+                f"ferret: outs[{i}] requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)"
+            )
         if t.numel() and _real(t):
             spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i))
     spans.sort()
@@ -629,6 +633,18 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
 
 
 register_adjoint_autograd("ferret::project", "ferret::reconstruct")
+
+
+def _no_backward(ctx, grad):
+    raise RuntimeError(
+        "ferret: project_multi has no backward; use project per tensor for gradients "
+        "(ferret_kernels.project_multi refuses inputs that require grad)"
+    )
+
+
+# Without this the dispatcher's fallback only warns at backward time and the inputs get no
+# gradient; the list op is for federated updates, computed under no_grad.
+torch.library.register_autograd("ferret::project_multi", _no_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 def seed_to_op(seed: int) -> int:

@@ -412,8 +412,9 @@ def _project_multi_kernel(
     # the chunk's elements of this tensor: tile offsets [lo, hi) from tensor element e0 (a scalar
     # base and int32 offsets: per-element 64-bit addresses took 254 registers on sm_90)
     e0 = j * block_size + cstart - lead
-    lo = (tl.maximum(-e0, 0)).to(tl.int32)
-    hi = (tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK)).to(tl.int32)
+    # clamped to [0, CHUNK] in int64 before the int32 cast (blocks past 2^31 elements would wrap)
+    lo = tl.minimum(tl.maximum(-e0, 0), CHUNK).to(tl.int32)
+    hi = tl.maximum(tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK), 0).to(tl.int32)
     offs = _tile_offsets(DIST, ROWS)
     mask = (offs >= lo) & (offs < hi)
     x_ptr = tl.load(seg + 5).to(tl.pointer_type(XT)) + e0
@@ -480,8 +481,8 @@ def _reconstruct_multi_kernel(
             else:
                 acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
         e0 = j * block_size + cstart - lead
-        lo = (tl.maximum(-e0, 0)).to(tl.int32)
-        hi = (tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK)).to(tl.int32)
+        lo = tl.minimum(tl.maximum(-e0, 0), CHUNK).to(tl.int32)
+        hi = tl.maximum(tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK), 0).to(tl.int32)
         offs = _tile_offsets(DIST, ROWS)
         mask = (offs >= lo) & (offs < hi)
         ptrs = out_ptr + e0 + offs
@@ -573,8 +574,14 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
 _real = ops._real
 
 
-def _active32(active):
-    return None if active is None else active.to(torch.int32).contiguous()
+def _active32(active, num_bases):
+    """Counts as int32 for the kernels (which clamp them to [0, K]); int64 counts are clamped to
+    [-1, K + 1] first so that 2^32 + 2 cannot wrap to 2."""
+    if active is None:
+        return None
+    if active.dtype == torch.int64:
+        active = active.clamp(-1, num_bases + 1)
+    return active.to(torch.int32).contiguous()
 
 
 @triton_op("ferret::_triton_project", mutates_args=())
@@ -599,7 +606,7 @@ def project(
     _check_grid(nb * cpb, f"{nb} blocks x {cpb} chunks of {chunk}")
     _check_grid(nb * triton.cdiv(num_bases, kt), f"{nb} blocks x {triton.cdiv(num_bases, kt)} tiles of {kt} bases")
     out = torch.empty(nb, num_bases, device=x.device, dtype=torch.float32)  # every entry is written
-    act = _active32(active)
+    act = _active32(active, num_bases)
     # partial sums past a block's active count are not written: zeros then; else every entry is written
     part = (torch.zeros if act is not None else torch.empty)(nb * cpb, num_bases, device=x.device, dtype=torch.float32)
     xc = _aligned(x.reshape(-1).contiguous())
@@ -664,7 +671,7 @@ def _launch_reconstruct(out, coeffs, seed, block_size, block_offset, dist, facto
     min_chunk = min(cfg.kwargs["CHUNK"] for cfg in _reconstruct_kernel.configs)
     _check_grid(nb * triton.cdiv(block_size, min_chunk), f"{nb} blocks x chunks of {min_chunk}")
     c = coeffs.to(torch.float32).contiguous()
-    act = _active32(active)
+    act = _active32(active, coeffs.shape[1])
     k0, k1 = _key(seed)
     with _on_device(out):
         _tune_on_scratch(out, c, act, block_size, dist, accum)
@@ -778,7 +785,7 @@ def _project_multi(xs, ys, seed, num_bases, block_size, block_offsets, dist, sca
     groups, keep = _segment_groups(xs, ys, spans, block_size, block_offsets, starts)
     for _, _, n, _ in groups:
         _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {chunk}")
-    act = _active32(active)
+    act = _active32(active, num_bases)
     k0, k1 = _key(seed)
     with _on_device(xs[0]):
         for dtype, tab, n, gspans in groups:
@@ -823,7 +830,7 @@ def _reconstruct_multi_(outs, coeffs, seed, block_size, block_offsets, dist, sca
     groups, keep = _segment_groups(outs, [], spans, block_size, block_offsets, starts)
     for _, _, n, _ in groups:
         _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {_RECON_MULTI_CHUNK}")
-    act = _active32(active)
+    act = _active32(active, num_bases)
     k0, k1 = _key(seed)
     with _on_device(coeffs):
         for dtype, tab, n, _ in groups:

@@ -298,3 +298,130 @@ def test_opcheck_and_fake_shapes():
         fx = [mode.from_tensor(x) for x in xs]
         out = torch.ops.ferret.project_multi(fx, [], 7, 4, 256, [0, 3], "rademacher", 1.0, None, [255, 0])
         assert tuple(out.shape) == (6, 4) and out.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- hostile lists
+# Found by an adversarial pass over the list ops (2026-11-26); each case failed before its fix.
+
+
+def _all_cpu_backends():
+    names = ["cpu", "reference"]
+    if fk.backends.unavailable_reason("triton", torch.device("cpu")) is None:
+        from ferret_kernels import triton_kernels  # noqa: F401
+
+        names.append("triton")
+    return [n for n in names if fk.backends.unavailable_reason(n, torch.device("cpu")) is None]
+
+
+@pytest.mark.parametrize("count", [2**32 + 2, -(2**32)])
+def test_int64_active_counts_do_not_wrap_into_range(count):
+    """A count of 2^32 + 2 was cast to int32 (2) before the CPU kernel's range check."""
+    for backend in _all_cpu_backends():
+        out = torch.zeros(10)
+        with fk.use_backend(backend):
+            with pytest.raises(ValueError, match="active counts must be in"):
+                fk.project_multi([torch.randn(10)], 1, 4, 16, active=torch.tensor([count]))
+            with pytest.raises(ValueError, match="active counts must be in"):
+                fk.reconstruct_multi_([out], torch.ones(1, 4), 1, 16, active=torch.tensor([count]))
+            with pytest.raises(ValueError, match="active counts must be in"):
+                fk.project(torch.randn(10), 1, 4, 16, active=torch.tensor([count]))
+        assert torch.equal(out, torch.zeros(10)), backend
+
+
+@pytest.mark.parametrize(
+    "offsets,starts", [([2**63 - 1], None), ([0], [2**63 - 1]), ([2**32], [16]), ([2**32 - 1], [32])]
+)
+def test_block_indices_past_2_32_are_refused_without_int64_overflow(offsets, starts):
+    """block_offset + num_blocks overflowed int64 in the C++ check for offsets near 2^63 (and
+    the kernels then used the offset truncated to 32 bits)."""
+    for backend in _all_cpu_backends():
+        out = torch.zeros(1)
+        with fk.use_backend(backend):
+            with pytest.raises(ValueError, match="global block indices must stay below 2\\^32"):
+                fk.project_multi([torch.ones(1)], 1, 4, 16, block_offsets=offsets, starts=starts)
+            with pytest.raises(ValueError, match="global block indices must stay below 2\\^32"):
+                fk.reconstruct_multi_([out], torch.ones(1, 4), 1, 16, block_offsets=offsets, starts=starts)
+        assert torch.equal(out, torch.zeros(1))
+    if fk.native_load_error() is None:
+        s = starts[0] if starts else 0
+        with pytest.raises(ValueError, match="global block indices must stay below 2\\^32"):
+            torch.ops.ferret.project(torch.ones(1), None, 1, 4, 16, offsets[0], "rademacher", 1.0, None, s)
+
+
+@pytest.mark.parametrize("bad", [[1.7], ["3"], [True], [None]])
+def test_offsets_must_be_ints(bad):
+    with pytest.raises(TypeError, match="block_offsets\\[0\\] must be an int"):
+        fk.project_multi([torch.ones(3)], 1, 4, 16, block_offsets=bad)
+    with pytest.raises(TypeError, match="starts\\[0\\] must be an int"):
+        fk.project_multi([torch.ones(3)], 1, 4, 16, block_offsets=[0], starts=bad)
+    import numpy as np
+
+    ok = fk.project_multi([torch.ones(3)], 1, 4, 16, block_offsets=[np.int64(2)], starts=torch.tensor([1]))
+    assert torch.equal(ok, fk.project(torch.ones(3), 1, 4, 16, block_offset=2, start=1))
+
+
+def test_lists_of_non_tensors_and_a_tensor_for_a_list_are_refused():
+    with pytest.raises(TypeError, match="xs\\[1\\] must be a tensor, got NoneType"):
+        fk.project_multi([torch.ones(3), None], 1, 4, 16)
+    with pytest.raises(TypeError, match="ys\\[0\\] must be a tensor"):
+        fk.project_multi([torch.ones(3)], 1, 4, 16, ys=[None])
+    out = torch.zeros(3, 5)
+    with pytest.raises(TypeError, match="outs must be a list of tensors, got a tensor"):
+        fk.reconstruct_multi_(out, torch.ones(6, 2), 1, 4)
+    assert torch.equal(out, torch.zeros(3, 5))
+
+
+def test_no_autograd_and_no_half_applied_update_for_tensors_that_require_grad():
+    """project_multi has no backward: the Python function refuses inputs that require grad, the raw
+    op's backward raises (the dispatcher's fallback only warned and left x.grad None); outs that
+    require grad are refused before any is written (the reference loop wrote outs[0], then failed)."""
+    xr = torch.randn(10, requires_grad=True)
+    for backend in _all_cpu_backends():
+        with fk.use_backend(backend):
+            with pytest.raises(ValueError, match="project_multi has no autograd"):
+                fk.project_multi([xr], 1, 4, 16)
+            with torch.no_grad():
+                g = fk.project_multi([xr], 1, 4, 16)
+            assert not g.requires_grad
+            o0, o1 = torch.zeros(4), torch.zeros(4, requires_grad=True)
+            with pytest.raises(ValueError, match="outs\\[1\\] requires grad"):
+                fk.reconstruct_multi_([o0, o1], torch.ones(2, 2), 1, 4)
+            assert torch.equal(o0, torch.zeros(4)) and torch.equal(o1.detach(), torch.zeros(4))
+            with torch.no_grad():
+                fk.reconstruct_multi_([o0, o1], torch.ones(2, 2), 1, 4)
+            assert o0.abs().sum() > 0 and o1.detach().abs().sum() > 0
+    if fk.native_load_error() is None:
+        g = torch.ops.ferret.project_multi([xr], [], 1, 4, 16, [0])
+        with pytest.raises(RuntimeError, match="project_multi has no backward"):
+            g.sum().backward()
+
+
+@pytest.mark.skipif(
+    fk.backends.unavailable_reason("triton", torch.device("cpu")) is not None, reason="Triton not available"
+)
+def test_triton_list_kernels_stay_inside_tensors_in_blocks_past_2_31():
+    """The Triton list kernels' in-chunk bounds were cast to int32 before clamping: in a block of
+    2^33 elements a chunk that holds none of a tensor's elements read 128 elements before it,
+    and one 2^32 elements past a 1-element tensor read past its end. Launched directly for the
+    one program that matters (the public call would need millions of programs here)."""
+    import triton.language as tl
+
+    from ferret_kernels import triton_kernels as tk
+
+    lead = 2**31 + 10
+    buf = torch.ones(128)
+    tab = torch.tensor([[0, 0, 1, lead, 0, buf.data_ptr() + lead * 4, 0, 0]], dtype=torch.int64)
+    part = torch.full((1, 4), float("nan"))
+    common = dict(XT=tl.float32, HAS_ACT=False, DIST=1, CHUNK=128, num_warps=4)
+    tk._project_multi_kernel[(1,)](tab, 1, part, part, 2**33, 4, 1, 0, HAS_Y=False, **common)
+    assert torch.equal(part, torch.zeros(1, 4))
+    buf2 = torch.ones(128)
+    tab = torch.tensor([[-1, 0, 1, 0, 0, buf2.data_ptr() - 2**32 * 4, 0, 0]], dtype=torch.int64)
+    part = torch.full((1, 4), float("nan"))
+    tk._project_multi_kernel[(1,)](tab, 1, part, part, 2**32, 4, 1, 0, HAS_Y=False, **common)
+    assert torch.equal(part, torch.zeros(1, 4))
+    out = torch.zeros(128)
+    tab = torch.tensor([[0, 0, 1, lead, 0, out.data_ptr() + lead * 4, 0, 0]], dtype=torch.int64)
+    c = torch.ones(1, 4)
+    tk._reconstruct_multi_kernel[(1,)](tab, 1, c, c, 2**33, 4, 1, 0, 1.0, **common)
+    assert torch.equal(out, torch.zeros(128))

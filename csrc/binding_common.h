@@ -100,8 +100,8 @@ inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int
 // Active counts as a contiguous int32 tensor on `device`, or an undefined tensor. Their range is
 // checked by the CPU binding only (check_active_range): on a GPU that would copy them to the host
 // on every call; the GPU kernels clamp them to [0, num_bases] instead.
-inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks,
-                                 const at::Device& device, int64_t num_bases) {
+inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_t num_blocks, const at::Device& device,
+                                 int64_t num_bases) {
   if (!active.has_value()) return at::Tensor();
   const at::Tensor& a = *active;
   TORCH_CHECK_TYPE(a.scalar_type() == at::kInt || a.scalar_type() == at::kLong,

@@ -1,4 +1,5 @@
-"""Triton project kernel: elements per program (CHUNK) x warps per program, side by side on one GPU.
+"""Triton project kernel: elements per program (CHUNK) x warps per program, and the pipelined
+small-K candidate (_project_loop_kernel: CHUNKS chunks a program, STAGES-deep), side by side on one GPU.
 
     python benchmarks/tune_triton_project.py [--log2n 28] [--csv path]
 
@@ -75,7 +76,10 @@ def main(argv=None) -> int:
                 for w in args.warps.split(",")
                 if (int(c), int(w)) != (shipped_chunk, 4)
             ]
-            for chunk, warps in configs:
+            # the pipelined candidate (_project_loop_kernel: K unrolled, CHUNKS chunks a program,
+            # STAGES-deep cp.async pipeline) at small K, with the shipped chunk and 4 warps
+            loops = [(shipped_chunk, 4, c, st) for c in (4, 8, 16) for st in (2, 3)] if K <= 8 else []
+            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops:
                 nb = (n + bs - 1) // bs
                 cpb = (bs + chunk - 1) // chunk
                 part = torch.zeros(nb * cpb, K, device=dev)
@@ -83,23 +87,46 @@ def main(argv=None) -> int:
                 k0, k1 = tk._key(12345)
 
                 def run():
-                    tk._project_kernel[(nb * cpb,)](
-                        x,
-                        x,
-                        out,
-                        part,
-                        n,
-                        bs,
-                        0,
-                        K,
-                        k0,
-                        k1,
-                        HAS_Y=False,
-                        HAS_ACT=False,
-                        DIST=tk._DIST_ID[dist],
-                        CHUNK=chunk,
-                        num_warps=warps,
-                    )
+                    if loop:
+                        chunks, stages = loop
+                        tk._project_loop_kernel[(triton.cdiv(nb * cpb, chunks),)](
+                            x,
+                            x,
+                            out,
+                            part,
+                            n,
+                            bs,
+                            0,
+                            k0,
+                            k1,
+                            nb * cpb,
+                            K=K,
+                            HAS_Y=False,
+                            HAS_ACT=False,
+                            DIST=tk._DIST_ID[dist],
+                            CHUNK=chunk,
+                            CHUNKS=chunks,
+                            STAGES=stages,
+                            num_warps=warps,
+                        )
+                    else:
+                        tk._project_kernel[(nb * cpb,)](
+                            x,
+                            x,
+                            out,
+                            part,
+                            n,
+                            bs,
+                            0,
+                            K,
+                            k0,
+                            k1,
+                            HAS_Y=False,
+                            HAS_ACT=False,
+                            DIST=tk._DIST_ID[dist],
+                            CHUNK=chunk,
+                            num_warps=warps,
+                        )
                     kt = min(64, triton.next_power_of_2(K))
                     tk._reduce_kernel[(nb, triton.cdiv(K, kt))](part, out, cpb, K, 1.0, KT=kt)
 
@@ -108,7 +135,9 @@ def main(argv=None) -> int:
                     if dev == "cuda":
                         torch.cuda.synchronize()
                 except Exception as e:  # a config that does not compile or launch is reported, not fatal
-                    print(f"{dist} K={K} chunk={chunk} warps={warps}: failed: {type(e).__name__}: {str(e)[:200]}")
+                    print(
+                        f"{dist} K={K} chunk={chunk} warps={warps} {loop}: failed: {type(e).__name__}: {str(e)[:200]}"
+                    )
                     continue
                 if ref is None:
                     ref = out.clone()
@@ -121,7 +150,8 @@ def main(argv=None) -> int:
                     K=K,
                     chunk=chunk,
                     num_warps=warps,
-                    shipped=(chunk, warps) == (shipped_chunk, 4),
+                    variant=f"loop_c{loop[0]}_s{loop[1]}" if loop else "one_chunk",
+                    shipped=(chunk, warps) == (shipped_chunk, 4) and not loop,
                     time_ms=round(t * 1e3, 5),
                     GB_per_s=round(gbs, 1),
                     frac_of_copy=round(gbs / copy_gbs, 4),
@@ -130,7 +160,7 @@ def main(argv=None) -> int:
                 )
                 rows.append(row)
                 print(
-                    f"{dist:10s} K={K:3d} chunk={chunk:6d} warps={warps:2d} {t * 1e3:8.4f} ms {gbs:7.0f} GB/s "
+                    f"{dist:10s} K={K:3d} chunk={chunk:6d} warps={warps:2d} {row['variant']:12s} {t * 1e3:8.4f} ms {gbs:7.0f} GB/s "
                     f"{gbs / copy_gbs:6.3f} of copy  identical={same}{'  (shipped)' if row['shipped'] else ''}",
                     flush=True,
                 )

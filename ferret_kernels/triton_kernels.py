@@ -272,6 +272,64 @@ def _project_kernel(
             tl.store(part_ptr + pid * K + k, d)
 
 
+# A candidate for the memory-bound end (small K), timed by benchmarks/tune_triton_project.py and
+# not shipped until a GPU has measured it: a program sums CHUNKS consecutive chunks, and with K a
+# constexpr (the bases unrolled, no loop nested in the chunk loop) Triton software-pipelines the
+# chunk loop: the next chunks' loads go to shared memory with cp.async while the current one is
+# summed (triton 3.9, sm_90: 20 cp.async and 17 KB of shared memory at STAGES = 2; with the
+# bases in a runtime loop it pipelines nothing). Inactive bases are computed and not stored.
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _project_loop_kernel(
+    x_ptr,
+    y_ptr,
+    act_ptr,
+    part_ptr,
+    numel,
+    block_size,
+    block_offset,
+    k0,
+    k1,
+    num_chunks,
+    K: tl.constexpr,
+    HAS_Y: tl.constexpr,
+    HAS_ACT: tl.constexpr,
+    DIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    ROWS: tl.constexpr = CHUNK // COLS
+    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
+    for i in tl.range(0, CHUNKS, num_stages=STAGES):
+        pid = tl.program_id(0).to(tl.int64) * CHUNKS + i
+        live = pid < num_chunks
+        b = pid // cpb
+        cstart = (pid % cpb) * CHUNK
+        blk_start = b * block_size
+        blk_len = tl.where(live, tl.minimum(block_size, numel - blk_start), 0)  # past the last chunk: nothing
+        j = cstart + _tile_offsets(DIST, ROWS)
+        mask = j < blk_len
+        xv = tl.load(x_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+        if HAS_Y:
+            xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+        kb = K
+        if HAS_ACT:
+            kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)
+        g = (block_offset + b).to(tl.uint32)
+        xbits = xv.to(tl.uint32, bitcast=True)
+        for k in tl.static_range(K):
+            if DIST == 0:
+                sx = (xbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
+                d = tl.sum(tl.sum(sx, axis=1), axis=0)
+            else:
+                d = tl.sum(tl.sum(xv * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1), axis=1), axis=0)
+            if HAS_ACT:
+                tl.store(part_ptr + pid * K + k, d, mask=live & (kb > k))
+            else:
+                tl.store(part_ptr + pid * K + k, d, mask=live)
+
+
 @triton.jit
 def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr):
     """Grid: num_blocks * ceil(K / KT), one-dimensional (a second grid dimension caps at 65535)."""

@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_FILES = [
     "tests/test_device_backends.py",
     "tests/test_multi.py",
+    "tests/test_triton_candidates.py",
     "tests/test_start_offset.py",
     "tests/test_op_surface.py",
     "tests/test_ops.py",

@@ -33,9 +33,15 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     kernels = {r["kernel"].split()[0] for r in rows}
-    assert kernels == {"project", "reconstruct", "project_multi", "reconstruct_multi", "reduce", "philox"} and {
-        r["arch"] for r in rows
-    } == {80, 90}
+    assert kernels == {
+        "project",
+        "project_loop",
+        "reconstruct",
+        "project_multi",
+        "reconstruct_multi",
+        "reduce",
+        "philox",
+    } and {r["arch"] for r in rows} == {80, 90}
     bad = [f"sm_{r['arch']} {r['kernel']}: {r.get('error')}" for r in rows if not r["ok"]]
     assert not bad, "\n".join(bad)
     spills = [f"sm_{r['arch']} {r['kernel']}: {r['spill_bytes']} bytes" for r in rows if r["spill_bytes"]]

@@ -83,6 +83,22 @@ def variants():
                             cfg.num_warps,
                             _attrs(fn, sig, aligned),
                         )
+    # the pipelined small-K candidate that benchmarks/tune_triton_project.py times
+    for dist in (0, 1):
+        for stages in (2, 3):
+            sig = {k: v for k, v in tk._aot_signatures("bf16")["project"].items() if k != "K"}
+            sig["num_chunks"] = "i64"
+            chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
+            const = {"K": 4, "HAS_Y": False, "HAS_ACT": False, "DIST": dist, "CHUNK": chunk, "CHUNKS": 4}
+            const["STAGES"] = stages
+            yield (
+                f"project_loop dist={dist} bf16 K=4 CHUNK={chunk} CHUNKS=4 STAGES={stages} aligned=True",
+                tk._project_loop_kernel,
+                sig,
+                const,
+                4,
+                _attrs(tk._project_loop_kernel, sig, True),
+            )
     # the list kernels: addresses come from the table, so there is no aligned variant
     tl_dt = {"fp32": tk.tl.float32, "bf16": tk.tl.bfloat16, "fp16": tk.tl.float16}
     ints = {"tab_ptr": "*i64", "S": "i32", "act_ptr": "*i32", "block_size": "i64", "K": "i32", "k0": "i32", "k1": "i32"}

@@ -1,0 +1,58 @@
+"""Kernel candidates that benchmarks time before one is shipped: they must compute what the
+shipped kernels compute, so that a faster one can replace them.
+
+- Triton `_project_loop_kernel` (CHUNKS chunks a program, bases unrolled, a cp.async pipeline
+  on a GPU) against the shipped `_project_kernel`, with y, active counts, a partial last chunk
+  and a grid that does not divide into CHUNKS: bit for bit in Triton's interpreter; on a GPU
+  within float32 rounding (the staged loads may give the reduction another order).
+- The CUDA cp.async candidate is checked in the emulator
+  (tests/test_cuda_emulation.py::test_cp_async_project_candidate_gives_the_shipped_bits).
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+import ferret_kernels as fk
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None
+    or fk.backends.unavailable_reason("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    is not None,
+    reason="Triton cannot run here",
+)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "uniform", "gaussian"])
+@pytest.mark.parametrize("chunks,stages", [(4, 2), (3, 3)])
+def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chunks, stages):
+    import triton
+
+    from ferret_kernels import triton_kernels as tk
+
+    bs = 1000 if DEV == "cpu" else 100_000
+    n = 5 * bs + 77
+    chunk = tk._project_chunk(bs, dist)
+    cpb = triton.cdiv(bs, chunk)
+    nb = triton.cdiv(n, bs)
+    K = 4
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, generator=g).bfloat16().to(DEV)
+    y = torch.randn(n, generator=g).bfloat16().to(DEV)
+    act = torch.tensor([4, 0, 2, 3, 1, 4], dtype=torch.int32, device=DEV)
+    k0, k1 = tk._key(2**64 - 3)
+    common = dict(HAS_Y=True, HAS_ACT=True, DIST=tk._DIST_ID[dist], CHUNK=chunk, num_warps=4)
+    want = torch.zeros(nb * cpb, K, device=DEV)
+    tk._project_kernel[(nb * cpb,)](x, y, act, want, n, bs, 7, K, k0, k1, **common)
+    got = torch.zeros(nb * cpb, K, device=DEV)  # entries past a block's active count stay zero
+    tk._project_loop_kernel[(triton.cdiv(nb * cpb, chunks),)](
+        x, y, act, got, n, bs, 7, k0, k1, nb * cpb, K=K, CHUNKS=chunks, STAGES=stages, **common
+    )
+    if DEV == "cpu":
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    inactive = torch.arange(K, device=DEV)[None, :] >= act.repeat_interleave(cpb)[:, None]
+    assert inactive.any() and (got[inactive] == 0).all() and (got[~inactive] != 0).all()

@@ -53,7 +53,10 @@ def _extensions():
     sources = rel("csrc/module.cpp") + rel("csrc/ops_schema.cpp") + rel("csrc/cpu/*.cpp")
     # the C++ standard is left to torch's BuildExtension (C++17 for older torch, C++20 for 2.14+)
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    # the headers every object includes: a change to one rebuilds (without `depends`, setuptools
+    # compares sources only, and an edited binding_common.h left a stale _C.so in place)
+    depends = rel("csrc/*.h") + rel("csrc/*/*.h") + rel("csrc/*/*.cuh")
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"], depends=depends)
     if _want_cuda():
         kwargs["include_dirs"] += _nvidia_wheel_includes()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FERRET_CUDA_ARCH", "8.0;9.0"))

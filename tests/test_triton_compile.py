@@ -22,16 +22,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # a real compile, not a cache hit
-    res = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "triton_aot.py"), "80", "90"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    # one process per architecture, side by side (each compile is single-threaded: 2 cores halve it)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "triton_aot.py"), arch],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env, TRITON_CACHE_DIR=str(tmp_path / f"cache{arch}")),
+            cwd=ROOT,
+        )
+        for arch in ("80", "90")
+    ]
+    rows = []
+    for p in procs:
+        out, err = p.communicate(timeout=1200)
+        assert p.returncode == 0, err[-4000:]
+        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     kernels = {r["kernel"].split()[0] for r in rows}
     assert kernels == {
         "project",

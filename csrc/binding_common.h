@@ -115,6 +115,16 @@ inline at::Tensor checked_active(const c10::optional<at::Tensor>& active, int64_
   return a.contiguous();
 }
 
+// y of project(x, y): x's dtype, device and element count.
+inline void check_y(const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK_TYPE(y.scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()),
+                   ", got ", name(y.scalar_type()));
+  TORCH_CHECK_VALUE(y.device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
+                    name(y.device()));
+  TORCH_CHECK_VALUE(y.numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()), "), got ",
+                    num(y.numel()));
+}
+
 struct ProjectArgs {
   at::Tensor x, y, active, out;
   ProjectParams p;
@@ -125,14 +135,7 @@ inline ProjectArgs make_project(const at::Tensor& x, const c10::optional<at::Ten
                                 double scale, const c10::optional<at::Tensor>& active) {
   ProjectArgs a;
   const int dt = parse_dtype(x.scalar_type(), "x");
-  if (y.has_value()) {
-    TORCH_CHECK_TYPE(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()),
-                     ", got ", name(y->scalar_type()));
-    TORCH_CHECK_VALUE(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
-                      name(y->device()));
-    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()), "), got ",
-                      num(y->numel()));
-  }
+  if (y.has_value()) check_y(x, *y);
   check_plan(x.numel(), num_bases, block_size, block_offset);
   const int dist_id = parse_dist(dist);
   const int64_t nb = ceil_div(x.numel(), block_size);
@@ -282,14 +285,7 @@ inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10
     return aligned(x, y, seed, num_bases, block_size, block_offset + start / block_size, dist, scale, active);
   // the whole call first (dtype, y, plan, dist, active), then the two pieces
   parse_dtype(x.scalar_type(), "x");
-  if (y.has_value()) {
-    TORCH_CHECK_TYPE(y->scalar_type() == x.scalar_type(), "ferret: y must have x's dtype ", name(x.scalar_type()),
-                     ", got ", name(y->scalar_type()));
-    TORCH_CHECK_VALUE(y->device() == x.device(), "ferret: y must be on x's device ", name(x.device()), ", got ",
-                      name(y->device()));
-    TORCH_CHECK_VALUE(y->numel() == x.numel(), "ferret: y must have as many elements as x (", num(x.numel()), "), got ",
-                      num(y->numel()));
-  }
+  if (y.has_value()) check_y(x, *y);
   const int64_t n = x.numel(), p0 = start % block_size, g0 = block_offset + start / block_size;
   check_start_call(n, num_bases, block_size, block_offset, start);
   parse_dist(dist);
@@ -406,15 +402,7 @@ inline MultiPlan plan_multi(const char* what, at::TensorList ts, at::TensorList 
     for_tensor(who, [&] {
       parse_dtype(t.scalar_type(), "the tensor");
       TORCH_CHECK_VALUE(t.device() == device, "ferret: must be on ", name(device), ", got ", name(t.device()));
-      if (!ys.empty()) {
-        const at::Tensor& y = ys[i];
-        TORCH_CHECK_TYPE(y.scalar_type() == t.scalar_type(), "ferret: y must have x's dtype ", name(t.scalar_type()),
-                         ", got ", name(y.scalar_type()));
-        TORCH_CHECK_VALUE(y.device() == t.device(), "ferret: y must be on x's device ", name(t.device()), ", got ",
-                          name(y.device()));
-        TORCH_CHECK_VALUE(y.numel() == t.numel(), "ferret: y must have as many elements as x (", num(t.numel()),
-                          "), got ", num(y.numel()));
-      }
+      if (!ys.empty()) check_y(t, ys[i]);
       const int64_t start = starts.empty() ? 0 : starts[i];
       check_start_call(t.numel(), num_bases, block_size, block_offsets[i], start);
       const int64_t nb = blocks_from(start, t.numel(), block_size);

@@ -124,18 +124,23 @@ def _check_float(t: torch.Tensor, what: str) -> None:
         raise TypeError(f"ferret: {what} must be float32, bfloat16 or float16, got {t.dtype}")
 
 
+def _check_y(x, y) -> None:
+    if y is None:
+        return
+    if y.dtype != x.dtype:
+        raise TypeError(f"ferret: y must have x's dtype {x.dtype}, got {y.dtype}")
+    if y.device != x.device:
+        raise ValueError(f"ferret: y must be on x's device {x.device}, got {y.device}")
+    if y.numel() != x.numel():
+        raise ValueError(f"ferret: y must have as many elements as x ({x.numel()}), got {y.numel()}")
+
+
 def validate_project(x, y, num_bases, block_size, block_offset, dist, active, values=True, start=0) -> None:
     """Raises a clear error for bad project arguments; `values=False` skips data-dependent checks (fake tensors)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"ferret: x must be a tensor, got {type(x).__name__}")
     _check_float(x, "x")
-    if y is not None:
-        if y.dtype != x.dtype:
-            raise TypeError(f"ferret: y must have x's dtype {x.dtype}, got {y.dtype}")
-        if y.device != x.device:
-            raise ValueError(f"ferret: y must be on x's device {x.device}, got {y.device}")
-        if y.numel() != x.numel():
-            raise ValueError(f"ferret: y must have as many elements as x ({x.numel()}), got {y.numel()}")
+    _check_y(x, y)
     _check_plan(x.numel(), num_bases, block_size, block_offset, dist)
     _check_start(start, x.numel(), block_size, block_offset)
     _check_active(active, num_blocks(x.numel(), block_size, start), num_bases, x.device, values)
@@ -212,14 +217,7 @@ def plan_multi(what, ts, ys, num_bases, block_size, block_offsets, starts, dist,
             _check_float(t, "the tensor")
             if t.device != device:
                 raise ValueError(f"ferret: must be on {device}, got {t.device}")
-            if ys:
-                y = ys[i]
-                if y.dtype != t.dtype:
-                    raise TypeError(f"ferret: y must have x's dtype {t.dtype}, got {y.dtype}")
-                if y.device != t.device:
-                    raise ValueError(f"ferret: y must be on x's device {t.device}, got {y.device}")
-                if y.numel() != t.numel():
-                    raise ValueError(f"ferret: y must have as many elements as x ({t.numel()}), got {y.numel()}")
+            _check_y(t, ys[i] if ys else None)
             start = starts[i] if starts else 0
             _check_plan(t.numel(), num_bases, block_size, block_offsets[i], dist)
             _check_start(start, t.numel(), block_size, block_offsets[i])

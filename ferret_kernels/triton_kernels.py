@@ -440,6 +440,31 @@ def _find_segment(tab_ptr, S, lr):
     return tab_ptr + lo * 8
 
 
+@triton.jit
+def _segment_chunk(tab_ptr, S, block_size, CHUNK: tl.constexpr):
+    """This program's chunk of a list launch: (pid, its segment's table row, block j of the
+    tensor, the output row, the tensor's numel and lead, the chunk's start in the block)."""
+    pid = tl.program_id(0).to(tl.int64)
+    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
+    lr = pid // cpb
+    seg = _find_segment(tab_ptr, S, lr)
+    j = lr - tl.load(seg)
+    return pid, seg, j, tl.load(seg + 1) + j, tl.load(seg + 2), tl.load(seg + 3), (pid % cpb) * CHUNK
+
+
+@triton.jit
+def _chunk_span(DIST: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr, j, block_size, cstart, lead, numel):
+    """The chunk's elements of its tensor: (tensor element e0 of the chunk's first position, the
+    tile offsets, the mask of offsets in [lo, hi)). A scalar base and int32 offsets: per-element
+    64-bit addresses took 254 registers on sm_90. The bounds are clamped to [0, CHUNK] in int64
+    before the int32 cast (in blocks past 2^31 elements they wrapped and read outside the tensor)."""
+    e0 = j * block_size + cstart - lead
+    lo = tl.minimum(tl.maximum(-e0, 0), CHUNK).to(tl.int32)
+    hi = tl.maximum(tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK), 0).to(tl.int32)
+    offs = _tile_offsets(DIST, ROWS)
+    return e0, offs, (offs >= lo) & (offs < hi)
+
+
 @triton.jit(do_not_specialize=("k0", "k1"))
 def _project_multi_kernel(
     tab_ptr,
@@ -458,23 +483,8 @@ def _project_multi_kernel(
 ):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
-    pid = tl.program_id(0).to(tl.int64)
-    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
-    lr = pid // cpb
-    seg = _find_segment(tab_ptr, S, lr)
-    j = lr - tl.load(seg)
-    row = tl.load(seg + 1) + j
-    numel = tl.load(seg + 2)
-    lead = tl.load(seg + 3)
-    cstart = (pid % cpb) * CHUNK
-    # the chunk's elements of this tensor: tile offsets [lo, hi) from tensor element e0 (a scalar
-    # base and int32 offsets: per-element 64-bit addresses took 254 registers on sm_90)
-    e0 = j * block_size + cstart - lead
-    # clamped to [0, CHUNK] in int64 before the int32 cast (blocks past 2^31 elements would wrap)
-    lo = tl.minimum(tl.maximum(-e0, 0), CHUNK).to(tl.int32)
-    hi = tl.maximum(tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK), 0).to(tl.int32)
-    offs = _tile_offsets(DIST, ROWS)
-    mask = (offs >= lo) & (offs < hi)
+    pid, seg, j, row, numel, lead, cstart = _segment_chunk(tab_ptr, S, block_size, CHUNK)
+    e0, offs, mask = _chunk_span(DIST, ROWS, CHUNK, j, block_size, cstart, lead, numel)
     x_ptr = tl.load(seg + 5).to(tl.pointer_type(XT)) + e0
     xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_Y:
@@ -513,15 +523,7 @@ def _reconstruct_multi_kernel(
 ):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
-    pid = tl.program_id(0).to(tl.int64)
-    cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
-    lr = pid // cpb
-    seg = _find_segment(tab_ptr, S, lr)
-    j = lr - tl.load(seg)
-    row = tl.load(seg + 1) + j
-    numel = tl.load(seg + 2)
-    lead = tl.load(seg + 3)
-    cstart = (pid % cpb) * CHUNK
+    pid, seg, j, row, numel, lead, cstart = _segment_chunk(tab_ptr, S, block_size, CHUNK)
     blo = tl.where(j == 0, lead, 0)
     bhi = tl.minimum(block_size, lead + numel - j * block_size)
     if (cstart < bhi) & (cstart + CHUNK > blo):  # else the chunk is outside the tensor
@@ -538,11 +540,7 @@ def _reconstruct_multi_kernel(
                 acc += (gbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
             else:
                 acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
-        e0 = j * block_size + cstart - lead
-        lo = tl.minimum(tl.maximum(-e0, 0), CHUNK).to(tl.int32)
-        hi = tl.maximum(tl.minimum(tl.minimum(numel - e0, block_size - cstart), CHUNK), 0).to(tl.int32)
-        offs = _tile_offsets(DIST, ROWS)
-        mask = (offs >= lo) & (offs < hi)
+        e0, offs, mask = _chunk_span(DIST, ROWS, CHUNK, j, block_size, cstart, lead, numel)
         ptrs = out_ptr + e0 + offs
         res = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + acc * factor
         tl.store(ptrs, res.to(XT), mask=mask)

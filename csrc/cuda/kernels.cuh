@@ -698,6 +698,14 @@ inline int64_t chunks_per_block(int64_t block_size, int dist) {
   return (block_size + c - 1) / c;
 }
 
+// The second pass of project: out[b, k] = scale * the sum of block b's chunk partial sums.
+inline cudaError_t launch_reduce(const float* part, int64_t cpb, int64_t rows, int K, float scale, float* out,
+                                 cudaStream_t stream) {
+  const dim3 grid((unsigned)rows, (unsigned)std::min<int64_t>((K + kThreads - 1) / kThreads, 65535));
+  FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, K, scale, out);
+  return cudaGetLastError();
+}
+
 template <typename T, int DIST, int MIN_BLOCKS = 1, int CHUNKS = 1>
 cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStream_t stream) {
   const int64_t cpb = chunks_per_block(p.block_size, DIST);
@@ -706,9 +714,7 @@ cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStre
                 project_kernel<T, DIST, MIN_BLOCKS, CHUNKS>)(p, cpb, chunks, part);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const dim3 grid((unsigned)p.num_blocks, (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
-  FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, p.out);
-  return cudaGetLastError();
+  return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
 }
 
 template <typename T, int DIST, int MIN_BLOCKS, int CHUNKS>
@@ -725,9 +731,7 @@ cudaError_t launch_project_pipe(const ProjectParams& p, float* part, cudaStream_
                      project_pipe_kernel<T, DIST, MIN_BLOCKS, CHUNKS>)(p, cpb, chunks, part);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const dim3 grid((unsigned)p.num_blocks, (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
-  FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, p.out);
-  return cudaGetLastError();
+  return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
 }
 
 // The variant that runs: the defaults (MIN_BLOCKS = 1, CHUNKS = 1). Measured with
@@ -764,9 +768,7 @@ struct ProjectMultiLaunch {
     FERRET_LAUNCH((unsigned)(p.num_rows * cpb), kThreads, stream, project_multi_kernel<T, DIST>)(p, cpb, part);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    const dim3 grid((unsigned)p.num_rows, (unsigned)std::min<int64_t>((p.num_bases + kThreads - 1) / kThreads, 65535));
-    FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, p.num_bases, p.scale, out);
-    return cudaGetLastError();
+    return launch_reduce(part, cpb, p.num_rows, p.num_bases, p.scale, out, stream);
   }
 };
 

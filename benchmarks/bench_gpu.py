@@ -94,6 +94,25 @@ def _7b_state(shapes, bs, K, device, state):
     return state
 
 
+def _7b_row(op, fn, total, bytes_per_elem, be, dist, bs, K, device, multi):
+    """Times fn over the model's `total` bf16 elements (once untimed first: compile / autotune)
+    into a row; bytes_per_elem: 2 read (project), 4 read and written (apply)."""
+    fn()
+    t = do_bench(fn, device)
+    return dict(
+        op=op + ("_multi" if multi else ""),
+        backend=be,
+        dist=dist,
+        dtype="bfloat16",
+        n=total,
+        K=K,
+        block_size=bs,
+        time_ms=t * 1e3,
+        Gelem_bases_per_s=total * K / t / 1e9,
+        GB_per_s=bytes_per_elem * total / t / 1e9,
+    )
+
+
 def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state=None, multi=False):
     """Reconstruct-and-apply a Ferret update into bf16 parameters of LLaMA2-7B's shapes: one
     reconstruct_ per tensor (291 calls), or `multi`: one reconstruct_multi_ for the model."""
@@ -115,21 +134,7 @@ def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state
                     p, coeffs[o : o + nb], 1234, bs, block_offset=o, dist=dist, scale=1 / math.sqrt(K), alpha=-1.0
                 )
 
-    apply()  # compile / autotune outside the timing
-    t = do_bench(apply, device)
-    row = dict(
-        op="apply_llama2_7b_multi" if multi else "apply_llama2_7b",
-        backend=be,
-        dist=dist,
-        dtype="bfloat16",
-        n=total,
-        K=K,
-        block_size=bs,
-        time_ms=t * 1e3,
-        Gelem_bases_per_s=total * K / t / 1e9,
-        GB_per_s=4 * total / t / 1e9,
-    )
-    return row, state
+    return _7b_row("apply_llama2_7b", apply, total, 4, be, dist, bs, K, device, multi), state
 
 
 def bench_7b_project(be, dist, bs=1 << 20, K=4, shapes=None, device="cuda", state=None, multi=False):
@@ -146,21 +151,7 @@ def bench_7b_project(be, dist, bs=1 << 20, K=4, shapes=None, device="cuda", stat
                 return fk.project_multi(params, 99, K, bs, block_offsets=offsets, dist=dist)
             return [fk.project(p, 99, K, bs, block_offset=o, dist=dist) for p, o in zip(params, offsets)]
 
-    run()
-    t = do_bench(run, device)
-    row = dict(
-        op="project_llama2_7b_multi" if multi else "project_llama2_7b",
-        backend=be,
-        dist=dist,
-        dtype="bfloat16",
-        n=total,
-        K=K,
-        block_size=bs,
-        time_ms=t * 1e3,
-        Gelem_bases_per_s=total * K / t / 1e9,
-        GB_per_s=2 * total / t / 1e9,
-    )
-    return row, state
+    return _7b_row("project_llama2_7b", run, total, 2, be, dist, bs, K, device, multi), state
 
 
 COLS = [

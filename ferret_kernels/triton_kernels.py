@@ -213,6 +213,32 @@ def _basis_tile(DIST: tl.constexpr, ROWS: tl.constexpr, cstart, k, g, k0, k1):
 
 
 @triton.jit
+def _basis_dot(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, k, g, k0, k1):
+    """sum over the chunk of v_k * x, x a [ROWS, COLS] tile; rademacher flips x's sign bit where
+    v_k = -1 (exact, as x * +-1)."""
+    if DIST == 0:
+        sx = (xv.to(tl.uint32, bitcast=True) ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(
+            tl.float32, bitcast=True
+        )
+        d = tl.sum(tl.sum(sx, axis=1), axis=0)
+    else:
+        d = tl.sum(tl.sum(xv * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1), axis=1), axis=0)
+    return d
+
+
+@triton.jit
+def _basis_axpy(DIST: tl.constexpr, ROWS: tl.constexpr, acc, gk, cstart, k, g, k0, k1):
+    """acc + gk * v_k over the chunk; rademacher adds +-gk, the sign bit flipped (exact)."""
+    if DIST == 0:
+        acc += (gk.to(tl.uint32, bitcast=True) ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(
+            tl.float32, bitcast=True
+        )
+    else:
+        acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+    return acc
+
+
+@triton.jit
 def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     return tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
@@ -260,16 +286,8 @@ def _project_kernel(
     if HAS_ACT:  # clamped to [0, K]: never past the row of part (counts are not checked on the host for GPU tensors)
         kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)
     g = (block_offset + b).to(tl.uint32)
-    if DIST == 0:
-        xbits = xv.to(tl.uint32, bitcast=True)
-        for k in range(0, kb):
-            sx = (xbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)  # v * x, exact
-            tl.store(part_ptr + pid * K + k, tl.sum(tl.sum(sx, axis=1), axis=0))
-    else:
-        for k in range(0, kb):
-            v = _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
-            d = tl.sum(tl.sum(xv * v, axis=1), axis=0)
-            tl.store(part_ptr + pid * K + k, d)
+    for k in range(0, kb):
+        tl.store(part_ptr + pid * K + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
 
 
 # A candidate for the memory-bound end (small K), timed by benchmarks/tune_triton_project.py and
@@ -317,13 +335,8 @@ def _project_loop_kernel(
         if HAS_ACT:
             kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)
         g = (block_offset + b).to(tl.uint32)
-        xbits = xv.to(tl.uint32, bitcast=True)
         for k in tl.static_range(K):
-            if DIST == 0:
-                sx = (xbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
-                d = tl.sum(tl.sum(sx, axis=1), axis=0)
-            else:
-                d = tl.sum(tl.sum(xv * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1), axis=1), axis=0)
+            d = _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1)
             if HAS_ACT:
                 tl.store(part_ptr + pid * K + k, d, mask=live & (kb > k))
             else:
@@ -404,11 +417,7 @@ def _reconstruct_kernel(
     if cstart < blk_len:
         for k in range(0, kb):
             gk = tl.load(c_ptr + b * K + k)
-            if DIST == 0:  # +-gk, exact: the sign bit flipped where the basis is -1
-                gbits = gk.to(tl.uint32, bitcast=True)
-                acc += (gbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
-            else:
-                acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+            acc = _basis_axpy(DIST, ROWS, acc, gk, cstart, k, g, k0, k1)
         j = cstart + _tile_offsets(DIST, ROWS)
         mask = j < blk_len
         ptrs = out_ptr + blk_start + j
@@ -494,15 +503,8 @@ def _project_multi_kernel(
     if HAS_ACT:  # clamped to [0, K]: never past the row of part
         kb = tl.minimum(tl.maximum(tl.load(act_ptr + row).to(tl.int32), 0), K)
     g = (tl.load(seg + 4) + j).to(tl.uint32)
-    if DIST == 0:
-        xbits = xv.to(tl.uint32, bitcast=True)
-        for k in range(0, kb):
-            sx = (xbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
-            tl.store(part_ptr + pid * K + k, tl.sum(tl.sum(sx, axis=1), axis=0))
-    else:
-        for k in range(0, kb):
-            v = _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
-            tl.store(part_ptr + pid * K + k, tl.sum(tl.sum(xv * v, axis=1), axis=0))
+    for k in range(0, kb):
+        tl.store(part_ptr + pid * K + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
 
 
 @triton.jit(do_not_specialize=("k0", "k1"))
@@ -535,11 +537,7 @@ def _reconstruct_multi_kernel(
         acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
         for k in range(0, kb):
             gk = tl.load(c_ptr + row * K + k)
-            if DIST == 0:
-                gbits = gk.to(tl.uint32, bitcast=True)
-                acc += (gbits ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(tl.float32, bitcast=True)
-            else:
-                acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+            acc = _basis_axpy(DIST, ROWS, acc, gk, cstart, k, g, k0, k1)
         e0, offs, mask = _chunk_span(DIST, ROWS, CHUNK, j, block_size, cstart, lead, numel)
         ptrs = out_ptr + e0 + offs
         res = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + acc * factor

@@ -280,8 +280,8 @@ KERNEL_MUTATIONS = [
     Mutation(
         "triton-no-active-clamp",
         "ferret_kernels/triton_kernels.py",
-        "        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
-        "        kb = tl.load(act_ptr + b).to(tl.int32)\n    g = (block_offset + b).to(tl.uint32)\n    if DIST == 0:",
+        "        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)\n    g = (block_offset + b).to(tl.uint32)\n    for k",
+        "        kb = tl.load(act_ptr + b).to(tl.int32)\n    g = (block_offset + b).to(tl.uint32)\n    for k",
         "Triton project writes past a row of part for a count above K",
         ("tests/test_device_backends.py",),
     ),

@@ -207,11 +207,29 @@ __device__ __forceinline__ void rademacher_words4(int64_t j0, uint32_t kq, uint3
 // Basis k at the thread's kElems elements (element e is at in-block index j0 + e) applied
 // to x: returns sum_e v[e] * x[e] (project) or adds c * v[e] into acc[e] (reconstruct).
 // Rademacher takes the basis' sign word (rademacher_words4); the others regenerate it here.
+//
+// rademacher_negsum: the sum of the elements whose sign bit is set (the basis' -1 entries), by predicated adds; the
+// basis' dot with x is then total - 2 * negsum (2 * negsum is exact: one rounding). Per element
+// and basis that is a bit test into a predicate (ptxas packs 8 into one R2P) and an add, where
+// flipping sign bits took a shift, a sign xor and an add: the sm_90 loop over 4 bases went from
+// 570 to 362 instructions. H100, bf16 n = 2^28 (results/cuda_project_variants.csv, 2026-11-26
+// 20:40): K = 4 0.2524 -> 0.2302 ms (0.71 -> 0.78 of copy) at 4 CTAs per SM (at 3, 70
+// registers: 0.2560 ms); K = 64 2.608 -> 1.915 ms. Results moved by at most 1.4e-7 of the
+// largest partial sum (K = 4; 1.9e-7 at K = 64) from the sign-flip sums.
 template <int N>
-__device__ __forceinline__ float rademacher_dot(uint32_t wd, const float (&x)[N]) {
+__device__ __forceinline__ float rademacher_negsum(uint32_t wd, const float (&x)[N]) {
   float s = 0.0f;
 #pragma unroll
-  for (int t = 0; t < 32; ++t) s += rademacher_apply(x[t], wd, t);
+  for (int t = 0; t < 32; ++t) {
+#ifdef __CUDA_ARCH__
+    asm("{\n\t.reg .pred p;\n\t.reg .b32 m;\n\tand.b32 m, %1, %2;\n\tsetp.ne.b32 p, m, 0;\n\t"
+        "@p add.rn.f32 %0, %0, %3;\n\t}"
+        : "+f"(s)
+        : "r"(wd), "r"(1u << t), "f"(x[t]));
+#else
+    if ((wd >> t) & 1u) s += x[t];
+#endif
+  }
   return s;
 }
 
@@ -300,6 +318,11 @@ __device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t ct
   const uint32_t g = p.block_offset + (uint32_t)b;
   const uint32_t k0 = seed_lo(p.seed), k1 = seed_hi(p.seed);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float total = 0.0f;  // rademacher: the thread's sum, once for all bases
+  if constexpr (DIST == kRademacher) {
+#pragma unroll
+    for (int t = 0; t < N; ++t) total += x[t];
+  }
   for (int kt = 0; kt < kb; kt += kTileK) {
     const int kn = min(kTileK, kb - kt);  // uniform across the CTA: every lane runs the shuffles
     if constexpr (DIST == kRademacher) {
@@ -309,7 +332,7 @@ __device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t ct
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           if (i + j < kn) {
-            const float s = warp_sum(valid > 0 ? rademacher_dot(w[j], x) : 0.0f);
+            const float s = warp_sum(valid > 0 ? total - 2.0f * rademacher_negsum(w[j], x) : 0.0f);
             if (lane == 0) red[warp][i + j] = s;
           }
         }
@@ -734,19 +757,18 @@ cudaError_t launch_project_pipe(const ProjectParams& p, float* part, cudaStream_
   return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
 }
 
-// The variant that runs: the defaults (MIN_BLOCKS = 1, CHUNKS = 1). Measured with
-// benchmarks/cuda_project_variants.cu on an H100 SXM (bf16, n = 2^28, rademacher;
-// results/cuda_project_variants.csv): when x - y still went through a second 32-float array the
-// build took 80 registers (3 CTAs per SM) and K = 4 ran in 0.272 ms; capping it at 64 registers
-// (4 CTAs per SM) gave 0.248 ms but spilled. With load_diff_run the default build takes 64
-// registers without spills and runs in 0.2505 ms (0.84 of the device's read bandwidth, 0.72 of
-// its copy bandwidth); MIN_BLOCKS 2-4 on top of it changed nothing (0.2525 ms); prefetching the
-// next chunk (CHUNKS = 2, 4, 8) was 27-41% slower at K = 4 (118 registers, 2 CTAs per SM).
-// All variants give bit-identical results.
+// The variant that runs: one chunk a CTA; rademacher capped at 64 registers for 4 CTAs per SM.
+// Measured with benchmarks/cuda_project_variants.cu on an H100 SXM (bf16, n = 2^28, rademacher;
+// results/cuda_project_variants.csv). With the sign-flip dot: 64 registers without a cap, K = 4
+// in 0.2505-0.2524 ms (0.84 of the device's read bandwidth, 0.71 of its copy bandwidth), MIN_BLOCKS
+// 2-4 changed nothing; prefetching the next chunk in registers (CHUNKS = 2, 4, 8) or through
+// shared memory with cp.async (project_pipe_kernel) was 27-41% slower at K = 4. With the
+// predicated-add dot (rademacher_negsum) the uncapped build takes 70 registers (3 CTAs per SM,
+// 0.2560 ms) and the cap gives 64 without spills and 0.2302 ms; CHUNKS = 4: 0.3095 ms.
 template <typename T, int DIST>
 struct ProjectLaunch {
   static cudaError_t run(const ProjectParams& p, float* part, cudaStream_t stream) {
-    return launch_project_variant<T, DIST>(p, part, stream);
+    return launch_project_variant<T, DIST, DIST == kRademacher ? 4 : 1>(p, part, stream);
   }
 };
 

@@ -85,8 +85,11 @@ class Run:
         self.stages.append((name, status, seconds, note))
         self.log(f"== {name}: {status} ({seconds:.1f} s){' - ' + note if note else ''}")
 
-    def sh(self, cmd: list[str], timeout: float, env: dict | None = None, cwd: str = ROOT) -> tuple[int | None, str]:
-        """Run cmd, streaming its output into the log; returns (returncode or None on timeout, output)."""
+    def sh(
+        self, cmd: list[str], timeout: float, env: dict | None = None, cwd: str = ROOT, tag: str = ""
+    ) -> tuple[int | None, str]:
+        """Run cmd, streaming its output into the log (each line after `tag | ` when tag is given:
+        processes run side by side); returns (returncode or None on timeout, output)."""
         if timeout <= 1:
             return None, "no time left"
         env = dict(os.environ if env is None else env)
@@ -119,7 +122,7 @@ class Run:
                 if not line:
                     break
                 buf.append(line)
-                self.raw(line.rstrip("\n"))
+                self.raw(f"{tag} | {line.rstrip()}" if tag else line.rstrip("\n"))
         if timed_out:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -252,9 +255,20 @@ def _pytest_counts(text: str) -> dict[str, int]:
     return counts
 
 
+def test_workers(gpu: bool) -> int:
+    """Test files that run side by side. On a GPU machine (16 cores) their time is mostly Triton's
+    JIT compiling on the CPU, one core a process: 4 processes share the one GPU (the largest test
+    holds ~10 GB). Without a GPU, one (a 2-core machine is busy with one pytest)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4)) if gpu else 1
+
+
 def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = None) -> bool:
-    """Each test file in its own pytest process (a crash in one does not hide the others), failures
-    printed as they happen (scripts/pytest_live_report.py), all within `timeout` seconds."""
+    """Each test file in its own pytest process (a crash in one does not hide the others), up to
+    test_workers() of them at a time, failures printed as they happen
+    (scripts/pytest_live_report.py), all within `timeout` seconds; files are started in the
+    listed order and none starts in the last 5 s."""
+    import concurrent.futures
+
     t = time.monotonic()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.join(ROOT, "scripts")
@@ -262,14 +276,12 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
         env["TRITON_INTERPRET"] = "1"
     files = files or (TEST_FILES + ([] if gpu else REHEARSAL_FILES))
     deadline = time.monotonic() + timeout
-    total: dict[str, int] = {}
-    failed: list[str] = []
-    all_ok, stopped = True, []
-    for i, f in enumerate(files):
+    workers = test_workers(gpu)
+
+    def one(f: str) -> tuple[str, int | None, str]:
         left = deadline - time.monotonic()
         if left < 5:
-            stopped += files[i:]
-            break
+            return f, None, ""
         cmd = [
             sys.executable,
             "-m",
@@ -288,13 +300,21 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
             cmd.append("--timeout=180")
         if gpu:  # CPU-only checks that CI runs anyway and that cost GPU minutes here
             cmd += [f"--deselect={d}" for d in GPU_DESELECT if d.startswith(f + "::")]
-        rc, text = run.sh(cmd, left, env=env)
+        rc, text = run.sh(cmd, left, env=env, tag=os.path.basename(f) if workers > 1 else "")
+        return f, rc, text
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, files))
+    total: dict[str, int] = {}
+    failed: list[str] = []
+    all_ok, stopped = True, []
+    for f, rc, text in results:
         c = _pytest_counts(text)
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
         failed += [ln.split(" ", 1)[0] for ln in text.splitlines() if re.match(r"^\S+::\S+.* (FAILED|ERROR)", ln)]
         if rc is None:
-            stopped.append(f + " (budget)")
+            stopped.append(f + (" (budget)" if text else ""))
         elif rc not in (0, 5):  # 5: nothing collected
             all_ok = False
             if rc < 0 or rc > 5:
@@ -302,7 +322,7 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
                 failed.append(f"{crashed[0] if crashed else f} (process died: status {rc})")
     note = (
         f"{total.get('passed', 0)} passed, {total.get('failed', 0)} failed, {total.get('error', 0)} errors, "
-        f"{total.get('skipped', 0)} skipped"
+        f"{total.get('skipped', 0)} skipped" + (f"; {workers} files at a time" if workers > 1 else "")
     )
     if failed:
         note += "; failing: " + ", ".join(failed[:12]) + (" ..." if len(failed) > 12 else "")

@@ -63,13 +63,16 @@ def main(argv=None) -> int:
     copy_gbs = 4 * big.numel() / t / 1e9
     big = dst = None  # free them (the timed lambda above holds the names)
     x = torch.randn(n, device=dev).bfloat16()
+    y = torch.randn(n, device=dev).bfloat16()  # the y / active-count check below, not timed
     name = "cpu (interpreter)" if args.smoke else torch.cuda.get_device_name()
     print(f"# {name} | triton {triton.__version__} | copy {copy_gbs:.0f} GB/s | bf16 n = 2^{args.log2n}", flush=True)
     rows = []
     for dist in ("rademacher", "uniform"):
         shipped_chunk = tk._project_chunk(bs, dist)
         for K in (4, 64):
-            ref = None
+            ref = ref_ya = None
+            nb = (n + bs - 1) // bs
+            act = (torch.arange(nb, device=dev) % (K + 2) - 1).to(torch.int32)  # -1 .. K + 1: clamped
             configs = [(shipped_chunk, 4)] + [
                 (int(c), int(w))
                 for c in args.chunks.split(",")
@@ -78,21 +81,22 @@ def main(argv=None) -> int:
             ]
             # the pipelined candidate (_project_loop_kernel: K unrolled, CHUNKS chunks a program,
             # STAGES-deep cp.async pipeline) at small K, with the shipped chunk and 4 warps
-            loops = [(shipped_chunk, 4, c, st) for c in (4, 8, 16) for st in (2, 3)] if K <= 8 else []
+            pipes = ((4, 2), (8, 3)) if args.smoke else [(c, st) for c in (4, 8, 16) for st in (2, 3)]
+            loops = [(shipped_chunk, 4, c, st) for c, st in pipes] if K <= 8 else []
             for chunk, warps, *loop in [(c, w) for c, w in configs] + loops:
-                nb = (n + bs - 1) // bs
                 cpb = (bs + chunk - 1) // chunk
                 part = torch.zeros(nb * cpb, K, device=dev)
                 out = torch.zeros(nb, K, device=dev)
                 k0, k1 = tk._key(12345)
 
-                def run():
+                def run(with_y_act=False):
+                    xs, ys, acts, hy = (x, y, act, True) if with_y_act else (x, x, out, False)
                     if loop:
                         chunks, stages = loop
                         tk._project_loop_kernel[(triton.cdiv(nb * cpb, chunks),)](
-                            x,
-                            x,
-                            out,
+                            xs,
+                            ys,
+                            acts,
                             part,
                             n,
                             bs,
@@ -101,8 +105,8 @@ def main(argv=None) -> int:
                             k1,
                             nb * cpb,
                             K=K,
-                            HAS_Y=False,
-                            HAS_ACT=False,
+                            HAS_Y=hy,
+                            HAS_ACT=hy,
                             DIST=tk._DIST_ID[dist],
                             CHUNK=chunk,
                             CHUNKS=chunks,
@@ -111,9 +115,9 @@ def main(argv=None) -> int:
                         )
                     else:
                         tk._project_kernel[(nb * cpb,)](
-                            x,
-                            x,
-                            out,
+                            xs,
+                            ys,
+                            acts,
                             part,
                             n,
                             bs,
@@ -121,8 +125,8 @@ def main(argv=None) -> int:
                             K,
                             k0,
                             k1,
-                            HAS_Y=False,
-                            HAS_ACT=False,
+                            HAS_Y=hy,
+                            HAS_ACT=hy,
                             DIST=tk._DIST_ID[dist],
                             CHUNK=chunk,
                             num_warps=warps,
@@ -142,6 +146,13 @@ def main(argv=None) -> int:
                 if ref is None:
                     ref = out.clone()
                 same = bool(torch.equal(out, ref))
+                # with y and active counts (the fl layer's call): bit-identical to the shipped kernel?
+                part.zero_()  # inactive entries are not written
+                run(True)
+                if ref_ya is None:
+                    ref_ya = out.clone()
+                same_ya = bool(torch.equal(out, ref_ya))
+                part.zero_()
                 t = bench(run)
                 gbs = 2 * n / t / 1e9
                 row = dict(
@@ -156,12 +167,13 @@ def main(argv=None) -> int:
                     GB_per_s=round(gbs, 1),
                     frac_of_copy=round(gbs / copy_gbs, 4),
                     identical_to_shipped=same,
+                    identical_with_y_active=same_ya,
                     copy_GBps=round(copy_gbs, 1),
                 )
                 rows.append(row)
                 print(
                     f"{dist:10s} K={K:3d} chunk={chunk:6d} warps={warps:2d} {row['variant']:12s} {t * 1e3:8.4f} ms {gbs:7.0f} GB/s "
-                    f"{gbs / copy_gbs:6.3f} of copy  identical={same}{'  (shipped)' if row['shipped'] else ''}",
+                    f"{gbs / copy_gbs:6.3f} of copy  identical={same} (y, active: {same_ya}){'  (shipped)' if row['shipped'] else ''}",
                     flush=True,
                 )
     if args.csv and rows:

@@ -89,3 +89,28 @@ def test_ab_compare_smoke():
     assert res.returncode == 0, res.stderr[-3000:]
     for op in ("project", "reconstruct", "reconstruct_"):
         assert re.search(rf"^\s*{op}\s+gaussian\s", res.stdout, re.M), res.stdout
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and "triton" not in fk.available_backends("cpu"),
+    reason="no GPU and no Triton interpreter",
+)
+def test_tune_triton_project_smoke(tmp_path):
+    """The Triton project tuning script that gpu-check runs: every row, the pipelined candidate's
+    included, and its bit checks without and with y and active counts (the interpreter sums in
+    one order, so all are identical here; on a GPU they are what decides shipping)."""
+    import csv
+
+    path = tmp_path / "tune.csv"
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "tune_triton_project.py"), "--smoke", "--csv", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = list(csv.DictReader(open(path)))
+    variants = {(r["dist"], r["K"], r["variant"]) for r in rows}
+    assert ("rademacher", "4", "loop_c8_s3") in variants and ("uniform", "64", "one_chunk") in variants, variants
+    assert all(r["identical_to_shipped"] == "True" and r["identical_with_y_active"] == "True" for r in rows), rows

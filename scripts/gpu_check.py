@@ -24,6 +24,7 @@ import datetime as dt
 import glob
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -101,28 +102,38 @@ class Run:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
             start_new_session=True,
         )
+        # raw reads of what is there, not readline: pytest -v writes a test's name without the
+        # newline before running it, and readline would wait for the test to end (a hung test
+        # then outlived the budget: tests/test_gpu_check.py)
         buf: list[str] = []
+        pending = b""
         deadline = time.monotonic() + timeout
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        fd = proc.stdout.fileno()
         timed_out = False
+
+        def emit(raw: bytes) -> None:
+            line = raw.decode("utf-8", "replace")
+            buf.append(line + "\n")
+            self.raw(f"{tag} | {line}" if tag else line)
+
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
                 break
-            if sel.select(timeout=min(remaining, 1.0)):
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                buf.append(line)
-                self.raw(f"{tag} | {line.rstrip()}" if tag else line.rstrip("\n"))
+            ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                emit(raw.rstrip(b"\r"))
+        if pending:
+            emit(pending)
         if timed_out:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -278,10 +289,11 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
     deadline = time.monotonic() + timeout
     workers = test_workers(gpu)
 
-    def one(f: str) -> tuple[str, int | None, str]:
+    def one(f: str) -> tuple[str, bool, int | None, str]:
+        """(file, started, returncode or None when stopped / not started, output)"""
         left = deadline - time.monotonic()
         if left < 5:
-            return f, None, ""
+            return f, False, None, ""
         cmd = [
             sys.executable,
             "-m",
@@ -301,20 +313,20 @@ def stage_tests(run: Run, timeout: float, gpu: bool, files: list[str] | None = N
         if gpu:  # CPU-only checks that CI runs anyway and that cost GPU minutes here
             cmd += [f"--deselect={d}" for d in GPU_DESELECT if d.startswith(f + "::")]
         rc, text = run.sh(cmd, left, env=env, tag=os.path.basename(f) if workers > 1 else "")
-        return f, rc, text
+        return f, True, rc, text
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, files))
     total: dict[str, int] = {}
     failed: list[str] = []
     all_ok, stopped = True, []
-    for f, rc, text in results:
+    for f, started, rc, text in results:
         c = _pytest_counts(text)
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
         failed += [ln.split(" ", 1)[0] for ln in text.splitlines() if re.match(r"^\S+::\S+.* (FAILED|ERROR)", ln)]
         if rc is None:
-            stopped.append(f + (" (budget)" if text else ""))
+            stopped.append(f + (" (stopped part way)" if started else ""))
         elif rc not in (0, 5):  # 5: nothing collected
             all_ok = False
             if rc < 0 or rc > 5:

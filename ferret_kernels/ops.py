@@ -16,6 +16,7 @@ below, with the same rules and words, serve the fake kernels and the Triton / re
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -646,9 +647,15 @@ torch.library.register_autograd("ferret::project_multi", _no_backward, setup_con
 
 
 def seed_to_op(seed: int) -> int:
-    """A seed in [0, 2^64) as the int64 the op schemas carry (two's complement)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"ferret: seed must be an int, got {type(seed).__name__}")
+    """A seed in [0, 2^64) as the int64 the op schemas carry (two's complement). Integer
+    scalars of numpy and torch are ints here as they are to the ops' other int arguments; a
+    bool or a float is refused (int() would truncate 1.7 to 1)."""
+    if isinstance(seed, bool) or isinstance(seed, torch.Tensor) and seed.dtype == torch.bool:
+        raise TypeError("ferret: seed must be an int, got a bool")
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"ferret: seed must be an int, got {type(seed).__name__}") from None
     if not 0 <= seed < 2**64:
         raise ValueError(f"ferret: seed must be in [0, 2^64), got {seed}")
     return seed - 2**64 if seed >= 2**63 else seed

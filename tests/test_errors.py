@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the problem, and nothing is written."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,9 @@ import ferret_kernels as fk
         (dict(seed=-1), ValueError, "seed"),
         (dict(seed=2**64), ValueError, "seed"),
         (dict(seed=1.5), TypeError, "seed"),
+        (dict(seed=True), TypeError, "seed must be an int, got a bool"),
+        (dict(seed=np.float64(3.0)), TypeError, "seed must be an int, got float64"),
+        (dict(seed=np.int64(-1)), ValueError, "seed must be in"),
         (dict(block_offset=-1), ValueError, "block_offset"),
         (dict(block_offset=2**32 - 1), ValueError, "2\\^32"),
     ],
@@ -26,6 +30,17 @@ def test_project_argument_errors(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         fk.project(torch.randn(17), args.pop("seed"), args.pop("num_bases"), args.pop("block_size"), **args)
+
+
+def test_integer_scalars_of_numpy_and_torch_are_seeds_like_ints():
+    """numpy / torch integer scalars are accepted by the ops' C++ int arguments; the seed's
+    Python check takes them too, with the same results as the int."""
+    x = torch.randn(100)
+    want = fk.project(x, 2**64 - 5, 4, 32)
+    assert torch.equal(fk.project(x, np.uint64(2**64 - 5), 4, 32), want)
+    assert torch.equal(fk.project(x, torch.tensor(2**62 + 3), 4, 32), fk.project(x, 2**62 + 3, 4, 32))
+    g = fk.project(x, 7, 4, 32)
+    assert torch.equal(fk.reconstruct(g, np.int32(7), 100, np.int64(32)), fk.reconstruct(g, 7, 100, 32))
 
 
 def test_project_tensor_errors():

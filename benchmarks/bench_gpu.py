@@ -99,17 +99,23 @@ def _7b_row(op, fn, total, bytes_per_elem, be, dist, bs, K, device, multi):
     into a row; bytes_per_elem: 2 read (project), 4 read and written (apply)."""
     fn()
     t = do_bench(fn, device)
+    return _row(op + ("_multi" if multi else ""), be, dist, total, K, bs, t, bytes_per_elem * total)
+
+
+def _row(op, be, dist, n, K, bs, t, nbytes, **extra):
+    """One CSV row: an op over n bf16 elements and K bases that took t seconds moving nbytes."""
     return dict(
-        op=op + ("_multi" if multi else ""),
+        op=op,
         backend=be,
         dist=dist,
         dtype="bfloat16",
-        n=total,
+        n=n,
         K=K,
         block_size=bs,
         time_ms=t * 1e3,
-        Gelem_bases_per_s=total * K / t / 1e9,
-        GB_per_s=bytes_per_elem * total / t / 1e9,
+        Gelem_bases_per_s=n * K / t / 1e9,
+        GB_per_s=nbytes / t / 1e9,
+        **extra,
     )
 
 
@@ -293,25 +299,9 @@ def main(argv=None):
                     ("reconstruct_", t_r, 4 * n, rate_seed_r),
                 ):
                     rate = n * K / t
-                    gbs = nbytes / t / 1e9
-                    emit(
-                        dict(
-                            op=op,
-                            backend=be,
-                            dist=dist,
-                            dtype="bfloat16",
-                            n=n,
-                            K=K,
-                            block_size=bs,
-                            time_ms=t * 1e3,
-                            Gelem_bases_per_s=rate / 1e9,
-                            GB_per_s=gbs,
-                            frac_of_copy=gbs / copy_gbs,
-                            x_vs_per_seed=rate / rs,
-                            x_vs_dense=rate / rate_dense[K],
-                        ),
-                        extra,
-                    )
+                    ratios = dict(x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K])
+                    row = _row(op, be, dist, n, K, bs, t, nbytes, frac_of_copy=nbytes / t / 1e9 / copy_gbs, **ratios)
+                    emit(row, extra)
     x = out = None  # free them
     if dev == "cuda":
         torch.cuda.empty_cache()

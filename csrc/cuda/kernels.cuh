@@ -208,14 +208,12 @@ __device__ __forceinline__ void rademacher_words4(int64_t j0, uint32_t kq, uint3
 // to x: returns sum_e v[e] * x[e] (project) or adds c * v[e] into acc[e] (reconstruct).
 // Rademacher takes the basis' sign word (rademacher_words4); the others regenerate it here.
 //
-// rademacher_negsum: the sum of the elements whose sign bit is set (the basis' -1 entries), by predicated adds; the
-// basis' dot with x is then total - 2 * negsum (2 * negsum is exact: one rounding). Per element
-// and basis that is a bit test into a predicate (ptxas packs 8 into one R2P) and an add, where
-// flipping sign bits took a shift, a sign xor and an add: the sm_90 loop over 4 bases went from
-// 570 to 362 instructions. H100, bf16 n = 2^28 (results/cuda_project_variants.csv, 2026-11-26
-// 20:40): K = 4 0.2524 -> 0.2302 ms (0.71 -> 0.78 of copy) at 4 CTAs per SM (at 3, 70
-// registers: 0.2560 ms); K = 64 2.608 -> 1.915 ms. Results moved by at most 1.4e-7 of the
-// largest partial sum (K = 4; 1.9e-7 at K = 64) from the sign-flip sums.
+// rademacher_negsum: the sum of the elements whose sign bit is set (the basis' -1 entries), by
+// predicated adds; the basis' dot with x is then total - 2 * negsum (2 * negsum is exact: one
+// rounding). Per element and basis that is a bit test into a predicate (ptxas packs 8 into one
+// R2P) and an add, where flipping sign bits took a shift, a sign xor and an add: the sm_90 loop
+// over 4 bases went from 570 to 362 instructions (timings: ProjectLaunch). Results moved by at
+// most 1.4e-7 of the largest partial sum (K = 4; 1.9e-7 at K = 64) from the sign-flip sums.
 template <int N>
 __device__ __forceinline__ float rademacher_negsum(uint32_t wd, const float (&x)[N]) {
   float s = 0.0f;
@@ -764,7 +762,8 @@ cudaError_t launch_project_pipe(const ProjectParams& p, float* part, cudaStream_
 // 2-4 changed nothing; prefetching the next chunk in registers (CHUNKS = 2, 4, 8) or through
 // shared memory with cp.async (project_pipe_kernel) was 27-41% slower at K = 4. With the
 // predicated-add dot (rademacher_negsum) the uncapped build takes 70 registers (3 CTAs per SM,
-// 0.2560 ms) and the cap gives 64 without spills and 0.2302 ms; CHUNKS = 4: 0.3095 ms.
+// 0.2560 ms) and the cap gives 64 without spills and 0.2302 ms (0.78 of copy); CHUNKS = 4:
+// 0.3095 ms. K = 64: 2.608 ms with the sign-flip dot, 1.915 ms with the predicated adds capped.
 template <typename T, int DIST>
 struct ProjectLaunch {
   static cudaError_t run(const ProjectParams& p, float* part, cudaStream_t stream) {

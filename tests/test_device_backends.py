@@ -156,6 +156,11 @@ def test_results_depend_on_the_data_not_on_where_it_sits_in_memory(dist, dtype):
     """A view at an odd element offset (an unaligned pointer) gives the same bits as an aligned
     copy of the same data: on a GPU, Triton compiles another variant for unaligned pointers
     (other vector widths, so another reduction order) unless the wrapper aligns its inputs."""
+    if DEV != "cuda" and dist != "rademacher":
+        # the interpreter compiles no variants: what it can check, the wrapper's handling of an
+        # unaligned view (reconstruct_ written back in place), is the same for every dist (the
+        # other two took 30 s of interpreter time)
+        pytest.skip("under the interpreter one dist checks the wrapper; a GPU checks all three")
     bs = 4096 if DEV == "cuda" else 512  # small under the interpreter (only a GPU specializes)
     n, K = 4 * bs + 5, 5
     big = torch.randn(n + 3, device=DEV).to(dtype)

@@ -18,6 +18,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# FERRET_AOT_ARCHS="90": one architecture only (gpu-check's rehearsal: the GPU machines are
+# sm_90, and CI compiles both); each compile is ~35 s on one core here
+ARCHS = tuple(os.environ.get("FERRET_AOT_ARCHS", "80 90").split())
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -32,7 +37,7 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
             env=dict(env, TRITON_CACHE_DIR=str(tmp_path / f"cache{arch}")),
             cwd=ROOT,
         )
-        for arch in ("80", "90")
+        for arch in ARCHS
     ]
     rows = []
     for p in procs:
@@ -48,7 +53,7 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
         "reconstruct_multi",
         "reduce",
         "philox",
-    } and {r["arch"] for r in rows} == {80, 90}
+    } and {r["arch"] for r in rows} == {int(a) for a in ARCHS}
     bad = [f"sm_{r['arch']} {r['kernel']}: {r.get('error')}" for r in rows if not r["ok"]]
     assert not bad, "\n".join(bad)
     # Triton 3.6 (the GPU image's) spills 8 bytes in two uniform bf16 reconstruct configs for sm_80

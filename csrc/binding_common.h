@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
@@ -178,6 +179,15 @@ inline void check_reconstruct_args(const at::Tensor& coeffs, int64_t numel, c10:
   if (dtype.has_value()) parse_dtype(*dtype, "dtype");
 }
 
+// torch's rule for in-place ops: an inference tensor (made under torch.inference_mode()) is
+// updated only inside inference mode. A kernel writing through data_ptr() bypasses the check
+// torch's own ops make, so it is made here, before anything is written.
+inline void check_not_inference(const at::Tensor& out, const std::string& what) {
+  TORCH_CHECK_VALUE(!out.is_inference() || c10::InferenceMode::is_enabled(), "ferret: ", what,
+                    " is an inference tensor (made under torch.inference_mode()): update it inside "
+                    "torch.inference_mode(), or clone it first");
+}
+
 // `out` must already be allocated (numel elements); checked here: contiguous, float32/bf16/fp16.
 inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
                                         int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
@@ -187,6 +197,7 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
   TORCH_CHECK_VALUE(coeffs.device() == out.device(), "ferret: coeffs must be on out's device ", name(out.device()),
                     ", got ", name(coeffs.device()));
   TORCH_CHECK_VALUE(out.is_contiguous(), "ferret: reconstruct_ needs a contiguous out tensor");
+  check_not_inference(out, "out");
   check_reconstruct_args(coeffs, out.numel(), c10::nullopt);
   const int64_t num_bases = coeffs.size(1);
   check_plan(out.numel(), num_bases, block_size, block_offset);
@@ -325,6 +336,7 @@ inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const a
   TORCH_CHECK_VALUE(coeffs.device() == out.device(), "ferret: coeffs must be on out's device ", name(out.device()),
                     ", got ", name(coeffs.device()));
   TORCH_CHECK_VALUE(out.is_contiguous(), "ferret: reconstruct_ needs a contiguous out tensor");
+  check_not_inference(out, "out");
   check_reconstruct_args(coeffs, out.numel(), c10::nullopt);
   const int64_t n = out.numel(), num_bases = coeffs.size(1), p0 = start % block_size;
   const int64_t g0 = block_offset + start / block_size;
@@ -421,6 +433,7 @@ inline void check_outs(at::TensorList outs) {
   for (size_t i = 0; i < outs.size(); ++i) {
     TORCH_CHECK_VALUE(outs[i].is_contiguous(), "ferret: outs[", num((int64_t)i),
                       "]: reconstruct_multi_ needs contiguous tensors");
+    check_not_inference(outs[i], "outs[" + std::to_string(i) + "]");
     // no autograd: a tensor that requires grad is updated only under no_grad (checked here, before
     // any tensor is written, instead of the first in-place write failing halfway)
     TORCH_CHECK_VALUE(!(outs[i].requires_grad() && at::GradMode::is_enabled()), "ferret: outs[", num((int64_t)i),

@@ -176,7 +176,18 @@ def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, v
         raise ValueError(f"ferret: coeffs must be on out's device {out.device}, got {coeffs.device}")
     if not out.is_contiguous():
         raise ValueError("ferret: reconstruct_ needs a contiguous out tensor")
+    check_not_inference(out, "out")
     validate_reconstruct(coeffs, out.numel(), block_size, block_offset, dist, active, values, start)
+
+
+def check_not_inference(out, what: str) -> None:
+    """torch's rule for in-place ops (csrc/binding_common.h's check_not_inference, in the same
+    words): an inference tensor is updated only inside torch.inference_mode()."""
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"ferret: {what} is an inference tensor (made under torch.inference_mode()): update it inside "
+            "torch.inference_mode(), or clone it first"
+        )
 
 
 def _check_out_dtype(dtype) -> None:
@@ -239,6 +250,7 @@ def check_outs(outs) -> None:
     for i, t in enumerate(outs):
         if not t.is_contiguous():
             raise ValueError(f"ferret: outs[{i}]: reconstruct_multi_ needs contiguous tensors")
+        check_not_inference(t, f"outs[{i}]")
         if t.requires_grad and torch.is_grad_enabled():  # before any write, not at the first one
             raise ValueError(
                 f"ferret: outs[{i}] requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)"

@@ -93,6 +93,33 @@ def test_inplace_errors_leave_out_untouched():
     assert torch.equal(out, before)
 
 
+@pytest.mark.parametrize("backend", fk.available_backends("cpu"))
+def test_inference_tensors_are_updated_only_in_inference_mode(backend):
+    """torch's rule for in-place ops, kept by every backend (the C++ kernels write through
+    data_ptr(), past the check torch's own ops make): outside torch.inference_mode() an
+    inference tensor is refused untouched; inside it the update is the usual one."""
+    with torch.inference_mode():
+        p, q = torch.randn(20), torch.randn(7)
+    before_p, before_q = p.clone(), q.clone()
+    c = torch.randn(3, 4)
+    want = before_p + fk.reconstruct(c, 5, 20, 8)
+    msg = "is an inference tensor \\(made under torch.inference_mode\\(\\)\\): update it inside"
+    with fk.use_backend(backend):
+        with pytest.raises(ValueError, match="out " + msg):
+            fk.reconstruct_(p, c, 5, 8)
+        with pytest.raises(ValueError, match="out " + msg):
+            fk.reconstruct_(p, torch.randn(4, 4), 5, 8, start=5)  # the element-offset path
+        with pytest.raises(ValueError, match="outs\\[1\\] " + msg):
+            fk.reconstruct_multi_([torch.zeros(8), q], torch.randn(2, 4), 5, 8)
+        if backend == "cpu":  # the op itself, called without the Python wrapper
+            with pytest.raises(ValueError, match="out " + msg):
+                torch.ops.ferret.reconstruct_(p, c, 5, 8)
+        assert torch.equal(p, before_p) and torch.equal(q, before_q)
+        with torch.inference_mode():
+            fk.reconstruct_(p, c, 5, 8)
+        torch.testing.assert_close(p, want, rtol=0, atol=1e-6)
+
+
 def test_backend_selection_errors(monkeypatch):
     with pytest.raises(ValueError, match="unknown ferret backend 'gpu'"):
         fk.set_backend("gpu")

@@ -389,8 +389,8 @@ def stage_bench(run: Run, timeout: float, gpu: bool) -> bool:
 
 
 def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
-    """benchmarks/cuda_project_variants.cu: the CUDA project kernel's variants side by side (the
-    cp.async candidate among them), torch-free, built with nvcc; then, in the time left,
+    """benchmarks/cuda_project_variants.cu: the CUDA project kernel's variants side by side
+    (occupancy and chunks per CTA), torch-free, built with nvcc; then, in the time left,
     benchmarks/tune_triton_project.py (Triton's pipelined candidate beside the shipped kernel).
     Without a GPU only the CUDA variants are built."""
     t = time.monotonic()
@@ -411,7 +411,7 @@ def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
     dest = os.path.join(run.out or os.path.join(ROOT, "benchmarks", "results"), "cuda_project_variants_new.csv")
     rc, text = run.sh([exe, "28", dest], max(timeout - (time.monotonic() - t), 5))
     run.variants_text = text
-    rows = [ln for ln in text.splitlines() if re.match(r"^(mb|pipe)\w+\s", ln)]
+    rows = [ln for ln in text.splitlines() if re.match(r"^mb\w+\s", ln)]
     left = timeout - (time.monotonic() - t)
     if left > 30:  # Triton's project configurations and its pipelined candidate, the shipped chunk only
         tdest = os.path.join(run.out or os.path.join(ROOT, "benchmarks", "results"), "triton_project_tune_new.csv")

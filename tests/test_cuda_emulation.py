@@ -96,9 +96,7 @@ class Emu:
         np_dt = {torch.float32: np.float32, torch.int64: np.int64}[dtype]
         return torch.from_numpy(np.fromfile(path, dtype=np_dt)).reshape(shape)
 
-    def project(
-        self, x, seed, K, bs, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None, misalign=0, pipe=0
-    ):
+    def project(self, x, seed, K, bs, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None, misalign=0):
         d = self._dir()
         self._put(os.path.join(d, "x.bin"), x)
         if y is not None:
@@ -117,7 +115,6 @@ class Emu:
             seed=seed,
             scale=repr(float(scale)),
             misalign=misalign,
-            pipe=pipe,
         )
         return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
 
@@ -439,19 +436,3 @@ def test_list_launch_equals_one_launch_per_tensor(emu, dist, dtype):
             active=active[row : row + nb],
         )
         assert torch.equal(o, one[lead:])
-
-
-@pytest.mark.parametrize("dist", DISTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cp_async_project_candidate_gives_the_shipped_bits(emu, dist, dtype):
-    """project_pipe_kernel (x and y staged through shared memory, 4 chunks a CTA, the last CTA
-    short) against the shipped project kernel, bit for bit: whole aligned runs through the
-    stages, the block's partial last chunk and a misaligned tensor through direct loads."""
-    torch.manual_seed(11)
-    bs = 3 * CHUNK[dist] + 700  # 4 chunks a block, the last partial; 3 blocks: 12 chunks, 3 CTAs
-    n = 2 * bs + CHUNK[dist] + 5
-    x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
-    active = torch.tensor([3, 0, 5], dtype=torch.int32)
-    for kw in ({}, {"y": y}, {"y": y, "misalign": 1}, {"active": active}):
-        want = emu.project(x, 21, 5, bs, dist=dist, **kw)
-        assert torch.equal(emu.project(x, 21, 5, bs, dist=dist, pipe=1, **kw), want), kw

@@ -29,13 +29,6 @@ cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r
       if (e != cudaSuccess) return e;
     }
   }
-  // the cp.async project candidates that benchmarks/cuda_project_variants.cu times
-  e = launch_project_pipe<__nv_bfloat16, kRademacher, 1, 4>(p, part, s);
-  if (e != cudaSuccess) return e;
-  e = launch_project_pipe<__nv_bfloat16, kRademacher, 4, 8>(p, part, s);
-  if (e != cudaSuccess) return e;
-  e = launch_project_pipe<float, kRademacher, 3, 4>(p, part, s);
-  if (e != cudaSuccess) return e;
   return launch_philox(ctr, 1, 0, out, s);
 }
 

@@ -19,22 +19,17 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
 #include "ferret/core.h"
 #include "ferret/params.h"
 
-// Every launch goes through this macro: FERRET_LAUNCH(grid, block, stream, kernel)(args...)
-// (FERRET_LAUNCH_SMEM with dynamic shared memory, which a kernel names with
-// FERRET_DYNAMIC_SMEM). nvcc expands them to the triple-chevron launch and extern __shared__;
-// the host emulation used by the tests (tests/cuda_emu) defines them first to run the same
-// kernels on CPU threads.
+// Every launch goes through this macro: FERRET_LAUNCH(grid, block, stream, kernel)(args...).
+// nvcc expands it to the triple-chevron launch; the host emulation used by the tests
+// (tests/cuda_emu) defines it first to run the same kernels on CPU threads.
 #ifndef FERRET_LAUNCH
 #define FERRET_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
-#define FERRET_LAUNCH_SMEM(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
-#define FERRET_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
 #endif
 
 namespace ferret {
@@ -417,95 +412,6 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   }
 }
 
-// A candidate for the memory-bound end (K = 4), not the shipped default until a GPU has timed
-// it (benchmarks/cuda_project_variants.cu): a CTA handles CHUNKS consecutive chunks and the
-// next chunk's x (and y) go to shared memory with cp.async (__pipeline_memcpy_async, sm_80+)
-// while the current one is summed, so loads stay in flight through the arithmetic without the
-// registers a register prefetch took (118, 2 CTAs per SM: 27-41% slower). Each thread reads
-// back only the 16-byte vectors it copied (no barrier for the data); a run that is not whole
-// and 16-byte aligned is read directly, as in project_kernel. Bit-identical to project_kernel:
-// every chunk's partial sums are computed the same way. Shared memory: STAGE_BYTES per input.
-template <typename T, int DIST>
-struct PipeLayout {
-  static constexpr int kVec = Layout<DIST>::kElems * (int)sizeof(T) / 16;  // 16-byte vectors a thread
-  static constexpr int kStageBytes = kVec * kThreads * 16;
-};
-
-template <typename T, int DIST>
-__device__ __forceinline__ bool pipe_issue(const T* __restrict__ src, int64_t valid, uint4* stage) {
-  constexpr int kVec = PipeLayout<T, DIST>::kVec;
-  const bool full = valid >= Layout<DIST>::kElems && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
-  if (full) {
-#pragma unroll
-    for (int v = 0; v < kVec; ++v)
-      __pipeline_memcpy_async(stage + v * kThreads + threadIdx.x, reinterpret_cast<const uint4*>(src) + v, 16);
-  }
-  return full;
-}
-
-template <typename T, int DIST>
-__device__ __forceinline__ void pipe_unpack(const uint4* stage, float (&out)[Layout<DIST>::kElems]) {
-  constexpr int kVec = PipeLayout<T, DIST>::kVec, kPer16 = 16 / (int)sizeof(T);
-#pragma unroll
-  for (int v = 0; v < kVec; ++v) {
-    const uint4 raw = stage[v * kThreads + threadIdx.x];
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kPer16; ++i) out[v * kPer16 + i] = to_f32<T>(e[i]);
-  }
-}
-
-template <typename T, int DIST, int MIN_BLOCKS, int CHUNKS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
-    project_pipe_kernel(ProjectParams p, int64_t chunks_per_block, int64_t num_chunks, float* part) {
-  using L = Layout<DIST>;
-  constexpr int kVec = PipeLayout<T, DIST>::kVec;
-  __shared__ float red[kWarps][kTileK];
-  FERRET_DYNAMIC_SMEM(uint4, stages);  // [2 stages][x (, y)][kVec][kThreads]
-  const T* xs = static_cast<const T*>(p.x);
-  const T* ys = static_cast<const T*>(p.y);
-  const int64_t first = (int64_t)blockIdx.x * CHUNKS;
-  const int64_t last = min(first + (int64_t)CHUNKS, num_chunks);
-  const int inputs = ys ? 2 : 1;  // as the launcher sized it
-  auto slot = [&](int stage, int input) { return stages + (stage * inputs + input) * kVec * kThreads; };
-  bool fx, fy = true;
-  {
-    const ChunkPos<DIST> c(p, first, chunks_per_block);
-    fx = pipe_issue<T, DIST>(xs + c.start, c.valid, slot(0, 0));
-    if (ys) fy = pipe_issue<T, DIST>(ys + c.start, c.valid, slot(0, 1));
-    __pipeline_commit();
-  }
-  int s = 0;
-  for (int64_t cta = first; cta < last; ++cta, s ^= 1) {
-    bool nx = false, ny = true;
-    if (cta + 1 < last) {  // the next chunk's copies go out before this chunk's arithmetic
-      const ChunkPos<DIST> c(p, cta + 1, chunks_per_block);
-      nx = pipe_issue<T, DIST>(xs + c.start, c.valid, slot(s ^ 1, 0));
-      if (ys) ny = pipe_issue<T, DIST>(ys + c.start, c.valid, slot(s ^ 1, 1));
-    }
-    __pipeline_commit();
-    __pipeline_wait_prior(1);  // this chunk's copies (committed one group earlier) are done
-    const ChunkPos<DIST> c(p, cta, chunks_per_block);
-    float x[L::kElems];
-    if (fx && fy) {
-      pipe_unpack<T, DIST>(slot(s, 0), x);
-      if (ys) {
-        float y[L::kElems];
-        pipe_unpack<T, DIST>(slot(s, 1), y);
-#pragma unroll
-        for (int i = 0; i < L::kElems; ++i) x[i] -= y[i];
-      }
-    } else if (ys) {
-      load_diff_run<T, L::kElems>(xs + c.start, ys + c.start, c.valid, x);
-    } else {
-      load_run<T, L::kElems>(xs + c.start, c.valid, x);
-    }
-    project_chunk<DIST>(p, cta, c.b, c.j0, c.valid, x, part, red);
-    fx = nx;
-    fy = ny;
-  }
-}
-
 // Grid: (num_blocks, min(ceil(K / kThreads), 65535)); the y dimension strides over K (a grid's y
 // stops at 65535). out[b, k] = scale * sum_c part[b * cpb + c, k], c in order.
 __global__ void __launch_bounds__(kThreads)
@@ -738,29 +644,12 @@ cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStre
   return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
 }
 
-template <typename T, int DIST, int MIN_BLOCKS, int CHUNKS>
-cudaError_t launch_project_pipe(const ProjectParams& p, float* part, cudaStream_t stream) {
-  const int64_t cpb = chunks_per_block(p.block_size, DIST);
-  const int64_t chunks = p.num_blocks * cpb;
-  const size_t smem = (size_t)2 * (p.y ? 2 : 1) * PipeLayout<T, DIST>::kStageBytes;
-  if (smem > 48 * 1024) {  // above the default dynamic limit (bf16 with y: 64 KB)
-    const cudaError_t e = cudaFuncSetAttribute(project_pipe_kernel<T, DIST, MIN_BLOCKS, CHUNKS>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-  }
-  FERRET_LAUNCH_SMEM((unsigned)((chunks + CHUNKS - 1) / CHUNKS), kThreads, smem, stream,
-                     project_pipe_kernel<T, DIST, MIN_BLOCKS, CHUNKS>)(p, cpb, chunks, part);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
-  return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
-}
-
 // The variant that runs: one chunk a CTA; rademacher capped at 64 registers for 4 CTAs per SM.
 // Measured with benchmarks/cuda_project_variants.cu on an H100 SXM (bf16, n = 2^28, rademacher;
 // results/cuda_project_variants.csv). With the sign-flip dot: 64 registers without a cap, K = 4
 // in 0.2505-0.2524 ms (0.84 of the device's read bandwidth, 0.71 of its copy bandwidth), MIN_BLOCKS
 // 2-4 changed nothing; prefetching the next chunk in registers (CHUNKS = 2, 4, 8) or through
-// shared memory with cp.async (project_pipe_kernel) was 27-41% slower at K = 4. With the
+// shared memory with cp.async (a candidate kernel, removed since) was 27-41% slower at K = 4. With the
 // predicated-add dot (rademacher_negsum) the uncapped build takes 70 registers (3 CTAs per SM,
 // 0.2560 ms) and the cap gives 64 without spills and 0.2302 ms (0.78 of copy); CHUNKS = 4:
 // 0.3095 ms. K = 64: 2.608 ms with the sign-flip dot, 1.915 ms with the predicated adds capped.

@@ -3,8 +3,7 @@
 // files, runs one op, and checks the output against the reference and the CPU kernel.
 //
 //   cuda_emu project     dir=D dtype=f32|bf16|f16 dist=0|1|2 numel= block_size= block_offset= K= seed=
-//                        scale= [misalign=elements] [pipe=1] reads x.bin [y.bin] [active.bin], writes out.bin
-//                        (pipe=1: the cp.async candidate project_pipe_kernel instead of the shipped kernel)
+//                        scale= [misalign=elements] reads x.bin [y.bin] [active.bin], writes out.bin
 //   cuda_emu reconstruct ... alpha= accumulate=0|1           reads coeffs.bin [out.bin] [active.bin]
 //   cuda_emu project_multi dir=D dtype= dist= block_size= K= seed= scale= segs=n:lead:first_block:row,...
 //                        reads x<i>.bin [y<i>.bin] per segment [active.bin], writes out.bin (launch-row order)
@@ -101,14 +100,6 @@ size_t shared_params(const Args& a, Params& p) {
   return es;
 }
 
-// The cp.async candidate (project_pipe_kernel), 4 chunks a CTA, for any dtype and dist.
-template <typename T, int DIST>
-struct PipeLaunch {
-  static cudaError_t run(const ferret::ProjectParams& p, float* part) {
-    return ferret::cuda::launch_project_pipe<T, DIST, 1, 4>(p, part, nullptr);
-  }
-};
-
 int project(const Args& a) {
   ferret::ProjectParams p{};
   const size_t es = shared_params(a, p);
@@ -125,9 +116,7 @@ int project(const Args& a) {
   memset(out.data, 0xff, out.bytes);  // NaN: an entry the kernels never write shows
   p.out = reinterpret_cast<float*>(out.data);
   float* pp = reinterpret_cast<float*>(part.data);
-  if (int rc = check(opt(a, "pipe", 0) ? ferret::cuda::dispatch<PipeLaunch>(p.dtype, p.dist, p, pp)
-                                       : ferret::cuda::launch_project(p, pp, nullptr)))
-    return rc;
+  if (int rc = check(ferret::cuda::launch_project(p, pp, nullptr))) return rc;
   save(path(a, "out.bin"), out.data, out.bytes);
   return 0;
 }

@@ -150,7 +150,6 @@ struct Cta {
 };
 
 inline thread_local Cta* cta = nullptr;
-inline void* dynamic_smem = nullptr;  // the launch's dynamic shared memory (one CTA runs at a time)
 inline thread_local unsigned shfl_calls = 0;
 inline thread_local cudaError_t last_error = cudaSuccess;
 
@@ -217,29 +216,6 @@ Launch<P...> launch(dim3 grid, dim3 block, void (*kernel)(P...)) {
 #define FERRET_LAUNCH(grid, block, stream, ...) \
   ((void)(stream), ::ferret_emu::launch(dim3(grid), dim3(block), __VA_ARGS__))
 
-namespace ferret_emu {
-// Dynamic shared memory: one exact-size heap buffer per launch (AddressSanitizer sees an access
-// past its end), zero-filled, reused by the launch's CTAs one after another.
-struct SmemLaunch {
-  char* buf;
-  template <typename L>
-  L operator+(L l) const {
-    dynamic_smem = buf;
-    return l;
-  }
-};
-inline char* smem_buffer(size_t bytes) {
-  static std::unique_ptr<char[]> b;
-  b.reset(new char[bytes ? bytes : 1]());
-  return b.get();
-}
-}  // namespace ferret_emu
-
-#define FERRET_LAUNCH_SMEM(grid, block, smem, stream, ...)                     \
-  ((void)(stream), ::ferret_emu::SmemLaunch{::ferret_emu::smem_buffer(smem)} + \
-                       ::ferret_emu::launch(dim3(grid), dim3(block), __VA_ARGS__))
-#define FERRET_DYNAMIC_SMEM(type, name) type* name = static_cast<type*>(::ferret_emu::dynamic_smem)
-
 inline void __syncthreads() {
   ++ferret_emu::cta->syncs[threadIdx.x];
   ferret_emu::cta->sync.arrive_and_wait("__syncthreads");
@@ -264,12 +240,6 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   T r;
   memcpy(&r, &slots[src].value, sizeof(T));
   return r;
-}
-
-enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-template <typename K>
-inline cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int) {
-  return cudaSuccess;
 }
 
 inline cudaError_t cudaGetLastError() {

@@ -357,22 +357,45 @@ def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr):
     tl.store(out_ptr + b * K + kk, acc * scale, mask=m)
 
 
-def _recon_configs():
-    if _INTERPRET:
+def _recon_configs(gpu: bool = not _INTERPRET):
+    """The reconstruct kernel's autotuning configs (the interpreter runs one; tests read the GPU's)."""
+    if not gpu:
         return [triton.Config({"CHUNK": 2048}, num_warps=4)]
     return [
         triton.Config({"CHUNK": c}, num_warps=w)
-        for c in (1024, 2048, 4096, 8192)
+        for c in (1024, 2048, 4096, 8192, 16384)
         for w in (4, 8)
-        if c // (32 * w) <= 32
-    ]  # at most 32 fp32 accumulators per thread
+        if c // (32 * w) <= 64
+    ]  # at most 64 fp32 accumulators per thread (more than 32: rademacher only, _recon_prune)
+
+
+def _accumulators(cfg) -> int:
+    return cfg.kwargs["CHUNK"] // (32 * cfg.num_warps)
 
 
 def _recon_prune(configs, named_args, **kwargs):
-    """Gaussian reconstruct with 16 accumulators per thread at 8 warps (CHUNK 4096) spills 8 bytes
-    on sm_80 / sm_90 for unaligned tensors (tests/triton_aot.py, ptxas): not a candidate there."""
+    """The autotuner's candidates for one call.
+    - Gaussian with 16 accumulators per thread at 8 warps (CHUNK 4096) spills 8 bytes on sm_80 /
+      sm_90 for unaligned tensors (tests/triton_aot.py, ptxas): not a candidate there.
+    - 64 accumulators per thread (CHUNK 8192 at 4 warps, 16384 at 8): rademacher only, and only
+      when block_size is a multiple of 16. Its per-basis loop then takes 4.36 instructions per
+      element and basis on sm_90 against 5.31 at 32 (CHUNK 4096, 4 warps; Philox and the
+      reduction spread over twice the elements), 102 registers for bf16, no spills; with an odd
+      block_size it takes 255 registers and spills 344 bytes (sm_90, triton 3.9; uniform and
+      gaussian gain nothing and take 224 / 255 registers). Not yet timed on a GPU: the
+      autotuner picks it only where it measures faster."""
     dist = kwargs.get("DIST", named_args.get("DIST"))
-    keep = [c for c in configs if not (dist == 2 and c.kwargs["CHUNK"] == 4096 and c.num_warps == 8)]
+    block_size = named_args.get("block_size", kwargs.get("block_size"))
+    wide_ok = dist == 0 and isinstance(block_size, int) and block_size % 16 == 0
+
+    def wide(c):  # where it is a candidate: rademacher, block_size % 16 == 0, one chunk fits a block
+        return wide_ok and c.kwargs["CHUNK"] <= block_size
+
+    keep = [
+        c
+        for c in configs
+        if not (dist == 2 and c.kwargs["CHUNK"] == 4096 and c.num_warps == 8) and (_accumulators(c) <= 32 or wide(c))
+    ]
     return keep or configs
 
 

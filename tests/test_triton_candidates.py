@@ -1,12 +1,12 @@
-"""Kernel candidates that benchmarks time before one is shipped: they must compute what the
-shipped kernels compute, so that a faster one can replace them.
+"""Kernel candidates that benchmarks time before one is shipped, and the autotuner's choices:
+they must compute what the shipped kernels compute, so that a faster one can replace them.
 
 - Triton `_project_loop_kernel` (CHUNKS chunks a program, bases unrolled, a cp.async pipeline
   on a GPU) against the shipped `_project_kernel`, with y, active counts, a partial last chunk
   and a grid that does not divide into CHUNKS: bit for bit in Triton's interpreter; on a GPU
   within float32 rounding (the staged loads may give the reduction another order).
-- The CUDA cp.async candidate is checked in the emulator
-  (tests/test_cuda_emulation.py::test_cp_async_project_candidate_gives_the_shipped_bits).
+- Every autotuning config of the reconstruct kernel (the GPU's list, though the interpreter
+  tunes over one) gives the shipped call's bits: the autotuner's choice never shows in a result.
 """
 
 import importlib.util
@@ -61,3 +61,41 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
     empty = (torch.arange(K, device=DEV)[None, :] >= act.repeat_interleave(cpb)[:, None]) | (starts >= n)[:, None]
     assert empty.any() and (~empty).any()
     assert (got[empty] == 0).all() and (got[~empty] != 0).all()
+
+
+def _recon_gpu_configs():
+    from ferret_kernels import triton_kernels as tk
+
+    return [(c.kwargs["CHUNK"], c.num_warps) for c in tk._recon_configs(gpu=True)]
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "uniform"])
+@pytest.mark.parametrize("chunk,warps", _recon_gpu_configs())
+def test_every_reconstruct_config_gives_the_shipped_bits(chunk, warps, dist):
+    """Each element adds its bases' terms in k order whatever the tile, so every config (the
+    64-accumulator ones for rademacher included) is bit-identical to fk.reconstruct_: blocks of
+    several chunks (the last partial) or of less than one, a partial last block, active counts,
+    accumulate."""
+    import triton
+
+    from ferret_kernels import triton_kernels as tk
+
+    K, seed, off = 5, 2**64 - 9, 11
+    k0, k1 = tk._key(seed)
+    for bs in (4 * 1024 + 48,):  # a multiple of 16 (the wide configs' condition); 5 chunks of 1024
+        n = 2 * bs + 123
+        nb = triton.cdiv(n, bs)
+        g = torch.Generator().manual_seed(bs)
+        c = torch.randn(nb, K, generator=g).to(DEV)
+        act = torch.tensor([5, 2, 0], dtype=torch.int32, device=DEV)[:nb]
+        base = torch.randn(n, generator=g).bfloat16().to(DEV)
+        want = base.clone()
+        with fk.use_backend("triton"):
+            fk.reconstruct_(want, c, seed, bs, block_offset=off, dist=dist, scale=0.5, alpha=-2.0, active=act)
+        got = base.clone()
+        tk._reconstruct_kernel.fn[(nb * triton.cdiv(bs, chunk),)](
+            c, got, act, n, bs, off, K, k0, k1, -1.0,
+            ACCUM=True, HAS_ACT=True, DIST=tk._DIST_ID[dist], CHUNK=chunk, num_warps=warps,
+            enable_fp_fusion=tk._FP_FUSION,
+        )  # fmt: skip
+        assert torch.equal(got, want), (bs, chunk, warps)

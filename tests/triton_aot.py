@@ -68,9 +68,9 @@ def variants():
                 configs = (
                     tk._reconstruct_kernel.configs if (dt == "bf16" and accum) else tk._reconstruct_kernel.configs[:1]
                 )
-                configs = tk._recon_prune(configs, {}, DIST=dist)  # the autotuner's candidates for this dist
-                for cfg in configs:
-                    for aligned in (False, True):
+                for aligned in (False, True):
+                    # the autotuner's candidates for this dist, sizes divisible by 16 (aligned) or not
+                    for cfg in tk._recon_prune(configs, {"block_size": 1024 if aligned else 1001}, DIST=dist):
                         sig = tk._aot_signatures(dt)["reconstruct"]
                         const = {"ACCUM": accum, "HAS_ACT": accum, "DIST": dist, **cfg.kwargs}
                         fn = tk._reconstruct_kernel.fn

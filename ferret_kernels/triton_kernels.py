@@ -215,14 +215,19 @@ def _basis_tile(DIST: tl.constexpr, ROWS: tl.constexpr, cstart, k, g, k0, k1):
 @triton.jit
 def _basis_dot(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, k, g, k0, k1):
     """sum over the chunk of v_k * x, x a [ROWS, COLS] tile; rademacher flips x's sign bit where
-    v_k = -1 (exact, as x * +-1)."""
+    v_k = -1 (exact, as x * +-1). One reduction over the whole tile: each thread sums its own
+    elements, then one shuffle tree. Summing the rows first (tl.sum(axis=1), then axis=0) cost a
+    shuffle tree per row where a warp's lanes hold one column each, the layout the list kernel and
+    unaligned inputs get: sm_90 rademacher loop 928 -> 298 instructions (14.5 -> 4.66 per element
+    and basis, 322 -> 7 SHFL), and 314 -> 286 (4.91 -> 4.47) for aligned inputs
+    (benchmarks/sass_cost.py, triton 3.9)."""
     if DIST == 0:
         sx = (xv.to(tl.uint32, bitcast=True) ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(
             tl.float32, bitcast=True
         )
-        d = tl.sum(tl.sum(sx, axis=1), axis=0)
+        d = tl.sum(sx)
     else:
-        d = tl.sum(tl.sum(xv * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1), axis=1), axis=0)
+        d = tl.sum(xv * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1))
     return d
 
 

@@ -42,6 +42,16 @@ DISTS = ("rademacher", "uniform", "gaussian")
 # csrc/cuda/kernels.cuh: elements per thread, and bases per trip of the per-basis loop
 CUDA_ELEMS = {"rademacher": 32, "uniform": 16, "gaussian": 16}
 CUDA_BASES_PER_TRIP = {"rademacher": 4, "uniform": 1, "gaussian": 1}
+# the list kernels' runtime arguments (tests/triton_aot.py compiles them the same way)
+MULTI_SIG = {
+    "tab_ptr": "*i64",
+    "S": "i32",
+    "act_ptr": "*i32",
+    "block_size": "i64",
+    "K": "i32",
+    "k0": "i32",
+    "k1": "i32",
+}
 LANE_ISSUE_PER_S = 132 * 4 * 32 * 1.98e9  # H100 SXM: one warp instruction per scheduler per clock
 HBM_BYTES_PER_S = 3.35e12
 
@@ -127,14 +137,17 @@ def triton_rows(arch: int):
     for di, dist in enumerate(DISTS):
         sigs = tk._aot_signatures("bf16")
         psig, rsig = sigs["project"], sigs["reconstruct"]
+        chunk = tk._project_chunk(1 << 20, dist)
         variants = [
+            ("project", tk._project_kernel, psig, {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk}, 4),
+            # the list kernel reads through addresses from a table: no alignment known, other layouts
             (
-                "project",
-                tk._project_kernel,
-                psig,
-                {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": tk._project_chunk(1 << 20, dist)},
+                "project_multi",
+                tk._project_multi_kernel,
+                dict(MULTI_SIG, part_ptr="*fp32"),
+                {"XT": tk.tl.bfloat16, "HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk},
                 4,
-            )
+            ),
         ]
         variants += [
             (
@@ -153,6 +166,8 @@ def triton_rows(arch: int):
                 for i, a in enumerate(sig)
                 if sig[a].startswith("*") or a in ("numel", "block_size", "block_offset")
             }
+            if op.endswith("_multi"):
+                attrs = {}
             src = ASTSource(
                 fn=fn, signature=dict(sig, **{c: "constexpr" for c in const}), constexprs=const, attrs=attrs
             )
@@ -182,7 +197,7 @@ def main(argv=None):
     rows = cuda_rows(args.arch) + triton_rows(args.arch)
     n = 1 << 28
     for r in rows:
-        bytes_moved = (2 if r["op"] == "project" else 4) * n  # bf16: read x; read + write the parameters
+        bytes_moved = (2 if r["op"].startswith("project") else 4) * n  # bf16: read x; read + write the parameters
         r["model_ms_K4"] = (
             max(n * 4 * r["instr_per_elem_basis"] / LANE_ISSUE_PER_S, bytes_moved / HBM_BYTES_PER_S) * 1e3
         )

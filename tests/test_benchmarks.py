@@ -62,6 +62,15 @@ def test_sass_cost_reports_every_kernel():
                     f"no {be} {op} {dist} row:\n{res.stdout}"
                 )
 
+    # Triton's list kernel costs about what the one-tensor kernel costs per element and basis (it
+    # took 3.2x, 14.5 against 4.5, while a tile was summed row by row: a shuffle tree per row)
+    def per_elem(op):
+        m = re.search(rf"^\s*triton\s+{op}\s+rademacher\s+CHUNK \d+, \d+ warps\s+\d+\s+([\d.]+)", res.stdout, re.M)
+        assert m, f"no triton {op} rademacher row:\n{res.stdout}"
+        return float(m.group(1))
+
+    assert per_elem("project_multi") <= 1.15 * per_elem("project"), res.stdout
+
 
 def test_ab_compare_smoke():
     """benchmarks/ab_compare.py end to end (the same tree as A and B, tiny sizes)."""

@@ -22,7 +22,7 @@ def _write(tmp_path, name, body):
     return str(p)
 
 
-def test_stage_tests_counts_and_budget(tmp_path):
+def test_stage_tests_counts_and_budget(tmp_path, monkeypatch):
     gc = _gpu_check()
     mixed = _write(
         tmp_path,
@@ -47,6 +47,8 @@ def test_stage_tests_counts_and_budget(tmp_path):
     )
     never = _write(tmp_path, "test_never.py", "def test_x(): pass\n")
 
+    # one file at a time: the budget runs out in the second, the third never starts
+    monkeypatch.setattr(gc, "test_workers", lambda gpu: 1)
     run = gc.Run(budget=600, out=None)
     run.env = {"pytest_timeout": "missing"}
     ok = gc.stage_tests(run, 25, gpu=False, files=[mixed, slow, never])
@@ -59,8 +61,11 @@ def test_stage_tests_counts_and_budget(tmp_path):
     assert f"not run (budget): {slow} (stopped part way), {never}" in note
     assert seconds < 60
 
+    # two at a time (the rehearsal on 2 cores): the short file finishes beside the hung one
+    monkeypatch.setattr(gc, "test_workers", lambda gpu: 2)
     run = gc.Run(budget=600, out=None)
     run.env = {"pytest_timeout": "missing"}
-    assert not gc.stage_tests(run, 15, gpu=False, files=[slow])
+    assert not gc.stage_tests(run, 15, gpu=False, files=[slow, never])
     _, status, _, note = run.stages[-1]
-    assert status == "TIMEOUT" and note.endswith(f"not run (budget): {slow} (stopped part way)"), note
+    assert status == "TIMEOUT" and note.startswith("2 passed, 0 failed"), note
+    assert note.endswith(f"2 files at a time; not run (budget): {slow} (stopped part way)"), note

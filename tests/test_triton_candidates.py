@@ -80,6 +80,8 @@ def test_every_reconstruct_config_gives_the_shipped_bits(chunk, warps, dist):
 
     from ferret_kernels import triton_kernels as tk
 
+    if DEV == "cpu" and dist != "rademacher":  # the interpreter runs the same code for both dists
+        pytest.skip("uniform's configs are checked on a GPU (the interpreter compiles no variants)")
     K, seed, off = 5, 2**64 - 9, 11
     k0, k1 = tk._key(seed)
     for bs in (4 * 1024 + 48,):  # a multiple of 16 (the wide configs' condition); 5 chunks of 1024

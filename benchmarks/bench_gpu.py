@@ -15,6 +15,7 @@ to benchmarks/results/gpu_ops.csv with the device name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import subprocess
@@ -143,6 +144,21 @@ def bench_7b_apply(be, dist, bs=1 << 20, K=64, shapes=None, device="cuda", state
     return _7b_row("apply_llama2_7b", apply, total, 4, be, dist, bs, K, device, multi), state
 
 
+@contextlib.contextmanager
+def _recon_multi_chunk(chunk):
+    """Time Triton's list reconstruct at another fixed chunk (a candidate; None: the shipped one)."""
+    if chunk is None:
+        yield
+        return
+    from ferret_kernels import triton_kernels as tk
+
+    shipped, tk._RECON_MULTI_CHUNK = tk._RECON_MULTI_CHUNK, chunk
+    try:
+        yield
+    finally:
+        tk._RECON_MULTI_CHUNK = shipped
+
+
 def bench_7b_project(be, dist, bs=1 << 20, K=4, shapes=None, device="cuda", state=None, multi=False):
     """Project a whole LLaMA2-7B-shaped bf16 model at small K (memory bound): a project per
     tensor (291 calls, ~4 launches each) against one project_multi (one launch per dtype)."""
@@ -171,7 +187,24 @@ COLS = [
     "frac_of_copy",
     "x_vs_per_seed",
     "x_vs_dense",
+    "triton_config",
 ]
+
+
+def triton_config(op, be, dist, bs):
+    """The Triton launch configuration a row was timed with, without spaces (gpu-check splits the
+    table on them): the autotuner's pick for the one-tensor reconstruct_, the fixed chunk of the
+    others; "-" for CUDA."""
+    if be != "triton":
+        return "-"
+    from ferret_kernels import triton_kernels as tk
+
+    if op in ("reconstruct_", "apply_llama2_7b"):
+        c = getattr(tk._reconstruct_kernel, "best_config", None)
+        return f"CHUNK={c.kwargs['CHUNK']},warps={c.num_warps}" if c is not None else "?"
+    if op == "apply_llama2_7b_multi":
+        return f"CHUNK={tk._RECON_MULTI_CHUNK},warps=4"
+    return f"CHUNK={tk._project_chunk(bs, dist)},warps=4"
 
 
 def main(argv=None):
@@ -223,6 +256,7 @@ def main(argv=None):
         return False
 
     def emit(row, extra):
+        row["triton_config"] = triton_config(row["op"], row["backend"], row["dist"], row["block_size"])
         rows.append(row)
         print(
             "row: "
@@ -235,7 +269,8 @@ def main(argv=None):
         )
         if not args.no_csv:
             common.append_csv(
-                "gpu_ops.csv", [dict(extra, **{c: row.get(c, "") for c in COLS + ["n", "block_size", "dtype"]})]
+                "gpu_ops.csv",
+                [dict(extra, **{c: row.get(c, "") for c in COLS[:-1] + ["n", "block_size", "dtype", "triton_config"]})],
             )
 
     # copy bandwidth of this device (bytes read + written)
@@ -310,12 +345,19 @@ def main(argv=None):
         for dist in dists:
             for be in backends:
                 for multi in (False, True):  # a call per tensor, then the list op, side by side
-                    if out_of_time(f"7B apply {be} {dist}{' multi' if multi else ''}"):
-                        continue
-                    row, state = bench_7b_apply(
-                        be, dist, bs=bs, K=K_7b, shapes=shapes_7b, device=dev, state=state, multi=multi
-                    )
-                    emit(row, extra)
+                    # Triton's list reconstruct has a fixed chunk (2048): rademacher's also at 4096 and
+                    # 8192 (sm_90 SASS: 7.56, 5.28 and 4.36 instructions per element and basis, no spills)
+                    sweep = multi and be == "triton" and dist == "rademacher"
+                    for chunk in (None, 4096, 8192) if sweep else (None,):
+                        if out_of_time(
+                            f"7B apply {be} {dist}{' multi' if multi else ''}{f' chunk {chunk}' if chunk else ''}"
+                        ):
+                            continue
+                        with _recon_multi_chunk(chunk):
+                            row, state = bench_7b_apply(
+                                be, dist, bs=bs, K=K_7b, shapes=shapes_7b, device=dev, state=state, multi=multi
+                            )
+                            emit(row, extra)
         # the whole model at K = 4: per-tensor host work against the list op
         for be in backends:
             for multi in (False, True):
@@ -329,7 +371,8 @@ def main(argv=None):
         if dev == "cuda":
             torch.cuda.empty_cache()
     print()
-    common.print_table(rows, COLS)
+    # "-" where a row has no value: gpu-check splits the table on white space
+    common.print_table([{c: r.get(c, "-") for c in COLS} for r in rows], COLS)
     if skipped:
         print(f"\nskipped (over the --budget of {args.budget:g} s): {'; '.join(skipped)}")
     if not args.no_csv and rows:

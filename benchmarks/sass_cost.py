@@ -42,16 +42,6 @@ DISTS = ("rademacher", "uniform", "gaussian")
 # csrc/cuda/kernels.cuh: elements per thread, and bases per trip of the per-basis loop
 CUDA_ELEMS = {"rademacher": 32, "uniform": 16, "gaussian": 16}
 CUDA_BASES_PER_TRIP = {"rademacher": 4, "uniform": 1, "gaussian": 1}
-# the list kernels' runtime arguments (tests/triton_aot.py compiles them the same way)
-MULTI_SIG = {
-    "tab_ptr": "*i64",
-    "S": "i32",
-    "act_ptr": "*i32",
-    "block_size": "i64",
-    "K": "i32",
-    "k0": "i32",
-    "k1": "i32",
-}
 LANE_ISSUE_PER_S = 132 * 4 * 32 * 1.98e9  # H100 SXM: one warp instruction per scheduler per clock
 HBM_BYTES_PER_S = 3.35e12
 
@@ -144,7 +134,7 @@ def triton_rows(arch: int):
             (
                 "project_multi",
                 tk._project_multi_kernel,
-                dict(MULTI_SIG, part_ptr="*fp32"),
+                sigs["project_multi"],
                 {"XT": tk.tl.bfloat16, "HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk},
                 4,
             ),
@@ -164,10 +154,9 @@ def triton_rows(arch: int):
             attrs = {
                 (i,): [["tt.divisibility", 16]]
                 for i, a in enumerate(sig)
-                if sig[a].startswith("*") or a in ("numel", "block_size", "block_offset")
+                if (sig[a].startswith("*") or a in ("numel", "block_size", "block_offset"))
+                and not op.endswith("_multi")
             }
-            if op.endswith("_multi"):
-                attrs = {}
             src = ASTSource(
                 fn=fn, signature=dict(sig, **{c: "constexpr" for c in const}), constexprs=const, attrs=attrs
             )

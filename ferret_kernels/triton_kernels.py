@@ -591,8 +591,20 @@ def _aot_signatures(dtype: str, ints: str = "i64") -> dict:
     """Triton types of the project and reconstruct kernels' runtime arguments, kept beside the
     kernels for the ahead-of-time compiles of tests/triton_aot.py and benchmarks/sass_cost.py:
     `dtype` is the element type of x / y / out ("fp32", "bf16", "fp16"), `ints` the type the
-    launcher's Python ints get ("i32" when small, "i64")."""
+    launcher's Python ints get ("i32" when small, "i64"). The list kernels read their tensors'
+    addresses and sizes from an int64 table, so their signatures hold no dtype (it is XT)."""
+    table = {
+        "tab_ptr": "*i64",
+        "S": "i32",
+        "act_ptr": "*i32",
+        "block_size": "i64",
+        "K": "i32",
+        "k0": "i32",
+        "k1": "i32",
+    }
     return {
+        "project_multi": dict(table, part_ptr="*fp32"),
+        "reconstruct_multi": dict(table, c_ptr="*fp32", factor="fp32"),
         "project": {
             "x_ptr": f"*{dtype}",
             "y_ptr": f"*{dtype}",

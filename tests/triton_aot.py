@@ -101,12 +101,12 @@ def variants():
             )
     # the list kernels: addresses come from the table, so there is no aligned variant
     tl_dt = {"fp32": tk.tl.float32, "bf16": tk.tl.bfloat16, "fp16": tk.tl.float16}
-    ints = {"tab_ptr": "*i64", "S": "i32", "act_ptr": "*i32", "block_size": "i64", "K": "i32", "k0": "i32", "k1": "i32"}
+    sigs = tk._aot_signatures("bf16")  # the list kernels' signatures do not depend on the dtype
     for dist in (0, 1, 2):
         for dt in DTYPES:
             chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform", "gaussian")[dist])
             for has_y, has_act in ((True, True), (False, False)):
-                sig = dict(ints, part_ptr="*fp32")
+                sig = sigs["project_multi"]
                 const = {"XT": tl_dt[dt], "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
                 yield (
                     f"project_multi dist={dist} {dt} y={has_y} active={has_act} CHUNK={chunk}",
@@ -116,7 +116,7 @@ def variants():
                     4,
                     {},
                 )
-            sig = dict(ints, c_ptr="*fp32", factor="fp32")
+            sig = sigs["reconstruct_multi"]
             const = {"XT": tl_dt[dt], "HAS_ACT": True, "DIST": dist, "CHUNK": tk._RECON_MULTI_CHUNK}
             yield (f"reconstruct_multi dist={dist} {dt}", tk._reconstruct_multi_kernel, sig, const, 4, {})
     sig = {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"}

@@ -1,14 +1,17 @@
 // Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh:
-// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS; a cp.async candidate, "pipe_*" in
-// results/cuda_project_variants.csv, was 32-40% slower on an H100 and is gone), side by side in
-// one process, beside the device's copy and read bandwidth; checks that every variant's output is bit-identical to
-// the shipped configuration's. Used to choose ProjectConfig from measurements.
+// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS for project_kernel, the same for the
+// packed-run kernel project_packed_kernel ("pk_*"), and the shipped first pass without its
+// reduce pass ("pass1_*"); a cp.async candidate, "pipe_*" in results/cuda_project_variants.csv,
+// was 32-40% slower on an H100 and is gone), side by side in one process, beside the device's
+// copy and read bandwidth; checks that every variant's output is bit-identical to the reference
+// (mb1_ch1). Used to choose ProjectLaunch from measurements.
 //
 //   nvcc -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc benchmarks/cuda_project_variants.cu -o build/pv
 //   build/pv [log2n=28] [csv path]           (scripts/gpu_check.py builds and runs it on a GPU)
 //
-// Rows: variant, dtype, dist, K, median ms of 20 (CUDA events, project + its reduce pass), GB/s of
-// input read, fraction of the copy and of the read bandwidth, registers, CTAs per SM, identical.
+// Rows: variant, dtype, dist, K (4, 16, 64), median ms of 20 (CUDA events, project + its reduce
+// pass), GB/s of input read, fraction of the copy and of the read bandwidth, registers, CTAs per
+// SM, identical ("-": not compared).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -94,7 +97,47 @@ struct Result {
   float ms;
   int regs, ctas;
   bool same;
+  bool compared = true;
 };
+
+Result finish(const char* name, const ProjectParams& p, float ms, int regs, int ctas, float* out_ref, bool is_ref) {
+  const size_t nout = (size_t)p.num_blocks * p.num_bases;
+  std::vector<float> got(nout), ref(nout);
+  CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
+  if (is_ref) CK(cudaMemcpy(out_ref, p.out, nout * 4, cudaMemcpyDeviceToDevice));
+  CK(cudaMemcpy(ref.data(), out_ref, nout * 4, cudaMemcpyDeviceToHost));
+  const bool same = std::memcmp(got.data(), ref.data(), nout * 4) == 0;
+  return {name, p.num_bases, ms, regs, ctas, same};
+}
+
+// The packed-run kernel (project_packed_kernel: 16-bit x kept as loaded, the next chunk's loads in
+// flight while a CTA works on the current one), through the launcher the op uses.
+template <int MB, int CH>
+Result run_packed(const char* name, ProjectParams p, float* part, float* out_ref) {
+  using T = __nv_bfloat16;
+  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, project_packed_kernel<T, MB, CH>));
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_packed_kernel<T, MB, CH>, kThreads, 0));
+  const float ms = median_ms([&] { CK((launch_project_packed<T, MB, CH>(p, part, 0))); });
+  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+}
+
+// The shipped configuration's first pass alone (no reduce kernel): what the second pass and the
+// gap between the two launches cost. Its output is not written, so it is not compared.
+Result run_first_pass(const char* name, ProjectParams p, float* part) {
+  using T = __nv_bfloat16;
+  const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
+  const int64_t chunks = p.num_blocks * cpb;
+  const float ms = median_ms([&] {
+    project_kernel<T, kRademacher, 4, 1><<<(unsigned)chunks, kThreads>>>(p, cpb, chunks, part);
+    CK(cudaGetLastError());
+  });
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, project_kernel<T, kRademacher, 4, 1>));
+  return {name, p.num_bases, ms, attr.numRegs, 4, true, false};
+}
 
 template <int DIST, int MB, int CH>
 Result run_variant(const char* name, ProjectParams p, float* part, float* out_ref, bool is_ref) {
@@ -103,14 +146,9 @@ Result run_variant(const char* name, ProjectParams p, float* part, float* out_re
   CK(cudaFuncGetAttributes(&attr, project_kernel<T, DIST, MB, CH>));
   int ctas = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_kernel<T, DIST, MB, CH>, kThreads, 0));
+  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
   const float ms = median_ms([&] { CK((launch_project_variant<T, DIST, MB, CH>(p, part, 0))); });
-  const size_t nout = (size_t)p.num_blocks * p.num_bases;
-  std::vector<float> got(nout), ref(nout);
-  CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
-  if (is_ref) CK(cudaMemcpy(out_ref, p.out, nout * 4, cudaMemcpyDeviceToDevice));
-  CK(cudaMemcpy(ref.data(), out_ref, nout * 4, cudaMemcpyDeviceToHost));
-  const bool same = std::memcmp(got.data(), ref.data(), nout * 4) == 0;
-  return {name, p.num_bases, ms, attr.numRegs, ctas, same};
+  return finish(name, p, ms, attr.numRegs, ctas, out_ref, is_ref);
 }
 
 int main(int argc, char** argv) {
@@ -147,7 +185,7 @@ int main(int argc, char** argv) {
       prop.name, prop.multiProcessorCount, copy_gbs, read_gbs, log2n, read_ms, read4_gbs);
 
   std::vector<Result> rows;
-  const int Ks[] = {4, 64};
+  const int Ks[] = {4, 16, 64};
   for (int K : Ks) {
     const int64_t nb = (n + bs - 1) / bs;
     const int64_t cpb = chunks_per_block(bs, kRademacher);
@@ -173,12 +211,13 @@ int main(int argc, char** argv) {
     rows.push_back(run_variant<kRademacher, 2, 1>("mb2_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 3, 1>("mb3_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 1>("mb4_ch1", p, part, ref, false));
-    rows.push_back(run_variant<kRademacher, 1, 2>("mb1_ch2", p, part, ref, false));
-    rows.push_back(run_variant<kRademacher, 3, 2>("mb3_ch2", p, part, ref, false));
-    rows.push_back(run_variant<kRademacher, 1, 4>("mb1_ch4", p, part, ref, false));
-    rows.push_back(run_variant<kRademacher, 3, 4>("mb3_ch4", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
-    rows.push_back(run_variant<kRademacher, 1, 8>("mb1_ch8", p, part, ref, false));
+    rows.push_back(run_first_pass("pass1_mb4", p, part));
+    rows.push_back(run_packed<3, 2>("pk_mb3_ch2", p, part, ref));
+    rows.push_back(run_packed<3, 4>("pk_mb3_ch4", p, part, ref));
+    rows.push_back(run_packed<3, 8>("pk_mb3_ch8", p, part, ref));
+    rows.push_back(run_packed<4, 4>("pk_mb4_ch4", p, part, ref));
+    rows.push_back(run_packed<1, 16>("pk_mb1_ch16", p, part, ref));
     CK(cudaFree(part));
     CK(cudaFree(out));
     CK(cudaFree(ref));
@@ -193,11 +232,18 @@ int main(int argc, char** argv) {
   for (const Result& r : rows) {
     const double gbs = n * 2.0 / (r.ms * 1e-3) / 1e9;
     std::printf("%-8s %3d %8.4f %8.0f %8.3f %8.3f %5d %5d %s\n", r.name.c_str(), r.K, r.ms, gbs, gbs / copy_gbs,
-                gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "NO");
+                gbs / read_gbs, r.regs, r.ctas,
+                !r.compared ? "-"
+                : r.same    ? "yes"
+                            : "NO");
     if (f)
       std::fprintf(f, "%s,%d,%s,bfloat16,rademacher,%lld,%d,%.5f,%.1f,%.4f,%.4f,%d,%d,%s,%.1f,%.1f,%.1f\n", prop.name,
                    prop.multiProcessorCount, r.name.c_str(), (long long)n, r.K, r.ms, gbs, gbs / copy_gbs,
-                   gbs / read_gbs, r.regs, r.ctas, r.same ? "yes" : "no", copy_gbs, read_gbs, read4_gbs);
+                   gbs / read_gbs, r.regs, r.ctas,
+                   !r.compared ? "-"
+                   : r.same    ? "yes"
+                               : "no",
+                   copy_gbs, read_gbs, read4_gbs);
   }
   if (f) std::fclose(f);
   bool all = true;

@@ -319,6 +319,27 @@ def test_unaligned_pointers_give_the_same_bits(emu, dtype):
     assert torch.equal(emu.reconstruct(c, 11, n, bs, dist="uniform", out=x, alpha=-2.0, misalign=1), acc)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("K", [1, 4, 8, 9])
+def test_packed_project_gives_the_fp32_kernels_bits(emu, dtype, K):
+    """Rademacher project of a 16-bit x without y at K <= 8 runs project_packed_kernel (x kept as
+    loaded, 4 chunks a CTA, the next chunk's loads ahead); K = 9 runs project_kernel. Both must
+    give, bit for bit, what the fp32 kernel gives for the same values: a CTA's 4 chunks spanning
+    a block boundary, a partial chunk at each block's end, a last CTA with 3 chunks, active
+    counts (one past K), and an unaligned pointer (the element-wise load path)."""
+    torch.manual_seed(K)
+    bs = 2 * 8192 + 100  # 3 chunks a block, the last one partial
+    n = 4 * bs + 5000  # 5 blocks, 15 chunks: CTAs of 4, 4, 4, 3 chunks
+    x = torch.randn(n).to(dtype)
+    active = torch.tensor([K, 0, K + 1, max(K - 1, 0), 1], dtype=torch.int32)
+    kw = dict(block_offset=5, dist="rademacher", scale=0.5, active=active)
+    got = emu.project(x, 2**40 + 3, K, bs, **kw)
+    assert torch.equal(got, emu.project(x.float(), 2**40 + 3, K, bs, **kw))
+    assert torch.equal(emu.project(x, 2**40 + 3, K, bs, misalign=1, **kw), got)
+    want = ref(fk.project, x.float(), 2**40 + 3, K, bs, **dict(kw, active=active.clamp(0, K)))
+    assert_project_close(got, want, 0.5 * x.float(), bs, "rademacher")
+
+
 def test_active_counts_adjoint_and_determinism(emu):
     n, bs, K = 2100, 512, 40
     x = torch.randn(n)

@@ -6,8 +6,11 @@ small-K candidate (_project_loop_kernel: CHUNKS chunks a program, STAGES-deep), 
 Launches ferret_kernels.triton_kernels' _project_kernel and _reduce_kernel directly (the shipped
 op picks CHUNK with _project_chunk and 4 warps), bf16 input, rademacher and uniform, K = 4 and
 64, and reports the median time (triton.testing.do_bench), GB/s of input read against the copy
-bandwidth measured in the same run, and whether the result equals the shipped configuration's
-bit for bit (a different CHUNK changes the summation order, so only equal CHUNKs can match).
+bandwidth measured in the same run, and whether the result equals the one-chunk kernel's at the
+shipped CHUNK bit for bit (a different CHUNK changes the summation order, so only equal CHUNKs can
+match), without and with y and active counts. "shipped" marks what fk.project runs for bf16 x
+without y: the pipelined kernel at CHUNKS _LOOP_CHUNKS, STAGES _LOOP_STAGES for rademacher at
+K <= _LOOP_MAX_BASES, else the one-chunk kernel.
 Used to choose _project_chunk and num_warps from measurements; needs a CUDA device.
 """
 
@@ -73,6 +76,9 @@ def main(argv=None) -> int:
             ref = ref_ya = None
             nb = (n + bs - 1) // bs
             act = (torch.arange(nb, device=dev) % (K + 2) - 1).to(torch.int32)  # -1 .. K + 1: clamped
+            # what fk.project runs for bf16 x without y: the pipelined kernel at small K (rademacher)
+            loop_shipped = dist == "rademacher" and K <= tk._LOOP_MAX_BASES
+            shipped_loop = (tk._LOOP_CHUNKS, tk._LOOP_STAGES) if loop_shipped else ()
             configs = [(shipped_chunk, 4)] + [
                 (int(c), int(w))
                 for c in args.chunks.split(",")
@@ -81,7 +87,7 @@ def main(argv=None) -> int:
             ]
             # the pipelined candidate (_project_loop_kernel: K unrolled, CHUNKS chunks a program,
             # STAGES-deep cp.async pipeline) at small K, with the shipped chunk and 4 warps
-            pipes = ((4, 2), (8, 3)) if args.smoke else [(c, st) for c in (4, 8, 16) for st in (2, 3)]
+            pipes = ((4, 2), (8, 3)) if args.smoke else [(4, 3), (8, 2), (8, 3), (8, 4), (16, 3), (16, 4)]
             loops = [(shipped_chunk, 4, c, st) for c, st in pipes] if K <= 8 else []
             for chunk, warps, *loop in [(c, w) for c, w in configs] + loops:
                 cpb = (bs + chunk - 1) // chunk
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
                     chunk=chunk,
                     num_warps=warps,
                     variant=f"loop_c{loop[0]}_s{loop[1]}" if loop else "one_chunk",
-                    shipped=(chunk, warps) == (shipped_chunk, 4) and not loop,
+                    shipped=(chunk, warps) == (shipped_chunk, 4) and tuple(loop) == shipped_loop,
                     time_ms=round(t * 1e3, 5),
                     GB_per_s=round(gbs, 1),
                     frac_of_copy=round(gbs / copy_gbs, 4),

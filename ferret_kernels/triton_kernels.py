@@ -295,13 +295,20 @@ def _project_kernel(
         tl.store(part_ptr + pid * K + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
 
 
-# A candidate for the memory-bound end (small K), timed by benchmarks/tune_triton_project.py and
-# not shipped until a GPU has measured it: a program sums CHUNKS consecutive chunks, and with K a
-# constexpr (the bases unrolled, no loop nested in the chunk loop) Triton software-pipelines the
-# chunk loop: the next chunks' loads go to shared memory with cp.async while the current one is
-# summed (triton 3.9, sm_90: 20 cp.async and 17 KB of shared memory at STAGES = 2; with the
-# bases in a runtime loop it pipelines nothing). Inactive bases are computed and not stored.
-@triton.jit(do_not_specialize=_NO_SPEC)
+# Rademacher project at small K (K <= _LOOP_MAX_BASES), the memory-bound end: a program sums
+# CHUNKS consecutive chunks, and with K a constexpr (the bases unrolled, no loop nested in the
+# chunk loop) Triton software-pipelines the chunk loop: the next chunks' loads go to shared memory
+# with cp.async while the current one is summed (triton 3.9, sm_90: 20 cp.async and 17 KB of
+# shared memory at STAGES = 2; with the bases in a runtime loop it pipelines nothing). Inactive
+# bases are computed and not stored. Each chunk's sums are the one-chunk kernel's, bit for bit
+# (H100, with and without y and active counts). H100, bf16 n = 2^28, K = 4
+# (results/triton_project_tune.csv, 2026-11-27): 0.2743 ms at CHUNKS 8, STAGES 3 against 0.2946
+# for _project_kernel (0.65 / 0.61 of the copy bandwidth); CHUNKS 4: 0.2753, STAGES 2: 0.28-0.29.
+# Shipped where it was timed: 16-bit x without y. Its staged loads take shared memory, per program
+# (sm_90, triton 3.9, CHUNKS 8, STAGES 3): 33 KB for 16-bit x, 66 KB for fp32, 132 KB for fp32
+# with y (one program per SM); with y it has not been timed. One compiled variant per K (a
+# constexpr): at most _LOOP_MAX_BASES of them per dtype.
+@triton.jit(do_not_specialize=_NO_SPEC + ("num_chunks",))
 def _project_loop_kernel(
     x_ptr,
     y_ptr,
@@ -346,6 +353,9 @@ def _project_loop_kernel(
                 tl.store(part_ptr + pid * K + k, d, mask=live & (kb > k))
             else:
                 tl.store(part_ptr + pid * K + k, d, mask=live)
+
+
+_LOOP_MAX_BASES, _LOOP_CHUNKS, _LOOP_STAGES = 8, 8, 3
 
 
 @triton.jit
@@ -707,25 +717,41 @@ def project(
     xc = _aligned(x.reshape(-1).contiguous())
     yc = _aligned(y.reshape(-1).contiguous()) if y is not None else xc
     k0, k1 = _key(seed)
+    common = dict(HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4)
     with _on_device(x):
-        _wrap(_project_kernel)[(nb * cpb,)](
-            xc,
-            yc,
-            act if act is not None else out,
-            part,
-            n,
-            block_size,
-            block_offset,
-            num_bases,
-            k0,
-            k1,
-            HAS_Y=y is not None,
-            HAS_ACT=act is not None,
-            DIST=_DIST_ID[dist],
-            CHUNK=chunk,
-            num_warps=4,
-            enable_fp_fusion=_FP_FUSION,
-        )
+        if dist == "rademacher" and num_bases <= _LOOP_MAX_BASES and y is None and x.element_size() == 2:
+            _wrap(_project_loop_kernel)[(triton.cdiv(nb * cpb, _LOOP_CHUNKS),)](
+                xc,
+                yc,
+                act if act is not None else out,
+                part,
+                n,
+                block_size,
+                block_offset,
+                k0,
+                k1,
+                nb * cpb,
+                K=num_bases,
+                CHUNKS=_LOOP_CHUNKS,
+                STAGES=_LOOP_STAGES,
+                enable_fp_fusion=_FP_FUSION,
+                **common,
+            )
+        else:
+            _wrap(_project_kernel)[(nb * cpb,)](
+                xc,
+                yc,
+                act if act is not None else out,
+                part,
+                n,
+                block_size,
+                block_offset,
+                num_bases,
+                k0,
+                k1,
+                enable_fp_fusion=_FP_FUSION,
+                **common,
+            )
         _wrap(_reduce_kernel)[(nb * triton.cdiv(num_bases, kt),)](
             part, out, cpb, num_bases, scale, KT=kt, enable_fp_fusion=_FP_FUSION
         )

@@ -135,22 +135,28 @@ def test_dtypes_difference_and_inplace(dtype, dist):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("K", [4, 8, 9])
-def test_cuda_16bit_rademacher_project_equals_the_fp32_one(gb, dtype, K):
-    """CUDA: a 16-bit x without y at K <= 8 goes through the packed-run kernel (4 chunks a CTA,
-    the next chunk's loads in flight), K = 9 through the fp32-register one; both must give the
-    bits of the fp32 kernel on the same values (CTAs spanning block ends, partial chunks, a
-    partial last CTA, active counts one past K, many CTAs)."""
-    if gb != "cuda":
-        pytest.skip("the packed-run kernel is CUDA's (Triton's layouts differ per dtype)")
-    for n, bs in ((4 * (2 * 8192 + 100) + 5000, 2 * 8192 + 100), ((1 << 22) + 12345, 1 << 20)):
+def test_16bit_rademacher_project_without_y(gb, dtype, K):
+    """A 16-bit x without y at K <= 8 takes each backend's small-K kernel (CUDA: packed runs, 4
+    chunks a CTA, the next chunk's loads in flight; Triton: 8 chunks a program, pipelined),
+    K = 9 the general one: against the reference, and on CUDA bit for bit the fp32 kernel's
+    result for the same values (CTAs spanning block ends, partial chunks, a partial last CTA,
+    active counts one past K; on a GPU also many CTAs)."""
+    sizes = [(4 * (2 * 8192 + 100) + 5000, 2 * 8192 + 100)]
+    if DEV == "cuda":
+        sizes.append(((1 << 22) + 12345, 1 << 20))
+    for n, bs in sizes:
         x = torch.randn(n, device=DEV).to(dtype)
         nb = fk.num_blocks(n, bs)
         active = (torch.arange(nb, device=DEV) % (K + 2)).to(torch.int32)
-        for kw in ({}, {"active": active}):
-            got = fk.project(x, 2**40 + 3, K, bs, dist="rademacher", block_offset=5, scale=0.5, **kw)
-            assert torch.equal(
-                got, fk.project(x.float(), 2**40 + 3, K, bs, dist="rademacher", block_offset=5, scale=0.5, **kw)
+        for act in (None, active):
+            kw = dict(dist="rademacher", block_offset=5, scale=0.5, active=act)
+            got = fk.project(x, 2**40 + 3, K, bs, **kw)
+            want = ref(
+                fk.project, x.float(), 2**40 + 3, K, bs, **dict(kw, active=None if act is None else act.clamp(0, K))
             )
+            assert_project_close(got.cpu(), want, 0.5 * x.float().cpu(), bs, "rademacher")
+            if gb == "cuda":
+                assert torch.equal(got, fk.project(x.float(), 2**40 + 3, K, bs, **kw))
 
 
 def test_active_counts_adjoint_and_determinism():

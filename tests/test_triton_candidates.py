@@ -2,7 +2,8 @@
 they must compute what the shipped kernels compute, so that a faster one can replace them.
 
 - Triton `_project_loop_kernel` (CHUNKS chunks a program, bases unrolled, a cp.async pipeline
-  on a GPU) against the shipped `_project_kernel`, with y, active counts, a partial last chunk
+  on a GPU; fk.project runs it for rademacher 16-bit x without y at K <= 8) against
+  `_project_kernel`, with y, active counts, a partial last chunk
   and a grid that does not divide into CHUNKS: bit for bit in Triton's interpreter; on a GPU
   within float32 rounding (the staged loads may give the reduction another order).
 - Every autotuning config of the reconstruct kernel (the GPU's list, though the interpreter
@@ -26,7 +27,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("dist", ["rademacher", "uniform", "gaussian"])
-@pytest.mark.parametrize("chunks,stages", [(4, 2), (3, 3)])
+@pytest.mark.parametrize("chunks,stages", [(4, 2), (3, 3), (8, 3)])  # (8, 3): what fk.project runs
 def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chunks, stages):
     import triton
 

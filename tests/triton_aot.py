@@ -83,22 +83,35 @@ def variants():
                             cfg.num_warps,
                             _attrs(fn, sig, aligned),
                         )
-    # the pipelined small-K candidate that benchmarks/tune_triton_project.py times
-    for dist in (0, 1):
-        for stages in (2, 3):
-            sig = {k: v for k, v in tk._aot_signatures("bf16")["project"].items() if k != "K"}
-            sig["num_chunks"] = "i64"
-            chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
-            const = {"K": 4, "HAS_Y": False, "HAS_ACT": False, "DIST": dist, "CHUNK": chunk, "CHUNKS": 4}
-            const["STAGES"] = stages
-            yield (
-                f"project_loop dist={dist} bf16 K=4 CHUNK={chunk} CHUNKS=4 STAGES={stages} aligned=True",
-                tk._project_loop_kernel,
-                sig,
-                const,
-                4,
-                _attrs(tk._project_loop_kernel, sig, True),
-            )
+    # the pipelined small-K kernel the rademacher project runs at K <= _LOOP_MAX_BASES for 16-bit x
+    # without y (the largest and smallest K, with and without active counts), its y + active
+    # variant that benchmarks/tune_triton_project.py checks bit for bit, and uniform at the
+    # configurations that script times
+    loop = tk._LOOP_CHUNKS, tk._LOOP_STAGES
+    for dist, dt, K, has_y, has_act, aligned, chunks, stages in (
+        [
+            (0, dt, K, False, act, True, *loop)
+            for dt in ("bf16", "fp16")
+            for K in (1, tk._LOOP_MAX_BASES)
+            for act in (False, True)
+        ]
+        + [(0, "bf16", 4, True, True, True, *loop)]
+        + [(1, "bf16", 4, False, False, True, 4, 2), (1, "bf16", 4, False, False, True, 4, 3)]
+    ):
+        sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
+        sig["num_chunks"] = "i64"
+        chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
+        const = {"K": K, "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk, "CHUNKS": chunks}
+        const["STAGES"] = stages
+        yield (
+            f"project_loop dist={dist} {dt} K={K} y={has_y} active={has_act} CHUNK={chunk} CHUNKS={chunks} "
+            f"STAGES={stages} aligned={aligned}",
+            tk._project_loop_kernel,
+            sig,
+            const,
+            4,
+            _attrs(tk._project_loop_kernel, sig, aligned),
+        )
     # the list kernels: addresses come from the table, so there is no aligned variant
     tl_dt = {"fp32": tk.tl.float32, "bf16": tk.tl.bfloat16, "fp16": tk.tl.float16}
     sigs = tk._aot_signatures("bf16")  # the list kernels' signatures do not depend on the dtype

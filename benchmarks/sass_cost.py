@@ -129,7 +129,13 @@ def triton_rows(arch: int):
         psig, rsig = sigs["project"], sigs["reconstruct"]
         chunk = tk._project_chunk(1 << 20, dist)
         variants = [
-            ("project", tk._project_kernel, psig, {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk}, 4),
+            (
+                "project",
+                tk._project_kernel,
+                psig,
+                {"HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk, "PAIR": True},
+                4,
+            ),
             # the list kernel reads through addresses from a table: no alignment known, other layouts
             (
                 "project_multi",
@@ -164,6 +170,8 @@ def triton_rows(arch: int):
             (ins,) = sass_functions(k.asm["cubin"]).values()
             n, ops = basis_loop(ins)
             elems = const["CHUNK"] / (32 * warps)
+            if op.startswith("project") and dist == "rademacher":
+                elems *= tk._PROJECT_BASES_PER_TRIP  # rademacher project sums two bases per trip
             rows.append(
                 dict(
                     backend="triton",

@@ -89,7 +89,11 @@ def main(argv=None) -> int:
             # STAGES-deep cp.async pipeline) at small K, with the shipped chunk and 4 warps
             pipes = ((4, 2), (8, 3)) if args.smoke else [(4, 3), (8, 2), (8, 3), (8, 4), (16, 3), (16, 4)]
             loops = [(shipped_chunk, 4, c, st) for c, st in pipes] if K <= 8 else []
-            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops:
+            # rademacher bases one at a time (PAIR False: what shipped before 2026-11-27) beside two
+            singles = [(shipped_chunk, 4, "single")] if dist == "rademacher" else []
+            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops + singles:
+                single = loop == ["single"]
+                loop = [] if single else loop
                 cpb = (bs + chunk - 1) // chunk
                 part = torch.zeros(nb * cpb, K, device=dev)
                 out = torch.zeros(nb, K, device=dev)
@@ -135,6 +139,7 @@ def main(argv=None) -> int:
                             HAS_ACT=hy,
                             DIST=tk._DIST_ID[dist],
                             CHUNK=chunk,
+                            PAIR=not single,
                             num_warps=warps,
                         )
                     kt = min(64, triton.next_power_of_2(K))
@@ -166,8 +171,8 @@ def main(argv=None) -> int:
                     K=K,
                     chunk=chunk,
                     num_warps=warps,
-                    variant=f"loop_c{loop[0]}_s{loop[1]}" if loop else "one_chunk",
-                    shipped=(chunk, warps) == (shipped_chunk, 4) and tuple(loop) == shipped_loop,
+                    variant=f"loop_c{loop[0]}_s{loop[1]}" if loop else "one_basis" if single else "one_chunk",
+                    shipped=(chunk, warps) == (shipped_chunk, 4) and tuple(loop) == shipped_loop and not single,
                     time_ms=round(t * 1e3, 5),
                     GB_per_s=round(gbs, 1),
                     frac_of_copy=round(gbs / copy_gbs, 4),

@@ -192,6 +192,22 @@ def _rademacher_signs(ROWS: tl.constexpr, cstart, k, g, k0, k1):
 
 
 @triton.jit
+def _rademacher_signs2(ROWS: tl.constexpr, cstart, k, g, k0, k1):
+    """_rademacher_signs of bases k and k + 1 from one Philox tensor of ROWS / 2 outputs. A
+    program's ROWS / 4 outputs of one basis are fewer than its threads (CHUNK 8192, 4 warps: 64
+    for 128 threads), so each was computed twice; two bases fill the threads once each."""
+    R4: tl.constexpr = ROWS // 4
+    i = tl.arange(0, 2 * R4)
+    zero = tl.zeros([2 * R4], dtype=tl.uint32)
+    w = ((cstart >> 7) + (i % R4)).to(tl.uint32)
+    r0, r1, r2, r3 = _philox(w, zero + k + (i // R4).to(tl.uint32), zero + g, zero, k0, k1)
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [2, ROWS])  # [basis, row]
+    wa, wb = tl.split(tl.permute(words, (1, 0)))
+    shift = (31 - tl.arange(0, 32)).to(tl.uint32)
+    return (wa[:, None] << shift[None, :]) & 0x80000000, (wb[:, None] << shift[None, :]) & 0x80000000
+
+
+@triton.jit
 def _basis_tile(DIST: tl.constexpr, ROWS: tl.constexpr, cstart, k, g, k0, k1):
     """Values [ROWS, 4] of basis k of block g (uniform: DIST 1, gaussian: DIST 2) for the
     chunk starting at element cstart; rademacher goes through _rademacher_signs."""
@@ -229,6 +245,27 @@ def _basis_dot(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, k, g, k0, k1)
     else:
         d = tl.sum(xv * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1))
     return d
+
+
+_PROJECT_BASES_PER_TRIP = 2  # rademacher, _project_bases (read by benchmarks/sass_cost.py)
+
+
+@triton.jit
+def _project_bases(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, kb, g, k0, k1, row_ptr, PAIR: tl.constexpr):
+    """row_ptr[k] = _basis_dot of basis k, k < kb. Rademacher goes two bases at a time
+    (_rademacher_signs2; an odd kb computes one basis more and does not store it): sm_90 loop
+    286 -> 500 instructions for twice the bases, 4.47 -> 3.91 per element and basis (triton 3.9,
+    CHUNK 8192, 4 warps). Each basis' sum is the one-basis tile sum: the same bits. PAIR False:
+    one basis at a time (benchmarks/tune_triton_project.py times both)."""
+    if DIST == 0 and PAIR:
+        xb = xv.to(tl.uint32, bitcast=True)
+        for k in range(0, kb, 2):
+            sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
+            tl.store(row_ptr + k, tl.sum((xb ^ sa).to(tl.float32, bitcast=True)))
+            tl.store(row_ptr + k + 1, tl.sum((xb ^ sb).to(tl.float32, bitcast=True)), mask=k + 1 < kb)
+    else:
+        for k in range(0, kb):
+            tl.store(row_ptr + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
 
 
 @triton.jit
@@ -273,6 +310,7 @@ def _project_kernel(
     HAS_ACT: tl.constexpr,
     DIST: tl.constexpr,
     CHUNK: tl.constexpr,
+    PAIR: tl.constexpr = True,
 ):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
@@ -291,8 +329,7 @@ def _project_kernel(
     if HAS_ACT:  # clamped to [0, K]: never past the row of part (counts are not checked on the host for GPU tensors)
         kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)
     g = (block_offset + b).to(tl.uint32)
-    for k in range(0, kb):
-        tl.store(part_ptr + pid * K + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
+    _project_bases(DIST, ROWS, xv, cstart, kb, g, k0, k1, part_ptr + pid * K, PAIR)
 
 
 # Rademacher project at small K (K <= _LOOP_MAX_BASES), the memory-bound end: a program sums
@@ -541,8 +578,7 @@ def _project_multi_kernel(
     if HAS_ACT:  # clamped to [0, K]: never past the row of part
         kb = tl.minimum(tl.maximum(tl.load(act_ptr + row).to(tl.int32), 0), K)
     g = (tl.load(seg + 4) + j).to(tl.uint32)
-    for k in range(0, kb):
-        tl.store(part_ptr + pid * K + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
+    _project_bases(DIST, ROWS, xv, cstart, kb, g, k0, k1, part_ptr + pid * K, True)
 
 
 @triton.jit(do_not_specialize=("k0", "k1"))

@@ -39,9 +39,8 @@ def test_bench_gpu_smoke():
     for op in ("project", "reconstruct_", "apply_llama2_7b"):
         for dist in ("rademacher", "gaussian"):
             assert re.search(rf"^\s*{op}\s+triton\s+{dist}\s", out, re.M), f"no {op}/{dist} row:\n{out}"
-    # the list reconstruct's chunk candidates, each row saying its configuration
-    for chunk in (2048, 4096, 8192):
-        assert re.search(rf"^\s*apply_llama2_7b_multi\s+triton\s+rademacher\s.*CHUNK={chunk},warps=4$", out, re.M)
+    # the list reconstruct's row says its configuration
+    assert re.search(r"^\s*apply_llama2_7b_multi\s+triton\s+rademacher\s.*CHUNK=2048,warps=4$", out, re.M)
     # the table gpu-check turns into markdown by splitting on white space: a cell in every column
     head = re.search(r"^\s*op\s+backend\s+dist\s.*$", out, re.M)
     table = out[head.start() :].strip().split("\n\n")[0].splitlines()

@@ -55,7 +55,7 @@ def variants():
                 (False, True, "i32", big, True),
             ):
                 sig = tk._aot_signatures(dt, ints)["project"]
-                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
+                const = {"HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk, "PAIR": True}
                 yield (
                     f"project dist={dist} {dt} y={has_y} active={has_act} ints={ints} CHUNK={chunk} aligned={aligned}",
                     tk._project_kernel,

@@ -344,7 +344,9 @@ def _project_kernel(
 # Shipped where it was timed: 16-bit x without y. Its staged loads take shared memory, per program
 # (sm_90, triton 3.9, CHUNKS 8, STAGES 3): 33 KB for 16-bit x, 66 KB for fp32, 132 KB for fp32
 # with y (one program per SM); with y it has not been timed. One compiled variant per K (a
-# constexpr): at most _LOOP_MAX_BASES of them per dtype.
+# constexpr): at most _LOOP_MAX_BASES of them per dtype. Rademacher bases go in pairs here too
+# (_rademacher_signs2; not yet timed on a GPU): sm_90 chunk loop at K = 4 1414 -> 1288
+# instructions (22.1 -> 20.1 per element), K = 8 2526 -> 2282 (triton 3.9; 3.6 alike).
 @triton.jit(do_not_specialize=_NO_SPEC + ("num_chunks",))
 def _project_loop_kernel(
     x_ptr,
@@ -384,12 +386,21 @@ def _project_loop_kernel(
         if HAS_ACT:
             kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)
         g = (block_offset + b).to(tl.uint32)
-        for k in tl.static_range(K):
-            d = _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1)
-            if HAS_ACT:
+        if DIST == 0:  # two bases at a time (_project_bases), the last one alone for an odd K
+            xb = xv.to(tl.uint32, bitcast=True)
+            for k in tl.static_range(0, K - 1, 2):
+                sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
+                da = tl.sum((xb ^ sa).to(tl.float32, bitcast=True))
+                db = tl.sum((xb ^ sb).to(tl.float32, bitcast=True))
+                tl.store(part_ptr + pid * K + k, da, mask=live & (kb > k))
+                tl.store(part_ptr + pid * K + k + 1, db, mask=live & (kb > k + 1))
+            if K % 2 == 1:
+                d = _basis_dot(DIST, ROWS, xv, cstart, K - 1, g, k0, k1)
+                tl.store(part_ptr + pid * K + K - 1, d, mask=live & (kb > K - 1))
+        else:
+            for k in tl.static_range(K):
+                d = _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1)
                 tl.store(part_ptr + pid * K + k, d, mask=live & (kb > k))
-            else:
-                tl.store(part_ptr + pid * K + k, d, mask=live)
 
 
 _LOOP_MAX_BASES, _LOOP_CHUNKS, _LOOP_STAGES = 8, 8, 3

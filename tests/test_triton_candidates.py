@@ -28,7 +28,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.mark.parametrize("dist", ["rademacher", "uniform", "gaussian"])
 @pytest.mark.parametrize("chunks,stages", [(4, 2), (3, 3), (8, 3)])  # (8, 3): what fk.project runs
-def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chunks, stages):
+@pytest.mark.parametrize("K", [4, 5])  # rademacher: bases in pairs, an odd K's last one alone
+def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chunks, stages, K):
     import triton
 
     from ferret_kernels import triton_kernels as tk
@@ -38,11 +39,10 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
     chunk = tk._project_chunk(bs, dist)
     cpb = triton.cdiv(bs, chunk)
     nb = triton.cdiv(n, bs)
-    K = 4
     g = torch.Generator().manual_seed(3)
     x = torch.randn(n, generator=g).bfloat16().to(DEV)
     y = torch.randn(n, generator=g).bfloat16().to(DEV)
-    act = torch.tensor([4, 0, 2, 3, 1, 4], dtype=torch.int32, device=DEV)
+    act = torch.tensor([K, 0, 2, 3, 1, K], dtype=torch.int32, device=DEV)
     k0, k1 = tk._key(2**64 - 3)
     common = dict(HAS_Y=True, HAS_ACT=True, DIST=tk._DIST_ID[dist], CHUNK=chunk, num_warps=4)
     want = torch.zeros(nb * cpb, K, device=DEV)

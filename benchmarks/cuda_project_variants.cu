@@ -1,10 +1,11 @@
-// Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh:
-// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS for project_kernel, the same for the
-// packed-run kernel project_packed_kernel ("pk_*"; "_wr": with a warp-per-basis second pass),
-// and the shipped first pass without its reduce pass ("pass1_*"); a cp.async candidate, "pipe_*" in
-// results/cuda_project_variants.csv, was 32-40% slower on an H100 and is gone), side by side in one process, beside the
-// device's copy and read bandwidth; checks that every variant's output is bit-identical to the reference (mb1_ch1).
-// Used to choose ProjectLaunch from measurements.
+// Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh):
+// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS ("mb*_ch*"), the shipped first pass alone
+// ("pass1_*") and with the second pass that ran before 2026-11-27 ("chain_*"), side by side in
+// one process, beside the device's copy and read bandwidth; checks that every variant's output is
+// bit-identical to the reference (mb1_ch1). Used to choose ProjectLaunch from measurements. Gone
+// after an H100 measured them slower (rows kept in results/cuda_project_variants.csv): a cp.async
+// pipeline ("pipe_*", 32-40% slower at K = 4) and a packed-run kernel ("pk_*": 16-bit x kept as
+// loaded with the next chunk prefetched, 17-27% slower at K = 4 and 16).
 //
 //   nvcc -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc benchmarks/cuda_project_variants.cu -o build/pv
 //   build/pv [log2n=28] [csv path]           (scripts/gpu_check.py builds and runs it on a GPU)
@@ -69,20 +70,15 @@ __global__ void read4_kernel(const uint4* x, int64_t nvec, float* sink) {
   if (s == 12345.0f) sink[threadIdx.x] = s;
 }
 
-// A candidate second pass: one warp per (block, basis); lane l adds chunks l, l + 32, ... in
-// order, then a fixed xor tree (deterministic, but another order than reduce_kernel's: not
-// bit-identical). The shipped reduce_kernel gives a thread per basis, which at K = 4 leaves 252
-// of a CTA's 256 threads idle and runs chunks_per_block dependent adds.
-__global__ void reduce_warp_kernel(const float* part, int64_t cpb, int64_t rows, int K, float scale, float* out) {
-  const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (w >= rows * K) return;  // whole warps leave together
-  const int64_t b = w / K;
-  const int k = (int)(w % K);
-  float s = 0.0f;
-  for (int64_t c = lane; c < cpb; c += 32) s += part[(b * cpb + c) * K + k];
-  s = warp_sum(s);
-  if (lane == 0) out[b * K + k] = s * scale;
+// The second pass that ran before 2026-11-27, kept to time beside the shipped one: a thread per
+// (block, basis) adds the block's chunks in a chain (grid: blocks x ceil(K / 256)).
+__global__ void reduce_chain_kernel(const float* part, int64_t cpb, int K, float scale, float* out) {
+  const int64_t b = blockIdx.x;
+  for (int64_t k = (int64_t)blockIdx.y * kThreads + threadIdx.x; k < K; k += (int64_t)gridDim.y * kThreads) {
+    float s = 0.0f;
+    for (int64_t c = 0; c < cpb; ++c) s += part[(b * cpb + c) * K + k];
+    out[b * K + k] = s * scale;
+  }
 }
 
 template <typename F>
@@ -126,20 +122,6 @@ Result finish(const char* name, const ProjectParams& p, float ms, int regs, int 
   return {name, p.num_bases, ms, regs, ctas, same};
 }
 
-// The packed-run kernel (project_packed_kernel: 16-bit x kept as loaded, the next chunk's loads in
-// flight while a CTA works on the current one), through the launcher the op uses.
-template <int MB, int CH>
-Result run_packed(const char* name, ProjectParams p, float* part, float* out_ref) {
-  using T = __nv_bfloat16;
-  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, project_packed_kernel<T, MB, CH>));
-  int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_packed_kernel<T, MB, CH>, kThreads, 0));
-  const float ms = median_ms([&] { CK((launch_project_packed<T, MB, CH>(p, part, 0))); });
-  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
-}
-
 // The shipped configuration's first pass alone (no reduce kernel): what the second pass and the
 // gap between the two launches cost. Its output is not written, so it is not compared.
 Result run_first_pass(const char* name, ProjectParams p, float* part) {
@@ -155,23 +137,21 @@ Result run_first_pass(const char* name, ProjectParams p, float* part) {
   return {name, p.num_bases, ms, attr.numRegs, 4, true, false};
 }
 
-// The packed kernel's first pass with reduce_warp_kernel as its second (not compared: another
+// The shipped first pass with the chain second pass that ran before (not compared: another
 // summation order).
-template <int MB, int CH>
-Result run_packed_warp_reduce(const char* name, ProjectParams p, float* part) {
+Result run_chain_reduce(const char* name, ProjectParams p, float* part) {
   using T = __nv_bfloat16;
   const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
   const int64_t chunks = p.num_blocks * cpb;
-  const int64_t warps = p.num_blocks * p.num_bases;
   const float ms = median_ms([&] {
-    project_packed_kernel<T, MB, CH><<<(unsigned)((chunks + CH - 1) / CH), kThreads>>>(p, cpb, chunks, part);
-    reduce_warp_kernel<<<(unsigned)((warps * 32 + 255) / 256), 256>>>(part, cpb, p.num_blocks, p.num_bases, p.scale,
-                                                                      p.out);
+    project_kernel<T, kRademacher, 4, 1><<<(unsigned)chunks, kThreads>>>(p, cpb, chunks, part);
+    const dim3 grid((unsigned)p.num_blocks, (unsigned)((p.num_bases + kThreads - 1) / kThreads));
+    reduce_chain_kernel<<<grid, kThreads>>>(part, cpb, p.num_bases, p.scale, p.out);
     CK(cudaGetLastError());
   });
   cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, project_packed_kernel<T, MB, CH>));
-  return {name, p.num_bases, ms, attr.numRegs, 3, true, false};
+  CK(cudaFuncGetAttributes(&attr, project_kernel<T, kRademacher, 4, 1>));
+  return {name, p.num_bases, ms, attr.numRegs, 4, true, false};
 }
 
 template <int DIST, int MB, int CH>
@@ -248,12 +228,7 @@ int main(int argc, char** argv) {
     rows.push_back(run_variant<kRademacher, 4, 1>("mb4_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
     rows.push_back(run_first_pass("pass1_mb4", p, part));
-    rows.push_back(run_packed<3, 2>("pk_mb3_ch2", p, part, ref));
-    rows.push_back(run_packed<3, 4>("pk_mb3_ch4", p, part, ref));
-    rows.push_back(run_packed<3, 8>("pk_mb3_ch8", p, part, ref));
-    rows.push_back(run_packed<4, 4>("pk_mb4_ch4", p, part, ref));
-    rows.push_back(run_packed<1, 16>("pk_mb1_ch16", p, part, ref));
-    rows.push_back(run_packed_warp_reduce<3, 4>("pk_mb3_ch4_wr", p, part));
+    rows.push_back(run_chain_reduce("chain_mb4", p, part));
     CK(cudaFree(part));
     CK(cudaFree(out));
     CK(cudaFree(ref));

@@ -136,11 +136,10 @@ def test_dtypes_difference_and_inplace(dtype, dist):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("K", [4, 8, 9])
 def test_16bit_rademacher_project_without_y(gb, dtype, K):
-    """A 16-bit x without y at K <= 8 takes each backend's small-K kernel (CUDA: packed runs, 4
-    chunks a CTA, the next chunk's loads in flight; Triton: 8 chunks a program, pipelined),
-    K = 9 the general one: against the reference, and on CUDA bit for bit the fp32 kernel's
-    result for the same values (CTAs spanning block ends, partial chunks, a partial last CTA,
-    active counts one past K; on a GPU also many CTAs)."""
+    """A 16-bit x without y at K <= 8 takes Triton's small-K kernel (8 chunks a program,
+    pipelined, bases in pairs), K = 9 the one-chunk kernel: against the reference, and on CUDA
+    bit for bit the fp32 kernel's result for the same values (partial chunks, active counts one
+    past K; on a GPU also many CTAs)."""
     sizes = [(4 * (2 * 8192 + 100) + 5000, 2 * 8192 + 100)]
     if DEV == "cuda":
         sizes.append(((1 << 22) + 12345, 1 << 20))

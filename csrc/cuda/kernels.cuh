@@ -16,8 +16,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cstring>
-#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -228,102 +226,6 @@ __device__ __forceinline__ float rademacher_negsum(uint32_t wd, const float (&x)
   return s;
 }
 
-// A thread's run of N 16-bit elements (bf16 / fp16) kept as loaded, two to a 32-bit word: half
-// the registers of the fp32 run, so the next chunk's loads fit beside the current chunk's data
-// (project_packed_kernel). Elements past `valid` are zero.
-template <typename T, int N>
-struct PackedRun {
-  static_assert(sizeof(T) == 2, "packed runs hold 16-bit elements");
-  static constexpr int kWords = N / 2;
-  uint32_t w[kWords];
-};
-
-template <typename T, int N>
-__device__ __forceinline__ void load_packed(const T* __restrict__ p, int64_t valid, PackedRun<T, N>& r) {
-  if (valid >= N && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
-#pragma unroll
-    for (int v = 0; v < N / 8; ++v) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + v);
-      r.w[4 * v] = raw.x;
-      r.w[4 * v + 1] = raw.y;
-      r.w[4 * v + 2] = raw.z;
-      r.w[4 * v + 3] = raw.w;
-    }
-  } else {
-    const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      const uint32_t lo = 2 * i < valid ? q[2 * i] : 0u;
-      const uint32_t hi = 2 * i + 1 < valid ? q[2 * i + 1] : 0u;
-      r.w[i] = lo | hi << 16;
-    }
-  }
-}
-
-// Element t of a packed run as fp32 (exact: to_f32 of that element).
-template <typename T, int N>
-__device__ __forceinline__ float packed_f32(const PackedRun<T, N>& r, int t) {
-  const uint16_t bits = (uint16_t)(t & 1 ? r.w[t >> 1] >> 16 : r.w[t >> 1] & 0xffffu);
-  T h;
-  memcpy(&h, &bits, 2);
-  return to_f32<T>(h);
-}
-
-template <int N>
-__device__ __forceinline__ float run_total(const float (&x)[N]) {
-  float total = 0.0f;
-#pragma unroll
-  for (int t = 0; t < N; ++t) total += x[t];
-  return total;
-}
-
-template <typename T, int N>
-__device__ __forceinline__ float run_total(const PackedRun<T, N>& r) {
-  float total = 0.0f;
-#pragma unroll
-  for (int t = 0; t < N; ++t) total += packed_f32(r, t);
-  return total;
-}
-
-// rademacher_negsum on a packed run: each element is widened inside the predicated add (a shift
-// or a mask for bf16, a convert for fp16), so the compiler cannot keep a widened copy of the run
-// live across the basis loop (which would undo the packing): one more instruction per element and
-// basis, the price of the register room. Same values added in the same order: the same bits.
-template <typename T, int N>
-__device__ __forceinline__ float rademacher_negsum(uint32_t wd, const PackedRun<T, N>& r) {
-  float s = 0.0f;
-#pragma unroll
-  for (int t = 0; t < 32; ++t) {
-#ifdef __CUDA_ARCH__
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-      if (t & 1)
-        asm("{\n\t.reg .pred p;\n\t.reg .b32 m, f;\n\tand.b32 m, %1, %2;\n\tsetp.ne.b32 p, m, 0;\n\t"
-            "and.b32 f, %3, 0xffff0000;\n\t@p add.rn.f32 %0, %0, f;\n\t}"
-            : "+f"(s)
-            : "r"(wd), "r"(1u << t), "r"(r.w[t >> 1]));
-      else
-        asm("{\n\t.reg .pred p;\n\t.reg .b32 m, f;\n\tand.b32 m, %1, %2;\n\tsetp.ne.b32 p, m, 0;\n\t"
-            "shl.b32 f, %3, 16;\n\t@p add.rn.f32 %0, %0, f;\n\t}"
-            : "+f"(s)
-            : "r"(wd), "r"(1u << t), "r"(r.w[t >> 1]));
-    } else if (t & 1) {
-      asm("{\n\t.reg .pred p;\n\t.reg .b32 m;\n\t.reg .b16 lo, hi;\n\t.reg .f32 f;\n\tand.b32 m, %1, %2;\n\t"
-          "setp.ne.b32 p, m, 0;\n\tmov.b32 {lo, hi}, %3;\n\tcvt.f32.f16 f, hi;\n\t@p add.rn.f32 %0, %0, f;\n\t}"
-          : "+f"(s)
-          : "r"(wd), "r"(1u << t), "r"(r.w[t >> 1]));
-    } else {
-      asm("{\n\t.reg .pred p;\n\t.reg .b32 m;\n\t.reg .b16 lo, hi;\n\t.reg .f32 f;\n\tand.b32 m, %1, %2;\n\t"
-          "setp.ne.b32 p, m, 0;\n\tmov.b32 {lo, hi}, %3;\n\tcvt.f32.f16 f, lo;\n\t@p add.rn.f32 %0, %0, f;\n\t}"
-          : "+f"(s)
-          : "r"(wd), "r"(1u << t), "r"(r.w[t >> 1]));
-    }
-#else
-    if ((wd >> t) & 1u) s += packed_f32(r, t);
-#endif
-  }
-  return s;
-}
-
 template <int N>
 __device__ __forceinline__ void rademacher_axpy(uint32_t wd, float c, float (&acc)[N]) {
 #pragma unroll
@@ -400,18 +302,20 @@ __device__ __forceinline__ void unpack_run(const T* __restrict__ p, int64_t vali
 }
 
 // One chunk's partial sums: part[cta, k] = sum over the chunk of v_k * x, for k < the block's
-// active count; x holds the thread's elements (valid <= 0: past the block's end): fp32 registers
-// (float[N]) or, rademacher only, a PackedRun.
-template <int DIST, typename Run>
+// active count; x holds the thread's elements (valid <= 0: past the block's end).
+template <int DIST, int N>
 __device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t cta, int64_t b, int64_t j0, int64_t valid,
-                                              const Run& x, float* part, float (&red)[kWarps][kTileK]) {
+                                              const float (&x)[N], float* part, float (&red)[kWarps][kTileK]) {
   const int K = p.num_bases;
   const int kb = p.active ? min(max(p.active[b], 0), K) : K;  // clamped: never past part's row
   const uint32_t g = p.block_offset + (uint32_t)b;
   const uint32_t k0 = seed_lo(p.seed), k1 = seed_hi(p.seed);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float total = 0.0f;  // rademacher: the thread's sum, once for all bases
-  if constexpr (DIST == kRademacher) total = run_total(x);
+  if constexpr (DIST == kRademacher) {
+#pragma unroll
+    for (int t = 0; t < N; ++t) total += x[t];
+  }
   for (int kt = 0; kt < kb; kt += kTileK) {
     const int kn = min(kTileK, kb - kt);  // uniform across the CTA: every lane runs the shuffles
     if constexpr (DIST == kRademacher) {
@@ -508,46 +412,24 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   }
 }
 
-// Rademacher project of a 16-bit x without y, the data kept packed (PackedRun): a CTA handles
-// CHUNKS consecutive chunks and issues the next chunk's loads before it works on the current one,
-// so loads stay in flight while it computes. The fp32-register kernel above could not: the
-// prefetched words beside 32 fp32 values took 119 registers (2 CTAs per SM) or spilled under a
-// cap, and was 27-41% slower at K = 4. Per element and basis this one adds a widening instruction
-// (rademacher_negsum on a PackedRun). Bit-identical to project_kernel: the same fp32 values,
-// summed in the same order.
-template <typename T, int MIN_BLOCKS, int CHUNKS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
-    project_packed_kernel(ProjectParams p, int64_t chunks_per_block, int64_t num_chunks, float* part) {
-  using L = Layout<kRademacher>;
-  __shared__ float red[kWarps][kTileK];
-  const T* xs = static_cast<const T*>(p.x);
-  const int64_t first = (int64_t)blockIdx.x * CHUNKS;
-  const int64_t last = min(first + (int64_t)CHUNKS, num_chunks);
-  PackedRun<T, L::kElems> next;
-  {
-    const ChunkPos<kRademacher> c(p, first, chunks_per_block);
-    load_packed<T, L::kElems>(xs + c.start, c.valid, next);
-  }
-  for (int64_t cta = first; cta < last; ++cta) {
-    const ChunkPos<kRademacher> c(p, cta, chunks_per_block);
-    const PackedRun<T, L::kElems> cur = next;
-    if (cta + 1 < last) {
-      const ChunkPos<kRademacher> nx(p, cta + 1, chunks_per_block);
-      load_packed<T, L::kElems>(xs + nx.start, nx.valid, next);
-    }
-    project_chunk<kRademacher>(p, cta, c.b, c.j0, c.valid, cur, part, red);
-  }
-}
-
-// Grid: (num_blocks, min(ceil(K / kThreads), 65535)); the y dimension strides over K (a grid's y
-// stops at 65535). out[b, k] = scale * sum_c part[b * cpb + c, k], c in order.
+// The second pass: out[b, k] = scale * the sum of block b's chunk partials part[b * cpb + c, k].
+// One warp per (b, k), grid-strided: lane l adds chunks l, l + 32, ... in order, then warp_sum's
+// fixed xor tree; every launch adds in the same order (deterministic). A thread per (b, k) adding
+// all cpb chunks in a chain (what ran before) left most of the GPU idle at small K: on an H100 SXM
+// (bf16 n = 2^28, block 2^20, 128 chunks a block) that pass and its launch took 17.5 us of the K = 4
+// project's 0.2297 ms, and this one saved 14 us at K = 4, 31 us at K = 16 and 4 us at K = 64
+// (benchmarks/cuda_project_variants.cu, "_wr" rows, 2026-11-27).
 __global__ void __launch_bounds__(kThreads)
-    reduce_kernel(const float* part, int64_t chunks_per_block, int K, float scale, float* out) {
-  const int64_t b = blockIdx.x;
-  for (int64_t k = (int64_t)blockIdx.y * kThreads + threadIdx.x; k < K; k += (int64_t)gridDim.y * kThreads) {
+    reduce_kernel(const float* part, int64_t chunks_per_block, int64_t rows, int K, float scale, float* out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * kWarps;
+  for (int64_t w = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); w < rows * K; w += warps) {  // warp-uniform
+    const int64_t b = w / K;
+    const int k = (int)(w % K);
     float s = 0.0f;
-    for (int64_t c = 0; c < chunks_per_block; ++c) s += part[(b * chunks_per_block + c) * K + k];
-    out[b * K + k] = s * scale;
+    for (int64_t c = lane; c < chunks_per_block; c += 32) s += part[(b * chunks_per_block + c) * K + k];
+    s = warp_sum(s);
+    if (lane == 0) out[w] = s * scale;
   }
 }
 
@@ -755,8 +637,9 @@ inline int64_t chunks_per_block(int64_t block_size, int dist) {
 // The second pass of project: out[b, k] = scale * the sum of block b's chunk partial sums.
 inline cudaError_t launch_reduce(const float* part, int64_t cpb, int64_t rows, int K, float scale, float* out,
                                  cudaStream_t stream) {
-  const dim3 grid((unsigned)rows, (unsigned)std::min<int64_t>((K + kThreads - 1) / kThreads, 65535));
-  FERRET_LAUNCH(grid, kThreads, stream, reduce_kernel)(part, cpb, K, scale, out);
+  const int64_t ctas = (rows * K + kWarps - 1) / kWarps;
+  FERRET_LAUNCH((unsigned)std::min<int64_t>(ctas, int64_t(1) << 20), kThreads, stream, reduce_kernel)(part, cpb, rows,
+                                                                                                      K, scale, out);
   return cudaGetLastError();
 }
 
@@ -771,17 +654,6 @@ cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStre
   return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
 }
 
-template <typename T, int MIN_BLOCKS, int CHUNKS>
-cudaError_t launch_project_packed(const ProjectParams& p, float* part, cudaStream_t stream) {
-  const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
-  const int64_t chunks = p.num_blocks * cpb;
-  FERRET_LAUNCH((unsigned)((chunks + CHUNKS - 1) / CHUNKS), kThreads, stream,
-                project_packed_kernel<T, MIN_BLOCKS, CHUNKS>)(p, cpb, chunks, part);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
-  return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
-}
-
 // The variant that runs: one chunk a CTA; rademacher capped at 64 registers for 4 CTAs per SM.
 // Measured with benchmarks/cuda_project_variants.cu on an H100 SXM (bf16, n = 2^28, rademacher;
 // results/cuda_project_variants.csv). With the sign-flip dot: 64 registers without a cap, K = 4
@@ -791,20 +663,9 @@ cudaError_t launch_project_packed(const ProjectParams& p, float* part, cudaStrea
 // predicated-add dot (rademacher_negsum) the uncapped build takes 70 registers (3 CTAs per SM,
 // 0.2560 ms) and the cap gives 64 without spills and 0.2302 ms (0.78 of copy); CHUNKS = 4:
 // 0.3095 ms. K = 64: 2.608 ms with the sign-flip dot, 1.915 ms with the predicated adds capped.
-//
-// At small K a CTA's loads and its arithmetic alternate, and the memory bus idles while all of an
-// SM's CTAs compute: rademacher 16-bit x without y at K <= kPackedMaxBases goes through
-// project_packed_kernel (3 CTAs per SM, 77 registers, 4 chunks a CTA with the next one's loads in
-// flight; same bits). Its extra widening instruction per element and basis (sm_90 loop over 4
-// bases: 366 -> 474 instructions) would cost more than it hides at large K.
-constexpr int kPackedMaxBases = 8;
-
 template <typename T, int DIST>
 struct ProjectLaunch {
   static cudaError_t run(const ProjectParams& p, float* part, cudaStream_t stream) {
-    if constexpr (DIST == kRademacher && sizeof(T) == 2) {
-      if (p.y == nullptr && p.num_bases <= kPackedMaxBases) return launch_project_packed<T, 3, 4>(p, part, stream);
-    }
     return launch_project_variant<T, DIST, DIST == kRademacher ? 4 : 1>(p, part, stream);
   }
 };

@@ -141,7 +141,7 @@ def triton_rows(arch: int):
                 "project_multi",
                 tk._project_multi_kernel,
                 sigs["project_multi"],
-                {"XT": tk.tl.bfloat16, "HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk},
+                {"XT": tk.tl.bfloat16, "HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk, "PAIR": True},
                 4,
             ),
         ]

@@ -142,8 +142,8 @@ def main(argv=None) -> int:
                             PAIR=not single,
                             num_warps=warps,
                         )
-                    kt = min(64, triton.next_power_of_2(K))
-                    tk._reduce_kernel[(nb, triton.cdiv(K, kt))](part, out, cpb, K, 1.0, KT=kt)
+                    kt, cb = tk._reduce_tiles(K)
+                    tk._reduce_kernel[(nb * triton.cdiv(K, kt),)](part, out, cpb, K, 1.0, KT=kt, CB=cb)
 
                 try:
                     run()

@@ -140,6 +140,8 @@ def test_16bit_rademacher_project_without_y(gb, dtype, K):
     pipelined, bases in pairs), K = 9 the one-chunk kernel: against the reference, and on CUDA
     bit for bit the fp32 kernel's result for the same values (partial chunks, active counts one
     past K; on a GPU also many CTAs)."""
+    if DEV != "cuda" and (dtype != torch.bfloat16 or K == 8):
+        pytest.skip("under the interpreter bf16 at K = 4 and 9 check the paths; a GPU checks all")
     sizes = [(4 * (2 * 8192 + 100) + 5000, 2 * 8192 + 100)]
     if DEV == "cuda":
         sizes.append(((1 << 22) + 12345, 1 << 20))

@@ -412,7 +412,7 @@ def test_triton_list_kernels_stay_inside_tensors_in_blocks_past_2_31():
     buf = torch.ones(128)
     tab = torch.tensor([[0, 0, 1, lead, 0, buf.data_ptr() + lead * 4, 0, 0]], dtype=torch.int64)
     part = torch.full((1, 4), float("nan"))
-    common = dict(XT=tl.float32, HAS_ACT=False, DIST=1, CHUNK=128, num_warps=4)
+    common = dict(XT=tl.float32, HAS_ACT=False, DIST=1, CHUNK=128, PAIR=False, num_warps=4)
     tk._project_multi_kernel[(1,)](tab, 1, part, part, 2**33, 4, 1, 0, HAS_Y=False, **common)
     assert torch.equal(part, torch.zeros(1, 4))
     buf2 = torch.ones(128)

@@ -34,6 +34,8 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
 
     from ferret_kernels import triton_kernels as tk
 
+    if K % 2 and dist != "rademacher":
+        pytest.skip("an odd K changes only rademacher's path (bases in pairs)")
     bs = 1000 if DEV == "cpu" else 100_000
     n = 5 * bs + 77
     chunk = tk._project_chunk(bs, dist)

@@ -84,18 +84,13 @@ def variants():
                             _attrs(fn, sig, aligned),
                         )
     # the pipelined small-K kernel the rademacher project runs at K <= _LOOP_MAX_BASES for 16-bit x
-    # without y (the largest and smallest K, with and without active counts), its y + active
-    # variant that benchmarks/tune_triton_project.py checks bit for bit, and uniform at the
-    # configurations that script times
+    # without y (the largest K with and without active counts, the smallest for fp16), an odd K
+    # with the y + active variant that benchmarks/tune_triton_project.py checks bit for bit, and
+    # uniform at the configurations that script times
     loop = tk._LOOP_CHUNKS, tk._LOOP_STAGES
     for dist, dt, K, has_y, has_act, aligned, chunks, stages in (
-        [
-            (0, dt, K, False, act, True, *loop)
-            for dt in ("bf16", "fp16")
-            for K in (1, tk._LOOP_MAX_BASES)
-            for act in (False, True)
-        ]
-        + [(0, "bf16", 4, True, True, True, *loop)]
+        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, True, *loop) for act in (False, True)]
+        + [(0, "fp16", 1, False, False, True, *loop), (0, "bf16", 5, True, True, True, *loop)]
         + [(1, "bf16", 4, False, False, True, 4, 2), (1, "bf16", 4, False, False, True, 4, 3)]
     ):
         sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
@@ -121,6 +116,7 @@ def variants():
             for has_y, has_act in ((True, True), (False, False)):
                 sig = sigs["project_multi"]
                 const = {"XT": tl_dt[dt], "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk}
+                const["PAIR"] = not has_y  # both forms
                 yield (
                     f"project_multi dist={dist} {dt} y={has_y} active={has_act} CHUNK={chunk}",
                     tk._project_multi_kernel,
@@ -133,7 +129,9 @@ def variants():
             const = {"XT": tl_dt[dt], "HAS_ACT": True, "DIST": dist, "CHUNK": tk._RECON_MULTI_CHUNK}
             yield (f"reconstruct_multi dist={dist} {dt}", tk._reconstruct_multi_kernel, sig, const, 4, {})
     sig = {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"}
-    yield ("reduce", tk._reduce_kernel, sig, {"KT": 64}, 4, {})
+    for K in (4, 64):
+        kt, cb = tk._reduce_tiles(K)
+        yield (f"reduce KT={kt} CB={cb}", tk._reduce_kernel, sig, {"KT": kt, "CB": cb}, 4, {})
     yield (
         "philox",
         tk._philox_kernel,

@@ -259,7 +259,8 @@ def _project_bases(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, kb, g, k0
     one basis at a time (benchmarks/tune_triton_project.py times both)."""
     if DIST == 0 and PAIR:
         xb = xv.to(tl.uint32, bitcast=True)
-        for k in range(0, kb, 2):
+        for p in range(0, kb // 2 + kb % 2):  # pairs counted, not k stepped by 2: k + 2 would wrap at kb = 2^31 - 1
+            k = 2 * p
             sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
             tl.store(row_ptr + k, tl.sum((xb ^ sa).to(tl.float32, bitcast=True)))
             tl.store(row_ptr + k + 1, tl.sum((xb ^ sb).to(tl.float32, bitcast=True)), mask=k + 1 < kb)
@@ -415,7 +416,7 @@ def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr, CB: tl.co
     lanes: CUDA's equivalent cost 17.5 us of a 0.23 ms K = 4 project on an H100; this one is not
     yet timed on a GPU.)"""
     pid = tl.program_id(0).to(tl.int64)
-    nt = (K + KT - 1) // KT
+    nt = (K - 1) // KT + 1  # K >= 1; K + KT - 1 would wrap int32 near 2^31
     b = pid // nt
     kk = (pid % nt) * KT + tl.arange(0, KT)
     m = kk < K
@@ -969,6 +970,7 @@ def _project_multi(xs, ys, seed, num_bases, block_size, block_offsets, dist, sca
     groups, keep = _segment_groups(xs, ys, spans, block_size, block_offsets, starts)
     for _, _, n, _ in groups:
         _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {chunk}")
+        _check_grid(n * triton.cdiv(num_bases, kt), f"{n} blocks x {triton.cdiv(num_bases, kt)} tiles of {kt} bases")
     act = _active32(active, num_bases)
     k0, k1 = _key(seed)
     with _on_device(xs[0]):

@@ -254,8 +254,8 @@ _PROJECT_BASES_PER_TRIP = 2  # rademacher, _project_bases (read by benchmarks/sa
 def _project_bases(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, kb, g, k0, k1, row_ptr, PAIR: tl.constexpr):
     """row_ptr[k] = _basis_dot of basis k, k < kb. Rademacher goes two bases at a time
     (_rademacher_signs2; an odd kb computes one basis more and does not store it): sm_90 loop
-    286 -> 500 instructions for twice the bases, 4.47 -> 3.91 per element and basis (triton 3.9,
-    CHUNK 8192, 4 warps). Each basis' sum is the one-basis tile sum: the same bits. PAIR False:
+    286 -> 505 instructions for twice the bases, 4.47 -> 3.95 per element and basis (triton 3.9,
+    CHUNK 8192, 4 warps; H100, K = 64: 3.30 -> 2.80 ms). Each basis' sum is the one-basis tile sum: the same bits. PAIR False:
     one basis at a time (benchmarks/tune_triton_project.py times both)."""
     if DIST == 0 and PAIR:
         xb = xv.to(tl.uint32, bitcast=True)

@@ -122,31 +122,19 @@ Result finish(const char* name, const ProjectParams& p, float ms, int regs, int 
   return {name, p.num_bases, ms, regs, ctas, same};
 }
 
-// The shipped configuration's first pass alone (no reduce kernel): what the second pass and the
-// gap between the two launches cost. Its output is not written, so it is not compared.
-Result run_first_pass(const char* name, ProjectParams p, float* part) {
+// The shipped configuration's first pass alone (chain false: no second pass, what the second
+// pass and the gap between the two launches cost; its output is not written) or with the chain
+// second pass that ran before (another summation order). Neither is compared.
+Result run_first_pass(const char* name, ProjectParams p, float* part, bool chain) {
   using T = __nv_bfloat16;
   const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
   const int64_t chunks = p.num_blocks * cpb;
   const float ms = median_ms([&] {
     project_kernel<T, kRademacher, 4, 1><<<(unsigned)chunks, kThreads>>>(p, cpb, chunks, part);
-    CK(cudaGetLastError());
-  });
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, project_kernel<T, kRademacher, 4, 1>));
-  return {name, p.num_bases, ms, attr.numRegs, 4, true, false};
-}
-
-// The shipped first pass with the chain second pass that ran before (not compared: another
-// summation order).
-Result run_chain_reduce(const char* name, ProjectParams p, float* part) {
-  using T = __nv_bfloat16;
-  const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
-  const int64_t chunks = p.num_blocks * cpb;
-  const float ms = median_ms([&] {
-    project_kernel<T, kRademacher, 4, 1><<<(unsigned)chunks, kThreads>>>(p, cpb, chunks, part);
-    const dim3 grid((unsigned)p.num_blocks, (unsigned)((p.num_bases + kThreads - 1) / kThreads));
-    reduce_chain_kernel<<<grid, kThreads>>>(part, cpb, p.num_bases, p.scale, p.out);
+    if (chain) {
+      const dim3 grid((unsigned)p.num_blocks, (unsigned)((p.num_bases + kThreads - 1) / kThreads));
+      reduce_chain_kernel<<<grid, kThreads>>>(part, cpb, p.num_bases, p.scale, p.out);
+    }
     CK(cudaGetLastError());
   });
   cudaFuncAttributes attr;
@@ -227,8 +215,8 @@ int main(int argc, char** argv) {
     rows.push_back(run_variant<kRademacher, 3, 1>("mb3_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 1>("mb4_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
-    rows.push_back(run_first_pass("pass1_mb4", p, part));
-    rows.push_back(run_chain_reduce("chain_mb4", p, part));
+    rows.push_back(run_first_pass("pass1_mb4", p, part, false));
+    rows.push_back(run_first_pass("chain_mb4", p, part, true));
     CK(cudaFree(part));
     CK(cudaFree(out));
     CK(cudaFree(ref));

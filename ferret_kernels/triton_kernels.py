@@ -782,16 +782,11 @@ def project(
     yc = _aligned(y.reshape(-1).contiguous()) if y is not None else xc
     k0, k1 = _key(seed)
     common = dict(HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4)
+    head = (xc, yc, act if act is not None else out, part, n, block_size, block_offset)
     with _on_device(x):
         if dist == "rademacher" and num_bases <= _LOOP_MAX_BASES and y is None and x.element_size() == 2:
             _wrap(_project_loop_kernel)[(triton.cdiv(nb * cpb, _LOOP_CHUNKS),)](
-                xc,
-                yc,
-                act if act is not None else out,
-                part,
-                n,
-                block_size,
-                block_offset,
+                *head,
                 k0,
                 k1,
                 nb * cpb,
@@ -802,20 +797,7 @@ def project(
                 **common,
             )
         else:
-            _wrap(_project_kernel)[(nb * cpb,)](
-                xc,
-                yc,
-                act if act is not None else out,
-                part,
-                n,
-                block_size,
-                block_offset,
-                num_bases,
-                k0,
-                k1,
-                enable_fp_fusion=_FP_FUSION,
-                **common,
-            )
+            _wrap(_project_kernel)[(nb * cpb,)](*head, num_bases, k0, k1, enable_fp_fusion=_FP_FUSION, **common)
         _wrap(_reduce_kernel)[(nb * triton.cdiv(num_bases, kt),)](
             part, out, cpb, num_bases, scale, KT=kt, CB=cb, enable_fp_fusion=_FP_FUSION
         )

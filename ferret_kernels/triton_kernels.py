@@ -247,6 +247,14 @@ def _basis_dot(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, k, g, k0, k1)
     return d
 
 
+@triton.jit
+def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
+    """The dots of bases k and k + 1 with x (xb: x's bits, a [ROWS, 32] tile): each the
+    one-basis tile sum of _basis_dot, the signs of both from _rademacher_signs2."""
+    sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
+    return tl.sum((xb ^ sa).to(tl.float32, bitcast=True)), tl.sum((xb ^ sb).to(tl.float32, bitcast=True))
+
+
 _PROJECT_BASES_PER_TRIP = 2  # rademacher, _project_bases (read by benchmarks/sass_cost.py)
 
 
@@ -261,9 +269,9 @@ def _project_bases(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, kb, g, k0
         xb = xv.to(tl.uint32, bitcast=True)
         for p in range(0, kb // 2 + kb % 2):  # pairs counted, not k stepped by 2: k + 2 would wrap at kb = 2^31 - 1
             k = 2 * p
-            sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
-            tl.store(row_ptr + k, tl.sum((xb ^ sa).to(tl.float32, bitcast=True)))
-            tl.store(row_ptr + k + 1, tl.sum((xb ^ sb).to(tl.float32, bitcast=True)), mask=k + 1 < kb)
+            da, db = _rademacher_dot2(ROWS, xb, cstart, k, g, k0, k1)
+            tl.store(row_ptr + k, da)
+            tl.store(row_ptr + k + 1, db, mask=k + 1 < kb)
     else:
         for k in range(0, kb):
             tl.store(row_ptr + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
@@ -390,9 +398,7 @@ def _project_loop_kernel(
         if DIST == 0:  # two bases at a time (_project_bases), the last one alone for an odd K
             xb = xv.to(tl.uint32, bitcast=True)
             for k in tl.static_range(0, K - 1, 2):
-                sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
-                da = tl.sum((xb ^ sa).to(tl.float32, bitcast=True))
-                db = tl.sum((xb ^ sb).to(tl.float32, bitcast=True))
+                da, db = _rademacher_dot2(ROWS, xb, cstart, k, g, k0, k1)
                 tl.store(part_ptr + pid * K + k, da, mask=live & (kb > k))
                 tl.store(part_ptr + pid * K + k + 1, db, mask=live & (kb > k + 1))
             if K % 2 == 1:
@@ -772,8 +778,9 @@ def project(
     chunk = _project_chunk(block_size, dist)
     cpb = (block_size + chunk - 1) // chunk
     kt, cb = _reduce_tiles(num_bases)
+    nt = triton.cdiv(num_bases, kt)
     _check_grid(nb * cpb, f"{nb} blocks x {cpb} chunks of {chunk}")
-    _check_grid(nb * triton.cdiv(num_bases, kt), f"{nb} blocks x {triton.cdiv(num_bases, kt)} tiles of {kt} bases")
+    _check_grid(nb * nt, f"{nb} blocks x {nt} tiles of {kt} bases")
     out = torch.empty(nb, num_bases, device=x.device, dtype=torch.float32)  # every entry is written
     act = _active32(active, num_bases)
     # partial sums past a block's active count are not written: zeros then; else every entry is written
@@ -798,9 +805,7 @@ def project(
             )
         else:
             _wrap(_project_kernel)[(nb * cpb,)](*head, num_bases, k0, k1, enable_fp_fusion=_FP_FUSION, **common)
-        _wrap(_reduce_kernel)[(nb * triton.cdiv(num_bases, kt),)](
-            part, out, cpb, num_bases, scale, KT=kt, CB=cb, enable_fp_fusion=_FP_FUSION
-        )
+        _wrap(_reduce_kernel)[(nb * nt,)](part, out, cpb, num_bases, scale, KT=kt, CB=cb, enable_fp_fusion=_FP_FUSION)
     return out
 
 
@@ -949,10 +954,11 @@ def _project_multi(xs, ys, seed, num_bases, block_size, block_offsets, dist, sca
     chunk = _project_chunk(block_size, dist)
     cpb = triton.cdiv(block_size, chunk)
     kt, cb = _reduce_tiles(num_bases)
+    nt = triton.cdiv(num_bases, kt)
     groups, keep = _segment_groups(xs, ys, spans, block_size, block_offsets, starts)
     for _, _, n, _ in groups:
         _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {chunk}")
-        _check_grid(n * triton.cdiv(num_bases, kt), f"{n} blocks x {triton.cdiv(num_bases, kt)} tiles of {kt} bases")
+        _check_grid(n * nt, f"{n} blocks x {nt} tiles of {kt} bases")
     act = _active32(active, num_bases)
     k0, k1 = _key(seed)
     with _on_device(xs[0]):
@@ -981,9 +987,7 @@ def _project_multi(xs, ys, seed, num_bases, block_size, block_offsets, dist, sca
                 num_warps=4,
                 enable_fp_fusion=_FP_FUSION,
             )
-            _reduce_kernel[(n * triton.cdiv(num_bases, kt),)](
-                part, dst, cpb, num_bases, scale, KT=kt, CB=cb, enable_fp_fusion=_FP_FUSION
-            )
+            _reduce_kernel[(n * nt,)](part, dst, cpb, num_bases, scale, KT=kt, CB=cb, enable_fp_fusion=_FP_FUSION)
             if dst is not out:
                 for row, lrow, nb in gspans:
                     out[row : row + nb] = dst[lrow : lrow + nb]

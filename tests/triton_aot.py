@@ -88,11 +88,11 @@ def variants():
     # with the y + active variant that benchmarks/tune_triton_project.py checks bit for bit, and
     # uniform at the configurations that script times
     loop = tk._LOOP_CHUNKS, tk._LOOP_STAGES
-    for dist, dt, K, has_y, has_act, aligned, chunks, stages in (
-        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, True, *loop) for act in (False, True)]
-        + [(0, "fp16", 1, False, False, True, *loop), (0, "bf16", 5, True, True, True, *loop)]
-        + [(1, "bf16", 4, False, False, True, 4, 2), (1, "bf16", 4, False, False, True, 4, 3)]
-    ):
+    for dist, dt, K, has_y, has_act, chunks, stages in (
+        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, *loop) for act in (False, True)]
+        + [(0, "fp16", 1, False, False, *loop), (0, "bf16", 5, True, True, *loop)]
+        + [(1, "bf16", 4, False, False, 4, 2), (1, "bf16", 4, False, False, 4, 3)]
+    ):  # aligned: the wrapper copies unaligned inputs (_aligned)
         sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
         sig["num_chunks"] = "i64"
         chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
@@ -100,12 +100,12 @@ def variants():
         const["STAGES"] = stages
         yield (
             f"project_loop dist={dist} {dt} K={K} y={has_y} active={has_act} CHUNK={chunk} CHUNKS={chunks} "
-            f"STAGES={stages} aligned={aligned}",
+            f"STAGES={stages} aligned=True",
             tk._project_loop_kernel,
             sig,
             const,
             4,
-            _attrs(tk._project_loop_kernel, sig, aligned),
+            _attrs(tk._project_loop_kernel, sig, True),
         )
     # the list kernels: addresses come from the table, so there is no aligned variant
     tl_dt = {"fp32": tk.tl.float32, "bf16": tk.tl.bfloat16, "fp16": tk.tl.float16}

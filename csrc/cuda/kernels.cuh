@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
 // all cpb chunks in a chain (what ran before) left most of the GPU idle at small K: on an H100 SXM
 // (bf16 n = 2^28, block 2^20, 128 chunks a block) that pass and its launch took 17.5 us of the K = 4
 // project's 0.2297 ms, and this one saved 14 us at K = 4, 31 us at K = 16 and 4 us at K = 64
-// (benchmarks/cuda_project_variants.cu, "_wr" rows, 2026-11-27).
+// (results/cuda_project_variants.csv, pk_mb3_ch4 against pk_mb3_ch4_wr, 2026-11-27).
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(const float* part, int64_t chunks_per_block, int64_t rows, int K, float scale, float* out) {
   const int lane = threadIdx.x & 31;

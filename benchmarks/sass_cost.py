@@ -155,6 +155,15 @@ def triton_rows(arch: int):
             )
             for c in tk._reconstruct_kernel.configs
         ]
+        variants.append(
+            (
+                "reconstruct_multi_",
+                tk._reconstruct_multi_kernel,
+                sigs["reconstruct_multi"],
+                {"XT": tk.tl.bfloat16, "HAS_ACT": False, "DIST": di, "CHUNK": tk._RECON_MULTI_CHUNK},
+                4,
+            )
+        )
         for op, fn, sig, const, warps in variants:
             # what a launch with 16-byte-aligned tensors and sizes divisible by 16 is specialized on
             attrs = {
@@ -170,8 +179,8 @@ def triton_rows(arch: int):
             (ins,) = sass_functions(k.asm["cubin"]).values()
             n, ops = basis_loop(ins)
             elems = const["CHUNK"] / (32 * warps)
-            if op.startswith("project") and dist == "rademacher":
-                elems *= tk._PROJECT_BASES_PER_TRIP  # rademacher project sums two bases per trip
+            if dist == "rademacher":  # two bases per trip
+                elems *= tk._PROJECT_BASES_PER_TRIP if op.startswith("project") else tk._RECONSTRUCT_BASES_PER_TRIP
             rows.append(
                 dict(
                     backend="triton",

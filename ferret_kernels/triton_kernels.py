@@ -277,15 +277,30 @@ def _project_bases(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, kb, g, k0
             tl.store(row_ptr + k, _basis_dot(DIST, ROWS, xv, cstart, k, g, k0, k1))
 
 
+_RECONSTRUCT_BASES_PER_TRIP = 2  # rademacher, _reconstruct_bases (read by benchmarks/sass_cost.py)
+
+
 @triton.jit
-def _basis_axpy(DIST: tl.constexpr, ROWS: tl.constexpr, acc, gk, cstart, k, g, k0, k1):
-    """acc + gk * v_k over the chunk; rademacher adds +-gk, the sign bit flipped (exact)."""
+def _reconstruct_bases(DIST: tl.constexpr, ROWS: tl.constexpr, acc, c_row, cstart, kb, g, k0, k1):
+    """acc + sum over bases k < kb of c_row[k] * v_k, the bases added in order k = 0, 1, ...
+    Rademacher goes two bases a trip (_rademacher_signs2, as _project_bases): the chunk's Philox
+    outputs of one basis are fewer than the program's threads (CHUNK 8192 at 4 warps: 64 for 128;
+    the list kernel's 2048: 16), so each was computed 2 (8) times. sm_90 per-basis loop, per element
+    and basis (benchmarks/sass_cost.py, triton 3.9): CHUNK 8192 at 4 warps 4.36 -> 3.85, 4096 at 4
+    5.31 -> 4.52, the list kernel 7.63 -> 5.56; not yet timed on a GPU (the same change to project
+    measured 3.30 -> 2.80 ms at K = 64 for 4.47 -> 3.95). The same adds in the same order: the same bits. An odd kb's extra basis adds +-0.0 (its coefficient loads as 0), which leaves
+    every accumulator as it was: one that starts at +0.0 never becomes -0.0 under round to nearest."""
     if DIST == 0:
-        acc += (gk.to(tl.uint32, bitcast=True) ^ _rademacher_signs(ROWS, cstart, k, g, k0, k1)).to(
-            tl.float32, bitcast=True
-        )
+        for p in range(0, kb // 2 + kb % 2):  # pairs counted: k + 2 would wrap at kb = 2^31 - 1
+            k = 2 * p
+            sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
+            ga = tl.load(c_row + k).to(tl.uint32, bitcast=True)
+            gb = tl.load(c_row + k + 1, mask=k + 1 < kb, other=0.0).to(tl.uint32, bitcast=True)
+            acc += (ga ^ sa).to(tl.float32, bitcast=True)
+            acc += (gb ^ sb).to(tl.float32, bitcast=True)
     else:
-        acc += gk * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
+        for k in range(0, kb):
+            acc += tl.load(c_row + k) * _basis_tile(DIST, ROWS, cstart, k, g, k0, k1)
     return acc
 
 
@@ -523,9 +538,7 @@ def _reconstruct_kernel(
     g = (block_offset + b).to(tl.uint32)
     acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
     if cstart < blk_len:
-        for k in range(0, kb):
-            gk = tl.load(c_ptr + b * K + k)
-            acc = _basis_axpy(DIST, ROWS, acc, gk, cstart, k, g, k0, k1)
+        acc = _reconstruct_bases(DIST, ROWS, acc, c_ptr + b * K, cstart, kb, g, k0, k1)
         j = cstart + _tile_offsets(DIST, ROWS)
         mask = j < blk_len
         ptrs = out_ptr + blk_start + j
@@ -642,10 +655,9 @@ def _reconstruct_multi_kernel(
         if HAS_ACT:
             kb = tl.minimum(tl.maximum(tl.load(act_ptr + row).to(tl.int32), 0), K)
         g = (tl.load(seg + 4) + j).to(tl.uint32)
-        acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
-        for k in range(0, kb):
-            gk = tl.load(c_ptr + row * K + k)
-            acc = _basis_axpy(DIST, ROWS, acc, gk, cstart, k, g, k0, k1)
+        acc = _reconstruct_bases(
+            DIST, ROWS, tl.zeros([ROWS, COLS], dtype=tl.float32), c_ptr + row * K, cstart, kb, g, k0, k1
+        )
         e0, offs, mask = _chunk_span(DIST, ROWS, CHUNK, j, block_size, cstart, lead, numel)
         ptrs = out_ptr + e0 + offs
         res = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + acc * factor

@@ -160,6 +160,41 @@ def test_16bit_rademacher_project_without_y(gb, dtype, K):
                 assert torch.equal(got, fk.project(x.float(), 2**40 + 3, K, bs, **kw))
 
 
+def _sequential_rademacher(c, seed, n, bs, scale, active, base=None):
+    """Reconstruct in numpy float32, one add per basis in order k = 0, 1, ... (each add of
+    +-c[b, k] is exact input to one rounding): the bits every device kernel must give."""
+    nb, K = c.shape
+    out = np.zeros(n, np.float32) if base is None else base.copy()
+    for b in range(nb):
+        m = min(bs, n - b * bs)
+        acc = np.zeros(m, np.float32)
+        for k in range(max(0, min(int(active[b]), K))):
+            acc = acc + rng_numpy.basis(seed, 7 + b, k, m, "rademacher").astype(np.float32) * np.float32(c[b, k])
+        out[b * bs : b * bs + m] += acc * np.float32(scale)
+    return out
+
+
+@pytest.mark.parametrize("K", [1, 4, 5])
+def test_rademacher_reconstruct_adds_the_bases_in_order_bit_for_bit(K):
+    """Triton adds rademacher bases two a trip and CUDA four: the adds stay in basis order, so
+    the result is the sequential float32 sum's, bit for bit (odd K and odd active counts: the
+    pair's missing second basis adds nothing), into a new tensor and in place (scale 1: the
+    in-place add then rounds once whether or not the GPU fuses it with the scaling)."""
+    n, bs = 2 * 8192 + 8192 + 300, 8192 + 77  # blocks of two chunks and a partial one
+    nb = fk.num_blocks(n, bs)
+    c = torch.randn(nb, K)
+    active = torch.tensor([K, min(3, K), 0, K][:nb], dtype=torch.int32)
+    want = _sequential_rademacher(c.numpy(), 99, n, bs, 0.75, active)
+    kw = dict(dist="rademacher", block_offset=7, scale=0.75, active=active.to(DEV))
+    got = fk.reconstruct(c.to(DEV), 99, n, bs, **kw).cpu().numpy()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    base = torch.randn(n)
+    out = base.clone().to(DEV)
+    fk.reconstruct_(out, c.to(DEV), 99, bs, **dict(kw, scale=1.0))  # base + 1 * sum: one rounding, fused or not
+    want = _sequential_rademacher(c.numpy(), 99, n, bs, 1.0, active, base.numpy())
+    assert np.array_equal(out.cpu().numpy().view(np.int32), want.view(np.int32))
+
+
 def test_active_counts_adjoint_and_determinism():
     n, bs, K = 2100, 512, 6
     x = torch.randn(n, device=DEV)

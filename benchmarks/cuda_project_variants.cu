@@ -1,11 +1,13 @@
 // Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh):
-// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS ("mb*_ch*"), the shipped first pass alone
-// ("pass1_*") and with the second pass that ran before 2026-11-27 ("chain_*"), side by side in
-// one process, beside the device's copy and read bandwidth; checks that every variant's output is
-// bit-identical to the reference (mb1_ch1). Used to choose ProjectLaunch from measurements. Gone
-// after an H100 measured them slower (rows kept in results/cuda_project_variants.csv): a cp.async
-// pipeline ("pipe_*", 32-40% slower at K = 4) and a packed-run kernel ("pk_*": 16-bit x kept as
-// loaded with the next chunk prefetched, 17-27% slower at K = 4 and 16).
+// occupancy target MIN_BLOCKS x chunks per CTA CHUNKS ("mb*_ch*"), two candidates for the
+// second pass (fused into the first, project_fused_kernel: "fused_*"; the two passes with a
+// programmatic dependent launch: "pdl_*"), the shipped first pass alone ("pass1_*") and with the
+// second pass that ran before 2026-11-27 ("chain_*"), side by side in one process, beside the
+// device's copy and read bandwidth; checks that every variant's output is bit-identical to the
+// reference (mb1_ch1). Used to choose ProjectLaunch from measurements. Gone after an H100
+// measured them slower (rows kept in results/cuda_project_variants.csv): a cp.async pipeline
+// ("pipe_*", 32-40% slower at K = 4) and a packed-run kernel ("pk_*": 16-bit x kept as loaded
+// with the next chunk prefetched, 17-27% slower at K = 4 and 16).
 //
 //   nvcc -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc benchmarks/cuda_project_variants.cu -o build/pv
 //   build/pv [log2n=28] [csv path]           (scripts/gpu_check.py builds and runs it on a GPU)
@@ -78,6 +80,30 @@ __global__ void reduce_chain_kernel(const float* part, int64_t cpb, int K, float
     float s = 0.0f;
     for (int64_t c = 0; c < cpb; ++c) s += part[(b * cpb + c) * K + k];
     out[b * K + k] = s * scale;
+  }
+}
+
+// Candidate "pdl_mb4": the shipped two passes with Hopper's programmatic dependent launch: the
+// first pass lets the second launch at once (griddepcontrol.launch_dependents), whose CTAs wait in
+// griddepcontrol.wait until the whole first pass has finished and its writes are visible. That
+// hides the launch gap between the passes; the sums and their order are reduce_kernel's.
+__global__ void __launch_bounds__(kThreads, 4) project_pdl_kernel(ProjectParams p, int64_t cpb, float* part) {
+  __shared__ float red[kWarps][kTileK];
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+  project_own_chunk<__nv_bfloat16, kRademacher>(p, cpb, part, red);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    reduce_pdl_kernel(const float* part, int64_t cpb, int64_t rows, int K, float scale, float* out) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  const int64_t warps = (int64_t)gridDim.x * kWarps;
+  for (int64_t w = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); w < rows * K; w += warps) {
+    const float s = block_basis_sum(part, cpb, K, w / K, (int)(w % K));
+    if ((threadIdx.x & 31) == 0) out[w] = s * scale;
   }
 }
 
@@ -154,6 +180,46 @@ Result run_variant(const char* name, ProjectParams p, float* part, float* out_re
   return finish(name, p, ms, attr.numRegs, ctas, out_ref, is_ref);
 }
 
+// The candidates: project_fused_kernel (kernels.cuh) and the programmatic dependent launch above;
+// compared bit for bit with the reference like every variant.
+Result run_fused(const char* name, ProjectParams p, float* part, unsigned* tickets, float* out_ref) {
+  CK(cudaMemset(tickets, 0, p.num_blocks * sizeof(unsigned)));
+  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
+  const float ms = median_ms([&] { CK(launch_project_fused(p, part, tickets, 0)); });
+  const auto kernel = project_fused_kernel<__nv_bfloat16, kRademacher, 4>;
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
+  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+}
+
+Result run_pdl(const char* name, ProjectParams p, float* part, float* out_ref) {
+  const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
+  const int64_t warps = p.num_blocks * p.num_bases;
+  cudaLaunchAttribute attr_pdl[1];
+  attr_pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr_pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)std::min<int64_t>((warps + kWarps - 1) / kWarps, int64_t(1) << 20));
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = 0;
+  cfg.attrs = attr_pdl;
+  cfg.numAttrs = 1;
+  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
+  const float ms = median_ms([&] {
+    project_pdl_kernel<<<(unsigned)(p.num_blocks * cpb), kThreads>>>(p, cpb, part);
+    CK(cudaGetLastError());
+    CK(cudaLaunchKernelEx(&cfg, reduce_pdl_kernel, (const float*)part, cpb, p.num_blocks, (int)p.num_bases, p.scale,
+                          p.out));
+  });
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, project_pdl_kernel));
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_pdl_kernel, kThreads, 0));
+  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+}
+
 int main(int argc, char** argv) {
   const int log2n = argc > 1 ? std::atoi(argv[1]) : 28;
   const char* csv = argc > 2 ? argv[2] : nullptr;
@@ -193,6 +259,8 @@ int main(int argc, char** argv) {
     const int64_t nb = (n + bs - 1) / bs;
     const int64_t cpb = chunks_per_block(bs, kRademacher);
     float *part, *out, *ref;
+    unsigned* tickets;
+    CK(cudaMalloc(&tickets, nb * sizeof(unsigned)));
     CK(cudaMalloc(&part, nb * cpb * K * 4));
     CK(cudaMalloc(&out, nb * K * 4));
     CK(cudaMalloc(&ref, nb * K * 4));
@@ -215,8 +283,11 @@ int main(int argc, char** argv) {
     rows.push_back(run_variant<kRademacher, 3, 1>("mb3_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 1>("mb4_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
+    rows.push_back(run_fused("fused_mb4", p, part, tickets, ref));
+    rows.push_back(run_pdl("pdl_mb4", p, part, ref));
     rows.push_back(run_first_pass("pass1_mb4", p, part, false));
     rows.push_back(run_first_pass("chain_mb4", p, part, true));
+    CK(cudaFree(tickets));
     CK(cudaFree(part));
     CK(cudaFree(out));
     CK(cudaFree(ref));

@@ -272,9 +272,25 @@ KERNEL_MUTATIONS = [
     Mutation(
         "cuda-reduce-drops-last-chunk",
         "csrc/cuda/kernels.cuh",
-        "for (int64_t c = lane; c < chunks_per_block; c += 32) s += part[(b * chunks_per_block + c) * K + k];",
-        "for (int64_t c = lane; c + 1 < chunks_per_block; c += 32) s += part[(b * chunks_per_block + c) * K + k];",
+        "for (int64_t c = threadIdx.x & 31; c < chunks_per_block; c += 32)",
+        "for (int64_t c = threadIdx.x & 31; c + 1 < chunks_per_block; c += 32)",
         "the CUDA second pass skips a block's last chunk",
+        ("tests/test_cuda_emulation.py",),
+    ),
+    Mutation(
+        "cuda-fused-first-ticket-reduces",
+        "csrc/cuda/kernels.cuh",
+        "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);",
+        "last = atomicAdd(tickets + b, 1u) == 0u;",
+        "the fused candidate adds a block's partials when its first chunk is done, not its last",
+        ("tests/test_cuda_emulation.py",),
+    ),
+    Mutation(
+        "cuda-fused-ticket-not-reset",
+        "csrc/cuda/kernels.cuh",
+        "  if (threadIdx.x == 0) tickets[b] = 0;\n",
+        "",
+        "the fused candidate leaves its tickets set: the next launch's count starts wrong",
         ("tests/test_cuda_emulation.py",),
     ),
     Mutation(

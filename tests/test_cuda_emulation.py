@@ -70,6 +70,7 @@ class Emu:
     def __init__(self, exe, tmp):
         self.exe, self.tmp = exe, tmp
         self.runs = 0
+        self.order = "forward"  # CUDA_EMU_ORDER: the order the emulator runs a launch's CTAs in
 
     def _dir(self):
         self.runs += 1
@@ -79,7 +80,7 @@ class Emu:
 
     def _run(self, cmd, d, **kw):
         args = [self.exe, cmd, f"dir={d}"] + [f"{k}={v}" for k, v in kw.items()]
-        env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1")
+        env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", CUDA_EMU_ORDER=self.order)
         res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
         assert res.returncode == 0, f"{' '.join(args)}\nexit {res.returncode}\n{res.stderr[-4000:]}"
 
@@ -96,7 +97,9 @@ class Emu:
         np_dt = {torch.float32: np.float32, torch.int64: np.int64}[dtype]
         return torch.from_numpy(np.fromfile(path, dtype=np_dt)).reshape(shape)
 
-    def project(self, x, seed, K, bs, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None, misalign=0):
+    def project(
+        self, x, seed, K, bs, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None, misalign=0, fused=0
+    ):
         d = self._dir()
         self._put(os.path.join(d, "x.bin"), x)
         if y is not None:
@@ -115,6 +118,7 @@ class Emu:
             seed=seed,
             scale=repr(float(scale)),
             misalign=misalign,
+            fused=fused,
         )
         return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
 
@@ -358,15 +362,77 @@ def test_active_counts_adjoint_and_determinism(emu):
     assert torch.equal(emu.project(x, 3, K, bs, dist="uniform"), full)  # threads race, sums do not
 
 
+ORDERS = ("reverse", "shuffle:7")
+
+
+@pytest.fixture
+def ordered(emu):
+    """Sets the emulator's CTA order for one test and restores index order afterwards."""
+
+    def use(order):
+        emu.order = order
+
+    yield use
+    emu.order = "forward"
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_fused_project_gives_the_two_pass_bits_whichever_cta_comes_last(emu, ordered, dist):
+    """The one-launch candidate (project_fused_kernel): the CTA that takes a block's last ticket
+    adds the block's partial sums in the second pass's order. Blocks of 34 chunks (lanes stride
+    past 32 chunks) and a one-chunk last block, K past a shared-memory tile, active counts, y:
+    bit for bit the two-pass result for CTAs run in index order, in reverse and shuffled, and every
+    ticket back at 0 (the driver checks)."""
+    bs = 33 * CHUNK[dist] + 5
+    n, K = 2 * bs + 1000, 33
+    x, y = torch.randn(n), torch.randn(n)
+    active = torch.tensor([33, 0, 17], dtype=torch.int32)
+    kw = dict(y=y, dist=dist, block_offset=3, scale=0.5, active=active)
+    want = emu.project(x, 11, K, bs, **kw)
+    assert_project_close(want, ref(fk.project, x - y, 11, K, bs, **dict(kw, y=None)), 0.5 * (x - y), bs, dist)
+    for order in ("forward",) + ORDERS:
+        ordered(order)
+        assert torch.equal(emu.project(x, 11, K, bs, **kw, fused=1), want), order
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_results_do_not_depend_on_the_order_ctas_run_in(emu, ordered, order):
+    """A GPU runs CTAs in no promised order: every launch, one tensor and lists, gives the same
+    bits with the emulator's CTAs in reverse or shuffled order as in index order."""
+    n, bs, K = 3 * 9000 + 123, 9000, 5
+    x = torch.randn(n)
+    c = torch.randn(fk.num_blocks(n, bs), K)
+    xs = [torch.randn(700), torch.randn(9000 + 11)]
+    segs = [(0, 0, 0), (100, 5, 1)]
+    rows = sum(fk.num_blocks(t.numel(), bs, lead) for t, (lead, _, _) in zip(xs, segs))
+    cm = torch.randn(rows, K)
+
+    def run():
+        return (
+            emu.project(x, 5, K, bs, dist="rademacher"),
+            emu.project(x, 5, K, bs, dist="gaussian"),
+            emu.reconstruct(c, 5, n, bs, dist="uniform"),
+            emu.project_multi(xs, 5, K, bs, segs, dist="rademacher"),
+            *emu.reconstruct_multi([t.clone() for t in xs], cm, 5, bs, segs, dist="rademacher"),
+        )
+
+    want = run()
+    ordered(order)
+    for a, b in zip(run(), want):
+        assert torch.equal(a, b)
+
+
 def test_shared_memory_protocol_is_race_free(tmp_path):
     """Under ThreadSanitizer the emulated barriers are the only ordering between a CTA's
     threads, so a __syncthreads missing around the shared reduction slots is a reported race.
-    Several CTAs per block and K across two reduction tiles; results equal the ASan build's."""
+    Several CTAs per block and K across two reduction tiles; results equal the ASan build's; the
+    fused candidate's last CTA reads the other CTAs' partial sums after its ticket."""
     exe = _build(str(tmp_path), "thread")
     tsan = Emu(exe, str(tmp_path))
     x, K, bs = torch.randn(20000), 40, 9000
     g = tsan.project(x, 5, K, bs, dist="rademacher")
     assert_project_close(g, ref(fk.project, x, 5, K, bs, dist="rademacher"), x, bs, "rademacher")
+    assert torch.equal(tsan.project(x, 5, K, bs, dist="rademacher", fused=1), g)  # tickets, fences
     c = torch.randn(3, K)
     r = tsan.reconstruct(c, 5, x.numel(), bs, dist="gaussian", out=x.bfloat16(), alpha=0.5)
     want = (x.bfloat16().float() + 0.5 * ref(fk.reconstruct, c, 5, x.numel(), bs, dist="gaussian")).bfloat16()

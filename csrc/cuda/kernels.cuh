@@ -367,23 +367,34 @@ struct ChunkPos {
 // current one (memory and arithmetic overlap inside the CTA, not only across CTAs); MIN_BLOCKS is
 // the occupancy target given to the register allocator. Neither changes any result: each chunk's
 // partial sums are computed the same way, so every variant is bit-identical to CHUNKS = 1.
+// One chunk a CTA (chunk blockIdx.x): its partial sums into part; returns the chunk's block.
+template <typename T, int DIST>
+__device__ __forceinline__ int64_t project_own_chunk(const ProjectParams& p, int64_t chunks_per_block, float* part,
+                                                     float (&red)[kWarps][kTileK]) {
+  using L = Layout<DIST>;
+  const T* xs = static_cast<const T*>(p.x);
+  const T* ys = static_cast<const T*>(p.y);
+  const int64_t cta = (int64_t)blockIdx.x;
+  const ChunkPos<DIST> c(p, cta, chunks_per_block);
+  float x[L::kElems];
+  if (ys)
+    load_diff_run<T, L::kElems>(xs + c.start, ys + c.start, c.valid, x);
+  else
+    load_run<T, L::kElems>(xs + c.start, c.valid, x);
+  project_chunk<DIST>(p, cta, c.b, c.j0, c.valid, x, part, red);
+  return c.b;
+}
+
 template <typename T, int DIST, int MIN_BLOCKS = 1, int CHUNKS = 1>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
     project_kernel(ProjectParams p, int64_t chunks_per_block, int64_t num_chunks, float* part) {
   using L = Layout<DIST>;
   __shared__ float red[kWarps][kTileK];
-  const T* xs = static_cast<const T*>(p.x);
-  const T* ys = static_cast<const T*>(p.y);
   if constexpr (CHUNKS == 1) {
-    const int64_t cta = (int64_t)blockIdx.x;
-    const ChunkPos<DIST> c(p, cta, chunks_per_block);
-    float x[L::kElems];
-    if (ys)
-      load_diff_run<T, L::kElems>(xs + c.start, ys + c.start, c.valid, x);
-    else
-      load_run<T, L::kElems>(xs + c.start, c.valid, x);
-    project_chunk<DIST>(p, cta, c.b, c.j0, c.valid, x, part, red);
+    project_own_chunk<T, DIST>(p, chunks_per_block, part, red);
   } else {
+    const T* xs = static_cast<const T*>(p.x);
+    const T* ys = static_cast<const T*>(p.y);
     const int64_t first = (int64_t)blockIdx.x * CHUNKS;
     const int64_t last = min(first + (int64_t)CHUNKS, num_chunks);
     RawRun<T, L::kElems> xr, yr;
@@ -419,18 +430,53 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
 // (bf16 n = 2^28, block 2^20, 128 chunks a block) that pass and its launch took 17.5 us of the K = 4
 // project's 0.2297 ms, and this one saved 14 us at K = 4, 31 us at K = 16 and 4 us at K = 64
 // (results/cuda_project_variants.csv, pk_mb3_ch4 against pk_mb3_ch4_wr, 2026-11-27).
+//
+// block_basis_sum is that order, for one (b, k) and one full warp: every kernel that adds a block's
+// partials calls it, so they all give the same bits. The loads go through L2 (__ldcg): a caller
+// may read partials that other CTAs of the same launch wrote (the fused candidate of
+// benchmarks/cuda_project_variants.cu).
+__device__ __forceinline__ float block_basis_sum(const float* part, int64_t chunks_per_block, int K, int64_t b, int k) {
+  float s = 0.0f;
+  for (int64_t c = threadIdx.x & 31; c < chunks_per_block; c += 32)
+    s += __ldcg(part + (b * chunks_per_block + c) * K + k);
+  return warp_sum(s);
+}
+
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(const float* part, int64_t chunks_per_block, int64_t rows, int K, float scale, float* out) {
-  const int lane = threadIdx.x & 31;
   const int64_t warps = (int64_t)gridDim.x * kWarps;
   for (int64_t w = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); w < rows * K; w += warps) {  // warp-uniform
-    const int64_t b = w / K;
-    const int k = (int)(w % K);
-    float s = 0.0f;
-    for (int64_t c = lane; c < chunks_per_block; c += 32) s += part[(b * chunks_per_block + c) * K + k];
-    s = warp_sum(s);
-    if (lane == 0) out[w] = s * scale;
+    const float s = block_basis_sum(part, chunks_per_block, K, w / K, (int)(w % K));
+    if ((threadIdx.x & 31) == 0) out[w] = s * scale;
   }
+}
+
+// A candidate, not what ProjectLaunch runs: both passes in one launch. After its chunk's partial
+// sums a CTA takes a ticket for its block (a fence, then one atomic add); the CTA that takes the
+// block's last ticket adds that block's partials with block_basis_sum, reduce_kernel's order, so
+// the output has the two-pass launch's bits whichever CTA comes last, and it resets the ticket
+// (tickets: num_blocks words, zero before the launch and after it). That saves the second launch
+// and lets the sums of a block that finishes early overlap other blocks' loads, for a fence and an
+// atomic per CTA; benchmarks/cuda_project_variants.cu times it ("fused_mb4") beside the shipped
+// two passes. The shipped first pass alone took 0.2122 ms of the two passes' 0.2297 (H100, bf16
+// n = 2^28, K = 4, the second pass before the warp-per-basis one).
+template <typename T, int DIST, int MIN_BLOCKS = 1>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
+    project_fused_kernel(ProjectParams p, int64_t chunks_per_block, float* part, unsigned* tickets) {
+  __shared__ float red[kWarps][kTileK];
+  __shared__ bool last;
+  const int64_t b = project_own_chunk<T, DIST>(p, chunks_per_block, part, red);
+  __threadfence();  // this CTA's partial sums are visible device-wide before its ticket is
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);
+  __syncthreads();
+  if (!last) return;  // uniform across the CTA
+  __threadfence();
+  for (int k = threadIdx.x >> 5; k < p.num_bases; k += kWarps) {  // warp-uniform
+    const float s = block_basis_sum(part, chunks_per_block, p.num_bases, b, k);
+    if ((threadIdx.x & 31) == 0) p.out[b * p.num_bases + k] = s * p.scale;
+  }
+  if (threadIdx.x == 0) tickets[b] = 0;
 }
 
 // acc[e] = sum over bases k < kb of coeffs[k] * v_k at the thread's elements (j0 .. j0 + kElems - 1
@@ -670,6 +716,17 @@ struct ProjectLaunch {
   }
 };
 
+// The fused candidate (project_fused_kernel) with ProjectLaunch's occupancy targets.
+template <typename T, int DIST>
+struct ProjectFusedLaunch {
+  static cudaError_t run(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream) {
+    const int64_t cpb = chunks_per_block(p.block_size, DIST);
+    FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream, project_fused_kernel < T, DIST,
+                  DIST == kRademacher ? 4 : 1 >)(p, cpb, part, tickets);
+    return cudaGetLastError();
+  }
+};
+
 template <typename T, int DIST>
 struct ReconstructLaunch {
   static cudaError_t run(const ReconstructParams& p, cudaStream_t stream) {
@@ -715,6 +772,12 @@ inline cudaError_t launch_reconstruct_multi(const MultiParams& p, cudaStream_t s
 inline cudaError_t launch_project(const ProjectParams& p, float* part, cudaStream_t stream) {
   if (p.num_blocks == 0) return cudaSuccess;
   return dispatch<ProjectLaunch>(p.dtype, p.dist, p, part, stream);
+}
+
+// part as for launch_project; tickets: num_blocks words, zeroed (and zero again afterwards).
+inline cudaError_t launch_project_fused(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream) {
+  if (p.num_blocks == 0) return cudaSuccess;
+  return dispatch<ProjectFusedLaunch>(p.dtype, p.dist, p, part, tickets, stream);
 }
 
 inline cudaError_t launch_reconstruct(const ReconstructParams& p, cudaStream_t stream) {

@@ -1,12 +1,14 @@
 // Host emulation of the slice of the CUDA execution model that csrc/cuda/kernels.cuh uses,
 // so the CUDA kernels themselves (not a port) run on a machine without a GPU.
 //
-// A launch runs its CTAs one after another; each CTA's threads are real OS threads, so the
-// kernel's own synchronisation is what orders them:
+// A launch runs its CTAs one after another, in index order or, with CUDA_EMU_ORDER=reverse or
+// shuffle[:seed], in another (a GPU promises no order: a result that depends on it shows); each
+// CTA's threads are real OS threads, so the kernel's own synchronisation is what orders them:
 //   __syncthreads      a CTA-wide barrier; a thread that returns leaves it (as on sm_70+)
 //   __shfl_xor_sync    a warp-wide exchange through per-warp slots and a warp barrier;
 //                      full masks only, and reading a lane that has exited is an error
 //   __shared__         function-static storage (one CTA runs at a time)
+//   atomicAdd          on unsigned global words, under one lock; __threadfence a lock round trip
 // Barriers must be uniform, as the CUDA programming guide requires: a thread that returns while
 // others wait at a barrier, a CTA whose threads made different numbers of __syncthreads calls,
 // or a barrier not reached within a timeout is reported and the process exits (code 86). Built with AddressSanitizer,
@@ -22,8 +24,11 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <memory>
 #include <mutex>
+#include <random>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -65,6 +70,10 @@ inline T max(T a, T b) {
 }
 template <typename T>
 inline T __ldg(const T* p) {
+  return *p;
+}
+template <typename T>
+inline T __ldcg(const T* p) {
   return *p;
 }
 
@@ -153,6 +162,27 @@ inline thread_local Cta* cta = nullptr;
 inline thread_local unsigned shfl_calls = 0;
 inline thread_local cudaError_t last_error = cudaSuccess;
 
+// The order CTAs run in: (x, y) index pairs, from CUDA_EMU_ORDER (unset or "forward": index
+// order; "reverse"; "shuffle" or "shuffle:<seed>": a seeded permutation).
+inline std::vector<std::pair<unsigned, unsigned>> cta_order(dim3 grid) {
+  std::vector<std::pair<unsigned, unsigned>> order;
+  order.reserve((size_t)grid.x * grid.y);
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) order.emplace_back(bx, by);
+  const char* env = std::getenv("CUDA_EMU_ORDER");
+  const std::string how = env ? env : "forward";
+  if (how == "reverse") {
+    std::reverse(order.begin(), order.end());
+  } else if (how.rfind("shuffle", 0) == 0) {
+    const size_t colon = how.find(':');
+    std::mt19937_64 rng(colon == std::string::npos ? 1 : std::stoull(how.substr(colon + 1)));
+    std::shuffle(order.begin(), order.end(), rng);
+  } else if (how != "forward") {
+    fail("CUDA_EMU_ORDER=%s: expected forward, reverse or shuffle[:seed]", how.c_str());
+  }
+  return order;
+}
+
 template <typename Body>
 void run_grid(dim3 grid, dim3 block, Body&& body) {
   const long nthreads = (long)block.x * block.y * block.z;
@@ -167,6 +197,7 @@ void run_grid(dim3 grid, dim3 block, Body&& body) {
   Cta c((int)nthreads);
   c.reset();
   c.done.reset((int)nthreads);
+  const auto order = cta_order(grid);
   std::vector<std::thread> pool;
   for (int t = 0; t < nthreads; ++t) {
     pool.emplace_back([&, t] {
@@ -174,21 +205,18 @@ void run_grid(dim3 grid, dim3 block, Body&& body) {
       threadIdx = {(unsigned)t, 0, 0};
       blockDim = block;
       gridDim = grid;
-      for (unsigned by = 0; by < grid.y; ++by) {
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          blockIdx = {bx, by, 0};
-          shfl_calls = 0;
-          body();
-          c.sync.leave("__syncthreads");
-          c.warp[t / 32].leave("__shfl_xor_sync");
-          c.done.arrive_and_wait("the end of the CTA", [&] {
-            for (int i = 1; i < c.threads; ++i)
-              if (c.syncs[i] != c.syncs[0])
-                fail("divergence: thread %d called __syncthreads %u times, thread 0 %u times", i, c.syncs[i],
-                     c.syncs[0]);
-            c.reset();
-          });
-        }
+      for (const auto& [bx, by] : order) {
+        blockIdx = {bx, by, 0};
+        shfl_calls = 0;
+        body();
+        c.sync.leave("__syncthreads");
+        c.warp[t / 32].leave("__shfl_xor_sync");
+        c.done.arrive_and_wait("the end of the CTA", [&] {
+          for (int i = 1; i < c.threads; ++i)
+            if (c.syncs[i] != c.syncs[0])
+              fail("divergence: thread %d called __syncthreads %u times, thread 0 %u times", i, c.syncs[i], c.syncs[0]);
+          c.reset();
+        });
       }
     });
   }
@@ -219,6 +247,20 @@ Launch<P...> launch(dim3 grid, dim3 block, void (*kernel)(P...)) {
 inline void __syncthreads() {
   ++ferret_emu::cta->syncs[threadIdx.x];
   ferret_emu::cta->sync.arrive_and_wait("__syncthreads");
+}
+
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  static std::mutex m;
+  std::lock_guard<std::mutex> l(m);
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+// a lock taken and released: acquire and release ordering that ThreadSanitizer also understands
+// (it does not support std::atomic_thread_fence)
+inline void __threadfence() {
+  static std::mutex m;
+  std::lock_guard<std::mutex> l(m);
 }
 
 template <typename T>

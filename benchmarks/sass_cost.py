@@ -153,7 +153,8 @@ def triton_rows(arch: int):
                 {"ACCUM": True, "HAS_ACT": False, "DIST": di, **c.kwargs},
                 c.num_warps,
             )
-            for c in tk._reconstruct_kernel.configs
+            # the autotuner's candidates for this dist at a block of 2^20 (_recon_prune)
+            for c in tk._recon_prune(tk._reconstruct_kernel.configs, {"block_size": 1 << 20}, DIST=di)
         ]
         variants.append(
             (

@@ -310,6 +310,43 @@ def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
     return tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
 
 
+@triton.jit
+def _chunk_input(
+    x_ptr,
+    y_ptr,
+    act_ptr,
+    pid,
+    live,
+    cpb,
+    numel,
+    block_size,
+    block_offset,
+    K,
+    HAS_Y: tl.constexpr,
+    HAS_ACT: tl.constexpr,
+    DIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """Chunk pid of the one-tensor project (cpb chunks a block; live False: past the last chunk,
+    nothing read): (x - y over the chunk as a float32 tile, zero outside the block; the chunk's
+    start in its block; the block's active count, clamped to [0, K] so it never reaches past the
+    row of part: counts are not checked on the host for GPU tensors; the block's index g)."""
+    COLS: tl.constexpr = 32 if DIST == 0 else 4
+    b = pid // cpb
+    cstart = (pid % cpb) * CHUNK
+    blk_start = b * block_size
+    blk_len = tl.where(live, tl.minimum(block_size, numel - blk_start), 0)
+    j = cstart + _tile_offsets(DIST, CHUNK // COLS)
+    mask = j < blk_len
+    xv = tl.load(x_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Y:
+        xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+    kb = K
+    if HAS_ACT:
+        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)
+    return xv, cstart, kb, (block_offset + b).to(tl.uint32)
+
+
 # Runtime integers that vary from call to call (seed words, block offsets) are not specialized:
 # Triton would otherwise compile a new variant when one equals 1 (made a constexpr, which the
 # seed arithmetic then cannot .to()-convert: seen on an H100 with seed 1) or changes its
@@ -340,19 +377,9 @@ def _project_kernel(
     ROWS: tl.constexpr = CHUNK // COLS
     pid = tl.program_id(0).to(tl.int64)
     cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK  # 64-bit: block_size may be near 2^31
-    b = pid // cpb
-    cstart = (pid % cpb) * CHUNK
-    blk_start = b * block_size
-    blk_len = tl.minimum(block_size, numel - blk_start)
-    j = cstart + _tile_offsets(DIST, ROWS)
-    mask = j < blk_len
-    xv = tl.load(x_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
-    if HAS_Y:
-        xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
-    kb = K
-    if HAS_ACT:  # clamped to [0, K]: never past the row of part (counts are not checked on the host for GPU tensors)
-        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)
-    g = (block_offset + b).to(tl.uint32)
+    xv, cstart, kb, g = _chunk_input(
+        x_ptr, y_ptr, act_ptr, pid, True, cpb, numel, block_size, block_offset, K, HAS_Y, HAS_ACT, DIST, CHUNK
+    )
     _project_bases(DIST, ROWS, xv, cstart, kb, g, k0, k1, part_ptr + pid * K, PAIR)
 
 
@@ -397,19 +424,9 @@ def _project_loop_kernel(
     for i in tl.range(0, CHUNKS, num_stages=STAGES):
         pid = tl.program_id(0).to(tl.int64) * CHUNKS + i
         live = pid < num_chunks
-        b = pid // cpb
-        cstart = (pid % cpb) * CHUNK
-        blk_start = b * block_size
-        blk_len = tl.where(live, tl.minimum(block_size, numel - blk_start), 0)  # past the last chunk: nothing
-        j = cstart + _tile_offsets(DIST, ROWS)
-        mask = j < blk_len
-        xv = tl.load(x_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
-        if HAS_Y:
-            xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
-        kb = K
-        if HAS_ACT:
-            kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)
-        g = (block_offset + b).to(tl.uint32)
+        xv, cstart, kb, g = _chunk_input(
+            x_ptr, y_ptr, act_ptr, pid, live, cpb, numel, block_size, block_offset, K, HAS_Y, HAS_ACT, DIST, CHUNK
+        )
         if DIST == 0:  # two bases at a time (_project_bases), the last one alone for an odd K
             xb = xv.to(tl.uint32, bitcast=True)
             for k in tl.static_range(0, K - 1, 2):

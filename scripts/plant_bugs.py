@@ -278,11 +278,13 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py",),
     ),
     Mutation(
-        "cuda-fused-first-ticket-reduces",
+        "cuda-fused-early-ticket-reduces",
         "csrc/cuda/kernels.cuh",
         "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);",
-        "last = atomicAdd(tickets + b, 1u) == 0u;",
-        "the fused candidate adds a block's partials when its first chunk is done, not its last",
+        "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 2);",
+        # (== 0u is an equivalent mutant where CTAs run one at a time: every CTA then sums and
+        # resets, and the block's last one sums all partials; on a GPU it would race)
+        "the fused candidate adds a block's partials one chunk before the last is in",
         ("tests/test_cuda_emulation.py",),
     ),
     Mutation(
@@ -296,8 +298,8 @@ KERNEL_MUTATIONS = [
     Mutation(
         "triton-no-active-clamp",
         "ferret_kernels/triton_kernels.py",
-        "        kb = tl.minimum(tl.maximum(tl.load(act_ptr + b).to(tl.int32), 0), K)\n    g = (block_offset + b).to(tl.uint32)\n    _project_bases",
-        "        kb = tl.load(act_ptr + b).to(tl.int32)\n    g = (block_offset + b).to(tl.uint32)\n    _project_bases",
+        "kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)",
+        "kb = tl.load(act_ptr + b, mask=live, other=0).to(tl.int32)",
         "Triton project writes past a row of part for a count above K",
         ("tests/test_device_backends.py",),
     ),
@@ -323,6 +325,22 @@ KERNEL_MUTATIONS = [
         "tl.store(row_ptr + k + 1, db, mask=k + 1 < kb)",
         "tl.store(row_ptr + k + 1, db, mask=k + 2 < kb)",
         "Triton project drops the last basis of an even count",
+        ("tests/test_device_backends.py",),
+    ),
+    Mutation(
+        "triton-recon-pair-second-coefficient",
+        "ferret_kernels/triton_kernels.py",
+        "gb = tl.load(c_row + k + 1, mask=k + 1 < kb, other=0.0)",
+        "gb = tl.load(c_row + k, mask=k + 1 < kb, other=0.0)",
+        "Triton reconstruct scales a pair's second basis by the first one's coefficient",
+        ("tests/test_device_backends.py",),
+    ),
+    Mutation(
+        "triton-recon-pair-past-active",
+        "ferret_kernels/triton_kernels.py",
+        "gb = tl.load(c_row + k + 1, mask=k + 1 < kb, other=0.0)",
+        "gb = tl.load(c_row + k + 1)",
+        "Triton reconstruct adds the basis past an odd active count",
         ("tests/test_device_backends.py",),
     ),
     Mutation(

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename F>
-float median_ms(F&& f, int reps = 20) {
+float median_ms(F&& f, cudaStream_t stream = 0, int reps = 20) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
@@ -117,9 +117,9 @@ float median_ms(F&& f, int reps = 20) {
   CK(cudaDeviceSynchronize());
   std::vector<float> t;
   for (int r = 0; r < reps; ++r) {
-    CK(cudaEventRecord(a));
+    CK(cudaEventRecord(a, stream));
     f();
-    CK(cudaEventRecord(b));
+    CK(cudaEventRecord(b, stream));
     CK(cudaEventSynchronize(b));
     float ms;
     CK(cudaEventElapsedTime(&ms, a, b));
@@ -184,8 +184,18 @@ Result run_variant(const char* name, ProjectParams p, float* part, float* out_re
 // compared bit for bit with the reference like every variant.
 Result run_fused(const char* name, ProjectParams p, float* part, unsigned* tickets, float* out_ref) {
   CK(cudaMemset(tickets, 0, p.num_blocks * sizeof(unsigned)));
-  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
   const float ms = median_ms([&] { CK(launch_project_fused(p, part, tickets, 0)); });
+  // tickets left set would let the timed launches skip their sums: all must be back at 0, and a
+  // launch into an output of NaNs must write every entry
+  std::vector<unsigned> left(p.num_blocks);
+  CK(cudaMemcpy(left.data(), tickets, p.num_blocks * sizeof(unsigned), cudaMemcpyDeviceToHost));
+  for (unsigned v : left)
+    if (v != 0) {
+      std::fprintf(stderr, "%s: a ticket is %u after the timed launches, not 0\n", name, v);
+      std::exit(2);
+    }
+  CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
+  CK(launch_project_fused(p, part, tickets, 0));
   const auto kernel = project_fused_kernel<__nv_bfloat16, kRademacher, 4>;
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, kernel));
@@ -203,16 +213,22 @@ Result run_pdl(const char* name, ProjectParams p, float* part, float* out_ref) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)std::min<int64_t>((warps + kWarps - 1) / kWarps, int64_t(1) << 20));
   cfg.blockDim = dim3(kThreads);
-  cfg.stream = 0;
+  cudaStream_t stream;  // a created stream: programmatic launch is not for the legacy default one
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cfg.stream = stream;
   cfg.attrs = attr_pdl;
   cfg.numAttrs = 1;
   CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
-  const float ms = median_ms([&] {
-    project_pdl_kernel<<<(unsigned)(p.num_blocks * cpb), kThreads>>>(p, cpb, part);
-    CK(cudaGetLastError());
-    CK(cudaLaunchKernelEx(&cfg, reduce_pdl_kernel, (const float*)part, cpb, p.num_blocks, (int)p.num_bases, p.scale,
-                          p.out));
-  });
+  const float ms = median_ms(
+      [&] {
+        project_pdl_kernel<<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb, part);
+        CK(cudaGetLastError());
+        CK(cudaLaunchKernelEx(&cfg, reduce_pdl_kernel, (const float*)part, cpb, p.num_blocks, (int)p.num_bases, p.scale,
+                              p.out));
+      },
+      stream);
+  CK(cudaStreamSynchronize(stream));
+  CK(cudaStreamDestroy(stream));
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, project_pdl_kernel));
   int ctas = 0;

@@ -288,8 +288,11 @@ def _reconstruct_bases(DIST: tl.constexpr, ROWS: tl.constexpr, acc, c_row, cstar
     the list kernel's 2048: 16), so each was computed 2 (8) times. sm_90 per-basis loop, per element
     and basis (benchmarks/sass_cost.py, triton 3.9): CHUNK 8192 at 4 warps 4.36 -> 3.85, 4096 at 4
     5.31 -> 4.52, the list kernel 7.63 -> 5.56; not yet timed on a GPU (the same change to project
-    measured 3.30 -> 2.80 ms at K = 64 for 4.47 -> 3.95). The same adds in the same order: the same bits. An odd kb's extra basis adds +-0.0 (its coefficient loads as 0), which leaves
-    every accumulator as it was: one that starts at +0.0 never becomes -0.0 under round to nearest."""
+    measured 3.30 -> 2.80 ms at K = 64 for 4.47 -> 3.95). The same adds in the same order: the
+    same bits. An odd kb's extra basis adds +-0.0 (its coefficient loads as 0), which leaves every
+    accumulator as it was: one that starts at +0.0 never becomes -0.0 under round to nearest
+    without flush to zero (the adds compile without .ftz; with it a negative subnormal sum would
+    flush to -0.0, and + 0.0 would make it +0.0). NaN + 0 and inf + 0 keep their bits."""
     if DIST == 0:
         for p in range(0, kb // 2 + kb % 2):  # pairs counted: k + 2 would wrap at kb = 2^31 - 1
             k = 2 * p

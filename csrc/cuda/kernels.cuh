@@ -432,13 +432,16 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
 // (results/cuda_project_variants.csv, pk_mb3_ch4 against pk_mb3_ch4_wr, 2026-11-27).
 //
 // block_basis_sum is that order, for one (b, k) and one full warp: every kernel that adds a block's
-// partials calls it, so they all give the same bits. The loads go through L2 (__ldcg): a caller
-// may read partials that other CTAs of the same launch wrote (the fused candidate of
-// benchmarks/cuda_project_variants.cu).
+// partials calls it, so they all give the same bits. L2: load through L2 only (__ldcg), for a
+// caller that reads partials other CTAs of the same launch wrote (project_fused_kernel); the
+// second pass reads them with plain loads, as before.
+template <bool L2 = false>
 __device__ __forceinline__ float block_basis_sum(const float* part, int64_t chunks_per_block, int K, int64_t b, int k) {
   float s = 0.0f;
-  for (int64_t c = threadIdx.x & 31; c < chunks_per_block; c += 32)
-    s += __ldcg(part + (b * chunks_per_block + c) * K + k);
+  for (int64_t c = threadIdx.x & 31; c < chunks_per_block; c += 32) {
+    const float* q = part + (b * chunks_per_block + c) * K + k;
+    s += L2 ? __ldcg(q) : *q;
+  }
   return warp_sum(s);
 }
 
@@ -466,14 +469,21 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   __shared__ float red[kWarps][kTileK];
   __shared__ bool last;
   const int64_t b = project_own_chunk<T, DIST>(p, chunks_per_block, part, red);
-  __threadfence();  // this CTA's partial sums are visible device-wide before its ticket is
+  // As cooperative groups' grid barrier: a CTA barrier orders the CTA's partial-sum stores before
+  // thread 0's fence, whose release covers them (cumulative), then the ticket; the last CTA's thread 0
+  // fences again (acquire) before the barrier after which the CTA reads the other CTAs' partials. One
+  // fence per CTA, not one per warp. The emulator runs one CTA at a time, so it cannot show a missing
+  // fence (a planted one passes its tests): only bit-identity on a GPU can.
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);
+    if (last) __threadfence();
+  }
   __syncthreads();
-  if (!last) return;  // uniform across the CTA
-  __threadfence();
+  if (!last) return;                                              // uniform across the CTA
   for (int k = threadIdx.x >> 5; k < p.num_bases; k += kWarps) {  // warp-uniform
-    const float s = block_basis_sum(part, chunks_per_block, p.num_bases, b, k);
+    const float s = block_basis_sum<true>(part, chunks_per_block, p.num_bases, b, k);
     if ((threadIdx.x & 31) == 0) p.out[b * p.num_bases + k] = s * p.scale;
   }
   if (threadIdx.x == 0) tickets[b] = 0;

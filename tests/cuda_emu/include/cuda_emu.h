@@ -175,7 +175,14 @@ inline std::vector<std::pair<unsigned, unsigned>> cta_order(dim3 grid) {
     std::reverse(order.begin(), order.end());
   } else if (how.rfind("shuffle", 0) == 0) {
     const size_t colon = how.find(':');
-    std::mt19937_64 rng(colon == std::string::npos ? 1 : std::stoull(how.substr(colon + 1)));
+    uint64_t seed = 1;
+    if (colon != std::string::npos) {
+      char* end = nullptr;
+      seed = std::strtoull(how.c_str() + colon + 1, &end, 10);
+      if (end == how.c_str() + colon + 1 || *end != '\0')
+        fail("CUDA_EMU_ORDER=%s: the seed is not a number", how.c_str());
+    }
+    std::mt19937_64 rng(seed);
     std::shuffle(order.begin(), order.end(), rng);
   } else if (how != "forward") {
     fail("CUDA_EMU_ORDER=%s: expected forward, reverse or shuffle[:seed]", how.c_str());

@@ -100,11 +100,7 @@ __global__ void __launch_bounds__(kThreads)
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  const int64_t warps = (int64_t)gridDim.x * kWarps;
-  for (int64_t w = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); w < rows * K; w += warps) {
-    const float s = block_basis_sum(part, cpb, K, w / K, (int)(w % K));
-    if ((threadIdx.x & 31) == 0) out[w] = s * scale;
-  }
+  reduce_rows(part, cpb, rows, K, scale, out);
 }
 
 template <typename F>
@@ -196,7 +192,7 @@ Result run_fused(const char* name, ProjectParams p, float* part, unsigned* ticke
     }
   CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
   CK(launch_project_fused(p, part, tickets, 0));
-  const auto kernel = project_fused_kernel<__nv_bfloat16, kRademacher, 4>;
+  const auto kernel = project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, kernel));
   int ctas = 0;

@@ -144,8 +144,8 @@ def main(argv=None) -> int:
                             num_warps=warps,
                         )
                     if second:  # the second pass (without it: what it and its launch cost)
-                        kt, cb = tk._reduce_tiles(K)
-                        tk._reduce_kernel[(nb * triton.cdiv(K, kt),)](part, out, cpb, K, 1.0, KT=kt, CB=cb)
+                        kt, cb, nt = tk._reduce_tiles(K)
+                        tk._reduce_kernel[(nb * nt,)](part, out, cpb, K, 1.0, KT=kt, CB=cb)
 
                 try:
                     run()

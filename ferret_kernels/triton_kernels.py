@@ -263,8 +263,9 @@ def _project_bases(DIST: tl.constexpr, ROWS: tl.constexpr, xv, cstart, kb, g, k0
     """row_ptr[k] = _basis_dot of basis k, k < kb. Rademacher goes two bases at a time
     (_rademacher_signs2; an odd kb computes one basis more and does not store it): sm_90 loop
     286 -> 505 instructions for twice the bases, 4.47 -> 3.95 per element and basis (triton 3.9,
-    CHUNK 8192, 4 warps; H100, K = 64: 3.30 -> 2.80 ms). Each basis' sum is the one-basis tile sum: the same bits. PAIR False:
-    one basis at a time (benchmarks/tune_triton_project.py times both)."""
+    CHUNK 8192, 4 warps; H100, K = 64: 3.30 -> 2.80 ms). Each basis' sum is the one-basis tile
+    sum: the same bits. PAIR False: one basis at a time (benchmarks/tune_triton_project.py times
+    both)."""
     if DIST == 0 and PAIR:
         xb = xv.to(tl.uint32, bitcast=True)
         for p in range(0, kb // 2 + kb % 2):  # pairs counted, not k stepped by 2: k + 2 would wrap at kb = 2^31 - 1
@@ -472,9 +473,10 @@ def _reduce_kernel(part_ptr, out_ptr, cpb, K, scale, KT: tl.constexpr, CB: tl.co
 
 
 def _reduce_tiles(num_bases: int):
-    """(KT, CB) of _reduce_kernel: up to 64 bases a program, 2048-element tiles."""
+    """(KT, CB, tiles of KT bases) of _reduce_kernel: up to 64 bases a program, 2048-element
+    tiles; its grid is num_blocks * tiles."""
     kt = min(64, triton.next_power_of_2(num_bases))
-    return kt, 2048 // kt
+    return kt, 2048 // kt, triton.cdiv(num_bases, kt)
 
 
 def _recon_configs(gpu: bool = not _INTERPRET):
@@ -809,8 +811,7 @@ def project(
         return torch.zeros(nb, num_bases, device=x.device, dtype=torch.float32)
     chunk = _project_chunk(block_size, dist)
     cpb = (block_size + chunk - 1) // chunk
-    kt, cb = _reduce_tiles(num_bases)
-    nt = triton.cdiv(num_bases, kt)
+    kt, cb, nt = _reduce_tiles(num_bases)
     _check_grid(nb * cpb, f"{nb} blocks x {cpb} chunks of {chunk}")
     _check_grid(nb * nt, f"{nb} blocks x {nt} tiles of {kt} bases")
     out = torch.empty(nb, num_bases, device=x.device, dtype=torch.float32)  # every entry is written
@@ -985,8 +986,7 @@ def _project_multi(xs, ys, seed, num_bases, block_size, block_offsets, dist, sca
     out = torch.empty(rows, num_bases, device=xs[0].device, dtype=torch.float32)
     chunk = _project_chunk(block_size, dist)
     cpb = triton.cdiv(block_size, chunk)
-    kt, cb = _reduce_tiles(num_bases)
-    nt = triton.cdiv(num_bases, kt)
+    kt, cb, nt = _reduce_tiles(num_bases)
     groups, keep = _segment_groups(xs, ys, spans, block_size, block_offsets, starts)
     for _, _, n, _ in groups:
         _check_grid(n * cpb, f"{n} blocks x {cpb} chunks of {chunk}")

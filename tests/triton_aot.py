@@ -130,7 +130,7 @@ def variants():
             yield (f"reconstruct_multi dist={dist} {dt}", tk._reconstruct_multi_kernel, sig, const, 4, {})
     sig = {"part_ptr": "*fp32", "out_ptr": "*fp32", "cpb": "i64", "K": "i32", "scale": "fp32"}
     for K in (4, 64):
-        kt, cb = tk._reduce_tiles(K)
+        kt, cb, _ = tk._reduce_tiles(K)
         yield (f"reduce KT={kt} CB={cb}", tk._reduce_kernel, sig, {"KT": kt, "CB": cb}, 4, {})
     yield (
         "philox",

@@ -362,11 +362,6 @@ struct ChunkPos {
   }
 };
 
-// Grid: ceil(num_chunks / CHUNKS), num_chunks = num_blocks * chunks_per_block. part: [num_chunks, K].
-// A CTA handles CHUNKS consecutive chunks, fetching the next chunk's data before it works on the
-// current one (memory and arithmetic overlap inside the CTA, not only across CTAs); MIN_BLOCKS is
-// the occupancy target given to the register allocator. Neither changes any result: each chunk's
-// partial sums are computed the same way, so every variant is bit-identical to CHUNKS = 1.
 // One chunk a CTA (chunk blockIdx.x): its partial sums into part; returns the chunk's block.
 template <typename T, int DIST>
 __device__ __forceinline__ int64_t project_own_chunk(const ProjectParams& p, int64_t chunks_per_block, float* part,
@@ -385,6 +380,11 @@ __device__ __forceinline__ int64_t project_own_chunk(const ProjectParams& p, int
   return c.b;
 }
 
+// Grid: ceil(num_chunks / CHUNKS), num_chunks = num_blocks * chunks_per_block. part: [num_chunks, K].
+// A CTA handles CHUNKS consecutive chunks, fetching the next chunk's data before it works on the
+// current one (memory and arithmetic overlap inside the CTA, not only across CTAs); MIN_BLOCKS is
+// the occupancy target given to the register allocator. Neither changes any result: each chunk's
+// partial sums are computed the same way, so every variant is bit-identical to CHUNKS = 1.
 template <typename T, int DIST, int MIN_BLOCKS = 1, int CHUNKS = 1>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
     project_kernel(ProjectParams p, int64_t chunks_per_block, int64_t num_chunks, float* part) {
@@ -445,13 +445,19 @@ __device__ __forceinline__ float block_basis_sum(const float* part, int64_t chun
   return warp_sum(s);
 }
 
-__global__ void __launch_bounds__(kThreads)
-    reduce_kernel(const float* part, int64_t chunks_per_block, int64_t rows, int K, float scale, float* out) {
+// The second pass's body: a warp per (b, k) of rows x K, grid-strided.
+__device__ __forceinline__ void reduce_rows(const float* part, int64_t chunks_per_block, int64_t rows, int K,
+                                            float scale, float* out) {
   const int64_t warps = (int64_t)gridDim.x * kWarps;
   for (int64_t w = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); w < rows * K; w += warps) {  // warp-uniform
     const float s = block_basis_sum(part, chunks_per_block, K, w / K, (int)(w % K));
     if ((threadIdx.x & 31) == 0) out[w] = s * scale;
   }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(const float* part, int64_t chunks_per_block, int64_t rows, int K, float scale, float* out) {
+  reduce_rows(part, chunks_per_block, rows, K, scale, out);
 }
 
 // A candidate, not what ProjectLaunch runs: both passes in one launch. After its chunk's partial
@@ -719,10 +725,13 @@ cudaError_t launch_project_variant(const ProjectParams& p, float* part, cudaStre
 // predicated-add dot (rademacher_negsum) the uncapped build takes 70 registers (3 CTAs per SM,
 // 0.2560 ms) and the cap gives 64 without spills and 0.2302 ms (0.78 of copy); CHUNKS = 4:
 // 0.3095 ms. K = 64: 2.608 ms with the sign-flip dot, 1.915 ms with the predicated adds capped.
+template <int DIST>
+constexpr int kProjectMinBlocks = DIST == kRademacher ? 4 : 1;
+
 template <typename T, int DIST>
 struct ProjectLaunch {
   static cudaError_t run(const ProjectParams& p, float* part, cudaStream_t stream) {
-    return launch_project_variant<T, DIST, DIST == kRademacher ? 4 : 1>(p, part, stream);
+    return launch_project_variant<T, DIST, kProjectMinBlocks<DIST>>(p, part, stream);
   }
 };
 
@@ -731,8 +740,8 @@ template <typename T, int DIST>
 struct ProjectFusedLaunch {
   static cudaError_t run(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream) {
     const int64_t cpb = chunks_per_block(p.block_size, DIST);
-    FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream, project_fused_kernel < T, DIST,
-                  DIST == kRademacher ? 4 : 1 >)(p, cpb, part, tickets);
+    FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream,
+                  project_fused_kernel<T, DIST, kProjectMinBlocks<DIST>>)(p, cpb, part, tickets);
     return cudaGetLastError();
   }
 };

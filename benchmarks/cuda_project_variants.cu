@@ -1,7 +1,9 @@
 // Torch-free microbenchmark of the CUDA project kernel's variants (csrc/cuda/kernels.cuh):
 // occupancy target MIN_BLOCKS x chunks per CTA CHUNKS ("mb*_ch*"), two candidates for the
 // second pass (fused into the first, project_fused_kernel: "fused_*"; the two passes with a
-// programmatic dependent launch: "pdl_*"), the shipped first pass alone ("pass1_*") and with the
+// programmatic dependent launch: "pdl_*"), a prefetch into L2 of the chunk a wave of CTAs on
+// (project_prefetch_kernel: "pf_<waves>", and the fused kernel with it: "fused_pf"), the shipped
+// first pass alone ("pass1_*") and with the
 // second pass that ran before 2026-11-27 ("chain_*"), side by side in one process, beside the
 // device's copy and read bandwidth; checks that every variant's output is bit-identical to the
 // reference (mb1_ch1). Used to choose ProjectLaunch from measurements. Gone after an H100
@@ -178,9 +180,10 @@ Result run_variant(const char* name, ProjectParams p, float* part, float* out_re
 
 // The candidates: project_fused_kernel (kernels.cuh) and the programmatic dependent launch above;
 // compared bit for bit with the reference like every variant.
-Result run_fused(const char* name, ProjectParams p, float* part, unsigned* tickets, float* out_ref) {
+// ahead > 0: each CTA prefetches the chunk that many CTAs on (as project_prefetch_kernel).
+Result run_fused(const char* name, ProjectParams p, float* part, unsigned* tickets, float* out_ref, int64_t ahead = 0) {
   CK(cudaMemset(tickets, 0, p.num_blocks * sizeof(unsigned)));
-  const float ms = median_ms([&] { CK(launch_project_fused(p, part, tickets, 0)); });
+  const float ms = median_ms([&] { CK(launch_project_fused(p, part, tickets, 0, ahead)); });
   // tickets left set would let the timed launches skip their sums: all must be back at 0, and a
   // launch into an output of NaNs must write every entry
   std::vector<unsigned> left(p.num_blocks);
@@ -191,8 +194,29 @@ Result run_fused(const char* name, ProjectParams p, float* part, unsigned* ticke
       std::exit(2);
     }
   CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
-  CK(launch_project_fused(p, part, tickets, 0));
+  CK(launch_project_fused(p, part, tickets, 0, ahead));
   const auto kernel = project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
+  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+}
+
+// The CTAs of the shipped project kernel's configuration resident on the whole device at once.
+int resident_ctas(int sms) {
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &ctas, project_prefetch_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>, kThreads, 0));
+  return ctas * sms;
+}
+
+// The prefetch candidate: each CTA first prefetches the chunk `waves` x the resident CTAs on into L2.
+Result run_prefetch(const char* name, ProjectParams p, float* part, float* out_ref, double waves, int sms) {
+  const auto kernel = project_prefetch_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
+  const int64_t ahead = (int64_t)(waves * resident_ctas(sms));
+  CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
+  const float ms = median_ms([&] { CK(launch_project_prefetch(p, part, ahead, 0)); });
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, kernel));
   int ctas = 0;
@@ -297,6 +321,12 @@ int main(int argc, char** argv) {
     rows.push_back(run_variant<kRademacher, 4, 4>("mb4_ch4", p, part, ref, false));
     rows.push_back(run_fused("fused_mb4", p, part, tickets, ref));
     rows.push_back(run_pdl("pdl_mb4", p, part, ref));
+    const int sms = prop.multiProcessorCount;
+    rows.push_back(run_prefetch("pf_0.5", p, part, ref, 0.5, sms));
+    rows.push_back(run_prefetch("pf_1", p, part, ref, 1.0, sms));
+    rows.push_back(run_prefetch("pf_2", p, part, ref, 2.0, sms));
+    rows.push_back(run_prefetch("pf_4", p, part, ref, 4.0, sms));
+    rows.push_back(run_fused("fused_pf", p, part, tickets, ref, resident_ctas(sms)));
     rows.push_back(run_first_pass("pass1_mb4", p, part, false));
     rows.push_back(run_first_pass("chain_mb4", p, part, true));
     CK(cudaFree(tickets));

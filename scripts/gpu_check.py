@@ -411,7 +411,7 @@ def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
     dest = os.path.join(run.out or os.path.join(ROOT, "benchmarks", "results"), "cuda_project_variants_new.csv")
     rc, text = run.sh([exe, "28", dest], max(timeout - (time.monotonic() - t), 5))
     run.variants_text = text
-    rows = [ln for ln in text.splitlines() if re.match(r"^mb\w+\s", ln)]
+    rows = [ln for ln in text.splitlines() if re.match(r"^(mb|pf|fused|pdl|pass1|chain)\S*\s+\d", ln)]
     left = timeout - (time.monotonic() - t)
     if left > 30:  # Triton's project configurations and its pipelined candidate, the shipped chunk only
         tdest = os.path.join(run.out or os.path.join(ROOT, "benchmarks", "results"), "triton_project_tune_new.csv")

@@ -98,7 +98,19 @@ class Emu:
         return torch.from_numpy(np.fromfile(path, dtype=np_dt)).reshape(shape)
 
     def project(
-        self, x, seed, K, bs, y=None, block_offset=0, dist="rademacher", scale=1.0, active=None, misalign=0, fused=0
+        self,
+        x,
+        seed,
+        K,
+        bs,
+        y=None,
+        block_offset=0,
+        dist="rademacher",
+        scale=1.0,
+        active=None,
+        misalign=0,
+        fused=0,
+        prefetch=-1,
     ):
         d = self._dir()
         self._put(os.path.join(d, "x.bin"), x)
@@ -119,6 +131,7 @@ class Emu:
             scale=repr(float(scale)),
             misalign=misalign,
             fused=fused,
+            prefetch=prefetch,
         )
         return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
 
@@ -397,6 +410,26 @@ def test_fused_project_gives_the_two_pass_bits_whichever_cta_comes_last(emu, ord
     for order in ("forward",) + ORDERS:
         ordered(order)
         assert torch.equal(emu.project(x, 11, K, bs, **kw, fused=1), want), order
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "uniform"])
+def test_prefetch_candidates_give_the_shipped_bits_and_stay_inside_their_tensors(emu, dist):
+    """project_prefetch_kernel, and the fused kernel with its prefetch on: each CTA first asks for the
+    chunk `ahead` CTAs on to be brought into L2. A hint: the shipped launch's bits. The emulator reads
+    the first and last bytes of every range it would prefetch, so AddressSanitizer fails a range that
+    reaches outside x or y: a last block shorter than a chunk (its tail chunks wholly past the data),
+    blocks that are not whole chunks, inputs off 16-byte alignment (the range is trimmed to whole
+    16-byte units), bf16 and fp32, ahead 0, 1, a few, and past the last CTA."""
+    bs = 3 * CHUNK[dist] + 100
+    n, K = 2 * bs + CHUNK[dist] // 2 + 3, 5
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+        for misalign in (0, 1):
+            kw = dict(y=y, dist=dist, block_offset=2, misalign=misalign)
+            want = emu.project(x, 7, K, bs, **kw)
+            for ahead in (0, 1, 5, 1000):
+                assert torch.equal(emu.project(x, 7, K, bs, **kw, prefetch=ahead), want), (dtype, misalign, ahead)
+            assert torch.equal(emu.project(x, 7, K, bs, **kw, fused=1, prefetch=3), want), (dtype, misalign)
 
 
 @pytest.mark.parametrize("order", ORDERS)

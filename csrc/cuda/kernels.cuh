@@ -301,6 +301,43 @@ __device__ __forceinline__ void unpack_run(const T* __restrict__ p, int64_t vali
   }
 }
 
+// A hint that leaves every result as it was: thread 0 of a CTA asks the TMA unit to bring [p, p + bytes)
+// into L2 (sm_90 cp.async.bulk.prefetch.L2: one instruction, no registers held, nothing to wait for),
+// trimmed to the whole 16-byte units inside the range (the instruction's alignment rule). Elsewhere it
+// does nothing, except in the host emulation (tests/cuda_emu), which reads the trimmed range's first
+// and last bytes so that AddressSanitizer sees a prefetch reaching outside its tensor.
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + 15) & ~uintptr_t(15);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + (uintptr_t)max(bytes, (int64_t)0)) & ~uintptr_t(15);
+  if (e <= a) return;
+#if defined(__CUDA_ARCH__)
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((uint32_t)(e - a)) : "memory");
+#endif
+#else
+  volatile const char* q = reinterpret_cast<volatile const char*>(a);
+  (void)q[0];
+  (void)q[e - a - 1];
+#endif
+}
+
+// Chunk `chunk` of project's flat input (x, and y when set) into L2 (prefetch_l2); nothing for a
+// chunk past the last one or wholly past the data (the last block's tail chunks).
+template <typename T, int DIST>
+__device__ __forceinline__ void prefetch_chunk_l2(const ProjectParams& p, int64_t chunk, int64_t chunks_per_block,
+                                                  int64_t num_chunks) {
+  using L = Layout<DIST>;
+  if (chunk >= num_chunks) return;
+  // 32-bit division (a grid has fewer than 2^31 CTAs): the 64-bit one made the kernels spill at 64 registers
+  const uint32_t c = (uint32_t)chunk, cpb = (uint32_t)chunks_per_block;
+  const int64_t b = c / cpb, cs = (int64_t)(c % cpb) * L::kChunk;
+  const int64_t len = min((int64_t)L::kChunk, min(p.block_size, p.numel - b * p.block_size) - cs);
+  if (len <= 0) return;
+  const int64_t start = b * p.block_size + cs;
+  prefetch_l2(static_cast<const T*>(p.x) + start, len * (int64_t)sizeof(T));
+  if (p.y) prefetch_l2(static_cast<const T*>(p.y) + start, len * (int64_t)sizeof(T));
+}
+
 // One chunk's partial sums: part[cta, k] = sum over the chunk of v_k * x, for k < the block's
 // active count; x holds the thread's elements (valid <= 0: past the block's end).
 template <int DIST, int N>
@@ -423,6 +460,22 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   }
 }
 
+// A candidate, not what ProjectLaunch runs: project_kernel's one chunk a CTA, whose thread 0 first
+// asks for the chunk `ahead` CTAs on to be brought into L2 (prefetch_chunk_l2; `ahead` about the CTAs
+// resident at once: the CTA that reads it runs about a wave later). Why: on an H100 the shipped first
+// pass alone reads at 1.01x a read kernel with one 16-byte load in flight per thread (0.854 of copy)
+// and a read kernel with four in flight reaches 0.99 (results/cuda_project_variants.csv, 2026-11-27):
+// the first pass is short of loads in flight, and more of them in registers cost occupancy (CHUNKS
+// > 1, the packed-run kernel: slower). A bulk prefetch holds no register; the CTA's own loads then hit
+// L2. The sums are project_kernel's (same bits); benchmarks/cuda_project_variants.cu times it ("pf_*").
+template <typename T, int DIST, int MIN_BLOCKS = 1>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
+    project_prefetch_kernel(ProjectParams p, int64_t chunks_per_block, int64_t num_chunks, int64_t ahead, float* part) {
+  __shared__ float red[kWarps][kTileK];
+  if (threadIdx.x == 0) prefetch_chunk_l2<T, DIST>(p, (int64_t)blockIdx.x + ahead, chunks_per_block, num_chunks);
+  project_own_chunk<T, DIST>(p, chunks_per_block, part, red);
+}
+
 // The second pass: out[b, k] = scale * the sum of block b's chunk partials part[b * cpb + c, k].
 // One warp per (b, k), grid-strided: lane l adds chunks l, l + 32, ... in order, then warp_sum's
 // fixed xor tree; every launch adds in the same order (deterministic). A thread per (b, k) adding
@@ -469,11 +522,16 @@ __global__ void __launch_bounds__(kThreads)
 // atomic per CTA; benchmarks/cuda_project_variants.cu times it ("fused_mb4") beside the shipped
 // two passes. The shipped first pass alone took 0.2122 ms of the two passes' 0.2297 (H100, bf16
 // n = 2^28, K = 4, the second pass before the warp-per-basis one).
-template <typename T, int DIST, int MIN_BLOCKS = 1>
+//
+// PREFETCH: thread 0 first prefetches the chunk `ahead` CTAs on, as project_prefetch_kernel (a template
+// argument, so that the build without it is the one the fused_mb4 rows time).
+template <typename T, int DIST, int MIN_BLOCKS = 1, bool PREFETCH = false>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
-    project_fused_kernel(ProjectParams p, int64_t chunks_per_block, float* part, unsigned* tickets) {
+    project_fused_kernel(ProjectParams p, int64_t chunks_per_block, float* part, unsigned* tickets, int64_t ahead) {
   __shared__ float red[kWarps][kTileK];
   __shared__ bool last;
+  if (PREFETCH && threadIdx.x == 0)
+    prefetch_chunk_l2<T, DIST>(p, (int64_t)blockIdx.x + ahead, chunks_per_block, (int64_t)gridDim.x);
   const int64_t b = project_own_chunk<T, DIST>(p, chunks_per_block, part, red);
   // As cooperative groups' grid barrier: a CTA barrier orders the CTA's partial-sum stores before
   // thread 0's fence, whose release covers them (cumulative), then the ticket; the last CTA's thread 0
@@ -735,14 +793,34 @@ struct ProjectLaunch {
   }
 };
 
-// The fused candidate (project_fused_kernel) with ProjectLaunch's occupancy targets.
+// The fused candidate (project_fused_kernel) with ProjectLaunch's occupancy targets; ahead > 0: it
+// prefetches as project_prefetch_kernel.
 template <typename T, int DIST>
 struct ProjectFusedLaunch {
-  static cudaError_t run(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream) {
+  static cudaError_t run(const ProjectParams& p, float* part, unsigned* tickets, int64_t ahead, cudaStream_t stream) {
     const int64_t cpb = chunks_per_block(p.block_size, DIST);
-    FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream,
-                  project_fused_kernel<T, DIST, kProjectMinBlocks<DIST>>)(p, cpb, part, tickets);
+    if (ahead > 0)
+      FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream,
+                    project_fused_kernel<T, DIST, kProjectMinBlocks<DIST>, true>)(p, cpb, part, tickets, ahead);
+    else
+      FERRET_LAUNCH((unsigned)(p.num_blocks * cpb), kThreads, stream,
+                    project_fused_kernel<T, DIST, kProjectMinBlocks<DIST>>)(p, cpb, part, tickets, 0);
     return cudaGetLastError();
+  }
+};
+
+// The prefetch candidate (project_prefetch_kernel) with ProjectLaunch's occupancy targets, then the
+// shipped second pass.
+template <typename T, int DIST>
+struct ProjectPrefetchLaunch {
+  static cudaError_t run(const ProjectParams& p, float* part, int64_t ahead, cudaStream_t stream) {
+    const int64_t cpb = chunks_per_block(p.block_size, DIST);
+    const int64_t chunks = p.num_blocks * cpb;
+    FERRET_LAUNCH((unsigned)chunks, kThreads, stream, project_prefetch_kernel<T, DIST, kProjectMinBlocks<DIST>>)(
+        p, cpb, chunks, ahead, part);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    return launch_reduce(part, cpb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
   }
 };
 
@@ -793,10 +871,18 @@ inline cudaError_t launch_project(const ProjectParams& p, float* part, cudaStrea
   return dispatch<ProjectLaunch>(p.dtype, p.dist, p, part, stream);
 }
 
-// part as for launch_project; tickets: num_blocks words, zeroed (and zero again afterwards).
-inline cudaError_t launch_project_fused(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream) {
+// part as for launch_project; tickets: num_blocks words, zeroed (and zero again afterwards); ahead:
+// as for launch_project_prefetch, 0 for none.
+inline cudaError_t launch_project_fused(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream,
+                                        int64_t ahead = 0) {
   if (p.num_blocks == 0) return cudaSuccess;
-  return dispatch<ProjectFusedLaunch>(p.dtype, p.dist, p, part, tickets, stream);
+  return dispatch<ProjectFusedLaunch>(p.dtype, p.dist, p, part, tickets, ahead, stream);
+}
+
+// part as for launch_project; ahead >= 0: each CTA prefetches the chunk that many CTAs on into L2.
+inline cudaError_t launch_project_prefetch(const ProjectParams& p, float* part, int64_t ahead, cudaStream_t stream) {
+  if (p.num_blocks == 0) return cudaSuccess;
+  return dispatch<ProjectPrefetchLaunch>(p.dtype, p.dist, p, part, ahead, stream);
 }
 
 inline cudaError_t launch_reconstruct(const ReconstructParams& p, cudaStream_t stream) {

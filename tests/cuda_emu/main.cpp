@@ -4,6 +4,8 @@
 //
 //   cuda_emu project     dir=D dtype=f32|bf16|f16 dist=0|1|2 numel= block_size= block_offset= K= seed=
 //                        scale= [misalign=elements] [fused=1: project_fused_kernel]
+//                        [prefetch=N: each CTA prefetches the chunk N CTAs on (project_prefetch_kernel,
+//                        or the fused kernel's prefetch with fused=1)]
 //                        reads x.bin [y.bin] [active.bin], writes out.bin
 //   cuda_emu reconstruct ... alpha= accumulate=0|1           reads coeffs.bin [out.bin] [active.bin]
 //   cuda_emu project_multi dir=D dtype= dist= block_size= K= seed= scale= segs=n:lead:first_block:row,...
@@ -117,14 +119,18 @@ int project(const Args& a) {
   memset(out.data, 0xff, out.bytes);  // NaN: an entry the kernels never write shows
   p.out = reinterpret_cast<float*>(out.data);
   float* pp = reinterpret_cast<float*>(part.data);
+  const int64_t ahead = opt(a, "prefetch", -1);
   if (opt(a, "fused", 0)) {  // the one-launch candidate; its tickets must come back zeroed
     std::vector<unsigned> tickets(p.num_blocks, 0u);
-    if (int rc = check(ferret::cuda::launch_project_fused(p, pp, tickets.data(), nullptr))) return rc;
+    if (int rc = check(ferret::cuda::launch_project_fused(p, pp, tickets.data(), nullptr, ahead < 0 ? 0 : ahead)))
+      return rc;
     for (int64_t b = 0; b < p.num_blocks; ++b)
       if (tickets[b] != 0) {
         fprintf(stderr, "block %lld's ticket is %u after the launch, not 0\n", (long long)b, tickets[b]);
         return 86;
       }
+  } else if (ahead >= 0) {
+    if (int rc = check(ferret::cuda::launch_project_prefetch(p, pp, ahead, nullptr))) return rc;
   } else if (int rc = check(ferret::cuda::launch_project(p, pp, nullptr))) {
     return rc;
   }

@@ -1,5 +1,6 @@
 """Triton project kernel: elements per program (CHUNK) x warps per program, and the pipelined
-small-K candidate (_project_loop_kernel: CHUNKS chunks a program, STAGES-deep), side by side on one GPU.
+small-K candidate (_project_loop_kernel: CHUNKS chunks a program, STAGES-deep), with and without its
+L2 prefetch (PREFETCH, rows loop_*_pf<m>), side by side on one GPU.
 
     python benchmarks/tune_triton_project.py [--log2n 28] [--csv path]
 
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
     x = torch.randn(n, device=dev).bfloat16()
     y = torch.randn(n, device=dev).bfloat16()  # the y / active-count check below, not timed
     name = "cpu (interpreter)" if args.smoke else torch.cuda.get_device_name()
+    sms = 1 if args.smoke else torch.cuda.get_device_properties(0).multi_processor_count
+    prefetch_ok = not args.smoke and torch.cuda.get_device_capability() >= (9, 0)  # inline PTX of sm_90
     print(f"# {name} | triton {triton.__version__} | copy {copy_gbs:.0f} GB/s | bf16 n = 2^{args.log2n}", flush=True)
     rows = []
     for dist in ("rademacher", "uniform"):
@@ -92,9 +95,13 @@ def main(argv=None) -> int:
             loops = [(shipped_chunk, 4, c, st) for c, st in pipes] if K <= 8 else []
             # rademacher bases one at a time (PAIR False: what shipped before 2026-11-27) beside two
             singles = [(shipped_chunk, 4, "single")] if dist == "rademacher" else []
-            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops + singles:
+            # the shipped pipelined kernel with the L2 prefetch candidate (PREFETCH: each program first
+            # prefetches the chunks of the program m x the SM count on; sm_90 and later)
+            pfs = [(shipped_chunk, 4, "pf", m) for m in (2, 4, 8)] if shipped_loop and prefetch_ok else []
+            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops + singles + pfs:
                 single = loop == ["single"]
-                loop = [] if single else loop
+                pf = loop[1] if loop[:1] == ["pf"] else None
+                loop = [] if single else list(shipped_loop) if pf is not None else loop
                 cpb = (bs + chunk - 1) // chunk
                 part = torch.zeros(nb * cpb, K, device=dev)
                 out = torch.zeros(nb, K, device=dev)
@@ -123,6 +130,8 @@ def main(argv=None) -> int:
                             CHUNKS=chunks,
                             STAGES=stages,
                             num_warps=warps,
+                            ahead=(pf or 0) * sms,
+                            PREFETCH=pf is not None,
                         )
                     else:
                         tk._project_kernel[(nb * cpb,)](
@@ -167,7 +176,9 @@ def main(argv=None) -> int:
                 same_ya = bool(torch.equal(out, ref_ya))
                 t = bench(run)  # without active counts every entry of part is written
                 gbs = 2 * n / t / 1e9
-                shipped = (chunk, warps) == (shipped_chunk, 4) and tuple(loop) == shipped_loop and not single
+                shipped = (
+                    (chunk, warps) == (shipped_chunk, 4) and tuple(loop) == shipped_loop and not single and pf is None
+                )
                 t1 = bench(lambda: run(second=False)) if shipped else None
                 row = dict(
                     gpu=name,
@@ -175,7 +186,11 @@ def main(argv=None) -> int:
                     K=K,
                     chunk=chunk,
                     num_warps=warps,
-                    variant=f"loop_c{loop[0]}_s{loop[1]}" if loop else "one_basis" if single else "one_chunk",
+                    variant=(f"loop_c{loop[0]}_s{loop[1]}" + (f"_pf{pf}" if pf else ""))
+                    if loop
+                    else "one_basis"
+                    if single
+                    else "one_chunk",
                     shipped=shipped,
                     time_ms=round(t * 1e3, 5),
                     first_pass_ms=round(t1 * 1e3, 5) if t1 else "",

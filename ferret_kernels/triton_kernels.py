@@ -351,6 +351,38 @@ def _chunk_input(
     return xv, cstart, kb, (block_offset + b).to(tl.uint32)
 
 
+@triton.jit
+def _prefetch_range(base, q, num_chunks, cpb, numel, block_size, ELEM_BYTES: tl.constexpr, CHUNK: tl.constexpr):
+    """(address, bytes) of the whole 16-byte units of chunk q of a flat input at address base (an
+    int64) holding numel elements of ELEM_BYTES bytes, cpb chunks a block: what _prefetch_l2 may
+    ask for (bytes 0 past the last chunk, for a chunk wholly past the data, or one holding no whole
+    unit). The range never leaves the chunk: it is kernels.cuh's prefetch_chunk_l2 and prefetch_l2."""
+    b = q // cpb
+    cs = (q % cpb) * CHUNK
+    ln = tl.minimum(CHUNK, tl.minimum(block_size, numel - b * block_size) - cs)
+    start = base + (b * block_size + cs) * ELEM_BYTES
+    a = (start + 15) & -16
+    e = (start + ln * ELEM_BYTES) & -16
+    return a, tl.where((q < num_chunks) & (ln > 0) & (e > a), e - a, 0)
+
+
+@triton.jit
+def _prefetch_l2(addr, nbytes):
+    """A hint that leaves every result as it was: thread 0 of the program asks the TMA unit to bring
+    nbytes bytes at addr into L2 (sm_90 cp.async.bulk.prefetch.L2, as kernels.cuh's prefetch_l2; addr
+    16-byte aligned, nbytes a multiple of 16, 0 for nothing). Inline PTX with a side effect (kept
+    though its result, 0, is unused): GPUs of sm_90 and later only, not the interpreter."""
+    return tl.inline_asm_elementwise(
+        "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
+        "setp.ne.and.u32 p, $2, 0, p;\n\t@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
+        "=r,l,r",
+        [addr, nbytes.to(tl.uint32)],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
 # Runtime integers that vary from call to call (seed words, block offsets) are not specialized:
 # Triton would otherwise compile a new variant when one equals 1 (made a constexpr, which the
 # seed arithmetic then cannot .to()-convert: seen on an H100 with seed 1) or changes its
@@ -402,7 +434,14 @@ def _project_kernel(
 # constexpr): at most _LOOP_MAX_BASES of them per dtype. Rademacher bases go in pairs here too
 # (_rademacher_signs2; not yet timed on a GPU): sm_90 chunk loop at K = 4 1414 -> 1288
 # instructions (22.1 -> 20.1 per element), K = 8 2526 -> 2282 (triton 3.9; 3.6 alike).
-@triton.jit(do_not_specialize=_NO_SPEC + ("num_chunks",))
+#
+# PREFETCH (a candidate, not what fk.project runs; benchmarks/tune_triton_project.py times it): before
+# its loads, the program asks for the chunks of the program `ahead` on to be brought into L2
+# (_prefetch_l2: one bulk prefetch a chunk, thread 0, no registers held). Why: CUDA's first pass on
+# the H100 read at the pace of a read kernel with one 16-byte load in flight per thread (0.854 of
+# copy) where one with four reached 0.99; Triton's is slower still. The sums are the same (the same
+# bits).
+@triton.jit(do_not_specialize=_NO_SPEC + ("num_chunks", "ahead"))
 def _project_loop_kernel(
     x_ptr,
     y_ptr,
@@ -421,10 +460,23 @@ def _project_loop_kernel(
     CHUNK: tl.constexpr,
     CHUNKS: tl.constexpr,
     STAGES: tl.constexpr,
+    ahead=0,
+    PREFETCH: tl.constexpr = False,
 ):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
     cpb = (block_size + tl.zeros([], dtype=tl.int64) + CHUNK - 1) // CHUNK
+    if PREFETCH:
+        ELEM: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
+        # (sm_90 SASS, triton 3.9 and 3.6: the bulk prefetches come before the first load; making the
+        # loads depend on them, through numel, stopped Triton pipelining the chunk loop)
+        for i in tl.static_range(CHUNKS):
+            q = (tl.program_id(0).to(tl.int64) + ahead) * CHUNKS + i
+            a, nbytes = _prefetch_range(x_ptr.to(tl.int64), q, num_chunks, cpb, numel, block_size, ELEM, CHUNK)
+            _prefetch_l2(a, nbytes)
+            if HAS_Y:
+                a, nbytes = _prefetch_range(y_ptr.to(tl.int64), q, num_chunks, cpb, numel, block_size, ELEM, CHUNK)
+                _prefetch_l2(a, nbytes)
     for i in tl.range(0, CHUNKS, num_stages=STAGES):
         pid = tl.program_id(0).to(tl.int64) * CHUNKS + i
         live = pid < num_chunks

@@ -296,6 +296,22 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py",),
     ),
     Mutation(
+        "cuda-prefetch-past-block-end",
+        "csrc/cuda/kernels.cuh",
+        "  const int64_t len = min((int64_t)L::kChunk, min(p.block_size, p.numel - b * p.block_size) - cs);\n",
+        "  const int64_t len = L::kChunk;\n",
+        "the prefetch candidate asks for a whole chunk where the block ends sooner: a range past the tensor",
+        ("tests/test_cuda_emulation.py",),
+    ),
+    Mutation(
+        "triton-prefetch-past-data",
+        "ferret_kernels/triton_kernels.py",
+        "    ln = tl.minimum(CHUNK, tl.minimum(block_size, numel - b * block_size) - cs)\n",
+        "    ln = tl.minimum(CHUNK, block_size - cs)\n",
+        "the Triton prefetch candidate's range ignores where the data ends: a range past the tensor",
+        ("tests/test_triton_candidates.py",),
+    ),
+    Mutation(
         "triton-no-active-clamp",
         "ferret_kernels/triton_kernels.py",
         "kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)",

@@ -57,6 +57,28 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
         assert torch.equal(got, want)
     else:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        if torch.cuda.get_device_capability() >= (9, 0):  # the L2 prefetch candidate: the same bits
+            pf = torch.zeros_like(got)
+            for ahead in (0, 2, 10**6):
+                tk._project_loop_kernel[(triton.cdiv(nb * cpb, chunks),)](
+                    x,
+                    y,
+                    act,
+                    pf,
+                    n,
+                    bs,
+                    7,
+                    k0,
+                    k1,
+                    nb * cpb,
+                    K=K,
+                    CHUNKS=chunks,
+                    STAGES=stages,
+                    **common,
+                    ahead=ahead,
+                    PREFETCH=True,
+                )
+                assert torch.equal(pf, got), ahead
     # A chunk sums nothing when its basis is inactive or it starts past the end of x (the last
     # block holds 77 elements; with a GPU-sized block its chunks after the first are empty).
     rows = torch.arange(nb * cpb, device=DEV)
@@ -64,6 +86,51 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
     empty = (torch.arange(K, device=DEV)[None, :] >= act.repeat_interleave(cpb)[:, None]) | (starts >= n)[:, None]
     assert empty.any() and (~empty).any()
     assert (got[empty] == 0).all() and (got[~empty] != 0).all()
+
+
+if importlib.util.find_spec("triton") is not None:  # conftest has set TRITON_INTERPRET by now
+    import triton
+    import triton.language as tl
+
+    from ferret_kernels import triton_kernels as tk
+
+    @triton.jit
+    def _prefetch_ranges_kernel(
+        out_ptr, base, num_chunks, cpb, numel, block_size, ELEM: tl.constexpr, CHUNK: tl.constexpr
+    ):
+        """Program q: tk._prefetch_range of chunk q (offset from base, bytes) into out[q]."""
+        q = tl.program_id(0).to(tl.int64)
+        a, nbytes = tk._prefetch_range(base, q, num_chunks, cpb, numel, block_size, ELEM, CHUNK)
+        tl.store(out_ptr + 2 * q, a - base)
+        tl.store(out_ptr + 2 * q + 1, nbytes)
+
+
+@pytest.mark.parametrize("misalign", [0, 2, 6, 14])
+@pytest.mark.parametrize("elem", [2, 4])
+def test_prefetch_range_covers_each_chunk_s_whole_16_byte_units_and_nothing_else(misalign, elem):
+    """The L2 prefetch candidate's range (_prefetch_range, kernels.cuh's prefetch_chunk_l2): for every
+    chunk, 16-byte aligned, a multiple of 16 bytes, inside the chunk's bytes (never past its block or
+    the data), covering every whole 16-byte unit of it; nothing past the last chunk or for a chunk
+    wholly past the data. Blocks that are not whole chunks, a short last block, inputs off alignment."""
+    chunk, bs = 1024, 3 * 1024 + 40
+    numel = 2 * bs + 1500  # the last block: one full chunk, one partial, two past the data
+    cpb = -(-bs // chunk)
+    num_chunks = -(-numel // bs) * cpb
+    base = (1 << 40) + misalign  # an address with no memory behind it: only the arithmetic runs
+    got = torch.full((num_chunks + 3, 2), -1, dtype=torch.int64, device=DEV)
+    _prefetch_ranges_kernel[(num_chunks + 3,)](got, base, num_chunks, cpb, numel, bs, ELEM=elem, CHUNK=chunk)
+    got = got.cpu()
+    for q, (off, nbytes) in enumerate(got.tolist()):
+        b, cs = divmod(q, cpb)
+        cs *= chunk
+        ln = min(chunk, min(bs, numel - b * bs) - cs) if q < num_chunks else 0
+        lo = base + (b * bs + cs) * elem
+        hi = lo + max(ln, 0) * elem
+        first, last = -(-lo // 16) * 16, hi // 16 * 16  # the whole 16-byte units of the chunk
+        want = (first - base, last - first) if ln > 0 and last > first else (None, 0)
+        assert nbytes == want[1], (q, off, nbytes, want)
+        if nbytes:
+            assert off == want[0], (q, off, want)
 
 
 def _recon_gpu_configs():

@@ -86,21 +86,25 @@ def variants():
     # the pipelined small-K kernel the rademacher project runs at K <= _LOOP_MAX_BASES for 16-bit x
     # without y (the largest K with and without active counts, the smallest for fp16), an odd K
     # with the y + active variant that benchmarks/tune_triton_project.py checks bit for bit, and
-    # uniform at the configurations that script times
+    # uniform at the configurations that script times; the L2 prefetch candidate (PREFETCH) as that
+    # script times it, and with y
     loop = tk._LOOP_CHUNKS, tk._LOOP_STAGES
-    for dist, dt, K, has_y, has_act, chunks, stages in (
-        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, *loop) for act in (False, True)]
-        + [(0, "fp16", 1, False, False, *loop), (0, "bf16", 5, True, True, *loop)]
-        + [(1, "bf16", 4, False, False, 4, 2), (1, "bf16", 4, False, False, 4, 3)]
+    for dist, dt, K, has_y, has_act, chunks, stages, pf in (
+        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, *loop, False) for act in (False, True)]
+        + [(0, "fp16", 1, False, False, *loop, False), (0, "bf16", 5, True, True, *loop, False)]
+        + [(1, "bf16", 4, False, False, 4, 2, False), (1, "bf16", 4, False, False, 4, 3, False)]
+        + [(0, "bf16", 4, False, False, *loop, True), (0, "bf16", 5, True, True, *loop, True)]
     ):  # aligned: the wrapper copies unaligned inputs (_aligned)
         sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
         sig["num_chunks"] = "i64"
+        sig["ahead"] = "i64"
         chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
         const = {"K": K, "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk, "CHUNKS": chunks}
         const["STAGES"] = stages
+        const["PREFETCH"] = pf
         yield (
             f"project_loop dist={dist} {dt} K={K} y={has_y} active={has_act} CHUNK={chunk} CHUNKS={chunks} "
-            f"STAGES={stages} aligned=True",
+            f"STAGES={stages} PREFETCH={pf} aligned=True",
             tk._project_loop_kernel,
             sig,
             const,
@@ -167,6 +171,8 @@ def ptxas_stats(ptx: str, arch: int) -> dict:
 def main(archs):
     for arch in archs:
         for name, fn, sig, const, warps, attrs in variants():
+            if const.get("PREFETCH") and arch < 90:  # cp.async.bulk.prefetch is sm_90's
+                continue
             full = dict(sig, **{k: "constexpr" for k in const})
             src = ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs)
             row = {"arch": arch, "kernel": name}

@@ -57,9 +57,11 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
         assert torch.equal(got, want)
     else:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
-        if torch.cuda.get_device_capability() >= (9, 0):  # the L2 prefetch candidate: the same bits
-            pf = torch.zeros_like(got)
+        # the L2 prefetch candidate where it would ship (sm_90 and later): the same bits
+        if torch.cuda.get_device_capability() >= (9, 0) and dist == "rademacher" and (chunks, stages) == (8, 3):
+            pf = torch.empty_like(got)
             for ahead in (0, 2, 10**6):
+                pf.zero_()  # as got: inactive entries are not written (active ones are nonzero: below)
                 tk._project_loop_kernel[(triton.cdiv(nb * cpb, chunks),)](
                     x,
                     y,

@@ -136,6 +136,14 @@ struct Result {
   bool compared = true;
 };
 
+// Before the launch whose output is compared: the output and the partial sums filled with NaNs, so a
+// launch that leaves an entry of either unwritten cannot pass on a previous row's values.
+void fill_nans(const ProjectParams& p, float* part) {
+  const int64_t cpb = chunks_per_block(p.block_size, kRademacher);
+  CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
+  CK(cudaMemset(part, 0xff, (size_t)p.num_blocks * cpb * p.num_bases * 4));
+}
+
 Result finish(const char* name, const ProjectParams& p, float ms, int regs, int ctas, float* out_ref, bool is_ref) {
   const size_t nout = (size_t)p.num_blocks * p.num_bases;
   std::vector<float> got(nout), ref(nout);
@@ -173,8 +181,10 @@ Result run_variant(const char* name, ProjectParams p, float* part, float* out_re
   CK(cudaFuncGetAttributes(&attr, project_kernel<T, DIST, MB, CH>));
   int ctas = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_kernel<T, DIST, MB, CH>, kThreads, 0));
-  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
-  const float ms = median_ms([&] { CK((launch_project_variant<T, DIST, MB, CH>(p, part, 0))); });
+  const auto launch = [&] { CK((launch_project_variant<T, DIST, MB, CH>(p, part, 0))); };
+  const float ms = median_ms(launch);
+  fill_nans(p, part);
+  launch();
   return finish(name, p, ms, attr.numRegs, ctas, out_ref, is_ref);
 }
 
@@ -193,9 +203,10 @@ Result run_fused(const char* name, ProjectParams p, float* part, unsigned* ticke
       std::fprintf(stderr, "%s: a ticket is %u after the timed launches, not 0\n", name, v);
       std::exit(2);
     }
-  CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
+  fill_nans(p, part);
   CK(launch_project_fused(p, part, tickets, 0, ahead));
-  const auto kernel = project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
+  const auto kernel = ahead > 0 ? project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>, true>
+                                : project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, kernel));
   int ctas = 0;
@@ -203,20 +214,22 @@ Result run_fused(const char* name, ProjectParams p, float* part, unsigned* ticke
   return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
 }
 
-// The CTAs of the shipped project kernel's configuration resident on the whole device at once.
-int resident_ctas(int sms) {
+// The CTAs of `kernel` resident on the whole device at once (a wave).
+template <typename K>
+int resident_ctas(K kernel, int sms) {
   int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &ctas, project_prefetch_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>, kThreads, 0));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
   return ctas * sms;
 }
 
 // The prefetch candidate: each CTA first prefetches the chunk `waves` x the resident CTAs on into L2.
 Result run_prefetch(const char* name, ProjectParams p, float* part, float* out_ref, double waves, int sms) {
   const auto kernel = project_prefetch_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
-  const int64_t ahead = (int64_t)(waves * resident_ctas(sms));
-  CK(cudaMemset(p.out, 0xff, (size_t)p.num_blocks * p.num_bases * 4));
-  const float ms = median_ms([&] { CK(launch_project_prefetch(p, part, ahead, 0)); });
+  const int64_t ahead = (int64_t)(waves * resident_ctas(kernel, sms));
+  const auto launch = [&] { CK(launch_project_prefetch(p, part, ahead, 0)); };
+  const float ms = median_ms(launch);
+  fill_nans(p, part);
+  launch();
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, kernel));
   int ctas = 0;
@@ -238,15 +251,16 @@ Result run_pdl(const char* name, ProjectParams p, float* part, float* out_ref) {
   cfg.stream = stream;
   cfg.attrs = attr_pdl;
   cfg.numAttrs = 1;
-  CK(cudaMemset(p.out, 0, (size_t)p.num_blocks * p.num_bases * 4));
-  const float ms = median_ms(
-      [&] {
-        project_pdl_kernel<<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb, part);
-        CK(cudaGetLastError());
-        CK(cudaLaunchKernelEx(&cfg, reduce_pdl_kernel, (const float*)part, cpb, p.num_blocks, (int)p.num_bases, p.scale,
-                              p.out));
-      },
-      stream);
+  const auto launch = [&] {
+    project_pdl_kernel<<<(unsigned)(p.num_blocks * cpb), kThreads, 0, stream>>>(p, cpb, part);
+    CK(cudaGetLastError());
+    CK(cudaLaunchKernelEx(&cfg, reduce_pdl_kernel, (const float*)part, cpb, p.num_blocks, (int)p.num_bases, p.scale,
+                          p.out));
+  };
+  const float ms = median_ms(launch, stream);
+  CK(cudaStreamSynchronize(stream));
+  fill_nans(p, part);
+  launch();
   CK(cudaStreamSynchronize(stream));
   CK(cudaStreamDestroy(stream));
   cudaFuncAttributes attr;
@@ -326,7 +340,9 @@ int main(int argc, char** argv) {
     rows.push_back(run_prefetch("pf_1", p, part, ref, 1.0, sms));
     rows.push_back(run_prefetch("pf_2", p, part, ref, 2.0, sms));
     rows.push_back(run_prefetch("pf_4", p, part, ref, 4.0, sms));
-    rows.push_back(run_fused("fused_pf", p, part, tickets, ref, resident_ctas(sms)));
+    rows.push_back(run_fused(
+        "fused_pf", p, part, tickets, ref,
+        resident_ctas(project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>, true>, sms)));
     rows.push_back(run_first_pass("pass1_mb4", p, part, false));
     rows.push_back(run_first_pass("chain_mb4", p, part, true));
     CK(cudaFree(tickets));

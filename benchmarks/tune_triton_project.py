@@ -10,7 +10,8 @@ op picks CHUNK with _project_chunk and 4 warps), bf16 input, rademacher and unif
 bandwidth measured in the same run, and whether the result equals the one-chunk kernel's at the
 shipped CHUNK bit for bit (a different CHUNK changes the summation order, so only equal CHUNKs can
 match), without and with y and active counts, and for the shipped configuration the first pass
-alone (first_pass_ms: what the second pass and its launch cost). "shipped" marks what fk.project runs for bf16 x
+alone (first_pass_ms: what the second pass and its launch cost); the prefetch rows (loop_*_pf<m>) are
+compared with the pipelined kernel's own bits instead, and any difference exits 2. "shipped" marks what fk.project runs for bf16 x
 without y: the pipelined kernel at CHUNKS _LOOP_CHUNKS, STAGES _LOOP_STAGES for rademacher at
 K <= _LOOP_MAX_BASES, else the one-chunk kernel.
 Used to choose _project_chunk and num_warps from measurements; needs a CUDA device.
@@ -71,13 +72,14 @@ def main(argv=None) -> int:
     y = torch.randn(n, device=dev).bfloat16()  # the y / active-count check below, not timed
     name = "cpu (interpreter)" if args.smoke else torch.cuda.get_device_name()
     sms = 1 if args.smoke else torch.cuda.get_device_properties(0).multi_processor_count
-    prefetch_ok = not args.smoke and torch.cuda.get_device_capability() >= (9, 0)  # inline PTX of sm_90
+    # inline PTX of sm_90 (the interpreter skips it: the smoke run checks the rows' plumbing)
+    prefetch_ok = args.smoke or torch.cuda.get_device_capability() >= (9, 0)
     print(f"# {name} | triton {triton.__version__} | copy {copy_gbs:.0f} GB/s | bf16 n = 2^{args.log2n}", flush=True)
-    rows = []
+    rows, differ = [], []
     for dist in ("rademacher", "uniform"):
         shipped_chunk = tk._project_chunk(bs, dist)
         for K in (4, 64):
-            ref = ref_ya = None
+            ref = ref_ya = loop_ref = None
             nb = (n + bs - 1) // bs
             act = (torch.arange(nb, device=dev) % (K + 2) - 1).to(torch.int32)  # -1 .. K + 1: clamped
             # what fk.project runs for bf16 x without y: the pipelined kernel at small K (rademacher)
@@ -162,18 +164,33 @@ def main(argv=None) -> int:
                         torch.cuda.synchronize()
                 except Exception as e:  # a config that does not compile or launch is reported, not fatal
                     print(
-                        f"{dist} K={K} chunk={chunk} warps={warps} {loop}: failed: {type(e).__name__}: {str(e)[:200]}"
+                        f"{dist} K={K} chunk={chunk} warps={warps} {loop}{f' pf{pf}' if pf else ''}: failed: "
+                        f"{type(e).__name__}: {str(e)[:200]}"
                     )
                     continue
                 if ref is None:
                     ref = out.clone()
-                same = bool(torch.equal(out, ref))
+                # the prefetch rows against the pipelined kernel they add the prefetch to
+                same = (
+                    bool(torch.equal(out, ref))
+                    if pf is None
+                    else loop_ref is not None and torch.equal(out, loop_ref[0])
+                )
+                plain = out.clone()
                 # with y and active counts (the fl layer's call): bit-identical to the shipped kernel?
                 part.zero_()  # inactive entries are not written
                 run(True)
                 if ref_ya is None:
                     ref_ya = out.clone()
-                same_ya = bool(torch.equal(out, ref_ya))
+                same_ya = (
+                    bool(torch.equal(out, ref_ya))
+                    if pf is None
+                    else loop_ref is not None and torch.equal(out, loop_ref[1])
+                )
+                if loop and pf is None and tuple(loop) == shipped_loop:
+                    loop_ref = (plain, out.clone())
+                if pf is not None and not (same and same_ya):
+                    differ.append(f"{dist} K={K} loop_c{loop[0]}_s{loop[1]}_pf{pf}")
                 t = bench(run)  # without active counts every entry of part is written
                 gbs = 2 * n / t / 1e9
                 shipped = (
@@ -212,6 +229,9 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+    if differ:  # a prefetch changes no result: these are bugs, not configurations
+        print("bits differ from the pipelined kernel without the prefetch: " + ", ".join(differ), flush=True)
+        return 2
     return 0
 
 

@@ -90,6 +90,7 @@ def _on_device(t: torch.Tensor):
 
 _DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
 
+_INTERPRETER = tl.constexpr(_INTERPRET)  # for jit code: TRITON_INTERPRET=1, no PTX to run
 PHILOX_M0 = tl.constexpr(0xD2511F53)
 PHILOX_M1 = tl.constexpr(0xCD9E8D57)
 PHILOX_W0 = tl.constexpr(0x9E3779B9)
@@ -356,14 +357,16 @@ def _prefetch_range(base, q, num_chunks, cpb, numel, block_size, ELEM_BYTES: tl.
     """(address, bytes) of the whole 16-byte units of chunk q of a flat input at address base (an
     int64) holding numel elements of ELEM_BYTES bytes, cpb chunks a block: what _prefetch_l2 may
     ask for (bytes 0 past the last chunk, for a chunk wholly past the data, or one holding no whole
-    unit). The range never leaves the chunk: it is kernels.cuh's prefetch_chunk_l2 and prefetch_l2."""
+    unit, or q < 0). The range never leaves the chunk: it is kernels.cuh's prefetch_chunk_l2 and
+    prefetch_l2, with its size limit (sm_90 SASS encodes 16 bits of 16-byte units)."""
+    tl.static_assert(CHUNK * ELEM_BYTES <= (1 << 20) - 16, "a chunk must fit one bulk prefetch")
     b = q // cpb
     cs = (q % cpb) * CHUNK
     ln = tl.minimum(CHUNK, tl.minimum(block_size, numel - b * block_size) - cs)
     start = base + (b * block_size + cs) * ELEM_BYTES
     a = (start + 15) & -16
     e = (start + ln * ELEM_BYTES) & -16
-    return a, tl.where((q < num_chunks) & (ln > 0) & (e > a), e - a, 0)
+    return a, tl.where((q >= 0) & (q < num_chunks) & (ln > 0) & (e > a), e - a, 0)
 
 
 @triton.jit
@@ -371,7 +374,10 @@ def _prefetch_l2(addr, nbytes):
     """A hint that leaves every result as it was: thread 0 of the program asks the TMA unit to bring
     nbytes bytes at addr into L2 (sm_90 cp.async.bulk.prefetch.L2, as kernels.cuh's prefetch_l2; addr
     16-byte aligned, nbytes a multiple of 16, 0 for nothing). Inline PTX with a side effect (kept
-    though its result, 0, is unused): GPUs of sm_90 and later only, not the interpreter."""
+    though its result, 0, is unused): GPUs of sm_90 and later only. Under the interpreter, which runs
+    no PTX, it does nothing (so the kernels around it still run on the CPU)."""
+    if _INTERPRETER:
+        return 0
     return tl.inline_asm_elementwise(
         "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
         "setp.ne.and.u32 p, $2, 0, p;\n\t@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",

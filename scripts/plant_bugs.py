@@ -304,11 +304,27 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py",),
     ),
     Mutation(
+        "cuda-prefetch-empty-range",
+        "csrc/cuda/kernels.cuh",
+        "  if (e <= a) return;\n  const uint32_t n = (uint32_t)(e - a);\n",
+        "  const uint32_t n = (uint32_t)(e - a);\n",
+        "a range holding no whole 16-byte unit is asked for anyway: its size goes negative (4 GiB as uint32)",
+        ("tests/test_cuda_emulation.py",),
+    ),
+    Mutation(
         "triton-prefetch-past-data",
         "ferret_kernels/triton_kernels.py",
         "    ln = tl.minimum(CHUNK, tl.minimum(block_size, numel - b * block_size) - cs)\n",
         "    ln = tl.minimum(CHUNK, block_size - cs)\n",
         "the Triton prefetch candidate's range ignores where the data ends: a range past the tensor",
+        ("tests/test_triton_candidates.py",),
+    ),
+    Mutation(
+        "triton-prefetch-empty-range",
+        "ferret_kernels/triton_kernels.py",
+        "(q >= 0) & (q < num_chunks) & (ln > 0) & (e > a), e - a, 0)",
+        "(q >= 0) & (q < num_chunks) & (ln > 0), e - a, 0)",
+        "the Triton prefetch asks for a range holding no whole 16-byte unit: a negative size",
         ("tests/test_triton_candidates.py",),
     ),
     Mutation(

@@ -416,20 +416,24 @@ def test_fused_project_gives_the_two_pass_bits_whichever_cta_comes_last(emu, ord
 def test_prefetch_candidates_give_the_shipped_bits_and_stay_inside_their_tensors(emu, dist):
     """project_prefetch_kernel, and the fused kernel with its prefetch on: each CTA first asks for the
     chunk `ahead` CTAs on to be brought into L2. A hint: the shipped launch's bits. The emulator reads
-    the first and last bytes of every range it would prefetch, so AddressSanitizer fails a range that
-    reaches outside x or y: a last block shorter than a chunk (its tail chunks wholly past the data),
-    blocks that are not whole chunks, inputs off 16-byte alignment (the range is trimmed to whole
-    16-byte units), bf16 and fp32, ahead 0, 1, a few, and past the last CTA."""
-    bs = 3 * CHUNK[dist] + 100
-    n, K = 2 * bs + CHUNK[dist] // 2 + 3, 5
-    for dtype in (torch.float32, torch.bfloat16):
-        x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
-        for misalign in (0, 1):
-            kw = dict(y=y, dist=dist, block_offset=2, misalign=misalign)
-            want = emu.project(x, 7, K, bs, **kw)
-            for ahead in (0, 1, 5, 1000):
-                assert torch.equal(emu.project(x, 7, K, bs, **kw, prefetch=ahead), want), (dtype, misalign, ahead)
-            assert torch.equal(emu.project(x, 7, K, bs, **kw, fused=1, prefetch=3), want), (dtype, misalign)
+    the first and last bytes of every range the device would be asked for, so AddressSanitizer fails a
+    range that reaches outside x or y: a last block shorter than a chunk (its tail chunks wholly past
+    the data), blocks that are not whole chunks, a last block of 3 elements (no whole 16-byte unit: a
+    size that must not go negative), inputs off 16-byte alignment (the range is trimmed to whole
+    16-byte units), bf16 and fp32, with and without y, ahead 0, 1, a few, and past the last CTA."""
+    bs, K = 3 * CHUNK[dist] + 100, 5
+    cases = [(2 * bs + CHUNK[dist] // 2 + 3, True, (0, 1, 5, 1000)), (2 * bs + 3, True, (1, 3)), (bs + 7, False, (1,))]
+    for n, with_y, aheads in cases:
+        for dtype in (torch.float32, torch.bfloat16):
+            x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+            for misalign in (0, 1):
+                kw = dict(y=y if with_y else None, dist=dist, block_offset=2, misalign=misalign)
+                want = emu.project(x, 7, K, bs, **kw)
+                for ahead in aheads:
+                    got = emu.project(x, 7, K, bs, **kw, prefetch=ahead)
+                    assert torch.equal(got, want), (n, dtype, misalign, ahead)
+                got = emu.project(x, 7, K, bs, **kw, fused=1, prefetch=aheads[-1])
+                assert torch.equal(got, want), (n, dtype, misalign)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -97,7 +97,7 @@ def variants():
     ):  # aligned: the wrapper copies unaligned inputs (_aligned)
         sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
         sig["num_chunks"] = "i64"
-        sig["ahead"] = "i64"
+        sig["ahead"] = "i32"  # m x the SM count: a Python int below 2^31
         chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
         const = {"K": K, "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk, "CHUNKS": chunks}
         const["STAGES"] = stages

@@ -303,21 +303,29 @@ __device__ __forceinline__ void unpack_run(const T* __restrict__ p, int64_t vali
 
 // A hint that leaves every result as it was: thread 0 of a CTA asks the TMA unit to bring [p, p + bytes)
 // into L2 (sm_90 cp.async.bulk.prefetch.L2: one instruction, no registers held, nothing to wait for),
-// trimmed to the whole 16-byte units inside the range (the instruction's alignment rule). Elsewhere it
-// does nothing, except in the host emulation (tests/cuda_emu), which reads the trimmed range's first
-// and last bytes so that AddressSanitizer sees a prefetch reaching outside its tensor.
+// trimmed to the whole 16-byte units inside the range (the instruction's alignment rule; a range with
+// none asks for nothing: its size would be negative). At most kPrefetchMaxBytes: the PTX ISA states no
+// limit, but sm_90 SASS (nvcc 13) encodes the size as 16 bits of 16-byte units, so a larger size
+// would wrap. Elsewhere it does nothing, except in the host emulation (tests/cuda_emu), which reads
+// the first and last bytes of the range the device would be asked for, so that AddressSanitizer sees
+// a prefetch reaching outside its tensor.
+constexpr int64_t kPrefetchMaxBytes = (int64_t(1) << 20) - 16;
+
 __device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
   const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + 15) & ~uintptr_t(15);
   const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + (uintptr_t)max(bytes, (int64_t)0)) & ~uintptr_t(15);
   if (e <= a) return;
+  const uint32_t n = (uint32_t)(e - a);
 #if defined(__CUDA_ARCH__)
 #if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((uint32_t)(e - a)) : "memory");
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(reinterpret_cast<void*>(a))),
+               "r"(n)
+               : "memory");
 #endif
 #else
   volatile const char* q = reinterpret_cast<volatile const char*>(a);
   (void)q[0];
-  (void)q[e - a - 1];
+  (void)q[n - 1];
 #endif
 }
 
@@ -327,7 +335,8 @@ template <typename T, int DIST>
 __device__ __forceinline__ void prefetch_chunk_l2(const ProjectParams& p, int64_t chunk, int64_t chunks_per_block,
                                                   int64_t num_chunks) {
   using L = Layout<DIST>;
-  if (chunk >= num_chunks) return;
+  static_assert(L::kChunk * (int64_t)sizeof(T) <= kPrefetchMaxBytes, "a chunk must fit one bulk prefetch");
+  if (chunk < 0 || chunk >= num_chunks) return;
   // 32-bit division (a grid has fewer than 2^31 CTAs): the 64-bit one made the kernels spill at 64 registers
   const uint32_t c = (uint32_t)chunk, cpb = (uint32_t)chunks_per_block;
   const int64_t b = c / cpb, cs = (int64_t)(c % cpb) * L::kChunk;
@@ -871,8 +880,8 @@ inline cudaError_t launch_project(const ProjectParams& p, float* part, cudaStrea
   return dispatch<ProjectLaunch>(p.dtype, p.dist, p, part, stream);
 }
 
-// part as for launch_project; tickets: num_blocks words, zeroed (and zero again afterwards); ahead:
-// as for launch_project_prefetch, 0 for none.
+// part as for launch_project; tickets: num_blocks words, zeroed (and zero again afterwards); ahead > 0:
+// each CTA prefetches the chunk that many CTAs on, as launch_project_prefetch; 0 (or less): no prefetch.
 inline cudaError_t launch_project_fused(const ProjectParams& p, float* part, unsigned* tickets, cudaStream_t stream,
                                         int64_t ahead = 0) {
   if (p.num_blocks == 0) return cudaSuccess;

@@ -6,7 +6,7 @@ namespace ferret {
 namespace cuda {
 
 cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r, const MultiParams& m, float* part,
-                              const int64_t* ctr, int64_t* out, cudaStream_t s) {
+                              unsigned* tickets, const int64_t* ctr, int64_t* out, cudaStream_t s) {
   cudaError_t e = cudaSuccess;
   for (int dtype = kF32; dtype <= kF16; ++dtype) {
     for (int dist = kRademacher; dist <= kGaussian; ++dist) {
@@ -17,6 +17,13 @@ cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r
       rr.dtype = dtype;
       rr.dist = dist;
       e = launch_project(pp, part, s);
+      if (e != cudaSuccess) return e;
+      // the candidates benchmarks/cuda_project_variants.cu times (fused: with and without its prefetch)
+      e = launch_project_prefetch(pp, part, 1, s);
+      if (e != cudaSuccess) return e;
+      e = launch_project_fused(pp, part, tickets, s, 0);
+      if (e != cudaSuccess) return e;
+      e = launch_project_fused(pp, part, tickets, s, 1);
       if (e != cudaSuccess) return e;
       e = launch_reconstruct(rr, s);
       if (e != cudaSuccess) return e;

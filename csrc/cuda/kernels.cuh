@@ -321,6 +321,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(reinterpret_cast<void*>(a))),
                "r"(n)
                : "memory");
+#else
+  (void)n;  // no bulk prefetch before sm_90
 #endif
 #else
   volatile const char* q = reinterpret_cast<volatile const char*>(a);

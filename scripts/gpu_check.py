@@ -426,6 +426,72 @@ def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
     run.stage(
         "project variants", "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL"), time.monotonic() - t, note
     )
+    left = timeout - (time.monotonic() - t)
+    if left > 30:
+        stage_profile(run, exe, left - 5)
+    return rc == 0
+
+
+# What the profile stage keeps of ncu's sections, per kernel (Nsight Compute's metric names).
+NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "WarpStateStats")
+NCU_METRICS = (
+    "Duration",
+    "DRAM Throughput",
+    "Memory Throughput",
+    "L2 Hit Rate",
+    "Achieved Occupancy",
+    "Registers Per Thread",
+    "Warp Cycles Per Issued Instruction",
+)
+
+
+def ncu_table(text: str) -> list[str]:
+    """A markdown table of ncu's `--csv --page details` output: a row per profiled kernel (its name
+    without template arguments or parameters), a column per NCU_METRICS entry found (value and unit)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith('"')]
+    if not lines:
+        return []
+    kernels: dict = {}
+    for row in csv.DictReader(lines):
+        name = row.get("Kernel Name", "")
+        name = re.sub(r"^void\s+", "", name.split("(")[0]).split("<")[0].split("::")[-1]
+        key = (int(row.get("ID", "0") or 0), name)
+        if row.get("Metric Name") in NCU_METRICS:
+            unit = row.get("Metric Unit", "")
+            kernels.setdefault(key, {})[row["Metric Name"]] = f"{row.get('Metric Value', '')} {unit}".strip()
+    cols = [m for m in NCU_METRICS if any(m in v for v in kernels.values())]
+    out = ["| id | kernel | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
+    for (i, name), v in sorted(kernels.items()):
+        out.append(f"| {i} | {name} | " + " | ".join(v.get(m, "") for m in cols) + " |")
+    return out
+
+
+def stage_profile(run: Run, exe: str, timeout: float) -> bool:
+    """Hardware counters (Nsight Compute, where it can read them) of the CUDA project kernels at
+    K = 4 (`cuda_project_variants profile`: the read floors, the shipped two passes, the prefetch and
+    fused candidates, once each): DRAM throughput, L2 hit rate, occupancy, issue stalls. Where they
+    differ from the timings above, these say why. Raw CSV to $OUT/ncu_project.csv; the clocks are
+    left alone (--clock-control none)."""
+    t = time.monotonic()
+    home = run.env.get("CUDA_HOME", "")
+    cands = [shutil.which("ncu"), os.path.join(home, "bin", "ncu") if home else None]
+    cands += sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))
+    ncu = next((c for c in cands if c and os.path.exists(c)), None)
+    if ncu is None:
+        run.stage("profile (ncu)", "skipped", 0, "ncu not found")
+        return True
+    cmd = [ncu, "--clock-control", "none", "--csv", "--page", "details"]
+    for sec in NCU_SECTIONS:
+        cmd += ["--section", sec]
+    rc, text = run.sh(cmd + [exe, "28", "-", "profile"], timeout)
+    table = ncu_table(text)
+    if run.out:
+        os.makedirs(run.out, exist_ok=True)
+        with open(os.path.join(run.out, "ncu_project.csv"), "w") as f:
+            f.write("\n".join(ln for ln in text.splitlines() if ln.startswith('"')) + "\n")
+    run.profile_table = table
+    status = "ok" if rc == 0 and table else ("TIMEOUT" if rc is None else "FAIL")
+    run.stage("profile (ncu)", status, time.monotonic() - t, f"{max(len(table) - 2, 0)} kernels profiled")
     return rc == 0
 
 
@@ -461,6 +527,8 @@ def write_summary(run: Run, csv_before: int) -> None:
     if variants:
         md += ["", "## CUDA project variants (benchmarks/cuda_project_variants.cu)", "", "```"]
         md += [ln for ln in variants.splitlines() if ln.strip()] + ["```"]
+    if getattr(run, "profile_table", None):
+        md += ["", "## ncu: CUDA project kernels at K = 4 (ncu_project.csv)", ""] + run.profile_table
     with open(os.path.join(run.out, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(run.out, "gpu_check.log"), "w") as f:
@@ -529,7 +597,8 @@ def main(argv=None) -> int:
     bench_share = 0 if args.skip_bench else (min(100, 0.3 * run.left()) if gpu else 60)
     # the variants: nvcc build ~15 s, CUDA run ~20 s, Triton tuning ~30 s on a GPU (a build only
     # without one, beside the smoke: inside its share)
-    variants_share = 0 if args.skip_variants else (75 if gpu else (0 if bench_share else 20))
+    # + the ncu profile, ~30 s where ncu reads counters (the kernels once each, 4 sections)
+    variants_share = 0 if args.skip_variants else (110 if gpu else (0 if bench_share else 20))
     built = ok
     if built and not args.skip_tests:
         ok = stage_tests(run, run.left() - bench_share - variants_share - 10, gpu, args.tests) and ok

@@ -69,3 +69,51 @@ def test_stage_tests_counts_and_budget(tmp_path, monkeypatch):
     _, status, _, note = run.stages[-1]
     assert status == "TIMEOUT" and note.startswith("2 passed, 0 failed"), note
     assert note.endswith(f"2 files at a time; not run (budget): {slow} (stopped part way)"), note
+
+
+def test_profile_stage_reads_ncu_csv_and_runs_ncu_on_the_variants(tmp_path, monkeypatch):
+    """The ncu stage never runs here (no GPU, no ncu): its parser is checked on output in ncu's
+    `--csv --page details` form (a row per kernel and metric, ==PROF== lines between), and the stage
+    on a stand-in ncu that prints such rows: the command it gets (clocks left alone, the variants
+    binary in profile mode), the table in the summary, the raw rows in $OUT."""
+    gc = _gpu_check()
+    head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
+    head += '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
+
+    def row(i, kernel, metric, unit, value):
+        return f'"{i}","9","pv","h","{kernel}","1","7","(256, 1, 1)","(32768, 1, 1)","0","9.0","S","{metric}","{unit}","{value}"'
+
+    k0 = "void ferret::cuda::project_kernel<__nv_bfloat16, 0, 4, 1>(ferret::ProjectParams, long, long, float *)"
+    k1 = "read4_kernel(const uint4 *, long, float *)"
+    text = "\n".join(
+        [
+            "==PROF== Connected to process 9",
+            head,
+            row(3, k0, "DRAM Throughput", "%", "84.5"),
+            row(3, k0, "Duration", "us", "212.16"),
+            row(3, k0, "Elapsed Cycles", "cycle", "1"),
+            row(1, k1, "Achieved Occupancy", "%", "97.1"),
+            "==PROF== Disconnected from process 9",
+        ]
+    )
+    table = gc.ncu_table(text)
+    assert table[0] == "| id | kernel | Duration | DRAM Throughput | Achieved Occupancy |"
+    assert table[2] == "| 1 | read4_kernel |  |  | 97.1 % |"
+    assert table[3] == "| 3 | project_kernel | 212.16 us | 84.5 % |  |"
+    assert gc.ncu_table("==PROF== no rows") == []
+
+    fake = tmp_path / "ncu"
+    args_file = tmp_path / "args"
+    rows = "\n".join([head, row(3, k0, "Duration", "us", "212.16")])
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {args_file}\ncat <<'X'\n{rows}\nX\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    run = gc.Run(budget=60, out=str(tmp_path / "out"))
+    run.env = {}
+    assert gc.stage_profile(run, "/x/cuda_project_variants", 30)
+    assert args_file.read_text().split()[:3] == ["--clock-control", "none", "--csv"]
+    assert args_file.read_text().split()[-4:] == ["/x/cuda_project_variants", "28", "-", "profile"]
+    assert run.stages[-1][:2] == ("profile (ncu)", "ok") and run.stages[-1][3] == "1 kernels profiled"
+    assert (tmp_path / "out" / "ncu_project.csv").read_text().splitlines()[1].startswith('"3"')
+    gc.write_summary(run, 0)
+    assert "| 3 | project_kernel | 212.16 us |" in (tmp_path / "out" / "summary.md").read_text()

@@ -271,6 +271,26 @@ Result run_pdl(const char* name, ProjectParams p, float* part, float* out_ref) {
   return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
 }
 
+// The project every row runs: bf16 x of n elements in blocks of bs, rademacher, K bases, no y, no
+// active counts, into out.
+ProjectParams bench_params(const __nv_bfloat16* x, int64_t n, int64_t bs, int K, float* out) {
+  ProjectParams p{};
+  p.x = x;
+  p.y = nullptr;
+  p.dtype = kBF16;
+  p.dist = kRademacher;
+  p.numel = n;
+  p.block_size = bs;
+  p.num_blocks = (n + bs - 1) / bs;
+  p.block_offset = 3;
+  p.num_bases = K;
+  p.seed = 0x123456789abcdefULL;
+  p.scale = 1.0f;
+  p.active = nullptr;
+  p.out = out;
+  return p;
+}
+
 // `profile`: each kernel of interest launched once at K = 4 (the read floors, the shipped first pass
 // and second pass, the prefetch candidate one and two waves ahead, the fused candidate), nothing timed
 // or compared: for a profiler run (scripts/gpu_check.py runs it under ncu where ncu can read counters).
@@ -284,17 +304,7 @@ int profile(const __nv_bfloat16* x, int64_t n, int64_t bs, int sms) {
   CK(cudaMalloc(&sink, 4096));
   CK(cudaMalloc(&tickets, nb * sizeof(unsigned)));
   CK(cudaMemset(tickets, 0, nb * sizeof(unsigned)));
-  ProjectParams p{};
-  p.x = x;
-  p.dtype = kBF16;
-  p.dist = kRademacher;
-  p.numel = n;
-  p.block_size = bs;
-  p.num_blocks = nb;
-  p.num_bases = K;
-  p.seed = 0x123456789abcdefULL;
-  p.scale = 1.0f;
-  p.out = out;
+  const ProjectParams p = bench_params(x, n, bs, K, out);
   read_kernel<<<8 * sms, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink);
   read4_kernel<<<8 * sms, 512>>>(reinterpret_cast<const uint4*>(x), n * 2 / 16, sink);
   CK(launch_project(p, part, 0));  // ProjectLaunch: project_kernel, then reduce_kernel
@@ -355,20 +365,7 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&part, nb * cpb * K * 4));
     CK(cudaMalloc(&out, nb * K * 4));
     CK(cudaMalloc(&ref, nb * K * 4));
-    ProjectParams p{};
-    p.x = x;
-    p.y = nullptr;
-    p.dtype = kBF16;
-    p.dist = kRademacher;
-    p.numel = n;
-    p.block_size = bs;
-    p.num_blocks = nb;
-    p.block_offset = 3;
-    p.num_bases = K;
-    p.seed = 0x123456789abcdefULL;
-    p.scale = 1.0f;
-    p.active = nullptr;
-    p.out = out;
+    const ProjectParams p = bench_params(x, n, bs, K, out);
     rows.push_back(run_variant<kRademacher, 1, 1>("mb1_ch1", p, part, ref, true));
     rows.push_back(run_variant<kRademacher, 2, 1>("mb2_ch1", p, part, ref, false));
     rows.push_back(run_variant<kRademacher, 3, 1>("mb3_ch1", p, part, ref, false));

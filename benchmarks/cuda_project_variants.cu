@@ -145,7 +145,21 @@ void fill_nans(const ProjectParams& p, float* part) {
   CK(cudaMemset(part, 0xff, (size_t)p.num_blocks * cpb * p.num_bases * 4));
 }
 
-Result finish(const char* name, const ProjectParams& p, float ms, int regs, int ctas, float* out_ref, bool is_ref) {
+// The CTAs of `kernel` (kThreads each) resident on one SM at once.
+template <typename Kernel>
+int ctas_per_sm(Kernel kernel) {
+  int ctas = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
+  return ctas;
+}
+
+// A row: `kernel`'s registers and occupancy, and whether p.out equals the reference (is_ref: it is
+// the reference, copied to out_ref).
+template <typename Kernel>
+Result finish(const char* name, const ProjectParams& p, float ms, Kernel kernel, float* out_ref, bool is_ref) {
+  cudaFuncAttributes attr;
+  CK(cudaFuncGetAttributes(&attr, kernel));
+  const int regs = attr.numRegs, ctas = ctas_per_sm(kernel);
   const size_t nout = (size_t)p.num_blocks * p.num_bases;
   std::vector<float> got(nout), ref(nout);
   CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
@@ -178,15 +192,11 @@ Result run_first_pass(const char* name, ProjectParams p, float* part, bool chain
 template <int DIST, int MB, int CH>
 Result run_variant(const char* name, ProjectParams p, float* part, float* out_ref, bool is_ref) {
   using T = __nv_bfloat16;
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, project_kernel<T, DIST, MB, CH>));
-  int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_kernel<T, DIST, MB, CH>, kThreads, 0));
   const auto launch = [&] { CK((launch_project_variant<T, DIST, MB, CH>(p, part, 0))); };
   const float ms = median_ms(launch);
   fill_nans(p, part);
   launch();
-  return finish(name, p, ms, attr.numRegs, ctas, out_ref, is_ref);
+  return finish(name, p, ms, project_kernel<T, DIST, MB, CH>, out_ref, is_ref);
 }
 
 // The candidates: project_fused_kernel (kernels.cuh) and the programmatic dependent launch above;
@@ -208,19 +218,13 @@ Result run_fused(const char* name, ProjectParams p, float* part, unsigned* ticke
   CK(launch_project_fused(p, part, tickets, 0, ahead));
   const auto kernel = ahead > 0 ? project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>, true>
                                 : project_fused_kernel<__nv_bfloat16, kRademacher, kProjectMinBlocks<kRademacher>>;
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, kernel));
-  int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
-  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+  return finish(name, p, ms, kernel, out_ref, false);
 }
 
 // The CTAs of `kernel` resident on the whole device at once (a wave).
-template <typename K>
-int resident_ctas(K kernel, int sms) {
-  int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
-  return ctas * sms;
+template <typename Kernel>
+int resident_ctas(Kernel kernel, int sms) {
+  return ctas_per_sm(kernel) * sms;
 }
 
 // The prefetch candidate: each CTA first prefetches the chunk `waves` x the resident CTAs on into L2.
@@ -231,11 +235,7 @@ Result run_prefetch(const char* name, ProjectParams p, float* part, float* out_r
   const float ms = median_ms(launch);
   fill_nans(p, part);
   launch();
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, kernel));
-  int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kThreads, 0));
-  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+  return finish(name, p, ms, kernel, out_ref, false);
 }
 
 Result run_pdl(const char* name, ProjectParams p, float* part, float* out_ref) {
@@ -264,11 +264,7 @@ Result run_pdl(const char* name, ProjectParams p, float* part, float* out_ref) {
   launch();
   CK(cudaStreamSynchronize(stream));
   CK(cudaStreamDestroy(stream));
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, project_pdl_kernel));
-  int ctas = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, project_pdl_kernel, kThreads, 0));
-  return finish(name, p, ms, attr.numRegs, ctas, out_ref, false);
+  return finish(name, p, ms, project_pdl_kernel, out_ref, false);
 }
 
 // The project every row runs: bf16 x of n elements in blocks of bs, rademacher, K bases, no y, no

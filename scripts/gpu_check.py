@@ -433,7 +433,8 @@ def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
 
 
 # What the profile stage keeps of ncu's sections, per kernel (Nsight Compute's metric names).
-NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "WarpStateStats")
+# (LaunchStats: the registers per thread, which none of the other four reports)
+NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "WarpStateStats", "LaunchStats")
 NCU_METRICS = (
     "Duration",
     "DRAM Throughput",
@@ -597,7 +598,7 @@ def main(argv=None) -> int:
     bench_share = 0 if args.skip_bench else (min(100, 0.3 * run.left()) if gpu else 60)
     # the variants: nvcc build ~15 s, CUDA run ~20 s, Triton tuning ~30 s on a GPU (a build only
     # without one, beside the smoke: inside its share)
-    # + the ncu profile, ~30 s where ncu reads counters (the kernels once each, 4 sections)
+    # + the ncu profile, ~30 s where ncu reads counters (the kernels once each, 5 sections)
     variants_share = 0 if args.skip_variants else (110 if gpu else (0 if bench_share else 20))
     built = ok
     if built and not args.skip_tests:

@@ -99,7 +99,8 @@ def main(argv=None) -> int:
             singles = [(shipped_chunk, 4, "single")] if dist == "rademacher" else []
             # the shipped pipelined kernel with the L2 prefetch candidate (PREFETCH: each program first
             # prefetches the chunks of the program m x the SM count on; sm_90 and later)
-            pfs = [(shipped_chunk, 4, "pf", m) for m in (2, 4, 8)] if shipped_loop and prefetch_ok else []
+            ms = (2,) if args.smoke else (2, 4, 8)  # the smoke run: one row checks the plumbing
+            pfs = [(shipped_chunk, 4, "pf", m) for m in ms] if shipped_loop and prefetch_ok else []
             for chunk, warps, *loop in [(c, w) for c, w in configs] + loops + singles + pfs:
                 single = loop == ["single"]
                 pf = loop[1] if loop[:1] == ["pf"] else None

@@ -64,7 +64,7 @@ def _extensions():
         return [
             CUDAExtension(
                 "ferret_kernels._C",
-                sources + rel("csrc/cuda/ops.cu"),
+                sources + rel("csrc/cuda/ops.cpp") + rel("csrc/cuda/launch.cu"),
                 extra_compile_args={"cxx": cxx + ["-DFERRET_WITH_CUDA"], "nvcc": nvcc + ["-DFERRET_WITH_CUDA"]},
                 **kwargs,
             )

@@ -1,7 +1,7 @@
 // The op schemas: torch.ops.ferret.{project, reconstruct, reconstruct_, project_multi,
 // reconstruct_multi_, philox}; the _multi ops take a list of tensors (a model) in one call. Defined here,
 // in C++, so the ops exist for any caller that loads this library, with or without Python; the
-// CPU and CUDA kernels are registered on them per dispatch key (cpu/ops.cpp, cuda/ops.cu), and
+// CPU and CUDA kernels are registered on them per dispatch key (cpu/ops.cpp, cuda/ops.cpp), and
 // ferret_kernels/ops.py adds the fake kernels, autograd and a fallback for other devices.
 // Semantics: docs/ops.md; randomness: docs/rng.md. Keep in sync with SCHEMAS in ops.py, which
 // defines the same schemas when this library is not built (a test compares the two).

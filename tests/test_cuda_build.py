@@ -1,6 +1,7 @@
 """The CUDA kernels compile (no GPU needed): nvcc builds the torch-free kernels of
-csrc/cuda/kernels.cuh, every dtype x dist instantiation, for sm_80 and sm_90 with all
-warnings as errors. Skipped where nvcc is not installed."""
+csrc/cuda/kernels.cuh, every dtype x dist instantiation (compile_check.cu, the candidates
+included) and the extension's own kernel object (launch.cu, behind launch.h), for sm_80 and
+sm_90 with all warnings as errors and no register spills. Skipped where nvcc is not installed."""
 
 import os
 import shutil
@@ -19,8 +20,9 @@ def _nvcc():
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not installed")
+@pytest.mark.parametrize("source", ["compile_check.cu", "launch.cu"])
 @pytest.mark.parametrize("arch", ["80", "90"])
-def test_cuda_kernels_compile_without_warnings(arch, tmp_path):
+def test_cuda_kernels_compile_without_warnings(arch, source, tmp_path):
     cmd = [
         _nvcc(),
         "-std=c++17",
@@ -36,7 +38,7 @@ def test_cuda_kernels_compile_without_warnings(arch, tmp_path):
         "-Xptxas",
         "-v",
         "-c",
-        os.path.join(ROOT, "csrc", "cuda", "compile_check.cu"),
+        os.path.join(ROOT, "csrc", "cuda", source),
         "-o",
         str(tmp_path / "k.o"),
     ]

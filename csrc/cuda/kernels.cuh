@@ -1,6 +1,7 @@
 // CUDA kernels for project / reconstruct. Torch-free: they use only the shared core
 // (csrc/ferret/core.h) and the plain parameter structs, so CI compiles them with nvcc
-// alone (csrc/cuda/compile_check.cu) and the binding (ops.cu) stays thin.
+// alone (csrc/cuda/compile_check.cu, and launch.cu, the extension's kernel object) and the binding
+// (ops.cpp, through launch.h) stays thin and compiles without nvcc.
 //
 // Mapping: a CTA of kThreads threads owns one chunk of one block; thread t owns kElems
 // consecutive elements (rademacher: one Philox output word = 32 elements; uniform/gaussian:

@@ -1,17 +1,19 @@
 // CUDA kernels of ferret::project / reconstruct / reconstruct_ / philox (schemas in
 // ops_schema.cpp), registered for the CUDA dispatch key. Thin: argument checks and params from binding_common.h, a
-// device guard, the current stream, and a launch check after every launch; the kernels live in the torch-free
-// kernels.cuh.
+// device guard, the current stream, and a launch check after every launch. The kernels live in the torch-free
+// kernels.cuh, compiled by nvcc in launch.cu; this file calls them through launch.h and compiles with the host
+// compiler (launch.h says why).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "binding_common.h"
-#include "cuda/kernels.cuh"
+#include "cuda/launch.h"
 
 namespace ferret {
 namespace cuda {
@@ -35,12 +37,12 @@ at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>&
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   // active counts are not range-checked here (a device-to-host copy per call, and no CUDA graph
   // capture): the kernels clamp them to [0, num_bases]
-  const int64_t cpb = chunks_per_block(block_size, a.p.dist);
+  const int64_t cpb = entry::chunks_per_block(block_size, a.p.dist);
   check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
   // partial sums past a block's active count are not written: zeros then; else every entry is
   at::Tensor part = a.active.defined() ? at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat))
                                        : at::empty({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));
-  check_launch(launch_project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
+  check_launch(entry::project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
   return a.out;
 }
 
@@ -50,9 +52,9 @@ void reconstruct_into(at::Tensor& out, const at::Tensor& coeffs, int64_t seed, i
                       const c10::optional<at::Tensor>& active) {
   ReconstructArgs a =
       make_reconstruct(out, coeffs, seed, block_size, block_offset, dist, scale, alpha, accumulate, active);
-  const int64_t cpb = chunks_per_block(a.p.block_size, a.p.dist);
+  const int64_t cpb = entry::chunks_per_block(a.p.block_size, a.p.dist);
   check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
-  check_launch(launch_reconstruct(a.p, at::cuda::getCurrentCUDAStream()), "reconstruct");
+  check_launch(entry::reconstruct(a.p, at::cuda::getCurrentCUDAStream()), "reconstruct");
 }
 
 // Active counts are not range-checked on the GPU (no device-to-host copy): the kernels clamp.
@@ -155,7 +157,7 @@ at::Tensor project_multi(at::TensorList xs, at::TensorList ys, int64_t seed, int
   const MultiPlan plan =
       plan_multi("xs", xs, ys, num_bases, block_size, block_offsets, starts, dist, active, xs[0].device());
   const Launches L = group_segments(xs, ys, plan);
-  const int64_t cpb = chunks_per_block(block_size, parse_dist(dist));
+  const int64_t cpb = entry::chunks_per_block(block_size, parse_dist(dist));
   for (const Group& g : L.groups) check_grid(g.rows * cpb, g.rows, cpb);
   at::Tensor out = at::empty({plan.rows, num_bases}, xs[0].options().dtype(at::kFloat));
   for (const Group& g : L.groups) {
@@ -168,7 +170,7 @@ at::Tensor project_multi(at::TensorList xs, at::TensorList ys, int64_t seed, int
     const bool direct = L.groups.size() == 1;  // one dtype: launch rows are the output's rows
     at::Tensor dst = direct ? out : at::empty({g.rows, num_bases}, out.options());
     check_launch(
-        launch_project_multi(m, part.data_ptr<float>(), dst.data_ptr<float>(), at::cuda::getCurrentCUDAStream()),
+        entry::project_multi(m, part.data_ptr<float>(), dst.data_ptr<float>(), at::cuda::getCurrentCUDAStream()),
         "project_multi");
     if (!direct) {
       for (size_t k = 0; k < g.segs.size(); ++k)
@@ -190,7 +192,7 @@ void reconstruct_multi_(at::TensorList outs, const at::Tensor& coeffs, int64_t s
   check_multi_coeffs(coeffs, plan, outs[0].device());
   check_outs(outs);  // contiguous: the segments point into the caller's tensors
   const Launches L = group_segments(outs, {}, plan);
-  const int64_t cpb = chunks_per_block(block_size, parse_dist(dist));
+  const int64_t cpb = entry::chunks_per_block(block_size, parse_dist(dist));
   for (const Group& g : L.groups) check_grid(g.rows * cpb, g.rows, cpb);
   const at::Tensor c = coeffs.to(at::kFloat).contiguous();
   for (const Group& g : L.groups) {
@@ -200,7 +202,7 @@ void reconstruct_multi_(at::TensorList outs, const at::Tensor& coeffs, int64_t s
     m.scale = (float)scale;
     m.alpha = (float)alpha;
     m.accumulate = true;
-    check_launch(launch_reconstruct_multi(m, at::cuda::getCurrentCUDAStream()), "reconstruct_multi_");
+    check_launch(entry::reconstruct_multi(m, at::cuda::getCurrentCUDAStream()), "reconstruct_multi_");
   }
 }
 
@@ -209,7 +211,7 @@ at::Tensor philox(const at::Tensor& counter, int64_t seed) {
   const c10::cuda::CUDAGuard guard(counter.device());
   at::Tensor c = counter.to(at::kLong).contiguous();
   at::Tensor out = at::empty_like(c);
-  check_launch(launch_philox(c.data_ptr<int64_t>(), c.size(0), (uint64_t)seed, out.data_ptr<int64_t>(),
+  check_launch(entry::philox(c.data_ptr<int64_t>(), c.size(0), (uint64_t)seed, out.data_ptr<int64_t>(),
                              at::cuda::getCurrentCUDAStream()),
                "philox");
   return out;

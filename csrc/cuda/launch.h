@@ -1,0 +1,31 @@
+// The CUDA kernels' host entry points, declared without CUDA syntax: the torch binding (ops.cpp)
+// calls them and compiles with the host compiler, while launch.cu, the one file that instantiates
+// the kernels of kernels.cuh, compiles with nvcc and without torch, beside it.
+//
+// Why two files: with the binding and the kernels in one nvcc file, that file took 48 s for sm_90
+// (torch 2.11 headers, 2 cores, 2026-11-27), 36 s of it on torch's headers, and it was the build's
+// longest step on the GPU machines' 16 cores; see launch.cu for the split's times.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "ferret/params.h"
+
+namespace ferret {
+namespace cuda {
+namespace entry {
+
+// Chunks of a block: a CTA's share of it (the partial-sum rows per block of project).
+int64_t chunks_per_block(int64_t block_size, int dist);
+// part: num_blocks * chunks_per_block * K floats (zeroed when there are active counts).
+cudaError_t project(const ProjectParams& p, float* part, cudaStream_t stream);
+cudaError_t reconstruct(const ReconstructParams& p, cudaStream_t stream);
+// out: [num_rows, K] in launch-row order; part as for project, over num_rows.
+cudaError_t project_multi(const MultiParams& p, float* part, float* out, cudaStream_t stream);
+cudaError_t reconstruct_multi(const MultiParams& p, cudaStream_t stream);
+cudaError_t philox(const int64_t* ctr, int64_t n, uint64_t seed, int64_t* out, cudaStream_t stream);
+
+}  // namespace entry
+}  // namespace cuda
+}  // namespace ferret

@@ -496,6 +496,133 @@ def stage_profile(run: Run, exe: str, timeout: float) -> bool:
     return rc == 0
 
 
+# Issue 11's GPU bars, read off this run's rows by bars_table (the issue names them; this keeps
+# the figures a note quotes from being copied by hand).
+BAR_K4_FRAC = {"cuda": 0.85, "triton": 0.80}  # K = 4 project, of the copy bandwidth of the same run
+BAR_K64_PER_SEED, BAR_K64_DENSE = 100.0, 20.0  # K = 64 project and reconstruct_, x faster
+BAR_7B_MS = {"rademacher": 200.0, "gaussian": 1000.0}  # LLaMA2-7B reconstruct-and-apply
+
+
+def _bench_row_dicts(lines: list[str]) -> list[dict]:
+    """bench_gpu.py's `row: op=project, backend=cuda, ...` lines (without `row: `) as dicts."""
+    rows = []
+    for ln in lines:
+        d = {}
+        for part in ln.split(", "):
+            k, _, v = part.partition("=")
+            d[k.strip()] = v.strip()
+        rows.append(d)
+    return rows
+
+
+def _num(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def bars_table(bench_rows: list[str], bench_text: str, variants_text: str) -> list[str]:
+    """A markdown table of issue 11's bars against this run's measurements: the K = 4 project's
+    fraction of copy per backend (bench_gpu.py, and the best bit-identical candidate of the
+    variants harness and of tune_triton_project.py beside it), the K = 64 speed-ups over per-seed
+    regeneration and naive dense, the LLaMA2-7B apply, and bit-identical bases. A bar whose row
+    is missing (the budget ran out) says so instead of passing."""
+    rows = _bench_row_dicts(bench_rows)
+    out = ["| bar | backend | measured | target | met |", "| --- | --- | --- | --- | --- |"]
+
+    def find(op, be, dist, K):
+        return next(
+            (r for r in rows if (r.get("op"), r.get("backend"), r.get("dist"), r.get("K")) == (op, be, dist, str(K))),
+            None,
+        )
+
+    def line(bar, be, measured, target, ok):
+        out.append(f"| {bar} | {be} | {measured} | {target} | {'no row' if ok is None else 'yes' if ok else 'NO'} |")
+
+    for be, target in BAR_K4_FRAC.items():
+        r = find("project", be, "rademacher", 4)
+        f = _num(r.get("frac_of_copy")) if r else None
+        measured = f"{f:.3f} ({_num(r.get('time_ms')):.4g} ms)" if f is not None else "-"
+        line(
+            "K = 4 project, rademacher bf16 n = 2^28, of copy",
+            be,
+            measured,
+            f">= {target}",
+            None if f is None else f >= target,
+        )
+    # the candidates, each checked bit for bit against the shipped kernel in its own run
+    best = None
+    for m in re.finditer(r"^(\S+)\s+4\s+([\d.]+)\s+\d+\s+([\d.]+)\s+[\d.]+\s+\d+\s+\d+\s+yes\s*$", variants_text, re.M):
+        if best is None or float(m.group(3)) > best[2]:
+            best = (m.group(1), float(m.group(2)), float(m.group(3)))
+    if best:
+        line(
+            "K = 4, best bit-identical CUDA variant (harness)",
+            "cuda",
+            f"{best[2]:.3f} ({best[1]:.4f} ms, {best[0]})",
+            f">= {BAR_K4_FRAC['cuda']}",
+            best[2] >= BAR_K4_FRAC["cuda"],
+        )
+    best = None
+    pat = r"^rademacher K=\s*4 .*?\s(\S+)\s+([\d.]+) ms\s+\d+ GB/s\s+([\d.]+) of copy\s+identical=True(?! \(y, active: False\))"
+    for m in re.finditer(pat, variants_text, re.M):
+        if best is None or float(m.group(3)) > best[2]:
+            best = (m.group(1), float(m.group(2)), float(m.group(3)))
+    if best:
+        line(
+            "K = 4, best bit-identical Triton variant (tuning script)",
+            "triton",
+            f"{best[2]:.3f} ({best[1]:.4f} ms, {best[0]})",
+            f">= {BAR_K4_FRAC['triton']}",
+            best[2] >= BAR_K4_FRAC["triton"],
+        )
+    for be in BAR_K4_FRAC:
+        for op in ("project", "reconstruct_"):
+            r = find(op, be, "rademacher", 64)
+            for col, target, what in (
+                ("x_vs_per_seed", BAR_K64_PER_SEED, "per-seed"),
+                ("x_vs_dense", BAR_K64_DENSE, "dense"),
+            ):
+                v = _num(r.get(col)) if r else None
+                line(
+                    f"K = 64 {op} vs {what}",
+                    be,
+                    f"{v:.4g}x" if v is not None else "-",
+                    f">= {target:g}x",
+                    None if v is None else v >= target,
+                )
+    for dist, limit in BAR_7B_MS.items():
+        for be in BAR_K4_FRAC:
+            got = [
+                (op, _num(r.get("time_ms")))
+                for op in ("apply_llama2_7b", "apply_llama2_7b_multi")
+                if (r := find(op, be, dist, 64))
+            ]
+            got = [(op, t) for op, t in got if t is not None]
+            measured = (
+                ", ".join(f"{t:.4g} ms ({'list' if op.endswith('multi') else 'per tensor'})" for op, t in got) or "-"
+            )
+            line(
+                f"LLaMA2-7B apply, {dist}, K = 64",
+                be,
+                measured,
+                f"< {limit:g} ms",
+                min(t for _, t in got) < limit if got else None,
+            )
+    m = re.search(r"bit-identical to the CPU kernel: (\{.*\})", bench_text)
+    for be in BAR_K4_FRAC:
+        v = re.search(rf"'{be}': (True|False)", m.group(1)) if m else None
+        line(
+            "rademacher and uniform bases bit-identical GPU vs CPU",
+            be,
+            v.group(1) if v else "-",
+            "True",
+            None if v is None else v.group(1) == "True",
+        )
+    return out
+
+
 def write_summary(run: Run, csv_before: int) -> None:
     if not run.out:
         return
@@ -525,6 +652,8 @@ def write_summary(run: Run, csv_before: int) -> None:
         ln for ln in text.splitlines() if ln.startswith(("#", "skipped", "baselines"))
     ]
     variants = getattr(run, "variants_text", "")
+    if getattr(run, "bench_rows", None) and run.env.get("cuda_device") == "yes":
+        md += ["", "## issue 11's bars, from this run", ""] + bars_table(run.bench_rows, text, variants)
     if variants:
         md += ["", "## CUDA project variants (benchmarks/cuda_project_variants.cu)", "", "```"]
         md += [ln for ln in variants.splitlines() if ln.strip()] + ["```"]

@@ -117,3 +117,63 @@ def test_profile_stage_reads_ncu_csv_and_runs_ncu_on_the_variants(tmp_path, monk
     assert (tmp_path / "out" / "ncu_project.csv").read_text().splitlines()[1].startswith('"3"')
     gc.write_summary(run, 0)
     assert "| 3 | project_kernel | 212.16 us |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
+    """The summary's bars (issue 11) come from the run's own rows: each bar met, missed or
+    without a row (never passed for want of one); candidates count only when bit-identical (the
+    Triton ones with y and active counts too)."""
+    gc = _gpu_check()
+    rows = [
+        "op=project, backend=cuda, dist=rademacher, K=4, time_ms=0.2, frac_of_copy=0.86, triton_config=-",
+        "op=project, backend=triton, dist=rademacher, K=4, time_ms=0.25, frac_of_copy=0.709, triton_config=CHUNK=8192,warps=4",
+        "op=project, backend=cuda, dist=rademacher, K=64, time_ms=1.9, x_vs_per_seed=2170, x_vs_dense=19.9, triton_config=-",
+        "op=apply_llama2_7b, backend=cuda, dist=rademacher, K=64, time_ms=201, triton_config=-",
+        "op=apply_llama2_7b_multi, backend=cuda, dist=rademacher, K=64, time_ms=56.7, triton_config=-",
+        "op=apply_llama2_7b_multi, backend=triton, dist=gaussian, K=64, time_ms=1023, triton_config=CHUNK=2048,warps=4",
+    ]
+    bench = "# rademacher and uniform bases bit-identical to the CPU kernel: {'cuda': True, 'triton': False}"
+    variants = "\n".join(
+        [
+            "mb4_ch1    4   0.2297     2337    0.788    0.932    64     4 yes",
+            "pass1_mb4   4   0.2122     2531    0.854    1.009    64     4 -",
+            "pf_1       4   0.2150     2497    0.842    0.990    64     4 yes",
+            "pf_2       4   0.2000     2684    0.905    1.060    64     4 NO",
+            "pf_2      16   0.2000     2684    0.905    1.060    64     4 yes",
+            "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3     0.2508 ms    2140 GB/s  0.712 of copy  "
+            "identical=True (y, active: True)  (shipped)",
+            "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3_pf2     0.2300 ms    2334 GB/s  0.777 of copy  "
+            "identical=True (y, active: False)",
+            "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3_pf4     0.2200 ms    2440 GB/s  0.812 of copy  "
+            "identical=False (y, active: False)",
+            "rademacher K= 64 chunk=  8192 warps= 4 one_chunk      2.7964 ms     192 GB/s  0.900 of copy  identical=True",
+        ]
+    )
+    table = gc.bars_table(rows, bench, variants)
+    got = {}
+    for ln in table[2:]:
+        bar, be, measured, target, met = [c.strip() for c in ln.strip("|").split("|")]
+        got[(bar, be)] = (measured, met)
+    k4 = "K = 4 project, rademacher bf16 n = 2^28, of copy"
+    assert got[(k4, "cuda")] == ("0.860 (0.2 ms)", "yes")
+    assert got[(k4, "triton")] == ("0.709 (0.25 ms)", "NO")
+    assert got[("K = 4, best bit-identical CUDA variant (harness)", "cuda")] == ("0.842 (0.2150 ms, pf_1)", "NO")
+    triton_best = got[("K = 4, best bit-identical Triton variant (tuning script)", "triton")]
+    assert triton_best == ("0.712 (0.2508 ms, loop_c8_s3)", "NO")
+    assert got[("K = 64 project vs per-seed", "cuda")] == ("2170x", "yes")
+    assert got[("K = 64 project vs dense", "cuda")] == ("19.9x", "NO")
+    assert got[("K = 64 reconstruct_ vs dense", "triton")] == ("-", "no row")
+    assert got[("LLaMA2-7B apply, rademacher, K = 64", "cuda")] == ("201 ms (per tensor), 56.7 ms (list)", "yes")
+    assert got[("LLaMA2-7B apply, gaussian, K = 64", "triton")] == ("1023 ms (list)", "NO")
+    assert got[("LLaMA2-7B apply, gaussian, K = 64", "cuda")] == ("-", "no row")
+    assert got[("rademacher and uniform bases bit-identical GPU vs CPU", "cuda")] == ("True", "yes")
+    assert got[("rademacher and uniform bases bit-identical GPU vs CPU", "triton")] == ("False", "NO")
+    # the summary carries the table on a GPU run only (the smoke rows' tiny sizes mean nothing)
+    for device, present in (("yes", True), ("no", False)):
+        run = gc.Run(budget=60, out=str(tmp_path / device))
+        run.env = {"cuda_device": device}
+        run.bench_rows, run.bench_text, run.variants_text = rows, bench, variants
+        gc.write_summary(run, 0)
+        text = (tmp_path / device / "summary.md").read_text()
+        assert ("## issue 11's bars, from this run" in text) == present
+        assert ("| 0.842 (0.2150 ms, pf_1) |" in text) == present

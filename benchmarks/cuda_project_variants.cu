@@ -317,13 +317,15 @@ int profile(const __nv_bfloat16* x, int64_t n, int64_t bs, int sms) {
 }
 
 int main(int argc, char** argv) {
-  const int log2n = argc > 1 ? std::atoi(argv[1]) : 28;
-  // Why a range: the launches above cast 64-bit CTA counts to a grid's unsigned x, which holds for
-  // blocks of 2^20 up to n = 2^32 (2^19 chunks of 8192 at most); 2^20 is one block.
-  if (log2n < 20 || log2n > 32) {
-    std::fprintf(stderr, "log2n must be 20 .. 32 (blocks of 2^20 elements), got '%s'\n", argv[1]);
+  char* end = nullptr;
+  const long arg = argc > 1 ? std::strtol(argv[1], &end, 10) : 28;
+  // The sizes it is meant for: one block (2^20 elements) up to 2^32 (8 GiB of bf16 input; the
+  // partial sums of K = 64 then take 128 MiB). The grids' unsigned casts would hold far beyond.
+  if ((argc > 1 && (end == argv[1] || *end != '\0')) || arg < 20 || arg > 32) {
+    std::fprintf(stderr, "log2n must be an integer 20 .. 32 (blocks of 2^20 elements), got '%s'\n", argv[1]);
     return 1;
   }
+  const int log2n = (int)arg;
   const char* csv = argc > 2 && std::strcmp(argv[2], "-") != 0 ? argv[2] : nullptr;
   const int64_t n = int64_t(1) << log2n, bs = int64_t(1) << 20;
   cudaDeviceProp prop;

@@ -4,7 +4,7 @@
 //
 // Why two files: with the binding and the kernels in one nvcc file, that file took 48 s for sm_90
 // (torch 2.11 headers, 2 cores, 2026-11-27), 36 s of it on torch's headers, and it was the build's
-// longest step on the GPU machines' 16 cores; see launch.cu for the split's times.
+// longest step on the GPU machines' 16 cores; docs/gpu.md (eighth session) has the split's times.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -177,3 +177,37 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
         text = (tmp_path / device / "summary.md").read_text()
         assert ("## issue 11's bars, from this run" in text) == present
         assert ("| 0.842 (0.2150 ms, pf_1) |" in text) == present
+
+
+def test_build_falls_back_to_no_cuda_kernels_where_the_cuda_build_fails(monkeypatch):
+    """A CUDA build that fails on the GPU machine must not cost the session its Triton tests and
+    timings: the stage builds once more without the CUDA kernels, says so, and stays FAIL; a build
+    that ran out of time is not retried; a good CUDA build is not built twice."""
+    gc = _gpu_check()
+    env = {"cuda_device": "yes", "nvcc": "release 13.0", "CUDA_HOME": "/usr/local/cuda", "arch": "9.0"}
+
+    def stage(results):
+        calls = []
+
+        def build_once(run, env_, timeout):
+            calls.append(env_["FERRET_BUILD_CUDA"])
+            return results[len(calls) - 1], "setup.py build_ext --inplace"
+
+        monkeypatch.setattr(gc, "_build_once", build_once)
+        monkeypatch.setattr(gc, "_probe", lambda run, want_cuda: True)
+        run = gc.Run(budget=600, out=None)
+        run.env = dict(env)
+        ok = gc.stage_build(run, 300)
+        return ok, run, calls
+
+    ok, run, calls = stage([1, 0])
+    assert calls == ["1", "0"] and not ok and run.built
+    assert run.stages[-1][1] == "FAIL"
+    assert "the CUDA build FAILED" in run.stages[-1][3] and "Triton and CPU only" in run.stages[-1][3]
+    ok, run, calls = stage([1, 1])
+    assert calls == ["1", "0"] and not ok and not run.built
+    assert "the build without them failed too" in run.stages[-1][3]
+    ok, run, calls = stage([None])
+    assert calls == ["1"] and not ok and not run.built and run.stages[-1][1] == "TIMEOUT"
+    ok, run, calls = stage([0])
+    assert calls == ["1"] and ok and run.built and run.stages[-1][3].endswith("CUDA kernels built for sm_90")

@@ -16,7 +16,7 @@ namespace ferret {
 namespace cuda {
 namespace entry {
 
-// Chunks of a block: a CTA's share of it (the partial-sum rows per block of project).
+// The chunks a block splits into, one CTA each (project: partial-sum rows per block).
 int64_t chunks_per_block(int64_t block_size, int dist);
 // part: num_blocks * chunks_per_block * K floats (zeroed when there are active counts).
 cudaError_t project(const ProjectParams& p, float* part, cudaStream_t stream);

@@ -165,6 +165,14 @@ def triton_rows(arch: int):
                 4,
             )
         )
+        if dist == "rademacher":  # the pipelined kernel fk.project runs at small K (K = 4: the bases
+            # unrolled in its chunk loop), with the sign-flip dots and with the negsum candidate's
+            lsig = {k: v for k, v in psig.items() if k != "K"}
+            lsig.update(num_chunks="i64", ahead="i32")
+            for ns in (0, 1):
+                lconst = {"K": 4, "HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk}
+                lconst.update(CHUNKS=tk._LOOP_CHUNKS, STAGES=tk._LOOP_STAGES, PREFETCH=False, NEGSUM=ns)
+                variants.append(("project_loop" + ("_negsum" if ns else ""), tk._project_loop_kernel, lsig, lconst, 4))
         for op, fn, sig, const, warps in variants:
             # what a launch with 16-byte-aligned tensors and sizes divisible by 16 is specialized on
             attrs = {
@@ -176,18 +184,21 @@ def triton_rows(arch: int):
             src = ASTSource(
                 fn=fn, signature=dict(sig, **{c: "constexpr" for c in const}), constexprs=const, attrs=attrs
             )
-            k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            opts = {"num_warps": warps, "enable_fp_fusion": tk._FP_FUSION}
+            k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
             (ins,) = sass_functions(k.asm["cubin"]).values()
             n, ops = basis_loop(ins)
             elems = const["CHUNK"] / (32 * warps)
-            if dist == "rademacher":  # two bases per trip
+            if op.startswith("project_loop"):  # the chunk loop: every basis of a chunk
+                elems *= const["K"]
+            elif dist == "rademacher":  # two bases per trip
                 elems *= tk._PROJECT_BASES_PER_TRIP if op.startswith("project") else tk._RECONSTRUCT_BASES_PER_TRIP
             rows.append(
                 dict(
                     backend="triton",
                     op=op,
                     dist=dist,
-                    config=f"CHUNK {const['CHUNK']}, {warps} warps",
+                    config=f"CHUNK {const['CHUNK']}, {warps} warps" + (f", K = {const['K']}" if "K" in const else ""),
                     loop_instr=n,
                     instr_per_elem_basis=n / elems,
                     top=" ".join(f"{k}:{v}" for k, v in ops.most_common(5)),

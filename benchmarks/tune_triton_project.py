@@ -1,6 +1,7 @@
 """Triton project kernel: elements per program (CHUNK) x warps per program, and the pipelined
 small-K candidate (_project_loop_kernel: CHUNKS chunks a program, STAGES-deep), with and without its
-L2 prefetch (PREFETCH, rows loop_*_pf<m>), side by side on one GPU.
+L2 prefetch (PREFETCH, rows loop_*_pf<m>), and with the negsum dots (NEGSUM, rows loop_*_ns), side by
+side on one GPU.
 
     python benchmarks/tune_triton_project.py [--log2n 28] [--csv path]
 
@@ -11,7 +12,8 @@ bandwidth measured in the same run, and whether the result equals the one-chunk 
 shipped CHUNK bit for bit (a different CHUNK changes the summation order, so only equal CHUNKs can
 match), without and with y and active counts, and for the shipped configuration the first pass
 alone (first_pass_ms: what the second pass and its launch cost); the prefetch rows (loop_*_pf<m>) are
-compared with the pipelined kernel's own bits instead, and any difference exits 2. "shipped" marks what fk.project runs for bf16 x
+compared with the pipelined kernel's own bits instead, the negsum rows (loop_*_ns: inline PTX; other
+bits than the sign flip's) with the same dots in Triton operations, and any difference exits 2. "shipped" marks what fk.project runs for bf16 x
 without y: the pipelined kernel at CHUNKS _LOOP_CHUNKS, STAGES _LOOP_STAGES for rademacher at
 K <= _LOOP_MAX_BASES, else the one-chunk kernel.
 Used to choose _project_chunk and num_warps from measurements; needs a CUDA device.
@@ -101,16 +103,20 @@ def main(argv=None) -> int:
             # prefetches the chunks of the program m x the SM count on; sm_90 and later)
             ms = (2,) if args.smoke else (2, 4, 8)  # the smoke run: one row checks the plumbing
             pfs = [(shipped_chunk, 4, "pf", m) for m in ms] if shipped_loop and prefetch_ok else []
-            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops + singles + pfs:
+            # the shipped pipelined kernel with the negsum dots (NEGSUM 1: predicated adds in inline PTX;
+            # other bits than the sign flip's, so it is compared with its own Triton form, NEGSUM 2)
+            nss = [(shipped_chunk, 4, "ns")] if shipped_loop else []
+            for chunk, warps, *loop in [(c, w) for c, w in configs] + loops + singles + pfs + nss:
                 single = loop == ["single"]
                 pf = loop[1] if loop[:1] == ["pf"] else None
-                loop = [] if single else list(shipped_loop) if pf is not None else loop
+                ns = loop == ["ns"]
+                loop = [] if single else list(shipped_loop) if pf is not None or ns else loop
                 cpb = (bs + chunk - 1) // chunk
                 part = torch.zeros(nb * cpb, K, device=dev)
                 out = torch.zeros(nb, K, device=dev)
                 k0, k1 = tk._key(12345)
 
-                def run(with_y_act=False, second=True):
+                def run(with_y_act=False, second=True, negsum=1 if ns else 0):
                     xs, ys, acts, hy = (x, y, act, True) if with_y_act else (x, x, out, False)
                     if loop:
                         chunks, stages = loop
@@ -135,6 +141,7 @@ def main(argv=None) -> int:
                             num_warps=warps,
                             ahead=(pf or 0) * sms,
                             PREFETCH=pf is not None,
+                            NEGSUM=negsum,
                         )
                     else:
                         tk._project_kernel[(nb * cpb,)](
@@ -171,31 +178,47 @@ def main(argv=None) -> int:
                     continue
                 if ref is None:
                     ref = out.clone()
+                plain = out.clone()
+                if ns:  # the negsum row against its Triton form (the same adds: the same bits)
+                    run(negsum=2)
+                    ns_ref = out.clone()
+                    err = ((plain - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
                 # the prefetch rows against the pipelined kernel they add the prefetch to
                 same = (
-                    bool(torch.equal(out, ref))
+                    bool(torch.equal(plain, ns_ref))
+                    if ns
+                    else bool(torch.equal(out, ref))
                     if pf is None
                     else loop_ref is not None and torch.equal(out, loop_ref[0])
                 )
-                plain = out.clone()
                 # with y and active counts (the fl layer's call): bit-identical to the shipped kernel?
                 part.zero_()  # inactive entries are not written
                 run(True)
                 if ref_ya is None:
                     ref_ya = out.clone()
+                if ns:
+                    got_ya = out.clone()
+                    part.zero_()
+                    run(True, negsum=2)
                 same_ya = (
-                    bool(torch.equal(out, ref_ya))
+                    bool(torch.equal(got_ya, out))
+                    if ns
+                    else bool(torch.equal(out, ref_ya))
                     if pf is None
                     else loop_ref is not None and torch.equal(out, loop_ref[1])
                 )
                 if loop and pf is None and tuple(loop) == shipped_loop:
                     loop_ref = (plain, out.clone())
-                if pf is not None and not (same and same_ya):
-                    differ.append(f"{dist} K={K} loop_c{loop[0]}_s{loop[1]}_pf{pf}")
+                if (pf is not None or ns) and not (same and same_ya):
+                    differ.append(f"{dist} K={K} loop_c{loop[0]}_s{loop[1]}" + ("_ns" if ns else f"_pf{pf}"))
                 t = bench(run)  # without active counts every entry of part is written
                 gbs = 2 * n / t / 1e9
                 shipped = (
-                    (chunk, warps) == (shipped_chunk, 4) and tuple(loop) == shipped_loop and not single and pf is None
+                    (chunk, warps) == (shipped_chunk, 4)
+                    and tuple(loop) == shipped_loop
+                    and not single
+                    and pf is None
+                    and not ns
                 )
                 t1 = bench(lambda: run(second=False)) if shipped else None
                 row = dict(
@@ -204,7 +227,7 @@ def main(argv=None) -> int:
                     K=K,
                     chunk=chunk,
                     num_warps=warps,
-                    variant=(f"loop_c{loop[0]}_s{loop[1]}" + (f"_pf{pf}" if pf else ""))
+                    variant=(f"loop_c{loop[0]}_s{loop[1]}" + (f"_pf{pf}" if pf else "_ns" if ns else ""))
                     if loop
                     else "one_basis"
                     if single
@@ -216,13 +239,18 @@ def main(argv=None) -> int:
                     frac_of_copy=round(gbs / copy_gbs, 4),
                     identical_to_shipped=same,
                     identical_with_y_active=same_ya,
+                    # what "identical" compares with: the shipped kernel, the pipelined kernel (prefetch rows),
+                    # the negsum dots in Triton operations (negsum rows: other bits than the shipped ones)
+                    compared_with="negsum_triton_form" if ns else "pipelined" if pf else "shipped",
+                    max_rel_diff_vs_shipped=f"{err:.3g}" if ns else "",
                     copy_GBps=round(copy_gbs, 1),
                 )
                 rows.append(row)
                 print(
                     f"{dist:10s} K={K:3d} chunk={chunk:6d} warps={warps:2d} {row['variant']:12s} {t * 1e3:8.4f} ms {gbs:7.0f} GB/s "
                     f"{gbs / copy_gbs:6.3f} of copy  identical={same} (y, active: {same_ya})"
-                    + (f"  (shipped; first pass alone {t1 * 1e3:.4f} ms)" if shipped else ""),
+                    + (f"  (shipped; first pass alone {t1 * 1e3:.4f} ms)" if shipped else "")
+                    + (f"  (vs its Triton form; {err:.2g} of the largest shipped sum from it)" if ns else ""),
                     flush=True,
                 )
     if args.csv and rows:
@@ -230,8 +258,12 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    if differ:  # a prefetch changes no result: these are bugs, not configurations
-        print("bits differ from the pipelined kernel without the prefetch: " + ", ".join(differ), flush=True)
+    if differ:  # a prefetch changes no result, inline PTX computes its Triton form: bugs, not configurations
+        print(
+            "bits differ from the pipelined kernel without the prefetch, or from the negsum's Triton form: "
+            + ", ".join(differ),
+            flush=True,
+        )
         return 2
     return 0
 

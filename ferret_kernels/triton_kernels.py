@@ -193,17 +193,24 @@ def _rademacher_signs(ROWS: tl.constexpr, cstart, k, g, k0, k1):
 
 
 @triton.jit
-def _rademacher_signs2(ROWS: tl.constexpr, cstart, k, g, k0, k1):
-    """_rademacher_signs of bases k and k + 1 from one Philox tensor of ROWS / 2 outputs. A
-    program's ROWS / 4 outputs of one basis are fewer than its threads (CHUNK 8192, 4 warps: 64
-    for 128 threads), so each was computed twice; two bases fill the threads once each."""
+def _rademacher_words2(ROWS: tl.constexpr, cstart, k, g, k0, k1):
+    """The sign words [ROWS] of bases k and k + 1 for the chunk at cstart (word r: the chunk's
+    elements 32 r .. 32 r + 31, bit i set where the basis is -1), from one Philox tensor of ROWS / 2
+    outputs. A program's ROWS / 4 outputs of one basis are fewer than its threads (CHUNK 8192, 4
+    warps: 64 for 128 threads), so each was computed twice; two bases fill the threads once each."""
     R4: tl.constexpr = ROWS // 4
     i = tl.arange(0, 2 * R4)
     zero = tl.zeros([2 * R4], dtype=tl.uint32)
     w = ((cstart >> 7) + (i % R4)).to(tl.uint32)
     r0, r1, r2, r3 = _philox(w, zero + k + (i // R4).to(tl.uint32), zero + g, zero, k0, k1)
     words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [2, ROWS])  # [basis, row]
-    wa, wb = tl.split(tl.permute(words, (1, 0)))
+    return tl.split(tl.permute(words, (1, 0)))
+
+
+@triton.jit
+def _rademacher_signs2(ROWS: tl.constexpr, cstart, k, g, k0, k1):
+    """_rademacher_signs of bases k and k + 1 (_rademacher_words2)."""
+    wa, wb = _rademacher_words2(ROWS, cstart, k, g, k0, k1)
     shift = (31 - tl.arange(0, 32)).to(tl.uint32)
     return (wa[:, None] << shift[None, :]) & 0x80000000, (wb[:, None] << shift[None, :]) & 0x80000000
 
@@ -254,6 +261,77 @@ def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
     one-basis tile sum of _basis_dot, the signs of both from _rademacher_signs2."""
     sa, sb = _rademacher_signs2(ROWS, cstart, k, g, k0, k1)
     return tl.sum((xb ^ sa).to(tl.float32, bitcast=True)), tl.sum((xb ^ sb).to(tl.float32, bitcast=True))
+
+
+# The negsum dot, a candidate (_project_loop_kernel's NEGSUM; benchmarks/tune_triton_project.py
+# times it): a basis' dot with x as total - 2 * negsum, negsum the sum of the elements whose sign
+# bit is set, added by predicated adds, as the CUDA kernels do (kernels.cuh rademacher_negsum).
+# Why: the sign flip costs a shift, a logic op and an add per element and basis, two of them on
+# the integer pipe, which issues at half the rate of the float adds; Triton writes no predicated
+# add (tl.where + add compiles to a test, a select and an add: sm_90 K = 4 chunk loop 1289 -> 1346
+# instructions), so eight of them go in inline PTX: a shift, 8 bit tests that ptxas packs into an
+# R2P and a LOP3, and 8 adds. sm_90 chunk loop at K = 4, CHUNK 8192, 4 warps, triton 3.9: 1289 ->
+# 1000 instructions (5.04 -> 3.91 per element and basis), integer-pipe ones (LOP3, SHF, R2P) 560 ->
+# 192; groups of 4 took 1071, all 32 bits of a word in one thread 968 but 54 barriers (a layout
+# change through shared memory) against 22. Other bits than the sign flip's (other roundings):
+# within float32 rounding of it. Not yet timed on a GPU.
+_NEGSUM8_PTX = tl.constexpr(
+    "{\n\t.reg .pred p<7>;\n\t.reg .b32 m;\n\t.reg .b32 t;\n\tshr.b32 t, $9, $10;\n\tmov.b32 $0, 0x80000000;\n\t"
+    + "".join(
+        f"and.b32 m, t, {1 << i};\n\tsetp.ne.b32 p{i % 7}, m, 0;\n\t@p{i % 7} add.rn.f32 $0, $0, ${i + 1};\n\t"
+        for i in range(8)
+    )
+    + "}"
+)
+
+
+@triton.jit
+def _negsum8(x0, x1, x2, x3, x4, x5, x6, x7, w, sh, PTX: tl.constexpr):
+    """-0.0 plus, in order i = 0 .. 7, x_i where bit sh + i of w is set (elementwise; float32 x_i,
+    uint32 w and sh < 25). PTX: predicated adds in inline PTX (GPU); else the same adds in Triton
+    operations (adding -0.0 changes no sum: the same bits), which the interpreter runs."""
+    if PTX and not _INTERPRETER:
+        return tl.inline_asm_elementwise(
+            _NEGSUM8_PTX,
+            "=f,f,f,f,f,f,f,f,f,r,r",
+            [x0, x1, x2, x3, x4, x5, x6, x7, w, sh],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=1,
+        )
+    t = w >> sh
+    nz = tl.full(x0.shape, 0x80000000, tl.uint32).to(tl.float32, bitcast=True)  # -0.0
+    s = nz + tl.where((t & 1) != 0, x0, nz)
+    s += tl.where((t & 2) != 0, x1, nz)
+    s += tl.where((t & 4) != 0, x2, nz)
+    s += tl.where((t & 8) != 0, x3, nz)
+    s += tl.where((t & 16) != 0, x4, nz)
+    s += tl.where((t & 32) != 0, x5, nz)
+    s += tl.where((t & 64) != 0, x6, nz)
+    s += tl.where((t & 128) != 0, x7, nz)
+    return s
+
+
+@triton.jit
+def _rademacher_negdot2(ROWS: tl.constexpr, xv, tot, cstart, k, g, k0, k1, PTX: tl.constexpr):
+    """The dots of bases k and k + 1 with x (xv: a [ROWS, 32] float32 tile, tot: its sum) as
+    tot - 2 * negsum (2 * negsum is exact: one rounding). The tile's columns go in groups of 8
+    (8 j .. 8 j + 7, split out in registers: no layout change), each group's negsum by _negsum8,
+    then one tile sum of the [ROWS, 4] group sums."""
+    wa, wb = _rademacher_words2(ROWS, cstart, k, g, k0, k1)
+    x8 = tl.reshape(xv, [ROWS, 4, 2, 2, 2])  # [r, j, c2, c1, c0] -> column 8 j + 4 c2 + 2 c1 + c0
+    e, o = tl.split(x8)  # c0
+    e0, e1 = tl.split(e)  # c1
+    o0, o1 = tl.split(o)
+    x0, x4 = tl.split(e0)  # c2
+    x2, x6 = tl.split(e1)
+    x1, x5 = tl.split(o0)
+    x3, x7 = tl.split(o1)
+    z = tl.zeros([ROWS, 4], dtype=tl.uint32)
+    sh = (tl.arange(0, 4) * 8).to(tl.uint32)[None, :] + z
+    na = tl.sum(_negsum8(x0, x1, x2, x3, x4, x5, x6, x7, wa[:, None] + z, sh, PTX))
+    nb = tl.sum(_negsum8(x0, x1, x2, x3, x4, x5, x6, x7, wb[:, None] + z, sh, PTX))
+    return tot - 2.0 * na, tot - 2.0 * nb
 
 
 _PROJECT_BASES_PER_TRIP = 2  # rademacher, _project_bases (read by benchmarks/sass_cost.py)
@@ -447,6 +525,10 @@ def _project_kernel(
 # the H100 read at the pace of a read kernel with one 16-byte load in flight per thread (0.854 of
 # copy) where one with four reached 0.99; Triton's is slower still. The sums are the same (the same
 # bits).
+#
+# NEGSUM (a candidate, rademacher): 0 the sign-flip dots above (what fk.project runs); 1 the negsum
+# dots (_rademacher_negdot2), predicated adds in inline PTX; 2 the same dots in Triton operations
+# (the same bits as 1: what a GPU run compares 1 with; the interpreter runs 2's form for 1).
 @triton.jit(do_not_specialize=_NO_SPEC + ("num_chunks", "ahead"))
 def _project_loop_kernel(
     x_ptr,
@@ -468,6 +550,7 @@ def _project_loop_kernel(
     STAGES: tl.constexpr,
     ahead=0,
     PREFETCH: tl.constexpr = False,
+    NEGSUM: tl.constexpr = 0,
 ):
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     ROWS: tl.constexpr = CHUNK // COLS
@@ -489,7 +572,14 @@ def _project_loop_kernel(
         xv, cstart, kb, g = _chunk_input(
             x_ptr, y_ptr, act_ptr, pid, live, cpb, numel, block_size, block_offset, K, HAS_Y, HAS_ACT, DIST, CHUNK
         )
-        if DIST == 0:  # two bases at a time (_project_bases), the last one alone for an odd K
+        if DIST == 0 and NEGSUM > 0:  # the negsum candidate: pairs of bases, an odd K's extra one not stored
+            tot = tl.sum(xv)
+            for k in tl.static_range(0, K, 2):
+                da, db = _rademacher_negdot2(ROWS, xv, tot, cstart, k, g, k0, k1, NEGSUM == 1)
+                tl.store(part_ptr + pid * K + k, da, mask=live & (kb > k))
+                if k + 1 < K:
+                    tl.store(part_ptr + pid * K + k + 1, db, mask=live & (kb > k + 1))
+        elif DIST == 0:  # two bases at a time (_project_bases), the last one alone for an odd K
             xb = xv.to(tl.uint32, bitcast=True)
             for k in tl.static_range(0, K - 1, 2):
                 da, db = _rademacher_dot2(ROWS, xb, cstart, k, g, k0, k1)

@@ -376,6 +376,22 @@ KERNEL_MUTATIONS = [
         ("tests/test_device_backends.py",),
     ),
     Mutation(
+        "triton-negsum-group-shift",
+        "ferret_kernels/triton_kernels.py",
+        "    sh = (tl.arange(0, 4) * 8).to(tl.uint32)[None, :] + z\n",
+        "    sh = (tl.arange(0, 4) * 4).to(tl.uint32)[None, :] + z\n",
+        "the negsum candidate tests the wrong byte of the sign word for a group of 8 columns",
+        ("tests/test_triton_candidates.py",),
+    ),
+    Mutation(
+        "triton-negsum-ptx-bit-order",
+        "ferret_kernels/triton_kernels.py",
+        'f"and.b32 m, t, {1 << i};',
+        'f"and.b32 m, t, {1 << (7 - i)};',
+        "the negsum candidate's inline PTX pairs element i with bit 7 - i (the interpreter runs the Triton form)",
+        ("tests/test_triton_candidates.py",),
+    ),
+    Mutation(
         "op-fake-ignores-start",
         "ferret_kernels/ops.py",
         "    return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)",

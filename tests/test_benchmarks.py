@@ -78,6 +78,15 @@ def test_sass_cost_reports_every_kernel():
 
     assert per_elem("project_multi") <= 1.15 * per_elem("project"), res.stdout
 
+    # the negsum candidate's reason to be: fewer instructions in the pipelined kernel's chunk loop at
+    # K = 4 than the sign-flip dots (triton 3.9, sm_90: 3.91 against 5.04 per element and basis)
+    def loop_per_elem(op):
+        m = re.search(rf"^\s*triton\s+{op}\s+rademacher\s+CHUNK \d+, 4 warps, K = 4\s+\d+\s+([\d.]+)", res.stdout, re.M)
+        assert m, f"no triton {op} row:\n{res.stdout}"
+        return float(m.group(1))
+
+    assert loop_per_elem("project_loop_negsum") <= 0.85 * loop_per_elem("project_loop"), res.stdout
+
 
 def test_ab_compare_smoke():
     """benchmarks/ab_compare.py end to end (the same tree as A and B, tiny sizes)."""

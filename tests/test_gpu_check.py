@@ -146,6 +146,9 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
             "identical=True (y, active: False)",
             "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3_pf4     0.2200 ms    2440 GB/s  0.812 of copy  "
             "identical=False (y, active: False)",
+            # negsum rows: "identical" compares with their Triton form; never a bit-identical candidate
+            "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3_ns     0.2100 ms    2555 GB/s  0.850 of copy  "
+            "identical=True (y, active: True)  (vs its Triton form; 1e-07 of the largest shipped sum from it)",
             "rademacher K= 64 chunk=  8192 warps= 4 one_chunk      2.7964 ms     192 GB/s  0.900 of copy  identical=True",
         ]
     )
@@ -160,6 +163,8 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
     assert got[("K = 4, best bit-identical CUDA variant (harness)", "cuda")] == ("0.842 (0.2150 ms, pf_1)", "NO")
     triton_best = got[("K = 4, best bit-identical Triton variant (tuning script)", "triton")]
     assert triton_best == ("0.712 (0.2508 ms, loop_c8_s3)", "NO")
+    negsum = got[("K = 4, best Triton negsum candidate (other bits; PTX = its Triton form)", "triton")]
+    assert negsum == ("0.850 (0.2100 ms, loop_c8_s3_ns)", "yes")
     assert got[("K = 64 project vs per-seed", "cuda")] == ("2170x", "yes")
     assert got[("K = 64 project vs dense", "cuda")] == ("19.9x", "NO")
     assert got[("K = 64 reconstruct_ vs dense", "triton")] == ("-", "no row")

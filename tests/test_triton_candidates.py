@@ -92,6 +92,153 @@ def test_pipelined_project_candidate_computes_the_shipped_partial_sums(dist, chu
     assert (got[empty] == 0).all() and (got[~empty] != 0).all()
 
 
+@pytest.mark.parametrize("K,chunks,bs", [(4, 8, None), (5, 3, None), (4, 8, 100)])  # 100: 128-element chunks
+def test_negsum_project_candidate_against_an_independent_float64_reference(K, chunks, bs):
+    """The negsum candidate (_project_loop_kernel NEGSUM: each dot as tot - 2 * negsum, the negsum
+    by predicated adds in inline PTX on a GPU) against float64 dots of x - y with the contract's
+    bases (rng_numpy), per chunk: within float32 rounding of the chunk's l1 norm, with y, active
+    counts (clamped), an odd K, a short last block and chunk. On a GPU the inline PTX must give the
+    bits of the same adds in Triton operations (NEGSUM 2), which the interpreter runs for both."""
+    import numpy as np
+    import triton
+
+    from ferret_kernels import rng_numpy
+    from ferret_kernels import triton_kernels as tk
+
+    bs = bs or (1000 if DEV == "cpu" else 100_000)
+    n = 5 * bs + 77
+    chunk = tk._project_chunk(bs, "rademacher")
+    cpb, nb = triton.cdiv(bs, chunk), triton.cdiv(n, bs)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, generator=g).bfloat16().to(DEV)
+    y = torch.randn(n, generator=g).bfloat16().to(DEV)
+    act = torch.tensor([K, 0, 2, K + 3, -1, K], dtype=torch.int32, device=DEV)  # clamped to [0, K]
+    seed = 2**64 - 3
+    k0, k1 = tk._key(seed)
+
+    def run(negsum):
+        part = torch.zeros(nb * cpb, K, device=DEV)
+        tk._project_loop_kernel[(triton.cdiv(nb * cpb, chunks),)](
+            x,
+            y,
+            act,
+            part,
+            n,
+            bs,
+            7,
+            k0,
+            k1,
+            nb * cpb,
+            K=K,
+            HAS_Y=True,
+            HAS_ACT=True,
+            DIST=0,
+            CHUNK=chunk,
+            CHUNKS=chunks,
+            STAGES=3,
+            NEGSUM=negsum,
+            num_warps=4,
+        )
+        return part.cpu()
+
+    got = run(1)
+    assert torch.equal(got, run(2))  # a GPU: PTX vs Triton operations; the interpreter: one path
+    d = (x.float() - y.float()).cpu().double().numpy()  # the kernel's float32 difference, exactly
+    ref, other, l1 = np.zeros((nb * cpb, K)), np.zeros((nb * cpb, K)), np.zeros(nb * cpb)
+    for b in range(nb):
+        for c in range(cpb):
+            lo, hi = b * bs + c * chunk, min(b * bs + min(bs, (c + 1) * chunk), n)
+            if lo >= hi:
+                continue
+            l1[b * cpb + c] = np.abs(d[lo:hi]).sum()
+            for k in range(min(max(int(act[b]), 0), K)):
+                v = [rng_numpy.basis(seed, 7 + b, kk, hi - lo, "rademacher", start=c * chunk) for kk in (k, k + 1)]
+                ref[b * cpb + c, k], other[b * cpb + c, k] = v[0] @ d[lo:hi], v[1] @ d[lo:hi]
+    # float32: each element goes through at most 8 sequential adds and a log2(chunk) tree, twice
+    # (tot and negsum): 3 * 24 roundings of 2^-24 of the l1 norm is 4.3e-6 of it
+    tol = 4.5e-6 * l1[:, None]
+    err = np.abs(got.double().numpy() - ref)
+    assert (err <= tol).all(), (
+        f"max error {err.max():.3g} over tol, at {np.unravel_index((err - tol).argmax(), err.shape)}"
+    )
+    assert (ref != 0).sum() > 0.5 * ((got != 0).sum().item()) and ((got != 0).numpy() == (ref != 0)).all()
+    # the tolerance tells one basis from the next (a wrong bit mapping is far outside it)
+    off = np.abs(got.double().numpy() - other)[ref != 0]
+    assert np.median(off) > 100 * tol.max()
+    # and the sign-flip dots the op runs (NEGSUM 0) are within it too: other bits, the same sums
+    assert (np.abs(run(0).double().numpy() - ref) <= tol).all()
+
+
+def _run_negsum_ptx(ptx, operands):
+    """Execute the negsum candidate's inline PTX (tk._NEGSUM8_PTX) on numpy operands, one element
+    at a time: $0 the result, $1.. the inputs (float32 or uint32 arrays). Knows exactly the
+    instructions that PTX uses; any other fails, so a change to it must come here too."""
+    import re
+
+    import numpy as np
+
+    out = np.empty(len(operands[0]), dtype=np.float32)
+    lines = [ln.strip().rstrip(";") for ln in ptx.strip().strip("{}").split("\n") if ln.strip()]
+    for e in range(len(out)):
+        reg = {f"${i + 1}": op[e] for i, op in enumerate(operands)}
+
+        def val(a, reg=reg):
+            return reg[a] if a in reg else np.uint32(int(a, 0))
+
+        for ln in lines:
+            pred, ins = ln.split(None, 1) if ln.startswith("@") else ("", ln)
+            op, args = ins.split(None, 1)
+            a = [t.strip() for t in args.split(",")]
+            if op == ".reg" or (pred and not reg[pred[1:]]):
+                continue
+            if op == "shr.b32":
+                reg[a[0]] = np.uint32(int(val(a[1])) >> min(int(val(a[2])), 32))
+            elif op == "mov.b32":
+                reg[a[0]] = np.uint32(int(a[1], 0)).view(np.float32) if a[0] == "$0" else val(a[1])
+            elif op == "and.b32":
+                reg[a[0]] = np.uint32(int(val(a[1])) & int(val(a[2])))
+            elif op == "setp.ne.b32":
+                reg[a[0]] = int(val(a[1])) != int(val(a[2]))
+            elif op == "add.rn.f32":
+                reg[a[0]] = np.float32(reg[a[1]]) + np.float32(reg[a[2]])  # float32 round to nearest
+            else:
+                raise AssertionError(f"instruction not emulated: {ln!r}")
+            assert re.fullmatch(r"[$\w]+", a[0]), ln
+        out[e] = reg["$0"]
+    return out
+
+
+def test_negsum_inline_ptx_adds_what_its_triton_form_adds():
+    """The inline PTX of the negsum candidate, executed by an emulator of its instructions, gives the
+    bits of _negsum8's Triton form (what the interpreter and the float64 test above check): the same
+    elements, in the same order, from -0.0; signed zeros, subnormals and infinities included. A GPU
+    run compares the two on the device too (the test above)."""
+    import numpy as np
+
+    from ferret_kernels import triton_kernels as tk
+
+    rng = np.random.default_rng(11)
+    m = 4000
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-39, np.inf, -np.inf, 3e38], dtype=np.float32)
+    xs = [
+        np.where(rng.random(m) < 0.2, rng.choice(special, m), rng.standard_normal(m)).astype(np.float32)
+        for _ in range(8)
+    ]
+    w = rng.integers(0, 2**32, m, dtype=np.uint64).astype(np.uint32)
+    w[:8] = [0, 0xFFFFFFFF, 0x80000000, 1, 0xFF, 0xFF00, 0xFF0000, 0xFF000000]
+    sh = rng.choice(np.array([0, 8, 16, 24], dtype=np.uint32), m)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, 3e38 + 3e38
+        got = _run_negsum_ptx(tk._NEGSUM8_PTX.value, xs + [w, sh])
+    # _negsum8 without PTX, in numpy: -0.0, then + x_i or + -0.0 (which changes no sum) for i = 0 .. 7
+    want = np.full(m, -0.0, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in range(8):
+            want = want + np.where((w >> sh) >> np.uint32(i) & np.uint32(1), xs[i], np.float32(-0.0))
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))  # -0.0 is not +0.0
+    assert same.all(), f"{(~same).sum()} of {m} differ; first at {np.argmin(same)}"
+    assert np.isnan(want).any() and (want.view(np.uint32) == 0x80000000).any()  # inf - inf, and an empty sum
+
+
 if importlib.util.find_spec("triton") is not None:  # conftest has set TRITON_INTERPRET by now
     import triton
     import triton.language as tl
@@ -174,8 +321,21 @@ def test_every_reconstruct_config_gives_the_shipped_bits(chunk, warps, dist):
             fk.reconstruct_(want, c, seed, bs, block_offset=off, dist=dist, scale=0.5, alpha=-2.0, active=act)
         got = base.clone()
         tk._reconstruct_kernel.fn[(nb * triton.cdiv(bs, chunk),)](
-            c, got, act, n, bs, off, K, k0, k1, -1.0,
-            ACCUM=True, HAS_ACT=True, DIST=tk._DIST_ID[dist], CHUNK=chunk, num_warps=warps,
+            c,
+            got,
+            act,
+            n,
+            bs,
+            off,
+            K,
+            k0,
+            k1,
+            -1.0,
+            ACCUM=True,
+            HAS_ACT=True,
+            DIST=tk._DIST_ID[dist],
+            CHUNK=chunk,
+            num_warps=warps,
             enable_fp_fusion=tk._FP_FUSION,
-        )  # fmt: skip
+        )
         assert torch.equal(got, want), (bs, chunk, warps)

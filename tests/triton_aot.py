@@ -87,13 +87,17 @@ def variants():
     # without y (the largest K with and without active counts, the smallest for fp16), an odd K
     # with the y + active variant that benchmarks/tune_triton_project.py checks bit for bit, and
     # uniform at the configurations that script times; the L2 prefetch candidate (PREFETCH) as that
-    # script times it, and with y
+    # script times it, and with y; the negsum candidate (NEGSUM 1: inline PTX; 2: its Triton form)
+    # as that script times it, with y, at the largest K and for fp32 x
     loop = tk._LOOP_CHUNKS, tk._LOOP_STAGES
-    for dist, dt, K, has_y, has_act, chunks, stages, pf in (
-        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, *loop, False) for act in (False, True)]
-        + [(0, "fp16", 1, False, False, *loop, False), (0, "bf16", 5, True, True, *loop, False)]
-        + [(1, "bf16", 4, False, False, 4, 2, False), (1, "bf16", 4, False, False, 4, 3, False)]
-        + [(0, "bf16", 4, False, False, *loop, True), (0, "bf16", 5, True, True, *loop, True)]
+    for dist, dt, K, has_y, has_act, chunks, stages, pf, ns in (
+        [(0, "bf16", tk._LOOP_MAX_BASES, False, act, *loop, False, 0) for act in (False, True)]
+        + [(0, "fp16", 1, False, False, *loop, False, 0), (0, "bf16", 5, True, True, *loop, False, 0)]
+        + [(1, "bf16", 4, False, False, 4, 2, False, 0), (1, "bf16", 4, False, False, 4, 3, False, 0)]
+        + [(0, "bf16", 4, False, False, *loop, True, 0), (0, "bf16", 5, True, True, *loop, True, 0)]
+        + [(0, "bf16", 4, False, False, *loop, False, ns) for ns in (1, 2)]
+        + [(0, "bf16", 5, True, True, *loop, False, 1), (0, "bf16", tk._LOOP_MAX_BASES, False, True, *loop, False, 1)]
+        + [(0, "fp32", 4, False, False, *loop, False, 1)]
     ):  # aligned: the wrapper copies unaligned inputs (_aligned)
         sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
         sig["num_chunks"] = "i64"
@@ -102,9 +106,10 @@ def variants():
         const = {"K": K, "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk, "CHUNKS": chunks}
         const["STAGES"] = stages
         const["PREFETCH"] = pf
+        const["NEGSUM"] = ns
         yield (
             f"project_loop dist={dist} {dt} K={K} y={has_y} active={has_act} CHUNK={chunk} CHUNKS={chunks} "
-            f"STAGES={stages} PREFETCH={pf} aligned=True",
+            f"STAGES={stages} PREFETCH={pf} NEGSUM={ns} aligned=True",
             tk._project_loop_kernel,
             sig,
             const,

@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     t = bench(lambda: dst.copy_(big))
     copy_gbs = 4 * big.numel() / t / 1e9
     big = dst = None  # free them (the timed lambda above holds the names)
+    torch.manual_seed(0)  # the same data every run (the negsum row reports its distance from the shipped sums)
     x = torch.randn(n, device=dev).bfloat16()
     y = torch.randn(n, device=dev).bfloat16()  # the y / active-count check below, not timed
     name = "cpu (interpreter)" if args.smoke else torch.cuda.get_device_name()
@@ -178,20 +179,25 @@ def main(argv=None) -> int:
 
                 try:
                     run()
+                    plain = out.clone()
+                    if ns:  # the negsum row's Triton form (the same adds: the same bits), without and with y
+                        run(negsum=2)
+                        ns_ref = out.clone()
+                        part.zero_()
+                        run(True, negsum=2)
+                        ns_ref_ya = out.clone()
+                        run()  # leaves out as run() left it
                     if dev == "cuda":
                         torch.cuda.synchronize()
                 except Exception as e:  # a config that does not compile or launch is reported, not fatal
                     print(
-                        f"{dist} K={K} chunk={chunk} warps={warps} {loop}{f' pf{pf}' if pf else ''}: failed: "
-                        f"{type(e).__name__}: {str(e)[:200]}"
+                        f"{dist} K={K} chunk={chunk} warps={warps} {loop}{f' pf{pf}' if pf else ' ns' if ns else ''}: "
+                        f"failed: {type(e).__name__}: {str(e)[:200]}"
                     )
                     continue
                 if ref is None:
                     ref = out.clone()
-                plain = out.clone()
-                if ns:  # the negsum row against its Triton form (the same adds: the same bits)
-                    run(negsum=2)
-                    ns_ref = out.clone()
+                if ns:
                     err = ((plain - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
                 # the prefetch rows against the pipelined kernel they add the prefetch to
                 same = (
@@ -206,12 +212,8 @@ def main(argv=None) -> int:
                 run(True)
                 if ref_ya is None:
                     ref_ya = out.clone()
-                if ns:
-                    got_ya = out.clone()
-                    part.zero_()
-                    run(True, negsum=2)
                 same_ya = (
-                    bool(torch.equal(got_ya, out))
+                    bool(torch.equal(out, ns_ref_ya))
                     if ns
                     else bool(torch.equal(out, ref_ya))
                     if pf is None

@@ -272,7 +272,7 @@ def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
 # instructions), so eight of them go in inline PTX: a shift, 8 bit tests that ptxas packs into an
 # R2P and a LOP3, and 8 adds. sm_90 chunk loop at K = 4, CHUNK 8192, 4 warps, triton 3.9: 1289 ->
 # 1000 instructions (5.04 -> 3.91 per element and basis), integer-pipe ones (LOP3, SHF, R2P) 560 ->
-# 192; groups of 4 took 1071, all 32 bits of a word in one thread 968 but 54 barriers (a layout
+# 189; groups of 4 took 1071, all 32 bits of a word in one thread 968 but 54 barriers (a layout
 # change through shared memory) against 22. Other bits than the sign flip's (other roundings):
 # within float32 rounding of it. Not yet timed on a GPU.
 _NEGSUM8_PTX = tl.constexpr(

@@ -140,6 +140,6 @@ def test_tune_triton_project_smoke(tmp_path):
     assert ("rademacher", "4", "loop_c8_s3") in variants and ("uniform", "64", "one_chunk") in variants, variants
     # the negsum row: compared with its Triton form, and how far from the shipped sums (float32 rounding)
     (ns,) = [r for r in rows if r["variant"] == "loop_c8_s3_ns"]
-    assert ns["compared_with"] == "negsum_triton_form" and 0 < float(ns["max_rel_diff_vs_shipped"]) < 1e-5, ns
+    assert ns["compared_with"] == "negsum_triton_form" and 0 <= float(ns["max_rel_diff_vs_shipped"]) < 1e-5, ns
     assert not list(tmp_path.glob("*.tmp"))  # the CSV is rewritten through a temporary file after every row
     assert all(r["identical_to_shipped"] == "True" and r["identical_with_y_active"] == "True" for r in rows), rows

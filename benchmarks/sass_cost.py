@@ -167,12 +167,18 @@ def triton_rows(arch: int):
         )
         if dist == "rademacher":  # the pipelined kernel fk.project runs at small K (K = 4: the bases
             # unrolled in its chunk loop), with the sign-flip dots and with the negsum candidate's
-            lsig = {k: v for k, v in psig.items() if k != "K"}
-            lsig.update(num_chunks="i64", ahead="i32")
             for ns in (0, 1):
                 lconst = {"K": 4, "HAS_Y": False, "HAS_ACT": False, "DIST": di, "CHUNK": chunk}
                 lconst.update(CHUNKS=tk._LOOP_CHUNKS, STAGES=tk._LOOP_STAGES, PREFETCH=False, NEGSUM=ns)
-                variants.append(("project_loop" + ("_negsum" if ns else ""), tk._project_loop_kernel, lsig, lconst, 4))
+                variants.append(
+                    (
+                        "project_loop" + ("_negsum" if ns else ""),
+                        tk._project_loop_kernel,
+                        sigs["project_loop"],
+                        lconst,
+                        4,
+                    )
+                )
         for op, fn, sig, const, warps in variants:
             # what a launch with 16-byte-aligned tensors and sizes divisible by 16 is specialized on
             attrs = {

@@ -854,7 +854,23 @@ def _aot_signatures(dtype: str, ints: str = "i64") -> dict:
     kernels for the ahead-of-time compiles of tests/triton_aot.py and benchmarks/sass_cost.py:
     `dtype` is the element type of x / y / out ("fp32", "bf16", "fp16"), `ints` the type the
     launcher's Python ints get ("i32" when small, "i64"). The list kernels read their tensors'
-    addresses and sizes from an int64 table, so their signatures hold no dtype (it is XT)."""
+    addresses and sizes from an int64 table, so their signatures hold no dtype (it is XT). The
+    pipelined project (project_loop) takes K as a constexpr, and the chunk count and the prefetch
+    distance (m x the SM count: a Python int below 2^31)."""
+    project = {
+        "x_ptr": f"*{dtype}",
+        "y_ptr": f"*{dtype}",
+        "act_ptr": "*i32",
+        "part_ptr": "*fp32",
+        "numel": ints,
+        "block_size": ints,
+        "block_offset": ints,
+        "K": "i32",
+        "k0": "i32",
+        "k1": "i32",
+    }
+    loop = {k: v for k, v in project.items() if k != "K"}
+    loop.update(num_chunks="i64", ahead="i32")
     table = {
         "tab_ptr": "*i64",
         "S": "i32",
@@ -867,18 +883,8 @@ def _aot_signatures(dtype: str, ints: str = "i64") -> dict:
     return {
         "project_multi": dict(table, part_ptr="*fp32"),
         "reconstruct_multi": dict(table, c_ptr="*fp32", factor="fp32"),
-        "project": {
-            "x_ptr": f"*{dtype}",
-            "y_ptr": f"*{dtype}",
-            "act_ptr": "*i32",
-            "part_ptr": "*fp32",
-            "numel": ints,
-            "block_size": ints,
-            "block_offset": ints,
-            "K": "i32",
-            "k0": "i32",
-            "k1": "i32",
-        },
+        "project": project,
+        "project_loop": loop,
         "reconstruct": {
             "c_ptr": "*fp32",
             "out_ptr": f"*{dtype}",

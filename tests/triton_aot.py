@@ -99,9 +99,7 @@ def variants():
         + [(0, "bf16", 5, True, True, *loop, False, 1), (0, "bf16", tk._LOOP_MAX_BASES, False, True, *loop, False, 1)]
         + [(0, "fp32", 4, False, False, *loop, False, 1)]
     ):  # aligned: the wrapper copies unaligned inputs (_aligned)
-        sig = {k: v for k, v in tk._aot_signatures(dt)["project"].items() if k != "K"}
-        sig["num_chunks"] = "i64"
-        sig["ahead"] = "i32"  # m x the SM count: a Python int below 2^31
+        sig = tk._aot_signatures(dt)["project_loop"]
         chunk = tk._project_chunk(1 << 20, ("rademacher", "uniform")[dist])
         const = {"K": K, "HAS_Y": has_y, "HAS_ACT": has_act, "DIST": dist, "CHUNK": chunk, "CHUNKS": chunks}
         const["STAGES"] = stages

@@ -197,14 +197,15 @@ def _rademacher_words2(ROWS: tl.constexpr, cstart, k, g, k0, k1):
     """The sign words [ROWS] of bases k and k + 1 for the chunk at cstart (word r: the chunk's
     elements 32 r .. 32 r + 31, bit i set where the basis is -1), from one Philox tensor of ROWS / 2
     outputs. A program's ROWS / 4 outputs of one basis are fewer than its threads (CHUNK 8192, 4
-    warps: 64 for 128 threads), so each was computed twice; two bases fill the threads once each."""
+    warps: 64 for 128 threads), so each was computed twice; two bases fill the threads once each.
+    The Philox tensor is [output, basis]: one flat index over both (i % R4, i // R4) took 7
+    instructions more in the negsum K = 4 chunk loop (sm_90, triton 3.9: 946 -> 939), the same words."""
     R4: tl.constexpr = ROWS // 4
-    i = tl.arange(0, 2 * R4)
-    zero = tl.zeros([2 * R4], dtype=tl.uint32)
-    w = ((cstart >> 7) + (i % R4)).to(tl.uint32)
-    r0, r1, r2, r3 = _philox(w, zero + k + (i // R4).to(tl.uint32), zero + g, zero, k0, k1)
-    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [2, ROWS])  # [basis, row]
-    return tl.split(tl.permute(words, (1, 0)))
+    zero = tl.zeros([R4, 2], dtype=tl.uint32)
+    w = ((cstart >> 7) + tl.arange(0, R4)).to(tl.uint32)[:, None] + zero  # [output, basis]
+    r0, r1, r2, r3 = _philox(w, zero + k + tl.arange(0, 2).to(tl.uint32)[None, :], zero + g, zero, k0, k1)
+    words = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # [q, basis, m, n] -> word 2m + n of output q
+    return tl.split(tl.reshape(tl.permute(words, (0, 2, 3, 1)), [ROWS, 2]))  # row 4q + 2m + n, basis
 
 
 @triton.jit
@@ -270,16 +271,21 @@ def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
 # the integer pipe, which issues at half the rate of the float adds; Triton writes no predicated
 # add (tl.where + add compiles to a test, a select and an add: sm_90 K = 4 chunk loop 1289 -> 1346
 # instructions), so eight of them go in inline PTX: a shift, 8 bit tests that ptxas packs into an
-# R2P and a LOP3, and 8 adds. sm_90 chunk loop at K = 4, CHUNK 8192, 4 warps, triton 3.9: 1289 ->
-# 1000 instructions (5.04 -> 3.91 per element and basis), integer-pipe ones (LOP3, SHF, R2P) 560 ->
-# 189; groups of 4 took 1071, all 32 bits of a word in one thread 968 but 54 barriers (a layout
-# change through shared memory) against 22. Other bits than the sign flip's (other roundings):
-# within float32 rounding of it. Not yet timed on a GPU.
+# R2P and a LOP3, a select of x_0 or -0.0 and 7 adds. sm_90 chunk loop at K = 4, CHUNK 8192, 4 warps,
+# triton 3.9: 1289 -> 1000 instructions (5.04 -> 3.91 per element and basis), integer-pipe ones
+# (LOP3, SHF, R2P) 560 -> 189; groups of 4 took 1071, all 32 bits of a word in one thread 968 but 54
+# barriers (a layout change through shared memory) against 22. Starting from a select rather than
+# adding x_0 to -0.0 (the same value) took 1000 -> 992 (ptxas had kept an FADD -RZ, x per x_0: 16).
+# With the 32-bit chunk offsets (_chunk_input), the [output, basis] Philox tensor, one reduction per
+# pair and the bf16 unpack (_to_f32): 899 (3.51 per element and basis; K = 8: 1602 -> 1520).
+# Other bits than the sign flip's (other roundings): within float32 rounding of it. Not yet timed
+# on a GPU.
 _NEGSUM8_PTX = tl.constexpr(
-    "{\n\t.reg .pred p<7>;\n\t.reg .b32 m;\n\t.reg .b32 t;\n\tshr.b32 t, $9, $10;\n\tmov.b32 $0, 0x80000000;\n\t"
+    "{\n\t.reg .pred p<7>;\n\t.reg .b32 m;\n\t.reg .b32 t;\n\tshr.b32 t, $9, $10;\n\t"
+    + "and.b32 m, t, 1;\n\tsetp.ne.b32 p0, m, 0;\n\tselp.f32 $0, $1, 0f80000000, p0;\n\t"
     + "".join(
         f"and.b32 m, t, {1 << i};\n\tsetp.ne.b32 p{i % 7}, m, 0;\n\t@p{i % 7} add.rn.f32 $0, $0, ${i + 1};\n\t"
-        for i in range(8)
+        for i in range(1, 8)
     )
     + "}"
 )
@@ -287,9 +293,10 @@ _NEGSUM8_PTX = tl.constexpr(
 
 @triton.jit
 def _negsum8(x0, x1, x2, x3, x4, x5, x6, x7, w, sh, PTX: tl.constexpr):
-    """-0.0 plus, in order i = 0 .. 7, x_i where bit sh + i of w is set (elementwise; float32 x_i,
-    uint32 w and sh < 25). PTX: predicated adds in inline PTX (GPU); else the same adds in Triton
-    operations (adding -0.0 changes no sum: the same bits), which the interpreter runs."""
+    """x_0 where bit sh of w is set, else -0.0, plus, in order i = 1 .. 7, x_i where bit sh + i is
+    set (elementwise; float32 x_i, uint32 w and sh < 25). PTX: a select and predicated adds in inline
+    PTX (GPU); else the same in Triton operations (adding -0.0 changes no sum: the same bits), which
+    the interpreter runs."""
     if PTX and not _INTERPRETER:
         return tl.inline_asm_elementwise(
             _NEGSUM8_PTX,
@@ -301,7 +308,7 @@ def _negsum8(x0, x1, x2, x3, x4, x5, x6, x7, w, sh, PTX: tl.constexpr):
         )
     t = w >> sh
     nz = tl.full(x0.shape, 0x80000000, tl.uint32).to(tl.float32, bitcast=True)  # -0.0
-    s = nz + tl.where((t & 1) != 0, x0, nz)
+    s = tl.where((t & 1) != 0, x0, nz)
     s += tl.where((t & 2) != 0, x1, nz)
     s += tl.where((t & 4) != 0, x2, nz)
     s += tl.where((t & 8) != 0, x3, nz)
@@ -317,7 +324,9 @@ def _rademacher_negdot2(ROWS: tl.constexpr, xv, tot, cstart, k, g, k0, k1, PTX: 
     """The dots of bases k and k + 1 with x (xv: a [ROWS, 32] float32 tile, tot: its sum) as
     tot - 2 * negsum (2 * negsum is exact: one rounding). The tile's columns go in groups of 8
     (8 j .. 8 j + 7, split out in registers: no layout change), each group's negsum by _negsum8,
-    then one tile sum of the [ROWS, 4] group sums."""
+    then one reduction of both bases' [ROWS, 4] group sums (joined: [ROWS * 4, 2] summed over its
+    rows). A tile sum per basis took a shared-memory round trip each: sm_90 K = 4 chunk loop 939 ->
+    931 instructions, 22 -> 18 barriers (triton 3.9)."""
     wa, wb = _rademacher_words2(ROWS, cstart, k, g, k0, k1)
     x8 = tl.reshape(xv, [ROWS, 4, 2, 2, 2])  # [r, j, c2, c1, c0] -> column 8 j + 4 c2 + 2 c1 + c0
     e, o = tl.split(x8)  # c0
@@ -329,9 +338,11 @@ def _rademacher_negdot2(ROWS: tl.constexpr, xv, tot, cstart, k, g, k0, k1, PTX: 
     x3, x7 = tl.split(o1)
     z = tl.zeros([ROWS, 4], dtype=tl.uint32)
     sh = (tl.arange(0, 4) * 8).to(tl.uint32)[None, :] + z
-    na = tl.sum(_negsum8(x0, x1, x2, x3, x4, x5, x6, x7, wa[:, None] + z, sh, PTX))
-    nb = tl.sum(_negsum8(x0, x1, x2, x3, x4, x5, x6, x7, wb[:, None] + z, sh, PTX))
-    return tot - 2.0 * na, tot - 2.0 * nb
+    na = _negsum8(x0, x1, x2, x3, x4, x5, x6, x7, wa[:, None] + z, sh, PTX)
+    nb = _negsum8(x0, x1, x2, x3, x4, x5, x6, x7, wb[:, None] + z, sh, PTX)
+    n2 = tl.sum(tl.reshape(tl.join(na, nb), [ROWS * 4, 2]), axis=0)
+    d = tot - 2.0 * n2
+    return tl.split(d)
 
 
 _PROJECT_BASES_PER_TRIP = 2  # rademacher, _project_bases (read by benchmarks/sass_cost.py)
@@ -394,6 +405,30 @@ def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
 
 
 @triton.jit
+def _to_f32(v):
+    """v as float32 (exact from bf16, fp16 and float32). bf16 on a GPU: each 32-bit register of two
+    values (the first in the low half, as inline_asm_elementwise packs them) unpacked by a shift and
+    a mask in inline PTX, where ptxas's code for the conversion takes a PRMT and a shift for the high
+    one: 3 instructions a pair -> 2. sm_90, triton 3.9, K = 4 chunk loop of _project_loop_kernel:
+    1243 -> 1211 instructions, the negsum candidate's 931 -> 899. The same values (the float32 of a
+    bf16 is its bits shifted up 16), so the same sums. Under the interpreter the same shift in
+    Triton operations: its own conversion is inexact for subnormal bf16 (0x007f gave the float32
+    0x007e0000, triton 3.9), which a GPU's is not."""
+    if v.dtype == tl.bfloat16:
+        if not _INTERPRETER:
+            return tl.inline_asm_elementwise(
+                "shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;",
+                "=r,=r,r",
+                [v],
+                dtype=tl.float32,
+                is_pure=True,
+                pack=2,
+            )
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return v.to(tl.float32)
+
+
+@triton.jit
 def _chunk_input(
     x_ptr,
     y_ptr,
@@ -413,17 +448,27 @@ def _chunk_input(
     """Chunk pid of the one-tensor project (cpb chunks a block; live False: past the last chunk,
     nothing read): (x - y over the chunk as a float32 tile, zero outside the block; the chunk's
     start in its block; the block's active count, clamped to [0, K] so it never reaches past the
-    row of part: counts are not checked on the host for GPU tensors; the block's index g)."""
+    row of part: counts are not checked on the host for GPU tensors; the block's index g).
+    The offsets in the chunk and the mask are 32-bit, and the chunk's block and offset come from a
+    32-bit division (pid < 2^32: the host keeps grids under 2^31 programs, _check_grid): with
+    64-bit offsets, compares and division the K = 4 chunk loop of _project_loop_kernel took 1289
+    instructions, now 1251 (the negsum candidate's 1000 -> 954; sm_90, triton 3.9). The same
+    elements are read: the same bits (the float operations and their layouts are unchanged in the
+    TTGIR of every project variant)."""
     COLS: tl.constexpr = 32 if DIST == 0 else 4
-    b = pid // cpb
-    cstart = (pid % cpb) * CHUNK
+    q = pid.to(tl.uint32)
+    c = cpb.to(tl.uint32)
+    b = (q // c).to(tl.int64)
+    cstart = (q % c).to(tl.int64) * CHUNK
     blk_start = b * block_size
     blk_len = tl.where(live, tl.minimum(block_size, numel - blk_start), 0)
-    j = cstart + _tile_offsets(DIST, CHUNK // COLS)
-    mask = j < blk_len
-    xv = tl.load(x_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+    nval = tl.minimum(tl.maximum(blk_len - cstart, 0), CHUNK).to(tl.int32)
+    j = _tile_offsets(DIST, CHUNK // COLS)
+    mask = j < nval
+    at = blk_start + cstart
+    xv = _to_f32(tl.load(x_ptr + at + j, mask=mask, other=0.0))
     if HAS_Y:
-        xv -= tl.load(y_ptr + blk_start + j, mask=mask, other=0.0).to(tl.float32)
+        xv -= _to_f32(tl.load(y_ptr + at + j, mask=mask, other=0.0))
     kb = K
     if HAS_ACT:
         kb = tl.minimum(tl.maximum(tl.load(act_ptr + b, mask=live, other=0).to(tl.int32), 0), K)

@@ -195,8 +195,9 @@ def _run_negsum_ptx(ptx, operands):
                 continue
             if op == "shr.b32":
                 reg[a[0]] = np.uint32(int(val(a[1])) >> min(int(val(a[2])), 32))
-            elif op == "mov.b32":
-                reg[a[0]] = np.uint32(int(a[1], 0)).view(np.float32) if a[0] == "$0" else val(a[1])
+            elif op == "selp.f32":  # d = p ? a : b; b a float literal 0fXXXXXXXX (its bits)
+                assert a[2].startswith("0f"), ln
+                reg[a[0]] = np.float32(reg[a[1]]) if reg[a[3]] else np.uint32(int(a[2][2:], 16)).view(np.float32)
             elif op == "and.b32":
                 reg[a[0]] = np.uint32(int(val(a[1])) & int(val(a[2])))
             elif op == "setp.ne.b32":

@@ -346,8 +346,8 @@ KERNEL_MUTATIONS = [
     Mutation(
         "triton-pair-sign-words-swapped",
         "ferret_kernels/triton_kernels.py",
-        "tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [2, ROWS])",
-        "tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [2, ROWS])",
+        "words = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # [q, basis, m, n]",
+        "words = tl.join(tl.join(r0, r1), tl.join(r2, r3))  # [q, basis, m, n]",
         "Triton project's second basis of a pair from the wrong Philox words",
         ("tests/test_device_backends.py",),
     ),

@@ -31,7 +31,17 @@ if (
     importlib.util.find_spec("triton") is not None
     and fk.backends.unavailable_reason("triton", torch.device(DEV)) is None
 ):
-    from ferret_kernels import triton_kernels  # noqa: F401  (registers ferret::_triton_*)
+    import triton
+    import triton.language as tl
+
+    from ferret_kernels import triton_kernels  # registers ferret::_triton_*
+
+    @triton.jit
+    def _to_f32_kernel(x_ptr, o_ptr, BLOCK: tl.constexpr):
+        """o = triton_kernels._to_f32(x), BLOCK elements a program."""
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(o_ptr + i, triton_kernels._to_f32(tl.load(x_ptr + i)))
+
 
 BS = 512
 SIZES = [1, 127, 509, BS - 1, BS, BS + 1, 3 * BS + 17]
@@ -134,14 +144,14 @@ def test_dtypes_difference_and_inplace(dtype, dist):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("K", [4, 8, 9])
+@pytest.mark.parametrize("K", [4, 5, 8, 9])
 def test_16bit_rademacher_project_without_y(gb, dtype, K):
     """A 16-bit x without y at K <= 8 takes Triton's small-K kernel (8 chunks a program,
-    pipelined, bases in pairs), K = 9 the one-chunk kernel: against the reference, and on CUDA
-    bit for bit the fp32 kernel's result for the same values (partial chunks, active counts one
-    past K; on a GPU also many CTAs)."""
+    pipelined, bases in pairs; an odd K's last basis alone, _basis_dot), K = 9 the one-chunk
+    kernel: against the reference, and on CUDA bit for bit the fp32 kernel's result for the same
+    values (partial chunks, active counts one past K; on a GPU also many CTAs)."""
     if DEV != "cuda" and (dtype != torch.bfloat16 or K == 8):
-        pytest.skip("under the interpreter bf16 at K = 4 and 9 check the paths; a GPU checks all")
+        pytest.skip("under the interpreter bf16 at K = 4, 5 and 9 check the paths; a GPU checks all")
     sizes = [(4 * (2 * 8192 + 100) + 5000, 2 * 8192 + 100)]
     if DEV == "cuda":
         sizes.append(((1 << 22) + 12345, 1 << 20))
@@ -158,6 +168,22 @@ def test_16bit_rademacher_project_without_y(gb, dtype, K):
             assert_project_close(got.cpu(), want, 0.5 * x.float().cpu(), bs, "rademacher")
             if gb == "cuda":
                 assert torch.equal(got, fk.project(x.float(), 2**40 + 3, K, bs, **kw))
+
+
+def test_triton_bf16_load_conversion_is_exact_for_every_bf16(gb):
+    """_to_f32, through which the Triton project kernels read bf16 (on a GPU, inline PTX: a shift
+    and a mask of two values packed in a register), against torch's conversion bit for bit for all
+    65536 bf16 bit patterns (a NaN as a NaN): which of the packed pair is which, and the unpacking.
+    Under the interpreter _to_f32 is .to(float32), so only a GPU checks the PTX."""
+    if gb != "triton":
+        pytest.skip("the Triton kernels' conversion")
+    bits = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16)  # wraps: every 16-bit pattern
+    x = bits.view(torch.bfloat16).to(DEV)
+    out = torch.empty(1 << 16, dtype=torch.float32, device=DEV)
+    _to_f32_kernel[((1 << 16) // 1024,)](x, out, BLOCK=1024)
+    want = x.float()
+    same = (out.view(torch.int32) == want.view(torch.int32)) | (out.isnan() & want.isnan())
+    assert same.all(), f"{(~same).sum().item()} differ; first at bits {int(bits[(~same).nonzero()[0]]) & 0xFFFF:#06x}"
 
 
 def _sequential_rademacher(c, seed, n, bs, scale, active, base=None):

@@ -13,7 +13,9 @@ shipped CHUNK bit for bit (a different CHUNK changes the summation order, so onl
 match), without and with y and active counts, and for the shipped configuration the first pass
 alone (first_pass_ms: what the second pass and its launch cost); the prefetch rows (loop_*_pf<m>) are
 compared with the pipelined kernel's own bits instead, the negsum rows (loop_*_ns: inline PTX; other
-bits than the sign flip's) with the same dots in Triton operations, and any difference exits 2. "shipped" marks what fk.project runs for bf16 x
+bits than the sign flip's) with the same dots in Triton operations, and any difference exits 2; a
+row that fails to compile or launch is reported, the others still run, and the script exits 3.
+"shipped" marks what fk.project runs for bf16 x
 without y: the pipelined kernel at CHUNKS _LOOP_CHUNKS, STAGES _LOOP_STAGES for rademacher at
 K <= _LOOP_MAX_BASES, else the one-chunk kernel.
 Used to choose _project_chunk and num_warps from measurements; needs a CUDA device.
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     # inline PTX of sm_90 (the interpreter skips it: the smoke run checks the rows' plumbing)
     prefetch_ok = args.smoke or torch.cuda.get_device_capability() >= (9, 0)
     print(f"# {name} | triton {triton.__version__} | copy {copy_gbs:.0f} GB/s | bf16 n = 2^{args.log2n}", flush=True)
-    rows, differ = [], []
+    rows, differ, failed = [], [], []
     for dist in ("rademacher", "uniform"):
         shipped_chunk = tk._project_chunk(bs, dist)
         for K in (4, 64):
@@ -188,11 +190,10 @@ def main(argv=None) -> int:
                         ns_ref_ya = out.clone()
                     if dev == "cuda":
                         torch.cuda.synchronize()
-                except Exception as e:  # a config that does not compile or launch is reported, not fatal
-                    print(
-                        f"{dist} K={K} chunk={chunk} warps={warps} {loop}{f' pf{pf}' if pf else ' ns' if ns else ''}: "
-                        f"failed: {type(e).__name__}: {str(e)[:200]}"
-                    )
+                except Exception as e:  # a config that does not compile or launch: reported, the rows after it run
+                    what = f"{dist} K={K} chunk={chunk} warps={warps} {loop}{f' pf{pf}' if pf else ' ns' if ns else ''}"
+                    print(f"{what}: failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                    failed.append(what)
                     continue
                 if ref is None:
                     ref = plain
@@ -273,6 +274,9 @@ def main(argv=None) -> int:
             flush=True,
         )
         return 2
+    if failed:  # every candidate compiles ahead of time for sm_90 in make test: a failure here is news
+        print("rows that failed to compile or launch: " + "; ".join(failed), flush=True)
+        return 3
     return 0
 
 

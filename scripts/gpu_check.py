@@ -440,9 +440,10 @@ def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
         run.variants_text += "\n" + ttext
         rows += [ln for ln in ttext.splitlines() if re.match(r"^(rademacher|uniform)\s", ln)]
         rc = rc if trc == 0 else (trc if rc == 0 else rc)
-    note = f"{len(rows)} rows to {os.path.relpath(dest, ROOT) if not run.out else dest}" + (
-        "" if rc == 0 else " (a variant's bits differ)" if rc == 2 else ""
-    )
+    note = f"{len(rows)} rows to {os.path.relpath(dest, ROOT) if not run.out else dest}" + {
+        2: " (a variant's bits differ)",
+        3: " (a Triton row failed to compile or launch)",
+    }.get(rc, "")
     run.stage(
         "project variants", "ok" if rc == 0 else ("TIMEOUT" if rc is None else "FAIL"), time.monotonic() - t, note
     )

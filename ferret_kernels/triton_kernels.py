@@ -91,6 +91,9 @@ def _on_device(t: torch.Tensor):
 _DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
 
 _INTERPRETER = tl.constexpr(_INTERPRET)  # for jit code: TRITON_INTERPRET=1, no PTX to run
+# for jit code: shipped kernels may use inline PTX (NVIDIA); not under the interpreter, nor with a
+# ROCm torch, whose GPUs take AMDGCN (the AMD assembler rejects PTX: `and.b32` failed for gfx942)
+_PTX_OK = tl.constexpr(not _INTERPRET and torch.version.hip is None)
 PHILOX_M0 = tl.constexpr(0xD2511F53)
 PHILOX_M1 = tl.constexpr(0xCD9E8D57)
 PHILOX_W0 = tl.constexpr(0x9E3779B9)
@@ -404,6 +407,10 @@ def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
     return tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
 
 
+# two bf16 in a register ($2: the first in the low half) -> their float32 bits ($0 the first, $1 the second)
+_BF16X2_PTX = tl.constexpr("shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;")
+
+
 @triton.jit
 def _to_f32(v):
     """v as float32 (exact from bf16, fp16 and float32). bf16 on a GPU: each 32-bit register of two
@@ -413,11 +420,11 @@ def _to_f32(v):
     1243 -> 1211 instructions, the negsum candidate's 931 -> 899. The same values (the float32 of a
     bf16 is its bits shifted up 16), so the same sums. Under the interpreter the same shift in
     Triton operations: its own conversion is inexact for subnormal bf16 (0x007f gave the float32
-    0x007e0000, triton 3.9), which a GPU's is not."""
+    0x007e0000, triton 3.9), which a GPU's is not. With a ROCm torch (AMD GPUs) the shift too."""
     if v.dtype == tl.bfloat16:
-        if not _INTERPRETER:
+        if _PTX_OK:
             return tl.inline_asm_elementwise(
-                "shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;",
+                _BF16X2_PTX,
                 "=r,=r,r",
                 [v],
                 dtype=tl.float32,
@@ -426,6 +433,23 @@ def _to_f32(v):
             )
         return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     return v.to(tl.float32)
+
+
+@triton.jit
+def _chunk_place(pid, live, cpb, numel, block_size, CHUNK: tl.constexpr):
+    """Where chunk pid of the one-tensor project is (cpb chunks a block): (its block's index, its
+    start in the block, its first element in the data, how many elements it reads: 0 .. CHUNK, 0
+    when live is False). pid < 2^32 (the host keeps grids under 2^31 programs, _check_grid; the
+    pipelined kernel's ids run up to 7 past them), so the division is unsigned 32-bit: signed, the
+    ids past 2^31 of the last program's dead chunks came out negative and read outside the data."""
+    q = pid.to(tl.uint32)
+    c = cpb.to(tl.uint32)
+    b = (q // c).to(tl.int64)
+    cstart = (q % c).to(tl.int64) * CHUNK
+    blk_start = b * block_size
+    blk_len = tl.where(live, tl.minimum(block_size, numel - blk_start), 0)
+    nval = tl.minimum(tl.maximum(blk_len - cstart, 0), CHUNK).to(tl.int32)  # (max: may be < -2^31)
+    return b, cstart, blk_start + cstart, nval
 
 
 @triton.jit
@@ -456,16 +480,9 @@ def _chunk_input(
     elements are read: the same bits (the float operations and their layouts are unchanged in the
     TTGIR of every project variant)."""
     COLS: tl.constexpr = 32 if DIST == 0 else 4
-    q = pid.to(tl.uint32)
-    c = cpb.to(tl.uint32)
-    b = (q // c).to(tl.int64)
-    cstart = (q % c).to(tl.int64) * CHUNK
-    blk_start = b * block_size
-    blk_len = tl.where(live, tl.minimum(block_size, numel - blk_start), 0)
-    nval = tl.minimum(tl.maximum(blk_len - cstart, 0), CHUNK).to(tl.int32)
+    b, cstart, at, nval = _chunk_place(pid, live, cpb, numel, block_size, CHUNK)
     j = _tile_offsets(DIST, CHUNK // COLS)
     mask = j < nval
-    at = blk_start + cstart
     xv = _to_f32(tl.load(x_ptr + at + j, mask=mask, other=0.0))
     if HAS_Y:
         xv -= _to_f32(tl.load(y_ptr + at + j, mask=mask, other=0.0))

@@ -1,6 +1,7 @@
 """Compile every Triton kernel of ferret_kernels ahead of time for NVIDIA GPUs, without one.
 
     python tests/triton_aot.py 80 90      # prints one JSON line per compiled kernel variant
+    python tests/triton_aot.py gfx942     # the shipped kernels for an AMD GPU (no ptxas stats)
 
 Each kernel goes through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX) and the ptxas
 that ships with Triton (cubin); ptxas -v then reports registers and spills. The interpreter
@@ -171,6 +172,28 @@ def ptxas_stats(ptx: str, arch: int) -> dict:
     }
 
 
+def main_hip(arch: str):
+    """The shipped kernels for an AMD GPU (arch e.g. gfx942), as a ROCm torch compiles them: no
+    inline PTX (tk._PTX_OK False) and no NVIDIA-only candidate (PREFETCH, NEGSUM). Two bf16 variants
+    of each kernel (bf16 is what the PTX unpack serves), about a second each here."""
+    tk._PTX_OK = tk.tl.constexpr(False)
+    seen = {}
+    for name, fn, sig, const, warps, attrs in variants():
+        kind = name.split()[0]
+        other_dtype = any(d in name.split() for d in DTYPES) and "bf16" not in name.split()
+        if other_dtype or const.get("PREFETCH") or const.get("NEGSUM") or seen.get(kind, 0) >= 2:
+            continue
+        seen[kind] = seen.get(kind, 0) + 1
+        src = ASTSource(fn=fn, signature=dict(sig, **{k: "constexpr" for k in const}), constexprs=const, attrs=attrs)
+        row = {"arch": arch, "kernel": name}
+        try:
+            k = triton.compile(src, target=GPUTarget("hip", arch, 64), options={"num_warps": warps})
+            row.update(ok=True, hsaco_bytes=len(k.asm["hsaco"]))
+        except Exception as e:
+            row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
+        print(json.dumps(row), flush=True)
+
+
 def main(archs):
     for arch in archs:
         for name, fn, sig, const, warps, attrs in variants():
@@ -197,4 +220,7 @@ def main(archs):
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [90])
+    if sys.argv[1:2] and sys.argv[1].startswith("gfx"):
+        main_hip(sys.argv[1])
+    else:
+        main([int(a) for a in sys.argv[1:]] or [90])

@@ -392,6 +392,22 @@ KERNEL_MUTATIONS = [
         ("tests/test_triton_candidates.py",),
     ),
     Mutation(
+        "triton-chunk-signed-division",
+        "ferret_kernels/triton_kernels.py",
+        "q = pid.to(tl.uint32)\n    c = cpb.to(tl.uint32)",
+        "q = pid.to(tl.int32)\n    c = cpb.to(tl.int32)",
+        "Triton chunk ids past 2^31 (the last program's, past the data) divided as negative numbers",
+        ("tests/test_device_backends.py",),
+    ),
+    Mutation(
+        "triton-bf16-unpack-swapped",
+        "ferret_kernels/triton_kernels.py",
+        '"shl.b32 $0, $2, 16;',
+        '"shl.b32 $1, $2, 16;',
+        "the bf16 unpack's inline PTX gives a packed pair's values to each other (the interpreter runs the shift)",
+        ("tests/test_device_backends.py",),
+    ),
+    Mutation(
         "op-fake-ignores-start",
         "ferret_kernels/ops.py",
         "    return x.new_empty((num_blocks(x.numel(), block_size, start), num_bases), dtype=torch.float32)",

@@ -37,6 +37,25 @@ if (
     from ferret_kernels import triton_kernels  # registers ferret::_triton_*
 
     @triton.jit
+    def _chunk_place_kernel(info_ptr, pid, live, cpb, numel, block_size, CHUNK: tl.constexpr):
+        """triton_kernels._chunk_place of chunk pid into info (reads nothing)."""
+        b, cstart, at, nval = triton_kernels._chunk_place(pid, live != 0, cpb, numel, block_size, CHUNK)
+        tl.store(info_ptr, b)
+        tl.store(info_ptr + 1, cstart)
+        tl.store(info_ptr + 2, at)
+        tl.store(info_ptr + 3, nval.to(tl.int64))
+
+    @triton.jit
+    def _chunk_input_kernel(x_ptr, o_ptr, info_ptr, pid, cpb, numel, block_size, CHUNK: tl.constexpr):
+        """triton_kernels._chunk_input of live chunk pid (rademacher tile, block offset 7, K 4): the
+        tile into o, the chunk's block index g into info."""
+        xv, cstart, kb, g = triton_kernels._chunk_input(
+            x_ptr, x_ptr, info_ptr, pid, True, cpb, numel, block_size, 7, 4, False, False, 0, CHUNK
+        )
+        tl.store(o_ptr + tl.arange(0, CHUNK), tl.reshape(xv, [CHUNK]))
+        tl.store(info_ptr, g.to(tl.int64))
+
+    @triton.jit
     def _to_f32_kernel(x_ptr, o_ptr, BLOCK: tl.constexpr):
         """o = triton_kernels._to_f32(x), BLOCK elements a program."""
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -174,7 +193,8 @@ def test_triton_bf16_load_conversion_is_exact_for_every_bf16(gb):
     """_to_f32, through which the Triton project kernels read bf16 (on a GPU, inline PTX: a shift
     and a mask of two values packed in a register), against torch's conversion bit for bit for all
     65536 bf16 bit patterns (a NaN as a NaN): which of the packed pair is which, and the unpacking.
-    Under the interpreter _to_f32 is .to(float32), so only a GPU checks the PTX."""
+    Under the interpreter this checks _to_f32's Triton form of the shift (the interpreter's own
+    conversion is inexact for subnormals); only a GPU runs the PTX (emulated in the test below)."""
     if gb != "triton":
         pytest.skip("the Triton kernels' conversion")
     bits = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16)  # wraps: every 16-bit pattern
@@ -184,6 +204,75 @@ def test_triton_bf16_load_conversion_is_exact_for_every_bf16(gb):
     want = x.float()
     same = (out.view(torch.int32) == want.view(torch.int32)) | (out.isnan() & want.isnan())
     assert same.all(), f"{(~same).sum().item()} differ; first at bits {int(bits[(~same).nonzero()[0]]) & 0xFFFF:#06x}"
+
+
+def test_triton_chunk_place_and_input_at_program_ids_past_2_31(gb):
+    """_chunk_place / _chunk_input, through which every Triton one-tensor project finds and reads its
+    chunk: at chunk ids up to 2^32 - 1 (the pipelined kernel's last program reaches past 2^31 when a
+    launch has nearly 2^31 chunks; those ids are past the data, live False) it reads nothing and
+    places the chunk by an unsigned division (a signed one made them negative: a read far outside
+    the data); live chunks, a partial last one and one past a short last block included, read
+    exactly their elements."""
+    if gb != "triton":
+        pytest.skip("the Triton kernels' chunk indexing")
+    C, n = 128, 512
+    for pid, live, cpb, bs in [
+        (2**31 + 3, 0, 3, 3 * C),
+        (2**31 + 6, 0, 1, C),
+        (2**32 - 1, 0, 7, 7 * C),
+        (2**31 - 1, 1, 2**31 - 1, 1 << 40),  # block 1 of 2^40-element blocks: past the data
+        (4, 1, 3, 3 * C - 5),  # block 1's second chunk: elements 3C - 5 + C ..
+        (5, 1, 3, 3 * C - 5),  # block 1's third chunk: past the data
+        (2, 1, 3, 3 * C - 5),  # block 0's last chunk: C - 5 elements
+    ]:
+        info = torch.zeros(4, dtype=torch.int64, device=DEV)
+        _chunk_place_kernel[(1,)](info, pid, live, cpb, n, bs, CHUNK=C)
+        b, c = divmod(pid, cpb)
+        start = b * bs + c * C
+        valid = max(0, min(C, min(bs, n - b * bs) - c * C)) if live else 0
+        assert info.tolist() == [b, c * C, start, valid], (pid, live, info.tolist())
+    x = torch.arange(1, n + 1, dtype=torch.float32, device=DEV)
+    for pid, cpb, bs, start, valid in [
+        (4, 3, 3 * C - 5, 4 * C - 5, 5),
+        (5, 3, 3 * C - 5, 0, 0),
+        (2, 3, 3 * C - 5, 2 * C, C - 5),
+    ]:
+        o = torch.full((C,), -1.0, device=DEV)
+        info = torch.zeros(1, dtype=torch.int64, device=DEV)
+        _chunk_input_kernel[(1,)](x, o, info, pid, cpb, n, bs, CHUNK=C)
+        want = torch.zeros(C)
+        want[:valid] = x.cpu()[start : start + valid]
+        assert torch.equal(o.cpu(), want) and info.item() == 7 + pid // cpb, (pid, info.item())
+
+
+def test_triton_bf16_unpack_ptx_gives_each_of_a_packed_pair_its_own_float32(gb):
+    """_BF16X2_PTX, the inline PTX that _to_f32 runs on an NVIDIA GPU, executed by an emulator of
+    its instructions for every bf16 as the first and as the second of a pair: $2 holds the pair as
+    inline_asm_elementwise packs it (the first in the low half; its docstring's example unpacks a
+    register low part first), $0 must be the first's float32 bits and $1 the second's. The
+    interpreter runs the Triton form of the shift, so without this a swap passes every CPU test."""
+    if gb != "triton":
+        pytest.skip("the Triton kernels' conversion")
+    from ferret_kernels import triton_kernels as tk
+
+    lo = np.arange(1 << 16, dtype=np.uint64)
+    hi = np.random.default_rng(3).permutation(lo)
+    reg = {"$2": lo | (hi << 16)}
+    for ln in tk._BF16X2_PTX.value.split("\n"):
+        op, args = ln.strip().rstrip(";").split(None, 1)
+        a = [t.strip() for t in args.split(",")]
+        if op == "shl.b32":
+            reg[a[0]] = (reg[a[1]] << int(a[2])) & 0xFFFFFFFF
+        elif op == "and.b32":
+            reg[a[0]] = reg[a[1]] & int(a[2], 0)
+        else:
+            raise AssertionError(f"instruction not emulated: {ln!r}")
+
+    def f32_bits(b):
+        t = torch.from_numpy(b.astype(np.int32)).to(torch.int16).view(torch.bfloat16).float()
+        return t.view(torch.int32).numpy().view(np.uint32).astype(np.uint64)
+
+    assert (reg["$0"] == f32_bits(lo)).all() and (reg["$1"] == f32_bits(hi)).all()
 
 
 def _sequential_rademacher(c, seed, n, bs, scale, active, base=None):

@@ -90,9 +90,9 @@ def _on_device(t: torch.Tensor):
 
 _DIST_ID = {"rademacher": 0, "uniform": 1, "gaussian": 2}
 
-_INTERPRETER = tl.constexpr(_INTERPRET)  # for jit code: TRITON_INTERPRET=1, no PTX to run
-# for jit code: shipped kernels may use inline PTX (NVIDIA); not under the interpreter, nor with a
-# ROCm torch, whose GPUs take AMDGCN (the AMD assembler rejects PTX: `and.b32` failed for gfx942)
+# for jit code, the one gate of every inline PTX (NVIDIA): not under the interpreter (TRITON_INTERPRET=1,
+# no PTX to run), nor with a ROCm torch, whose GPUs take AMDGCN (the AMD assembler rejects PTX:
+# `and.b32` failed for gfx942); each PTX site has a Triton form (or nothing, for a hint) otherwise
 _PTX_OK = tl.constexpr(not _INTERPRET and torch.version.hip is None)
 PHILOX_M0 = tl.constexpr(0xD2511F53)
 PHILOX_M1 = tl.constexpr(0xCD9E8D57)
@@ -297,10 +297,10 @@ _NEGSUM8_PTX = tl.constexpr(
 @triton.jit
 def _negsum8(x0, x1, x2, x3, x4, x5, x6, x7, w, sh, PTX: tl.constexpr):
     """x_0 where bit sh of w is set, else -0.0, plus, in order i = 1 .. 7, x_i where bit sh + i is
-    set (elementwise; float32 x_i, uint32 w and sh < 25). PTX: a select and predicated adds in inline
-    PTX (GPU); else the same in Triton operations (adding -0.0 changes no sum: the same bits), which
-    the interpreter runs."""
-    if PTX and not _INTERPRETER:
+    set (elementwise; float32 x_i, uint32 w and sh < 25). PTX (where _PTX_OK): a select and
+    predicated adds in inline PTX; else the same in Triton operations (adding -0.0 changes no sum:
+    the same bits), which the interpreter runs."""
+    if PTX and _PTX_OK:
         return tl.inline_asm_elementwise(
             _NEGSUM8_PTX,
             "=f,f,f,f,f,f,f,f,f,r,r",
@@ -474,11 +474,10 @@ def _chunk_input(
     start in its block; the block's active count, clamped to [0, K] so it never reaches past the
     row of part: counts are not checked on the host for GPU tensors; the block's index g).
     The offsets in the chunk and the mask are 32-bit, and the chunk's block and offset come from a
-    32-bit division (pid < 2^32: the host keeps grids under 2^31 programs, _check_grid): with
-    64-bit offsets, compares and division the K = 4 chunk loop of _project_loop_kernel took 1289
-    instructions, now 1251 (the negsum candidate's 1000 -> 954; sm_90, triton 3.9). The same
-    elements are read: the same bits (the float operations and their layouts are unchanged in the
-    TTGIR of every project variant)."""
+    32-bit division (_chunk_place): with 64-bit offsets, compares and division the K = 4 chunk loop
+    of _project_loop_kernel took 1289 instructions, now 1251 (the negsum candidate's 1000 -> 954;
+    sm_90, triton 3.9). The same elements are read: the same bits (the float operations and their
+    layouts are unchanged in the TTGIR of every project variant)."""
     COLS: tl.constexpr = 32 if DIST == 0 else 4
     b, cstart, at, nval = _chunk_place(pid, live, cpb, numel, block_size, CHUNK)
     j = _tile_offsets(DIST, CHUNK // COLS)
@@ -514,9 +513,9 @@ def _prefetch_l2(addr, nbytes):
     """A hint that leaves every result as it was: thread 0 of the program asks the TMA unit to bring
     nbytes bytes at addr into L2 (sm_90 cp.async.bulk.prefetch.L2, as kernels.cuh's prefetch_l2; addr
     16-byte aligned, nbytes a multiple of 16, 0 for nothing). Inline PTX with a side effect (kept
-    though its result, 0, is unused): GPUs of sm_90 and later only. Under the interpreter, which runs
-    no PTX, it does nothing (so the kernels around it still run on the CPU)."""
-    if _INTERPRETER:
+    though its result, 0, is unused): GPUs of sm_90 and later only. Where no PTX runs (_PTX_OK: the
+    interpreter, AMD GPUs) it does nothing (so the kernels around it still run there)."""
+    if not _PTX_OK:
         return 0
     return tl.inline_asm_elementwise(
         "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"

@@ -172,6 +172,19 @@ def ptxas_stats(ptx: str, arch: int) -> dict:
     }
 
 
+def compile_variant(target, name, fn, sig, const, warps, attrs, stats):
+    """One variant compiled for target with the options the ops launch with; its JSON row (stats:
+    what to add from the compiled kernel), ok False with the error where it failed."""
+    src = ASTSource(fn=fn, signature=dict(sig, **{k: "constexpr" for k in const}), constexprs=const, attrs=attrs)
+    row = {"arch": target.arch, "kernel": name}
+    try:
+        k = triton.compile(src, target=target, options={"num_warps": warps, "enable_fp_fusion": tk._FP_FUSION})
+        row.update(ok=True, **stats(k))
+    except Exception as e:  # report every failing variant, not just the first
+        row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
+    print(json.dumps(row), flush=True)
+
+
 def main_hip(arch: str):
     """The shipped kernels for an AMD GPU (arch e.g. gfx942), as a ROCm torch compiles them: no
     inline PTX (tk._PTX_OK False) and no NVIDIA-only candidate (PREFETCH, NEGSUM). Two bf16 variants
@@ -184,39 +197,28 @@ def main_hip(arch: str):
         if other_dtype or const.get("PREFETCH") or const.get("NEGSUM") or seen.get(kind, 0) >= 2:
             continue
         seen[kind] = seen.get(kind, 0) + 1
-        src = ASTSource(fn=fn, signature=dict(sig, **{k: "constexpr" for k in const}), constexprs=const, attrs=attrs)
-        row = {"arch": arch, "kernel": name}
-        try:
-            k = triton.compile(src, target=GPUTarget("hip", arch, 64), options={"num_warps": warps})
-            row.update(ok=True, hsaco_bytes=len(k.asm["hsaco"]))
-        except Exception as e:
-            row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
-        print(json.dumps(row), flush=True)
+        compile_variant(
+            GPUTarget("hip", arch, 64),
+            name,
+            fn,
+            sig,
+            const,
+            warps,
+            attrs,
+            lambda k: {"hsaco_bytes": len(k.asm["hsaco"])},
+        )
 
 
 def main(archs):
     for arch in archs:
+
+        def stats(k, arch=arch):
+            return dict(cubin_bytes=len(k.asm["cubin"]), shared=k.metadata.shared, **ptxas_stats(k.asm["ptx"], arch))
+
         for name, fn, sig, const, warps, attrs in variants():
             if const.get("PREFETCH") and arch < 90:  # cp.async.bulk.prefetch is sm_90's
                 continue
-            full = dict(sig, **{k: "constexpr" for k in const})
-            src = ASTSource(fn=fn, signature=full, constexprs=const, attrs=attrs)
-            row = {"arch": arch, "kernel": name}
-            try:
-                k = triton.compile(
-                    src,
-                    target=GPUTarget("cuda", arch, 32),
-                    options={"num_warps": warps, "enable_fp_fusion": tk._FP_FUSION},
-                )
-                row.update(
-                    ok=True,
-                    cubin_bytes=len(k.asm["cubin"]),
-                    shared=k.metadata.shared,
-                    **ptxas_stats(k.asm["ptx"], arch),
-                )
-            except Exception as e:  # report every failing variant, not just the first
-                row.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
-            print(json.dumps(row), flush=True)
+            compile_variant(GPUTarget("cuda", arch, 32), name, fn, sig, const, warps, attrs, stats)
 
 
 if __name__ == "__main__":

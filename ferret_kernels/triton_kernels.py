@@ -656,6 +656,40 @@ def _project_loop_kernel(
 
 
 _LOOP_MAX_BASES, _LOOP_CHUNKS, _LOOP_STAGES = 8, 8, 3
+_PROJECT_CHOICES = ("shipped", "negsum", "prefetch[:m]", "negsum_prefetch[:m]")
+
+
+def _project_choice(device: torch.device) -> tuple[int, bool, float]:
+    """FERRET_TRITON_PROJECT, read at every call: which form of the pipelined project kernel
+    (rademacher 16-bit x without y, K <= 8) runs, as (NEGSUM, PREFETCH, m). Unset or "shipped": the
+    sign-flip dots, no prefetch. The candidates, for timing them through the op on a GPU and shipping
+    the fastest from that measurement: "negsum" (the negsum dots, other bits within float32 rounding),
+    "prefetch[:m]" (each program first asks L2 for the chunks of the program m x the SM count on; m
+    defaults to 4; the shipped bits; sm_90 or later, a no-op under the interpreter), and
+    "negsum_prefetch[:m]". Other projects run as before, but a bad value raises ValueError naming it
+    in every Triton project."""
+    v = os.environ.get("FERRET_TRITON_PROJECT", "")
+    name, colon, m_text = v.partition(":")
+    m = 4.0
+    ok = name in ("", "shipped", "negsum", "prefetch", "negsum_prefetch")
+    prefetch = name.endswith("prefetch")
+    if ok and colon:
+        try:
+            m = float(m_text)
+        except ValueError:
+            ok = False
+        ok = ok and prefetch and 0 < m <= 64
+    if not ok:
+        raise ValueError(
+            f"ferret: FERRET_TRITON_PROJECT={v!r} is not one of {', '.join(_PROJECT_CHOICES)} "
+            "(m: a number in (0, 64], default 4)"
+        )
+    if prefetch and not _INTERPRET and torch.cuda.get_device_capability(device) < (9, 0):
+        raise ValueError(
+            f"ferret: FERRET_TRITON_PROJECT={v!r} needs a GPU of compute capability 9.0 or later "
+            f"(bulk prefetch into L2); {device} has {torch.cuda.get_device_capability(device)}"
+        )
+    return int(name.startswith("negsum")), prefetch, m
 
 
 @triton.jit
@@ -1038,8 +1072,10 @@ def project(
     k0, k1 = _key(seed)
     common = dict(HAS_Y=y is not None, HAS_ACT=act is not None, DIST=_DIST_ID[dist], CHUNK=chunk, num_warps=4)
     head = (xc, yc, act if act is not None else out, part, n, block_size, block_offset)
+    negsum, prefetch, m = _project_choice(x.device)  # checked at every call, whichever kernel runs
     with _on_device(x):
         if dist == "rademacher" and num_bases <= _LOOP_MAX_BASES and y is None and x.element_size() == 2:
+            sms = 1 if _INTERPRET else torch.cuda.get_device_properties(x.device).multi_processor_count
             _wrap(_project_loop_kernel)[(triton.cdiv(nb * cpb, _LOOP_CHUNKS),)](
                 *head,
                 k0,
@@ -1048,6 +1084,9 @@ def project(
                 K=num_bases,
                 CHUNKS=_LOOP_CHUNKS,
                 STAGES=_LOOP_STAGES,
+                ahead=max(1, int(m * sms)) if prefetch else 0,
+                PREFETCH=prefetch,
+                NEGSUM=negsum,
                 enable_fp_fusion=_FP_FUSION,
                 **common,
             )

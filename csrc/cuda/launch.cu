@@ -4,6 +4,8 @@
 
 #include "cuda/kernels.cuh"
 
+#include <algorithm>
+
 namespace ferret {
 namespace cuda {
 namespace entry {
@@ -12,6 +14,41 @@ int64_t chunks_per_block(int64_t block_size, int dist) { return cuda::chunks_per
 
 cudaError_t project(const ProjectParams& p, float* part, cudaStream_t stream) {
   return launch_project(p, part, stream);
+}
+
+namespace {
+
+// CTAs of the candidate kernel that runs (dtype x dist) resident at once on the current device.
+template <typename T, int DIST>
+struct ResidentCtas {
+  static cudaError_t run(bool fused, int64_t* ctas) {
+    int dev = 0, sms = 0, per_sm = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e != cudaSuccess) return e;
+    e = fused ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &per_sm, project_fused_kernel<T, DIST, kProjectMinBlocks<DIST>, true>, kThreads, 0)
+              : cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &per_sm, project_prefetch_kernel<T, DIST, kProjectMinBlocks<DIST>>, kThreads, 0);
+    *ctas = (int64_t)per_sm * sms;
+    return e;
+  }
+};
+
+}  // namespace
+
+cudaError_t project_candidate(const ProjectParams& p, float* part, unsigned* tickets, int kind, double waves,
+                              cudaStream_t stream) {
+  if (kind == kProjectTwoPass) return launch_project(p, part, stream);
+  if (kind == kProjectFused) return launch_project_fused(p, part, tickets, stream, 0);
+  if (kind != kProjectPrefetch && kind != kProjectFusedPrefetch) return cudaErrorInvalidValue;
+  if (p.num_blocks == 0) return cudaSuccess;
+  int64_t ctas = 0;
+  cudaError_t e = dispatch<ResidentCtas>(p.dtype, p.dist, kind == kProjectFusedPrefetch, &ctas);
+  if (e != cudaSuccess) return e;
+  const int64_t ahead = std::max<int64_t>(1, (int64_t)(waves * (double)ctas));
+  return kind == kProjectFusedPrefetch ? launch_project_fused(p, part, tickets, stream, ahead)
+                                       : launch_project_prefetch(p, part, ahead, stream);
 }
 
 cudaError_t reconstruct(const ReconstructParams& p, cudaStream_t stream) { return launch_reconstruct(p, stream); }

@@ -20,6 +20,14 @@ namespace entry {
 int64_t chunks_per_block(int64_t block_size, int dist);
 // part: num_blocks * chunks_per_block * K floats (zeroed when there are active counts).
 cudaError_t project(const ProjectParams& p, float* part, cudaStream_t stream);
+// The candidates for project at small K (kernels.cuh: project_prefetch_kernel, project_fused_kernel),
+// chosen with FERRET_CUDA_PROJECT (ops.cpp); every one gives project's bits. waves: how far ahead a CTA
+// prefetches, in waves of the CTAs resident at once on the current device (the occupancy of the kernel
+// that runs x its SM count); tickets: num_blocks zeroed words for the fused kinds (zero again after),
+// else unused.
+enum ProjectKind { kProjectTwoPass = 0, kProjectPrefetch = 1, kProjectFused = 2, kProjectFusedPrefetch = 3 };
+cudaError_t project_candidate(const ProjectParams& p, float* part, unsigned* tickets, int kind, double waves,
+                              cudaStream_t stream);
 cudaError_t reconstruct(const ReconstructParams& p, cudaStream_t stream);
 // out: [num_rows, K] in launch-row order; part as for project, over num_rows.
 cudaError_t project_multi(const MultiParams& p, float* part, float* out, cudaStream_t stream);

@@ -9,7 +9,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "binding_common.h"
@@ -30,10 +32,54 @@ void check_launch(cudaError_t e, const char* what) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// FERRET_CUDA_PROJECT: which kernels the one-tensor project runs, read at every call. Unset or
+// "two_pass": the shipped first pass and second pass; the candidates (launch.h, all with the same
+// bits), for timing them through the op on a GPU and shipping the fastest from that measurement:
+// "prefetch[:waves]" (each CTA first asks L2 for the chunk `waves` x the resident CTAs on; waves
+// defaults to 1), "fused" (one launch, the last CTA of a block adds its partials),
+// "fused_prefetch[:waves]". A bad value is an error naming it, not a silent fallback.
+struct ProjectChoice {
+  int kind = entry::kProjectTwoPass;
+  double waves = 1.0;
+};
+
+ProjectChoice project_choice() {
+  ProjectChoice c;
+  const char* env = std::getenv("FERRET_CUDA_PROJECT");
+  if (!env || !*env) return c;
+  const std::string v(env);
+  const size_t colon = v.find(':');
+  const std::string name = v.substr(0, colon);
+  bool ok = true;
+  if (name == "two_pass") {
+    c.kind = entry::kProjectTwoPass;
+  } else if (name == "fused") {
+    c.kind = entry::kProjectFused;
+  } else if (name == "prefetch") {
+    c.kind = entry::kProjectPrefetch;
+  } else if (name == "fused_prefetch") {
+    c.kind = entry::kProjectFusedPrefetch;
+  } else {
+    ok = false;
+  }
+  const bool takes_waves = c.kind == entry::kProjectPrefetch || c.kind == entry::kProjectFusedPrefetch;
+  if (ok && colon != std::string::npos) {
+    const std::string w = v.substr(colon + 1);
+    char* end = nullptr;
+    c.waves = std::strtod(w.c_str(), &end);
+    ok = takes_waves && !w.empty() && end == w.c_str() + w.size() && c.waves > 0.0 && c.waves <= 64.0;
+  }
+  TORCH_CHECK_VALUE(ok, "ferret: FERRET_CUDA_PROJECT='", v,
+                    "' is not one of two_pass, fused, prefetch[:waves], fused_prefetch[:waves] (waves: a number in "
+                    "(0, 64], default 1)");
+  return c;
+}
+
 // x[0] on a block boundary (binding_common.h's project_from handles element offsets)
 at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t seed, int64_t num_bases,
                            int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
                            const c10::optional<at::Tensor>& active) {
+  const ProjectChoice c = project_choice();  // before anything is allocated
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   // active counts are not range-checked here (a device-to-host copy per call, and no CUDA graph
   // capture): the kernels clamp them to [0, num_bases]
@@ -42,7 +88,17 @@ at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>&
   // partial sums past a block's active count are not written: zeros then; else every entry is
   at::Tensor part = a.active.defined() ? at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat))
                                        : at::empty({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));
-  check_launch(entry::project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
+  if (c.kind == entry::kProjectTwoPass) {
+    check_launch(entry::project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
+  } else {
+    // the fused kinds' tickets: a zeroed word per block (a memset), zero again when the launch ends
+    const bool fused = c.kind == entry::kProjectFused || c.kind == entry::kProjectFusedPrefetch;
+    at::Tensor tickets = fused ? at::zeros({a.p.num_blocks}, x.options().dtype(at::kInt)) : at::Tensor();
+    check_launch(entry::project_candidate(a.p, part.data_ptr<float>(),
+                                          fused ? reinterpret_cast<unsigned*>(tickets.data_ptr<int>()) : nullptr,
+                                          c.kind, c.waves, at::cuda::getCurrentCUDAStream()),
+                 "project");
+  }
   return a.out;
 }
 

@@ -1,0 +1,216 @@
+"""FERRET_CUDA_PROJECT and FERRET_TRITON_PROJECT: the project candidates through the op.
+
+The candidates for the K = 4 bandwidth bars (docs/gpu.md) can run through `fk.project` itself,
+chosen by an environment variable read at every call, so that one GPU session can time them as
+users call the op and run these checks on them; the defaults are the shipped kernels.
+
+- CUDA (a GPU only): every choice (`prefetch[:waves]`, `fused`, `fused_prefetch[:waves]`) gives the
+  shipped two passes' bits, for every dtype and dist, with y, active counts, an element offset, a
+  short last block, twice in a row (the fused kernel's tickets are back at zero).
+- Triton (the interpreter on the CPU; a GPU too): each value reaches the pipelined kernel;
+  `prefetch[:m]` gives the shipped bits; `negsum` stays within float32 rounding of a float64
+  projection on the contract's bases, and (on a GPU) gives the same bits under torch.compile as
+  eagerly.
+- A bad value is a ValueError naming the variable and the choices, whichever kernel would run.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+import ferret_kernels as fk
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_WHY = (
+    "triton is not installed"
+    if importlib.util.find_spec("triton") is None
+    else fk.backends.unavailable_reason("triton", torch.device(DEV))
+)
+CUDA_WHY = fk.backends.unavailable_reason("cuda", torch.device("cuda")) if DEV == "cuda" else "no CUDA device"
+needs_triton = pytest.mark.skipif(TRITON_WHY is not None, reason=str(TRITON_WHY))
+needs_cuda = pytest.mark.skipif(CUDA_WHY is not None, reason=str(CUDA_WHY))
+PREFETCH_OK = DEV == "cpu" or torch.cuda.get_device_capability() >= (9, 0)  # the interpreter: a no-op
+
+
+def _inputs(bs, K, dtype=torch.bfloat16, seed=0):
+    n = 3 * bs + 77  # a short last block
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g).to(dtype).to(DEV)
+    y = torch.randn(n, generator=g).to(dtype).to(DEV)
+    act = torch.tensor([K, 0, 2, K - 1], dtype=torch.int32, device=DEV)
+    return x, y, act
+
+
+# ----------------------------------------------------------------------------- Triton
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "value,want",
+    [
+        ("", (0, False, 4.0)),
+        ("shipped", (0, False, 4.0)),
+        ("negsum", (1, False, 4.0)),
+        ("prefetch", (0, True, 4.0)),
+        ("prefetch:2", (0, True, 2.0)),
+        ("negsum_prefetch:0.5", (1, True, 0.5)),
+    ],
+)
+def test_triton_project_choice_reads_its_variable(monkeypatch, value, want):
+    from ferret_kernels import triton_kernels as tk
+
+    if want[1] and not PREFETCH_OK:
+        pytest.skip("prefetch needs sm_90 (its refusal is tested below)")
+    monkeypatch.setenv("FERRET_TRITON_PROJECT", value)
+    assert tk._project_choice(torch.device(DEV)) == want
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "value", ["bogus", "Negsum", "negsum:2", "shipped:1", "prefetch:", "prefetch:x", "prefetch:0", "prefetch:65", ":4"]
+)
+def test_triton_project_choice_refuses_bad_values_in_every_project(monkeypatch, value):
+    monkeypatch.setenv("FERRET_TRITON_PROJECT", value)
+    msg = (
+        f"FERRET_TRITON_PROJECT='{value}' is not one of shipped, negsum, prefetch\\[:m\\], negsum_prefetch\\[:m\\] "
+        r"\(m: a number in \(0, 64\], default 4\)"
+    )
+    x = torch.randn(600, device=DEV)
+    with fk.use_backend("triton"):
+        for xx in (x.bfloat16(), x):  # the pipelined kernel's input, and one another kernel projects
+            with pytest.raises(ValueError, match=msg):
+                fk.project(xx, 3, 4, 256)
+
+
+@needs_triton
+@pytest.mark.skipif(PREFETCH_OK, reason="prefetch is allowed here (sm_90 or later, or the interpreter)")
+def test_triton_prefetch_choice_refused_before_sm_90(monkeypatch):
+    monkeypatch.setenv("FERRET_TRITON_PROJECT", "prefetch")
+    with fk.use_backend("triton"), pytest.raises(ValueError, match="needs a GPU of compute capability 9.0 or later"):
+        fk.project(torch.randn(600, device=DEV).bfloat16(), 3, 4, 256)
+
+
+def _float64_project(x, seed, K, bs, act):
+    """The projection in float64 on the contract's bases (the CPU kernel's reconstruct of one-hot
+    coefficients gives each basis exactly: +-1)."""
+    n = x.numel()
+    nb = -(-n // bs)
+    xd = x.double().cpu()
+    out = torch.zeros(nb, K, dtype=torch.float64)
+    for k in range(K):
+        c = torch.zeros(nb, K)
+        c[:, k] = 1
+        with fk.use_backend("cpu" if "cpu" in fk.available_backends("cpu") else "reference"):
+            v = fk.reconstruct(c, seed, n, bs).double()
+        for b in range(nb):
+            if k < act[b]:
+                out[b, k] = (xd[b * bs : (b + 1) * bs] * v[b * bs : (b + 1) * bs]).sum()
+    return out
+
+
+@needs_triton
+@pytest.mark.parametrize("K", [4, 5])
+def test_triton_project_choices_through_the_op(monkeypatch, K):
+    """Each value reaches the pipelined kernel as its NEGSUM / PREFETCH / ahead (a spy on the
+    launch). prefetch: the shipped bits. negsum: within float32 rounding of float64 sums (4.5e-6
+    of the block's l1 norm: the bound of
+    test_negsum_project_candidate_against_an_independent_float64_reference), and on a GPU the same
+    under torch.compile as eagerly."""
+    bs = 1000 if DEV == "cpu" else 100_000
+    x, _, act = _inputs(bs, K)
+    seed = 2**64 - 5
+
+    from ferret_kernels import triton_kernels as tk
+
+    sms = 1 if DEV == "cpu" else torch.cuda.get_device_properties(DEV).multi_processor_count
+    launched = []  # (NEGSUM, PREFETCH, ahead) of each launch of the pipelined kernel
+
+    def spy(kernel):
+        launcher = real_wrap(kernel)
+        if kernel is not tk._project_loop_kernel:
+            return launcher
+
+        class Spy:
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    launched.append((kw["NEGSUM"], kw["PREFETCH"], kw["ahead"]))
+                    return launcher[grid](*args, **kw)
+
+                return launch
+
+        return Spy()
+
+    real_wrap = tk._wrap
+
+    def run(value, want_launch):
+        monkeypatch.setenv("FERRET_TRITON_PROJECT", value)
+        with monkeypatch.context() as m, fk.use_backend("triton"):
+            m.setattr(tk, "_wrap", spy)
+            out = fk.project(x, seed, K, bs, active=act)
+        assert launched.pop() == want_launch, value
+        return out
+
+    shipped = run("shipped", (0, False, 0))
+    assert torch.equal(run("", (0, False, 0)), shipped)
+    if PREFETCH_OK:
+        for value, m in (("prefetch", 4), ("prefetch:0.01", 0.01), ("prefetch:64", 64)):
+            assert torch.equal(run(value, (0, True, max(1, int(m * sms)))), shipped), value
+    negsum = run("negsum", (1, False, 0))
+    want = _float64_project(x, seed, K, bs, act.tolist())
+    l1 = torch.stack([x[b * bs : (b + 1) * bs].double().abs().sum().cpu() for b in range(want.shape[0])])
+    for got in (shipped, negsum):
+        err = (got.double().cpu() - want).abs()
+        assert (err <= 4.5e-6 * l1[:, None]).all(), (err / l1[:, None]).max()
+    if PREFETCH_OK:
+        assert torch.equal(run("negsum_prefetch:2", (1, True, 2 * sms)), negsum)
+
+    if DEV == "cpu":
+        return  # torch.compile of the Triton kernels needs a GPU (the interpreter runs eager only)
+
+    def step(x):
+        return fk.project(x, seed, K, bs, active=act)
+
+    monkeypatch.setenv("FERRET_TRITON_PROJECT", "negsum")
+    torch._dynamo.reset()
+    with fk.use_backend("triton"):
+        eager = step(x)
+        assert torch.equal(torch.compile(step, fullgraph=True)(x), eager)
+
+
+# ----------------------------------------------------------------------------- CUDA (a GPU only)
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "value", ["two_pass", "prefetch", "prefetch:0.5", "prefetch:2", "fused", "fused_prefetch", "fused_prefetch:2"]
+)
+def test_cuda_project_choices_give_the_shipped_bits(monkeypatch, value):
+    bs = 100_000
+    for dtype in (torch.bfloat16, torch.float32, torch.float16):
+        for dist in ("rademacher", "uniform", "gaussian"):
+            for K in (4, 5, 64):
+                x, y, act = _inputs(bs, K, dtype, seed=K)
+                for kw in ({}, {"y": y, "active": act}, {"start": 12_345, "block_offset": 3}):
+                    xx = x[: x.numel() - 12_345] if "start" in kw else x
+                    monkeypatch.delenv("FERRET_CUDA_PROJECT", raising=False)
+                    with fk.use_backend("cuda"):
+                        want = fk.project(xx, 9, K, bs, dist=dist, scale=0.5, **kw)
+                        monkeypatch.setenv("FERRET_CUDA_PROJECT", value)
+                        for _ in range(2):  # the fused kinds' tickets are zero again after a launch
+                            got = fk.project(xx, 9, K, bs, dist=dist, scale=0.5, **kw)
+                            assert torch.equal(got, want), (value, dtype, dist, K, kw.keys())
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "value", ["bogus", "fused:2", "two_pass:1", "prefetch:", "prefetch:x", "prefetch:0", "prefetch:65", ":1"]
+)
+def test_cuda_project_choice_refuses_bad_values(monkeypatch, value):
+    monkeypatch.setenv("FERRET_CUDA_PROJECT", value)
+    msg = (
+        f"FERRET_CUDA_PROJECT='{value}' is not one of two_pass, fused, prefetch\\[:waves\\], "
+        r"fused_prefetch\[:waves\] \(waves: a number in \(0, 64\], default 1\)"
+    )
+    with fk.use_backend("cuda"), pytest.raises(ValueError, match=msg):
+        fk.project(torch.randn(600, device="cuda"), 3, 4, 256)

@@ -175,6 +175,36 @@ COLS = [
 ]
 
 
+# The project candidates that run through fk.project itself, chosen by an environment variable
+# (FERRET_CUDA_PROJECT / FERRET_TRITON_PROJECT; tests/test_project_choice.py), timed right after
+# the shipped kernel at K = 4 rademacher, the bars' case: rows with backend "<backend>:<choice>"
+# and, in the config column, whether their output had the shipped call's bits (CUDA's must; the
+# negsum dots round otherwise). Triton's prefetch needs sm_90 (refused before); CUDA's is a no-op there.
+PROJECT_CHOICES = {
+    "cuda": ("FERRET_CUDA_PROJECT", ("prefetch:0.5", "prefetch", "prefetch:2", "fused", "fused_prefetch")),
+    "triton": ("FERRET_TRITON_PROJECT", ("negsum", "prefetch:2", "prefetch:4", "negsum_prefetch:4")),
+}
+
+
+def bench_project_choice(be, choice, x, K, bs, dev, want):
+    """(seconds, same bits as want) of fk.project(x, 7, K, bs) on backend be with the choice set;
+    None where this device refuses it (Triton's prefetch before sm_90)."""
+    var = PROJECT_CHOICES[be][0]
+    os.environ[var] = choice
+    try:
+        with fk.use_backend(be):
+            try:
+                got = fk.project(x, 7, K, bs)
+            except ValueError as e:
+                if "compute capability" not in str(e):
+                    raise
+                print(f"# {be} {choice}: {e}", flush=True)
+                return None
+            return do_bench(lambda: fk.project(x, 7, K, bs), dev), bool(torch.equal(got, want))
+    finally:
+        del os.environ[var]
+
+
 def triton_config(op, be, dist, bs):
     """The Triton launch configuration a row was timed with, without spaces (gpu-check splits the
     table on them): the autotuner's pick for the one-tensor reconstruct_, the fixed chunk of the
@@ -240,7 +270,9 @@ def main(argv=None):
         return False
 
     def emit(row, extra):
-        row["triton_config"] = triton_config(row["op"], row["backend"], row["dist"], row["block_size"])
+        row["triton_config"] = row.get("triton_config") or triton_config(
+            row["op"], row["backend"], row["dist"], row["block_size"]
+        )
         rows.append(row)
         print(
             "row: "
@@ -321,6 +353,32 @@ def main(argv=None):
                     ratios = dict(x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K])
                     row = _row(op, be, dist, n, K, bs, t, nbytes, frac_of_copy=nbytes / t / 1e9 / copy_gbs, **ratios)
                     emit(row, extra)
+                if K == 4 and dist == "rademacher" and be in PROJECT_CHOICES:
+                    with fk.use_backend(be):
+                        want = fk.project(x, 7, K, bs)
+                    for choice in PROJECT_CHOICES[be][1]:
+                        if out_of_time(f"{be} project K={K} {choice}"):
+                            continue
+                        got = bench_project_choice(be, choice, x, K, bs, dev, want)
+                        if got is None:
+                            continue
+                        t, same = got
+                        rate = n * K / t
+                        row = _row(
+                            "project",
+                            f"{be}:{choice}",
+                            dist,
+                            n,
+                            K,
+                            bs,
+                            t,
+                            2 * n,
+                            frac_of_copy=2 * n / t / 1e9 / copy_gbs,
+                            x_vs_per_seed=rate / rate_seed,
+                            x_vs_dense=rate / rate_dense[K],
+                            triton_config="same_bits" if same else "other_bits",
+                        )
+                        emit(row, extra)
     x = out = None  # free them
     if dev == "cuda":
         torch.cuda.empty_cache()

@@ -93,7 +93,7 @@ def print_table(rows: list[dict], cols: list[str]) -> None:
         return str(v)
 
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
     print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     for x in cells:
         print("  ".join(v.rjust(w) for v, w in zip(x, widths)))

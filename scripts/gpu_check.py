@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (opcheck, torch.compile), the contract's streams, error text, statistics.
 TEST_FILES = [
     # newest first: what has not yet run on a GPU gets the budget before what has
+    "tests/test_project_choice.py",
     "tests/test_multi.py",
     "tests/test_triton_candidates.py",
     "tests/test_op_surface.py",
@@ -599,6 +600,27 @@ def bars_table(bench_rows: list[str], bench_text: str, variants_text: str) -> li
                 f"K = 4, best {'' if 'negsum' in what else 'bit-identical '}{what}",
                 be,
                 f"{frac:.3f} ({ms:.4f} ms, {name})",
+                f">= {target}",
+                frac >= target,
+            )
+    # the candidates through fk.project itself (bench_gpu.py's "<backend>:<choice>" rows: the
+    # environment variable that would ship them; CUDA's count only with the shipped bits)
+    for be, target in BAR_K4_FRAC.items():
+        found = [
+            (r["backend"].split(":", 1)[1], _num(r.get("time_ms")), _num(r.get("frac_of_copy")), r.get("triton_config"))
+            for r in rows
+            if r.get("backend", "").startswith(be + ":")
+            and (r.get("op"), r.get("dist"), r.get("K")) == ("project", "rademacher", "4")
+            and (be != "cuda" or r.get("triton_config") == "same_bits")
+        ]
+        found = [c for c in found if c[1] is not None and c[2] is not None]
+        if found:
+            choice, ms, frac, bits = max(found, key=lambda c: c[2])
+            var = "FERRET_CUDA_PROJECT" if be == "cuda" else "FERRET_TRITON_PROJECT"
+            line(
+                "K = 4 project through the op, best candidate choice",
+                be,
+                f"{frac:.3f} ({ms:.4g} ms, {var}={choice}, {bits.replace('_', ' ')})",
                 f">= {target}",
                 frac >= target,
             )

@@ -39,6 +39,11 @@ def test_bench_gpu_smoke():
     for op in ("project", "reconstruct_", "apply_llama2_7b"):
         for dist in ("rademacher", "gaussian"):
             assert re.search(rf"^\s*{op}\s+triton\s+{dist}\s", out, re.M), f"no {op}/{dist} row:\n{out}"
+    # the candidates through fk.project (FERRET_TRITON_PROJECT), each with whether it kept the bits;
+    # the prefetch ones (a no-op in the interpreter) must have
+    for choice in ("negsum", "prefetch:2", "prefetch:4", "negsum_prefetch:4"):
+        bits = "same_bits" if choice.startswith("prefetch") else r"(same|other)_bits"
+        assert re.search(rf"^\s*project\s+triton:{choice}\s+rademacher\s+4\s.*\s{bits}$", out, re.M), choice
     # the list reconstruct's row says its configuration
     assert re.search(r"^\s*apply_llama2_7b_multi\s+triton\s+rademacher\s.*CHUNK=2048,warps=4$", out, re.M)
     # the table gpu-check turns into markdown by splitting on white space: a cell in every column

@@ -128,6 +128,14 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
         "op=project, backend=cuda, dist=rademacher, K=4, time_ms=0.2, frac_of_copy=0.86, triton_config=-",
         "op=project, backend=triton, dist=rademacher, K=4, time_ms=0.25, frac_of_copy=0.709, triton_config=CHUNK=8192,warps=4",
         "op=project, backend=cuda, dist=rademacher, K=64, time_ms=1.9, x_vs_per_seed=2170, x_vs_dense=19.9, triton_config=-",
+        # the candidates through the op (FERRET_*_PROJECT): CUDA's count only with the shipped bits
+        "op=project, backend=cuda:fused, dist=rademacher, K=4, time_ms=0.21, frac_of_copy=0.87, triton_config=same_bits",
+        "op=project, backend=cuda:prefetch:2, dist=rademacher, K=4, time_ms=0.19, frac_of_copy=0.95, "
+        "triton_config=other_bits",
+        "op=project, backend=triton:negsum, dist=rademacher, K=4, time_ms=0.2, frac_of_copy=0.81, "
+        "triton_config=other_bits",
+        "op=project, backend=triton:prefetch:4, dist=rademacher, K=4, time_ms=0.24, frac_of_copy=0.75, "
+        "triton_config=same_bits",
         "op=apply_llama2_7b, backend=cuda, dist=rademacher, K=64, time_ms=201, triton_config=-",
         "op=apply_llama2_7b_multi, backend=cuda, dist=rademacher, K=64, time_ms=56.7, triton_config=-",
         "op=apply_llama2_7b_multi, backend=triton, dist=gaussian, K=64, time_ms=1023, triton_config=CHUNK=2048,warps=4",
@@ -165,6 +173,9 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
     assert triton_best == ("0.712 (0.2508 ms, loop_c8_s3)", "NO")
     negsum = got[("K = 4, best Triton negsum candidate (other bits; PTX = its Triton form)", "triton")]
     assert negsum == ("0.850 (0.2100 ms, loop_c8_s3_ns)", "yes")
+    choice = "K = 4 project through the op, best candidate choice"
+    assert got[(choice, "cuda")] == ("0.870 (0.21 ms, FERRET_CUDA_PROJECT=fused, same bits)", "yes")
+    assert got[(choice, "triton")] == ("0.810 (0.2 ms, FERRET_TRITON_PROJECT=negsum, other bits)", "yes")
     assert got[("K = 64 project vs per-seed", "cuda")] == ("2170x", "yes")
     assert got[("K = 64 project vs dense", "cuda")] == ("19.9x", "NO")
     assert got[("K = 64 reconstruct_ vs dense", "triton")] == ("-", "no row")

@@ -80,7 +80,8 @@ inline int parse_dtype(at::ScalarType t, const char* what) {
   }
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a >= 0, b > 0, without the overflow of (a + b - 1) / b for a near 2^63 (a hostile numel)
+inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 // The same rules, in the same words, as the Python validators of ferret_kernels/ops.py (used by
 // the fake kernels and the Triton / reference paths): ValueError / TypeError naming the argument.
@@ -188,6 +189,36 @@ inline void check_not_inference(const at::Tensor& out, const std::string& what) 
                     "torch.inference_mode(), or clone it first");
 }
 
+// The bytes [first, last + 1) that t's elements occupy (first == last + 1 == 0 for no elements).
+inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0) return {0, 0};
+  int64_t hi = 0;  // the last element's offset (strides are never negative in torch)
+  for (int64_t d = 0; d < t.dim(); ++d) hi += (t.size(d) - 1) * t.stride(d);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {first, first + (uintptr_t)((hi + 1) * (int64_t)t.element_size())};
+}
+
+// An in-place update's inputs must not share memory with what it writes: the kernels read
+// coefficients and counts while other threads / CTAs write the output, so a coeffs that is a view
+// of out gave results that depended on the thread count.
+inline void check_apart(const at::Tensor& out, const std::string& out_name, const at::Tensor& in,
+                        const std::string& in_name) {
+  const auto a = byte_span(out), b = byte_span(in);
+  TORCH_CHECK_VALUE(a.first == a.second || b.first == b.second || a.second <= b.first || b.second <= a.first,
+                    "ferret: ", in_name, " and ", out_name, " overlap in memory (", out_name, " is written while ",
+                    in_name, " is read): clone ", in_name, " first");
+}
+
+// reconstruct_'s out: there is no autograd for the in-place op, so a tensor that requires grad is
+// updated only under no_grad (as reconstruct_multi_'s outs, check_outs); and out shares no memory
+// with coeffs or active.
+inline void check_inplace(const at::Tensor& out, const at::Tensor& coeffs, const c10::optional<at::Tensor>& active) {
+  TORCH_CHECK_VALUE(!(out.requires_grad() && at::GradMode::is_enabled()),
+                    "ferret: out requires grad: update it under torch.no_grad() (reconstruct_ has no autograd)");
+  check_apart(out, "out", coeffs, "coeffs");
+  if (active.has_value()) check_apart(out, "out", *active, "active");
+}
+
 // `out` must already be allocated (numel elements); checked here: contiguous, float32/bf16/fp16.
 inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
                                         int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
@@ -226,6 +257,8 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
 }
 
 inline void check_counter(const at::Tensor& counter) {
+  TORCH_CHECK_TYPE(at::isIntegralType(counter.scalar_type(), /*includeBool=*/false),
+                   "ferret: counter must be an integer tensor, got ", name(counter.scalar_type()));
   TORCH_CHECK_VALUE(counter.dim() == 2 && counter.size(1) == 4, "ferret: counter must have shape [N, 4], got ",
                     shape(counter.sizes()));
 }
@@ -249,7 +282,8 @@ inline void check_active_range(const at::Tensor& active_cpu, int64_t num_bases) 
 // call's slice; project's rows are the partial sums of the elements given.
 
 inline int64_t blocks_from(int64_t start, int64_t numel, int64_t block_size) {
-  return ceil_div(start % block_size + numel, block_size);
+  // (start % block_size + numel) could overflow for numel near 2^63: its quotient and rest apart
+  return numel / block_size + ceil_div(start % block_size + numel % block_size, block_size);
 }
 
 // Checks a whole call with an element offset (what make_project / make_reconstruct check for
@@ -322,10 +356,24 @@ inline at::Tensor project_from(ProjectFn aligned, const at::Tensor& x, const c10
   return at::cat({head, body});
 }
 
+// reconstruct (out of place): the whole call, before its output of numel elements is allocated (a
+// hostile numel failed in the allocator, 2^40, or overflowed its size, 2^63 - 1, before the plan was
+// checked).
+inline void check_reconstruct_call(const at::Tensor& coeffs, int64_t numel, int64_t block_size, int64_t block_offset,
+                                   int64_t start, c10::optional<at::ScalarType> dtype) {
+  check_reconstruct_args(coeffs, numel, dtype);
+  check_start_call(numel, coeffs.size(1), block_size, block_offset, start);
+  const int64_t nb = blocks_from(start, numel, block_size);
+  const std::string where = start % block_size ? " from element " + num(start) : "";
+  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
+                    " in ", num(numel), " elements", where, "), got shape ", shape(coeffs.sizes()));
+}
+
 inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
                              int64_t block_size, int64_t block_offset, c10::string_view dist, double scale,
                              double alpha, bool accumulate, const c10::optional<at::Tensor>& active, int64_t start,
                              bool check_counts) {
+  if (accumulate && coeffs.device() == out.device()) check_inplace(out, coeffs, active);  // (devices: below)
   TORCH_CHECK_VALUE(start >= 0, "ferret: start must be >= 0, got ", num(start));
   TORCH_CHECK_VALUE(block_size > 0, "ferret: block_size must be a positive int, got ", num(block_size));
   check_first_block(block_offset, start, block_size);
@@ -426,9 +474,10 @@ inline MultiPlan plan_multi(const char* what, at::TensorList ts, at::TensorList 
   return plan;
 }
 
-// outs of reconstruct_multi_: contiguous, and no two share an element (the launch writes each
-// element once, a loop of reconstruct_ would apply a shared one twice).
-inline void check_outs(at::TensorList outs) {
+// outs of reconstruct_multi_: contiguous, none requiring grad in grad mode, no two sharing an element
+// (the launch writes each element once, a loop of reconstruct_ would apply a shared one twice), none
+// sharing memory with coeffs or active (check_apart).
+inline void check_outs(at::TensorList outs, const at::Tensor& coeffs, const c10::optional<at::Tensor>& active) {
   std::vector<std::pair<uintptr_t, int64_t>> spans;  // (first byte, list index)
   for (size_t i = 0; i < outs.size(); ++i) {
     TORCH_CHECK_VALUE(outs[i].is_contiguous(), "ferret: outs[", num((int64_t)i),
@@ -438,6 +487,9 @@ inline void check_outs(at::TensorList outs) {
     // any tensor is written, instead of the first in-place write failing halfway)
     TORCH_CHECK_VALUE(!(outs[i].requires_grad() && at::GradMode::is_enabled()), "ferret: outs[", num((int64_t)i),
                       "] requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)");
+    const std::string name = "outs[" + std::to_string(i) + "]";
+    check_apart(outs[i], name, coeffs, "coeffs");
+    if (active.has_value()) check_apart(outs[i], name, *active, "active");
     if (outs[i].numel()) spans.emplace_back(reinterpret_cast<uintptr_t>(outs[i].data_ptr()), (int64_t)i);
   }
   std::sort(spans.begin(), spans.end());
@@ -504,7 +556,7 @@ inline void reconstruct_multi_loop(ReconstructOp_ one, at::TensorList outs, cons
   const MultiPlan plan =
       plan_multi("outs", outs, {}, coeffs.size(1), block_size, block_offsets, starts, dist, active, outs[0].device());
   check_multi_coeffs(coeffs, plan, outs[0].device());
-  check_outs(outs);
+  check_outs(outs, coeffs, active);
   if (outs[0].device().is_cpu()) check_active_range(plan.active, coeffs.size(1));  // nothing written yet
   for (size_t i = 0; i < outs.size(); ++i) {
     const MultiItem& it = plan.items[i];

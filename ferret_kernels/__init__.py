@@ -56,7 +56,16 @@ def project(
     model packed into one vector): element j is in global block block_offset + (start + j) //
     block_size, and the rows are the blocks x touches, the first and last possibly partial."""
     return _impl(x.device).project(
-        x, y, seed_to_op(seed), num_bases, block_size, block_offset, dist, float(scale), active, start
+        x,
+        y,
+        seed_to_op(seed),
+        _int(num_bases, "num_bases"),
+        _int(block_size, "block_size"),
+        _int(block_offset, "block_offset"),
+        dist,
+        float(scale),
+        active,
+        _int(start, "start"),
     )
 
 
@@ -66,7 +75,16 @@ def reconstruct(
     """out[j] = scale * sum_k coeffs[b, k] * v_{g,k}[j]; a flat tensor of `numel` elements in `dtype`
     (`start` as in project: coeffs has a row per block the elements touch)."""
     return _impl(coeffs.device).reconstruct(
-        coeffs, seed_to_op(seed), numel, block_size, block_offset, dist, float(scale), dtype, active, start
+        coeffs,
+        seed_to_op(seed),
+        _int(numel, "numel"),
+        _int(block_size, "block_size"),
+        _int(block_offset, "block_offset"),
+        dist,
+        float(scale),
+        dtype,
+        active,
+        _int(start, "start"),
     )
 
 
@@ -75,26 +93,42 @@ def reconstruct_(
 ):
     """out += alpha * reconstruct(coeffs) in place (fp32 arithmetic, stored in out's dtype); returns out."""
     _impl(out.device).reconstruct_(
-        out, coeffs, seed_to_op(seed), block_size, block_offset, dist, float(scale), float(alpha), active, start
+        out,
+        coeffs,
+        seed_to_op(seed),
+        _int(block_size, "block_size"),
+        _int(block_offset, "block_offset"),
+        dist,
+        float(scale),
+        float(alpha),
+        active,
+        _int(start, "start"),
     )
     return out
 
 
+def _int(v, what: str):
+    """An int argument as a Python int: ints, numpy / torch integer scalars (every backend then sees
+    the same value; the Python paths refused numpy ints that the C++ path took, and a numpy
+    block_size left project_multi's default block_offsets all 0); a float, bool or string is refused
+    (int() would truncate 1.7 to 1). A SymInt (torch.compile) passes as it is."""
+    if isinstance(v, torch.SymInt):
+        return v
+    if isinstance(v, bool) or isinstance(v, torch.Tensor) and v.dtype == torch.bool:
+        raise TypeError(f"ferret: {what} must be an int, got a bool")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"ferret: {what} must be an int, got {type(v).__name__}") from None
+
+
 def _ints(values, what: str) -> list[int]:
-    """Per-tensor offsets as Python ints: ints, numpy / torch integer scalars; a float, bool or
-    string is refused (int() would truncate 1.7 to 1)."""
-    out = []
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or isinstance(v, torch.Tensor) and v.dtype == torch.bool:
-            raise TypeError(f"ferret: {what}[{i}] must be an int, got a bool")
-        try:
-            out.append(operator.index(v))
-        except TypeError:
-            raise TypeError(f"ferret: {what}[{i}] must be an int, got {type(v).__name__}") from None
-    return out
+    """Per-tensor offsets as Python ints (_int)."""
+    return [_int(v, f"{what}[{i}]") for i, v in enumerate(values)]
 
 
 def _list_plan(ts, block_size, block_offsets, starts, what="xs"):
+    block_size = _int(block_size, "block_size")
     if isinstance(ts, torch.Tensor):
         raise TypeError(f"ferret: {what} must be a list of tensors, got a tensor (wrap it: [t])")
     ts = list(ts)
@@ -109,8 +143,8 @@ def _list_plan(ts, block_size, block_offsets, starts, what="xs"):
         block_offsets, b = [], 0
         for t in ts:
             block_offsets.append(b)
-            b += num_blocks(t.numel(), block_size) if isinstance(block_size, int) and block_size > 0 else 0
-    return ts, _ints(block_offsets, "block_offsets"), _ints(starts or [], "starts")
+            b += num_blocks(t.numel(), block_size) if block_size > 0 else 0
+    return ts, block_size, _ints(block_offsets, "block_offsets"), _ints(starts or [], "starts")
 
 
 def project_multi(
@@ -133,14 +167,14 @@ def project_multi(
 
     `block_offsets` (default: the tensors' blocks one after another from 0) and `starts` (default
     all 0) are per tensor; `active` has one count per row of the result. No autograd (use project)."""
-    xs, offs, starts = _list_plan(xs, block_size, block_offsets, starts)
+    xs, block_size, offs, starts = _list_plan(xs, block_size, block_offsets, starts)
     ys = [] if ys is None else _list_plan(ys, block_size, offs, None, "ys")[0]
     if torch.is_grad_enabled() and any(t.requires_grad for t in xs + ys):
         raise ValueError(
             "ferret: project_multi has no autograd: call it under torch.no_grad(), or use project for gradients"
         )
     return _impl(xs[0].device).project_multi(
-        xs, ys, seed_to_op(seed), num_bases, block_size, offs, dist, float(scale), active, starts
+        xs, ys, seed_to_op(seed), _int(num_bases, "num_bases"), block_size, offs, dist, float(scale), active, starts
     )
 
 
@@ -161,7 +195,7 @@ def reconstruct_multi_(
     call (one launch per dtype on CUDA); rows, block_offsets and starts as in project_multi. The
     outs must be contiguous and must not overlap; everything is checked before any is written.
     Returns outs."""
-    outs, offs, starts = _list_plan(outs, block_size, block_offsets, starts, "outs")
+    outs, block_size, offs, starts = _list_plan(outs, block_size, block_offsets, starts, "outs")
     _impl(outs[0].device).reconstruct_multi_(
         outs, coeffs, seed_to_op(seed), block_size, offs, dist, float(scale), float(alpha), active, starts
     )

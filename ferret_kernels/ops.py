@@ -174,10 +174,40 @@ def validate_reconstruct_(out, coeffs, block_size, block_offset, dist, active, v
     _check_float(out, "out")
     if coeffs.device != out.device:
         raise ValueError(f"ferret: coeffs must be on out's device {out.device}, got {coeffs.device}")
+    check_inplace(out, coeffs, active)
     if not out.is_contiguous():
         raise ValueError("ferret: reconstruct_ needs a contiguous out tensor")
     check_not_inference(out, "out")
     validate_reconstruct(coeffs, out.numel(), block_size, block_offset, dist, active, values, start)
+
+
+def _byte_span(t) -> tuple[int, int]:
+    """The bytes [first, last + 1) t's elements occupy; (0, 0) for none or no memory (fake tensors)."""
+    if not isinstance(t, torch.Tensor) or t.numel() == 0 or not _real(t):
+        return 0, 0
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def check_apart(out, out_name: str, t, name: str) -> None:
+    """csrc/binding_common.h's check_apart, in the same words: an in-place update's inputs share no
+    memory with what it writes (a coeffs that is a view of out gave thread-count-dependent results)."""
+    a, b = _byte_span(out), _byte_span(t)
+    if a[0] != a[1] and b[0] != b[1] and a[1] > b[0] and b[1] > a[0]:
+        raise ValueError(
+            f"ferret: {name} and {out_name} overlap in memory ({out_name} is written while {name} is read): "
+            f"clone {name} first"
+        )
+
+
+def check_inplace(out, coeffs, active) -> None:
+    """reconstruct_'s out (csrc/binding_common.h's check_inplace): no autograd for the in-place op,
+    so a tensor that requires grad is updated only under no_grad; no memory shared with coeffs or
+    active."""
+    if out.requires_grad and torch.is_grad_enabled():
+        raise ValueError("ferret: out requires grad: update it under torch.no_grad() (reconstruct_ has no autograd)")
+    check_apart(out, "out", coeffs, "coeffs")
+    check_apart(out, "out", active, "active")
 
 
 def check_not_inference(out, what: str) -> None:
@@ -195,9 +225,15 @@ def _check_out_dtype(dtype) -> None:
         raise TypeError(f"ferret: dtype must be float32, bfloat16 or float16, got {dtype}")
 
 
-def validate_philox(counter) -> None:
+def validate_philox(counter, values: bool = True) -> None:
+    if counter.dtype.is_floating_point or counter.dtype.is_complex or counter.dtype == torch.bool:
+        raise TypeError(f"ferret: counter must be an integer tensor, got {counter.dtype}")
     if counter.dim() != 2 or counter.shape[1] != 4:
         raise ValueError(f"ferret: counter must have shape [N, 4], got {list(counter.shape)}")
+    # the range on CPU tensors (as the C++ kernel); on a GPU it would cost a device-to-host copy
+    if values and counter.numel() and counter.device.type == "cpu" and _real(counter):
+        if int(counter.min()) < 0 or int(counter.max()) > 0xFFFFFFFF:
+            raise ValueError("ferret: counter words must be in [0, 2^32)")
 
 
 def _strip(e: Exception) -> str:
@@ -244,10 +280,13 @@ def plan_multi(what, ts, ys, num_bases, block_size, block_offsets, starts, dist,
     return rows, spans
 
 
-def check_outs(outs) -> None:
-    """reconstruct_multi_'s outputs: contiguous, and no two share an element."""
+def check_outs(outs, coeffs, active) -> None:
+    """reconstruct_multi_'s outputs: contiguous, none requiring grad in grad mode, no two sharing an
+    element, none sharing memory with coeffs or active."""
     spans = []
     for i, t in enumerate(outs):
+        check_apart(t, f"outs[{i}]", coeffs, "coeffs")
+        check_apart(t, f"outs[{i}]", active, "active")
         if not t.is_contiguous():
             raise ValueError(f"ferret: outs[{i}]: reconstruct_multi_ needs contiguous tensors")
         check_not_inference(t, f"outs[{i}]")
@@ -284,7 +323,7 @@ def validate_reconstruct_multi_(outs, coeffs, block_size, block_offsets, dist, a
         )
     rows, spans = plan_multi("outs", outs, [], coeffs.shape[1], block_size, block_offsets, starts, dist, active, values)
     check_multi_coeffs(coeffs, rows, len(outs), outs[0].device)
-    check_outs(outs)
+    check_outs(outs, coeffs, active)
     return rows, spans
 
 
@@ -555,6 +594,26 @@ for _name, _fn in (
     _lib.impl(_name, _fn, "CompositeExplicitAutograd")
 
 
+# In-place ops bump the autograd version of what they wrote, as torch's own in-place ops do, so that
+# a backward through a tensor saved before the update fails instead of silently using the new
+# values (the native kernels write through data_ptr, which autograd does not see). torch.library's
+# custom_op registers the same kind of kernel for its mutating ops; these schemas come from C++.
+def _bump_versions_after(name: str) -> None:
+    op = getattr(torch.ops.ferret, name).default
+    below = torch._C._after_ADInplaceOrView_keyset
+
+    def impl(keyset, *args, **kwargs):
+        result = op.redispatch(keyset & below, *args, **kwargs)
+        torch.autograd.graph.increment_version(args[0] if args else kwargs[op._schema.arguments[0].name])
+        return result
+
+    _lib.impl(name, impl, "ADInplaceOrView", with_keyset=True)
+
+
+_bump_versions_after("reconstruct_")
+_bump_versions_after("reconstruct_multi_")
+
+
 # ----------------------------------------------------------------------------- fake kernels
 @torch.library.register_fake("ferret::project")
 def _project_fake(
@@ -599,7 +658,7 @@ def _reconstruct_multi__fake(
 
 @torch.library.register_fake("ferret::philox")
 def _philox_fake(counter, seed):
-    validate_philox(counter)
+    validate_philox(counter, values=False)
     return counter.new_empty(counter.shape, dtype=torch.int64)
 
 
@@ -613,7 +672,8 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
         x, y, seed, num_bases, block_size, block_offset, dist, scale, active, *start = inputs
         ctx.args = (seed, x.numel(), block_size, block_offset, dist, scale)
         ctx.start = list(start)  # the public ops take an element offset, the Triton ops do not
-        ctx.shape, ctx.dtype, ctx.has_y = x.shape, x.dtype, y is not None
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        ctx.y_shape = y.shape if y is not None else None  # y needs only x's element count
         ctx.save_for_backward(active)
 
     def project_backward(ctx, grad):
@@ -623,7 +683,8 @@ def register_adjoint_autograd(project_op: str, reconstruct_op: str) -> None:
         gx = rec(
             grad.contiguous(), seed, numel, block_size, block_offset, dist, scale, ctx.dtype, active, *ctx.start
         ).reshape(ctx.shape)
-        return (gx, (-gx if ctx.has_y else None), None, None, None, None, None, None, None) + (None,) * len(ctx.start)
+        gy = None if ctx.y_shape is None else (-gx).reshape(ctx.y_shape)
+        return (gx, gy, None, None, None, None, None, None, None) + (None,) * len(ctx.start)
 
     def reconstruct_setup(ctx, inputs, output):
         coeffs, seed, numel, block_size, block_offset, dist, scale, dtype, active, *start = inputs

@@ -133,8 +133,10 @@ def test_backend_selection_errors(monkeypatch):
         fk.project(torch.randn(10), 1, 4, 8)
 
 
+_SHARED = torch.zeros(8)  # an out that other arguments are views of
+_ADJACENT = torch.zeros(8)
 BAD_CALLS = [
-    # (op, args, exception, message) of bad calls straight to torch.ops.ferret.*
+    # (op, args, exception, message) of bad calls straight to torch.ops.ferret.* (None: a good one)
     ("project", (torch.randn(4), None, 1, 2, 2, 0, "bogus", 1.0, None), ValueError, "unknown dist 'bogus'"),
     (
         "project",
@@ -230,6 +232,38 @@ BAD_CALLS = [
         ValueError,
         "counter must have shape \\[N, 4\\], got \\[3, 3\\]",
     ),
+    # a float counter was truncated; words past 32 bits were refused by C++ only
+    ("philox", (torch.zeros(3, 4), 1), TypeError, "counter must be an integer tensor, got"),
+    ("philox", (torch.tensor([[2**32, 0, 0, 0]]), 1), ValueError, "counter words must be in \\[0, 2\\^32\\)"),
+    ("philox", (torch.tensor([[0, -1, 0, 0]]), 1), ValueError, "counter words must be in \\[0, 2\\^32\\)"),
+    # the plan is checked before the output is allocated (2^63 - 1 elements overflowed its size)
+    ("reconstruct", (torch.randn(1, 4), 1, 2**63 - 1, 8, 0, "rademacher", 1.0, None, None), ValueError, "below 2\\^32"),
+    ("reconstruct", (torch.randn(1, 4), 1, 2**40, 2**33, 0, "rademacher", 1.0, None, None), ValueError, "128 rows"),
+    # in place: no autograd, and no memory shared between what is read and what is written
+    (
+        "reconstruct_",
+        (torch.zeros(8, requires_grad=True), torch.randn(2, 4), 1, 4, 0, "rademacher", 1.0, 1.0, None),
+        ValueError,
+        "out requires grad: update it under torch.no_grad\\(\\) \\(reconstruct_ has no autograd\\)",
+    ),
+    (
+        "reconstruct_",
+        (_SHARED, _SHARED.view(2, 4), 1, 4, 0, "rademacher", 1.0, 1.0, None),
+        ValueError,
+        "coeffs and out overlap in memory \\(out is written while coeffs is read\\): clone coeffs first",
+    ),
+    (
+        "reconstruct_",
+        (_ADJACENT[:4], _ADJACENT[4:].view(1, 4), 1, 4, 0, "rademacher", 1.0, 1.0, None),
+        None,  # adjacent, not overlapping: runs
+        None,
+    ),
+    (
+        "reconstruct_",
+        (_SHARED, torch.randn(2, 4), 1, 4, 0, "rademacher", 1.0, 1.0, _SHARED.view(torch.int32)[2:4]),
+        ValueError,
+        "active and out overlap in memory",
+    ),
 ]
 
 
@@ -239,6 +273,10 @@ def test_native_ops_validate_once_with_the_python_words(i):
     ValueError / TypeError naming the argument, in the same words as the Python validators that
     the Triton and reference paths use, and no output touched."""
     op, args, exc, match = BAD_CALLS[i]
+    if exc is None:  # a call at the edge of a rule, which must run
+        getattr(torch.ops.ferret, op)(*args)
+        getattr(fk.backends.implementation("reference"), op)(*args)
+        return
     out = args[0] if op == "reconstruct_" else None
     before = out.clone() if out is not None else None
     with pytest.raises(exc, match=match) as native:

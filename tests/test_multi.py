@@ -272,6 +272,40 @@ def test_overlapping_outputs_are_refused():
         base.zero_()
 
 
+def test_inputs_sharing_memory_with_an_out_are_refused():
+    """coeffs or active counts that are views of an out would be read while it is written (results
+    then depended on the thread count): refused, nothing written, in the same words by C++ and Python."""
+    for backend in ("cpu", "reference"):
+        if fk.backends.unavailable_reason(backend, torch.device("cpu")):
+            continue
+        base = torch.zeros(1000)
+        other = torch.zeros(24)
+        with fk.use_backend(backend):
+            with pytest.raises(ValueError, match="coeffs and outs\\[1\\] overlap in memory"):
+                fk.reconstruct_multi_([other, base], base[:6].view(3, 2), 1, 512)
+            act = base.view(torch.int32)[998:]
+            with pytest.raises(ValueError, match="active and outs\\[0\\] overlap in memory"):
+                fk.reconstruct_multi_([base], torch.ones(2, 2), 1, 512, active=act)
+            assert torch.equal(base, torch.zeros(1000)) and torch.equal(other, torch.zeros(24))
+            fk.reconstruct_multi_([base[:500]], base[500:504].view(2, 2) + 1, 1, 256)  # apart: fine
+            assert base[:500].abs().sum() > 0
+
+
+def test_a_numpy_block_size_numbers_blocks_as_an_int(backend):
+    """The default block_offsets follow the tensors' blocks for a numpy block_size too (they were
+    all 0: every tensor got the same bases)."""
+    import numpy as np
+
+    xs = _tensors(3, dtypes=False)
+    want = fk.project_multi(xs, 3, 4, BS)
+    assert torch.equal(fk.project_multi(xs, 3, 4, np.int64(BS)), want)
+    outs = [torch.zeros_like(x) for x in xs]
+    fk.reconstruct_multi_(outs, want, 3, np.int32(BS))
+    loop = [torch.zeros_like(x) for x in xs]
+    fk.reconstruct_multi_(loop, want, 3, BS)
+    assert all(torch.equal(a, b) for a, b in zip(outs, loop))
+
+
 def test_empty_lists_and_starts_without_offsets():
     with pytest.raises(ValueError, match="must hold at least one tensor"):
         fk.project_multi([], 1, 4, 256)

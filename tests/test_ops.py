@@ -156,6 +156,76 @@ def test_autograd_is_the_adjoint(backend):
     assert torch.equal(coeffs.grad, fk.project(r, 5, K, bs, dist="gaussian"))
 
 
+EVERY_CPU_BACKEND = fk.available_backends("cpu")  # the C++ kernels, the reference, Triton's interpreter
+
+
+@pytest.mark.parametrize("be", EVERY_CPU_BACKEND)
+def test_autograd_gives_y_its_own_shape(be):
+    """y needs only x's element count; its gradient has y's shape (it had x's: backward failed)."""
+    x = torch.randn(20, requires_grad=True)
+    y = torch.randn(4, 5, requires_grad=True)
+    c = torch.randn(3, 4)
+    with fk.use_backend(be):
+        (fk.project(x, 5, 4, 8, y=y) * c).sum().backward()
+    assert y.grad.shape == (4, 5) and torch.equal(y.grad, -x.grad.reshape(4, 5))
+    with fk.use_backend(be):
+        assert torch.equal(x.grad, fk.reconstruct(c, 5, 20, 8))
+
+
+@pytest.mark.parametrize("be", EVERY_CPU_BACKEND)
+@pytest.mark.parametrize("multi", [False, True])
+def test_inplace_updates_bump_the_autograd_version(be, multi):
+    """reconstruct_ and reconstruct_multi_ tell autograd that they wrote (as torch's in-place ops
+    do): a backward through a tensor saved before the update fails instead of silently using the
+    updated values. A tensor that requires grad is updated only under no_grad: otherwise a
+    ValueError, and nothing written."""
+    with fk.use_backend(be):
+        w = torch.randn(16, requires_grad=True)
+        loss = (w * w).sum()  # saves w
+        before = w._version
+        with torch.no_grad():
+            if multi:
+                fk.reconstruct_multi_([w], torch.randn(2, 4), 1, 8)
+            else:
+                fk.reconstruct_(w, torch.randn(2, 4), 1, 8)
+        assert w._version > before
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        w0 = w.detach().clone()
+        what = "outs\\[0\\]" if multi else "out"
+        with pytest.raises(ValueError, match=f"{what} requires grad: update it under torch.no_grad"):
+            if multi:
+                fk.reconstruct_multi_([w], torch.randn(2, 4), 1, 8)
+            else:
+                fk.reconstruct_(w, torch.randn(2, 4), 1, 8)
+        assert torch.equal(w.detach(), w0)
+
+
+@pytest.mark.parametrize("be", EVERY_CPU_BACKEND)
+def test_integer_arguments_are_ints_on_every_backend(be):
+    """numpy / torch integer scalars are ints to every backend (the Python paths refused what the
+    C++ one took); a bool or a float is refused, not truncated."""
+    import numpy as np
+
+    with fk.use_backend(be):
+        x = torch.randn(50)
+        want = fk.project(x, 3, 4, 8, block_offset=2, start=3)
+        got = fk.project(x, 3, np.int64(4), np.int32(8), block_offset=np.int64(2), start=np.int64(3))
+        assert torch.equal(got, want)
+        assert torch.equal(
+            fk.reconstruct(want, 3, np.int64(50), 8, start=torch.tensor(3)), fk.reconstruct(want, 3, 50, 8, start=3)
+        )
+        for kw, msg in (
+            (dict(block_size=True), "block_size must be an int, got a bool"),
+            (dict(block_offset=1.5), "block_offset must be an int, got float"),
+            (dict(num_bases=np.float64(4)), "num_bases must be an int, got float64"),
+            (dict(start="3"), "start must be an int, got str"),
+        ):
+            args = {"num_bases": 4, "block_size": 8, **kw}
+            with pytest.raises(TypeError, match=msg):
+                fk.project(x, 3, args.pop("num_bases"), args.pop("block_size"), **args)
+
+
 def test_same_output_for_one_and_two_threads_and_repeated_runs(backend):
     n, bs, K = 300_000, 100_000, 16
     x = torch.randn(n)

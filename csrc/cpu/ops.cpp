@@ -129,7 +129,7 @@ at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int6
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
                        c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
                        const c10::optional<at::Tensor>& active, int64_t start) {
-  check_reconstruct_args(coeffs, numel, dtype);
+  check_reconstruct_call(coeffs, numel, block_size, block_offset, start, dtype);
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
   reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active,
                    start, true);

@@ -125,7 +125,7 @@ at::Tensor project(const at::Tensor& x, const c10::optional<at::Tensor>& y, int6
 at::Tensor reconstruct(const at::Tensor& coeffs, int64_t seed, int64_t numel, int64_t block_size, int64_t block_offset,
                        c10::string_view dist, double scale, c10::optional<at::ScalarType> dtype,
                        const c10::optional<at::Tensor>& active, int64_t start) {
-  check_reconstruct_args(coeffs, numel, dtype);
+  check_reconstruct_call(coeffs, numel, block_size, block_offset, start, dtype);
   const c10::cuda::CUDAGuard guard(coeffs.device());
   at::Tensor out = at::empty({numel}, coeffs.options().dtype(dtype.value_or(at::kFloat)));
   reconstruct_from(&reconstruct_into, out, coeffs, seed, block_size, block_offset, dist, scale, 1.0, false, active,
@@ -246,7 +246,7 @@ void reconstruct_multi_(at::TensorList outs, const at::Tensor& coeffs, int64_t s
   const MultiPlan plan =
       plan_multi("outs", outs, {}, coeffs.size(1), block_size, block_offsets, starts, dist, active, outs[0].device());
   check_multi_coeffs(coeffs, plan, outs[0].device());
-  check_outs(outs);  // contiguous: the segments point into the caller's tensors
+  check_outs(outs, coeffs, active);  // contiguous: the segments point into the caller's tensors
   const Launches L = group_segments(outs, {}, plan);
   const int64_t cpb = entry::chunks_per_block(block_size, parse_dist(dist));
   for (const Group& g : L.groups) check_grid(g.rows * cpb, g.rows, cpb);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -547,6 +548,60 @@ def test_stale_replayed_forwarded_and_duplicate_updates_are_refused_with_the_nod
     assert srv.rejected[-1] == ("a", "a second update from client 'a' in round 4")
     # without an expected seed, the shared seed of the round is required (no replay of another round's seed)
     assert srv.receive(mk(round=4, client="c", seed=FerretServer(COMP, ServerConfig()).seed_for(3))) is None
+    # an update that names no client, from no node: one such per round (each copy was accepted)
+    assert srv.receive(mk(round=4)) is not None
+    for _ in range(3):
+        assert srv.receive(mk(round=4)) is None
+        assert srv.rejected[-1][1].startswith("a second update from an unnamed client in round 4 (name the clients")
+    assert srv.receive(mk(round=4, client="d")) is not None  # named ones are still one each
+
+
+def test_an_oversized_message_says_what_its_header_has_that_differs():
+    """A client with a larger K or another block size makes messages over the layout's size bound;
+    the size error now says which field differs (it said only the size). Junk says only the size."""
+    for cfg, why in (
+        (dataclasses.replace(CFG, num_bases=256), "its K is 256, this layout's at most 4"),
+        (
+            dataclasses.replace(CFG, num_bases=256, block_size=32),
+            "it was made for another model or block plan \\(layout fingerprint differs\\); its K is 256, this layout's at most 4; its block size is 32, this layout's 64",
+        ),
+    ):
+        comp = UpdateCodec.for_module(MODEL, cfg)
+        data = encode(comp.compress(MODEL, _new(1), seed=5))
+        with pytest.raises(DecodeError, match="is larger than any valid one for this layout \\(\\d+\\): " + why):
+            decode(data, LAY, max_bases=CFG.num_bases)
+    with pytest.raises(DecodeError, match="larger than any valid one for this layout \\(\\d+\\)$"):
+        decode(b"\x10" + b"\0" * 7 + b"x" * 100_000, LAY, max_bases=CFG.num_bases)
+
+
+def test_norm_bounds_hold_whatever_k_a_client_sends():
+    """Bounds apply to the step an update makes: a block's reconstruction is scaled by 1/sqrt(k_b),
+    so at one coefficient norm an update with K' = 1 (or active counts of 1) moves the model
+    sqrt(K) times as far as one with K; measured on the coefficients alone, K' = 1 stepped sqrt(K)
+    times past max_norm and the clip bounds."""
+    K = COMP.config.num_bases
+    srv = FerretServer(COMP, ServerConfig(max_norm=1.0, clip_relative=None))
+    full_k = COMP.compress(MODEL, _new(3), seed=srv.seed_for(0), client="a")
+    dense = torch.zeros(LAY.total_blocks, COMP.config.max_bases)
+    dense[:, 0] = 0.1
+    full = {k: torch.zeros_like(v) for k, v in full_k.full.items()}
+    one = COMP.message(dense, torch.ones(LAY.total_blocks, dtype=torch.int32), full, srv.seed_for(0))  # k_b = 1
+    assert math.isclose(one.step_norm(K), math.sqrt(K) * one.norm(), rel_tol=1e-9)
+    assert math.isclose(full_k.step_norm(K), full_k.norm(), rel_tol=1e-12)
+    assert _norm(one) == pytest.approx(one.step_norm(K), rel=1e-9)  # the test's own reading of the rule
+    # a step at coefficient norm 0.6 x max_norm, but sqrt(K) x 0.6 > 1 by the step: refused
+    scaled = dataclasses.replace(one, coeffs=one.coeffs * (0.6 / one.norm()))
+    assert srv.receive(encode(dataclasses.replace(scaled, client="b")), node="b") is None
+    assert "exceeds the server's bound max_norm=1" in srv.rejected[-1][1]
+    # clipping: scaled to the bound by the step norm, so its step is the bound's
+    srv2 = FerretServer(COMP, ServerConfig(clip_norm=0.3, clip_relative=None, max_norm=None))
+    ((clipped, _),) = srv2.aggregate([scaled])
+    assert clipped.step_norm(K) == pytest.approx(0.3, rel=1e-5)
+    # the step the server applies: reconstructions of K' = 1 at the clipped size (float64 reference)
+    model = copy.deepcopy(MODEL)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    srv2.step(model, [scaled], 0)
+    _assert_moved_by(model, before, _reference_delta([(scaled, 1.0, 0.3 / _norm(scaled))]))
 
 
 def test_rejection_log_is_bounded_and_counts_everything():
@@ -619,8 +674,14 @@ def _waterfill(w, cap):
     return [float(x) for x in out]
 
 
-def _norm(m):
-    return math.sqrt(sum(float(t.double().square().sum()) for t in [m.coeffs, *m.full.values()]))
+def _norm(m, K=COMP.config.num_bases):
+    """The policy's step norm (G5): block b's coefficients (stored compact, block after block)
+    weighted by sqrt(K / k_b), the tensors sent in full as they are."""
+    c, sq, i = m.coeffs.double().flatten(), 0.0, 0
+    for k in m.active.tolist():
+        sq += float(c[i : i + k].square().sum()) * (K / k if k else 0.0)
+        i += k
+    return math.sqrt(sq + sum(float(t.double().square().sum()) for t in m.full.values()))
 
 
 def _expected(msgs, max_share=0.5, clip_relative=4.0):

@@ -157,6 +157,86 @@ def test_corrupted_or_truncated_checkpoints_are_refused_and_nothing_is_loaded(tm
         assert "is truncated or not a checkpoint" in why[what], why[what]
 
 
+def _rewritten(src, dst, edit, fill=None, blobs=None):
+    """src's checkpoint with its state edited, written to dst by the library's own writer (so its
+    SHA-256 matches: only the later checks can refuse it); fill: every model tensor set to it;
+    blobs: in place of src's."""
+    tensors, state, old_blobs = load_checkpoint(str(src))
+    blobs = old_blobs if blobs is None else blobs
+    st = {k: v for k, v in state.items() if k != "version"}
+    for k, v in edit.items():
+        if v is None:
+            st.pop(k)
+        else:
+            st[k] = v
+    save_checkpoint(
+        str(dst), {k: v if fill is None else torch.full_like(v, fill) for k, v in tensors.items()}, st, blobs
+    )
+
+
+def test_a_checkpoint_refused_after_its_digest_check_leaves_everything_untouched(tmp_path, good_checkpoint):
+    """A checkpoint whose bytes are intact but whose state is not (edited and re-saved, another
+    version's writer) is refused with CheckpointError before the model is touched: the strategy had
+    loaded the model before checking the recorded digest and parsing the state (a KeyError or
+    ValueError, the model overwritten), the loop before setting the generator's state."""
+    d, _ = good_checkpoint
+    for i, (edit, fill, why) in enumerate(
+        [
+            ({}, 42.0, "the model's digest differs from the one recorded"),
+            ({"rejected_total": None}, None, "malformed state \\(KeyError"),
+            ({"round": "seven"}, None, "malformed state \\(ValueError"),
+            (
+                {"catchup": [[1, [[next(iter(load_checkpoint(str(d))[2])), "x"]]]]},
+                None,
+                "malformed state \\(ValueError",
+            ),
+            ({"catchup": [[1, [["blob.missing", 1.0]]]]}, None, "lacks 1 update blob"),
+        ]
+    ):
+        _rewritten(d, tmp_path / str(i), edit, fill)
+        model = _model()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(CheckpointError, match=why):
+            _strategy(model, str(tmp_path / str(i)))
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), edit
+    # the loop: a generator state or a momentum blob that does not parse
+    src = tmp_path / "loop"
+    run(BlobTask(n=800), mlp(), _loop_cfg(1, scheme="shared"), checkpoint_dir=str(src))
+    _, state, blobs = load_checkpoint(str(src))
+    assert state["server"]["history"] and blobs  # the momentum window holds round 0's aggregate
+    cases = [
+        ({"gen": {"bit_generator": "PCG64", "state": 5}}, None, "malformed state \\(TypeError"),
+        ({}, {n: b"junk" for n in blobs}, "malformed state \\(DecodeError"),
+    ]
+    for j, (edit, new_blobs, why) in enumerate(cases):
+        _rewritten(src, tmp_path / f"l{j}", edit, blobs=new_blobs)
+        model = mlp()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(CheckpointError, match=why):
+            run(BlobTask(n=800), model, _loop_cfg(2, scheme="shared"), checkpoint_dir=str(tmp_path / f"l{j}"))
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), edit
+
+
+def test_models_with_tied_weights_checkpoint_and_resume(tmp_path):
+    """An LLM's tied input and output embeddings are two state-dict entries of one tensor, which
+    safetensors refuses to save: the checkpoint stores a copy, and resuming writes both names."""
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 6)
+            self.out = torch.nn.Linear(6, 10, bias=False)
+            self.out.weight = self.emb.weight
+
+    m = Tied()
+    path = save_checkpoint(str(tmp_path), m.state_dict(), {"kind": "test"})
+    tensors, state, _ = load_checkpoint(str(tmp_path))
+    assert path and set(tensors) == {"emb.weight", "out.weight"} and torch.equal(tensors["out.weight"], m.emb.weight)
+    m2 = Tied()
+    m2.load_state_dict(tensors)
+    assert torch.equal(m2.emb.weight, m.emb.weight) and m2.out.weight is m2.emb.weight
+
+
 def test_checkpoint_of_another_kind_or_configuration_is_refused(tmp_path, good_checkpoint):
     d, _ = good_checkpoint
     with pytest.raises(CheckpointError, match="another ferret"):

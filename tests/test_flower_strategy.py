@@ -264,6 +264,33 @@ def test_evaluate_runs_on_synced_copies():
     assert len({server for _, server in seen}) == 3  # the model moved every round
 
 
+def test_evaluate_metrics_weigh_each_node_at_most_max_share():
+    """aggregate_evaluate caps each node's weight as training does (max_share): a node claiming 2^53
+    examples had set the round's metrics, and values near the float limit overflowed the sum to inf."""
+    from flwr.app import MetricRecord
+
+    s = FerretStrategy(_model(), FerretConfig(num_bases=4, block_size=256), min_available_nodes=1)
+    s._evaluate_nodes = {1, 2, 3, 9}
+
+    def reply(node, metrics):
+        out = Message(RecordDict(), dst_node_id=node, message_type="evaluate")
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=out)
+
+    honest = [reply(n, {"num-examples": 100.0, "accuracy": 0.9, "loss": float(n)}) for n in (1, 2, 3)]
+    got = s.aggregate_evaluate(1, honest)
+    assert got["accuracy"] == pytest.approx(0.9) and got["loss"] == pytest.approx(2.0)
+    # the node claiming 2^53 gets the cap, 1/2 (its excess is dropped, not given to the others)
+    got = s.aggregate_evaluate(1, honest + [reply(9, {"num-examples": 2.0**53, "accuracy": 0.0, "loss": 0.0})])
+    assert got["accuracy"] == pytest.approx(0.45) and got["loss"] == pytest.approx(1.0)
+    # values near the float limit from two capped nodes: a finite mean (the weighted sum overflowed)
+    bad = [
+        reply(1, {"num-examples": 2.0**53, "accuracy": 1.7e308, "loss": 1.0}),
+        reply(9, {"num-examples": 2.0**53, "accuracy": 1.7e308, "loss": 3.0}),
+    ]
+    got = s.aggregate_evaluate(1, bad + honest[1:])
+    assert got["accuracy"] == pytest.approx(1.7e308) and got["loss"] == pytest.approx(2.0)
+
+
 def test_start_keeps_flowers_contract_initial_arrays_and_central_evaluation():
     """start(grid, initial_arrays, ...) as Flower's Strategy.start: the initial arrays become the
     global model, evaluate_fn gets (round, ArrayRecord) before round 1 and after every round, and

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -312,6 +313,10 @@ HOSTILE = {
     "digest not hex": lambda r: _copy(r, digest="zz"),
     "NaN loss": lambda r: _copy(r, metrics={"num-examples": 1.0, "train-loss": float("nan")}),
     "weight list": lambda r: _copy(r, metrics={"num-examples": [1.0]}),
+    # params of one zero were accepted (an array's truthiness), of several an unclear numpy error
+    "weights as an array of one zero": lambda r: _copy(r, params=np.zeros(1)),
+    "weights as an array": lambda r: _copy(r, params=np.zeros(3)),
+    "int metric past the float range": lambda r: _copy(r, metrics={"num-examples": 10**400}),
 }
 
 

@@ -41,6 +41,23 @@ def _digest(state_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """tensors (detached, contiguous, on the CPU) with each one that shares memory with an earlier
+    one copied: safetensors refuses shared memory, and a model with tied weights (an LLM's input
+    and output embeddings) has two state-dict entries for one tensor, so saving it failed. Loading
+    the file into the tied model writes the same values through both names."""
+    out, storages = {}, set()
+    for k, v in tensors.items():
+        t = v.detach().contiguous().cpu()
+        key = t.untyped_storage().data_ptr() if t.numel() else None
+        if key is not None and key in storages:
+            t = t.clone()
+        elif key is not None:
+            storages.add(key)
+        out[k] = t
+    return out
+
+
 def blob_name(data: bytes) -> str:
     return "blob." + hashlib.sha256(data).hexdigest()[:32]
 
@@ -57,7 +74,7 @@ def save_checkpoint(
 
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory)
-    out = {f"model.{k}": v.detach().contiguous().cpu() for k, v in tensors.items()}
+    out = {f"model.{k}": v for k, v in unshared(tensors).items()}
     for name, data in (blobs or {}).items():
         out[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
     state_json = json.dumps({"version": CHECKPOINT_VERSION, **state}, sort_keys=True, separators=(",", ":"))

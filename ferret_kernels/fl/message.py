@@ -91,6 +91,19 @@ class UpdateMessage:
         )
         return math.sqrt(sq)
 
+    def step_norm(self, num_bases: int) -> float:
+        """The size of the step the update makes, in norm()'s units for an update with `num_bases`
+        (the server's K) in every block: block b's coefficients weighted by sqrt(num_bases / k_b).
+        A block's reconstruction is scaled by 1/sqrt(k_b), so at one coefficient norm an update
+        with k_b = 1 moves the model sqrt(K) times as far as one with k_b = K; bounds on norm()
+        alone let a client pick K' = 1 (or active counts of 1) to step sqrt(K) times past them.
+        Equal to norm() when every block has num_bases bases."""
+        a = self.active.to(torch.float64)
+        per_block = self.dense().double().square().sum(1)
+        w = torch.where(a > 0, float(num_bases) / a.clamp(min=1), torch.zeros_like(a))
+        sq = float((per_block * w).sum()) + sum(float(t.double().square().sum()) for t in self.full.values())
+        return math.sqrt(sq)
+
 
 def _count_dtype(k: int) -> torch.dtype:
     return next(dt for bound, dt in _COUNT_DTYPES if k <= bound)
@@ -228,13 +241,40 @@ def _header(data: bytes, hlen: int) -> dict:
     return meta
 
 
+def _oversize_hint(data: bytes, layout: ParamLayout, kmax: int) -> str:
+    """What an oversized message's header says that differs from this layout (a client configured
+    with a larger K or another block size got only the size error): its header is bounded, so it is
+    read, leniently, for the message; "" where it cannot be read."""
+    try:
+        (hlen,) = struct.unpack("<Q", data[:8])
+        if hlen > min(max_header_bytes(layout), len(data) - 8):
+            return ""
+        meta = _header(data, hlen)
+    except (DecodeError, struct.error):
+        return ""
+    why = []
+    if meta.get("fp") != layout.fingerprint:
+        why.append("it was made for another model or block plan (layout fingerprint differs)")
+    for key, what, ok, want in (
+        ("K", "K", lambda v: v <= kmax, f"at most {kmax}"),
+        ("bs", "block size", lambda v: v == layout.block_size, str(layout.block_size)),
+    ):
+        v = meta.get(key, "")
+        if isinstance(v, str) and v.isdigit() and len(v) < 20 and not ok(int(v)):
+            why.append(f"its {what} is {int(v)}, this layout's {want}")
+    return ": " + "; ".join(why) if why else ""
+
+
 def decode(data, layout: ParamLayout, *, max_bases: int | None = None) -> UpdateMessage:
     """Parse and validate a message for `layout`. Raises DecodeError (only) on any problem."""
     kmax = min(max_bases or MAX_BASES, MAX_BASES)
     data = _as_bytes(data)
     limit = max_message_bytes(layout, kmax)
     if len(data) > limit:
-        raise DecodeError(f"message of {len(data)} bytes is larger than any valid one for this layout ({limit})")
+        raise DecodeError(
+            f"message of {len(data)} bytes is larger than any valid one for this layout ({limit})"
+            + _oversize_hint(data, layout, kmax)
+        )
     if len(data) < 8:
         raise DecodeError("message is truncated (shorter than its header length field)")
     (hlen,) = struct.unpack("<Q", data[:8])

@@ -39,7 +39,10 @@ def number(rec, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> flo
     v = rec[key]
     if isinstance(v, bool) or type(v).__name__ == "bool_" or not _is_number(v):
         raise DecodeError(f"metric {key!r} is {describe(v)}, expected a number")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an int past the float range (10**400)
+        raise DecodeError(f"metric {key!r} is an integer beyond the float range") from None
     if not (math.isfinite(v) and lo <= v <= hi):
         raise DecodeError(f"metric {key!r} = {v} is not a finite number in [{lo}, {hi}]")
     return v

@@ -19,7 +19,9 @@ state, so a failed step leaves both as they were.
   refused; each accepted update is scaled down to at most `clip_relative` (4) times the
   round's median update norm (it binds with three or more updates: with two the median
   is their mean) and, if set, to `clip_norm`. Norms are measured on the coefficients,
-  which keep the update's norm in expectation (a JL sketch).
+  which keep the update's norm in expectation (a JL sketch), each block's weighted by
+  sqrt(K / k_b) (`UpdateMessage.step_norm`): a block's reconstruction is scaled by 1/sqrt(k_b),
+  so without the weight a client sending K' = 1 would step sqrt(K) times past the bounds.
 - seed_scheme "shared": one seed per round for all clients; coefficients are averaged (also
   across different K: basis k of a block does not depend on K, so smaller-K updates are
   zero-padded) and reconstructed once; the broadcast is one aggregate message.
@@ -280,16 +282,22 @@ class FerretServer:
                     f"under DP every update must use K={self.codec.config.num_bases} in every block "
                     f"(got K={msg.num_bases} with {int((msg.active < msg.num_bases).sum())} blocks below it)"
                 )
-            norm = msg.norm()
+            norm = msg.step_norm(self.codec.config.num_bases)
             if self.config.max_norm is not None and not norm <= self.config.max_norm:
                 raise DecodeError(
                     f"update norm {norm:.4g} exceeds the server's bound max_norm={self.config.max_norm:g}"
                 )
+            # one update per client per round; updates that name no client and come from no node
+            # count as one unnamed client (they were not counted: one sender could send any number)
             key = (rnd, msg.client or who)
-            if key[1] and key in self._seen:
-                raise DecodeError(f"a second update from client {key[1]!r} in round {rnd}")
-            if key[1]:
-                self._seen.add(key)
+            if key in self._seen:
+                raise DecodeError(
+                    f"a second update from client {key[1]!r} in round {rnd}"
+                    if key[1]
+                    else f"a second update from an unnamed client in round {rnd} (name the clients: "
+                    "compress(..., client=...) or receive(..., node=...))"
+                )
+            self._seen.add(key)
         except (DecodeError, ValueError) as e:
             self.reject(who, str(e))
             return None
@@ -318,7 +326,7 @@ class FerretServer:
             return [(privacy.clip_message(m, c.dp_clip)[0], share) for m in messages]
         claims = [m.weight if c.weighting == "examples" else 1.0 for m in messages]
         shares = capped_shares(claims, c.max_share)
-        norms = [m.norm() for m in messages]
+        norms = [m.step_norm(self.codec.config.num_bases) for m in messages]  # the step each makes
         bound = math.inf
         if c.clip_norm is not None:
             bound = c.clip_norm

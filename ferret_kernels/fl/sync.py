@@ -31,10 +31,11 @@ from .codec import UpdateCodec
 from .message import DecodeError, decode, encode
 
 
-def model_digest(module: torch.nn.Module, codec: UpdateCodec) -> str:
-    """SHA-256 (first 16 hex digits) of the trainable parameters' bytes in layout order."""
+def model_digest(module, codec: UpdateCodec) -> str:
+    """SHA-256 (first 16 hex digits) of the trainable parameters' bytes in layout order; module is
+    a model or a mapping of (at least) its parameters by name (a state dict not yet loaded)."""
     h = hashlib.sha256()
-    params = codec.layout.params(module)
+    params = codec.layout.params(module) if isinstance(module, torch.nn.Module) else module
     for s in codec.layout.specs:
         h.update(params[s.name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -203,26 +204,37 @@ class FerretStrategy(Strategy):
             tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd
         ):
             raise CheckpointError(f"checkpoint in {self.checkpoint_dir} holds tensors that do not fit the model")
-        missing = [n for r, e in state["catchup"] for n, _ in e if n not in blobs] + [
-            n for e in state["momentum"] for n, _ in e if n not in blobs
-        ]
-        if missing:
-            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} lacks {len(missing)} update blob(s)")
-        with torch.no_grad():
-            self.model.load_state_dict(tensors)
-        rnd = int(state["round"])
-        digest = model_digest(self.model, self.codec)
-        if digest != state["digest"]:
+        # everything is read and checked before the model or the strategy changes (the model had been
+        # loaded before the digest and the state were checked: a bad state left it overwritten)
+        try:
+            missing = [n for r, e in state["catchup"] for n, _ in e if n not in blobs] + [
+                n for e in state["momentum"] for n, _ in e if n not in blobs
+            ]
+            if missing:
+                raise CheckpointError(f"checkpoint in {self.checkpoint_dir} lacks {len(missing)} update blob(s)")
+            rnd = int(state["round"])
+            catchup = collections.OrderedDict(
+                (int(r), [(blobs[n], float(a)) for n, a in e]) for r, e in state["catchup"]
+            )
+            momentum = [[(blobs[n], float(w)) for n, w in e] for e in state["momentum"]]
+            rejected_total = int(state["rejected_total"])
+            recorded = state["digest"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint in {self.checkpoint_dir} has a malformed state ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
+        digest = model_digest(tensors, self.codec)
+        if digest != recorded:
             raise CheckpointError(
                 f"checkpoint in {self.checkpoint_dir}: the model's digest differs from the one recorded"
             )
+        with torch.no_grad():
+            self.model.load_state_dict(tensors)
         self.current_round = rnd
         self.digests = {rnd: digest}
-        self.catchup = collections.OrderedDict(
-            (int(r), [(blobs[n], float(a)) for n, a in e]) for r, e in state["catchup"]
-        )
-        self.momentum_window = [[(blobs[n], float(w)) for n, w in e] for e in state["momentum"]]
-        self.server.rejected_total = int(state["rejected_total"])
+        self.catchup = catchup
+        self.momentum_window = momentum
+        self.server.rejected_total = rejected_total
         self.round_of_node = {}  # nodes keep their copies per run: a restarted run sends each the model once
         self.resumed_from = rnd
         log(INFO, "resumed from the checkpoint of round %d in %s", rnd, self.checkpoint_dir)
@@ -427,8 +439,10 @@ class FerretStrategy(Strategy):
         return self._messages(server_round, nodes, config, MessageType.EVALUATE, None)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Example-weighted means of the scalar metrics of well-formed replies (others are skipped and logged)."""
-        tot, acc, seen = 0.0, {}, set()
+        """Example-weighted means of the scalar metrics of well-formed replies (others are skipped and
+        logged). The weights are capped as the training shares are (`max_share`, capped_shares): one
+        node claiming 2^53 examples set the round's metrics, and 1e300 overflowed their sum to inf."""
+        got, seen = [], set()
         for rep in replies:
             try:
                 node = int(rep.metadata.src_node_id)
@@ -445,10 +459,19 @@ class FerretStrategy(Strategy):
             except Exception as e:  # noqa: BLE001
                 log(WARNING, "round %d: skipped the evaluate reply of a node: %s", server_round, quote(e))
                 continue
-            tot += n
+            got.append((n, vals))
+        if not got:
+            return None
+        terms: dict[str, list[tuple[float, float]]] = {}
+        for (_, vals), share in zip(got, capped_shares([n for n, _ in got], self.server.config.max_share)):
             for k, v in vals.items():
-                acc[k] = acc.get(k, 0.0) + n * v
-        return MetricRecord({k: v / tot for k, v in acc.items()}) if tot else None
+                terms.setdefault(k, []).append((share, v))
+        out = {}
+        for k, tv in terms.items():
+            tot = math.fsum(s for s, _ in tv)
+            if tot > 0:  # shares sum to at most 1 and the values are finite (number): so is the mean
+                out[k] = math.fsum(s * v for s, v in tv) / tot
+        return MetricRecord(out) if out else None
 
     def summary(self) -> None:
         f, s = self.ferret, self.server.config

@@ -183,17 +183,28 @@ def _resume(directory, model, cfg, gen, server) -> tuple[int, list]:
     sd = model.state_dict()
     if set(tensors) != set(sd) or any(tensors[k].shape != sd[k].shape or tensors[k].dtype != sd[k].dtype for k in sd):
         raise CheckpointError(f"checkpoint in {directory} holds tensors that do not fit the model")
-    if server is not None:
-        st = dict(state["server"])
-        try:
-            st["history"] = [[(blobs[n], s) for n, s in entry] for entry in st["history"]]
-        except KeyError:
-            raise CheckpointError(f"checkpoint in {directory} lacks a momentum blob") from None
-        server.load_state(st)
+    # everything is read and checked before the model, the server or the generator changes (a bad
+    # generator state had failed after the model was loaded; load_state parses before it assigns)
+    try:
+        rounds_done, records = int(state["rounds_done"]), list(state["records"])
+        type(gen.bit_generator)().state = state["gen"]  # checked on a scratch generator
+        if server is not None:
+            st = dict(state["server"])
+            try:
+                st["history"] = [[(blobs[n], s) for n, s in entry] for entry in st["history"]]
+            except KeyError:
+                raise CheckpointError(f"checkpoint in {directory} lacks a momentum blob") from None
+            server.load_state(st)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # DecodeError (an undecodable blob) is a ValueError
+        raise CheckpointError(
+            f"checkpoint in {directory} has a malformed state ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     with torch.no_grad():
         model.load_state_dict(tensors)
     gen.bit_generator.state = state["gen"]
-    return int(state["rounds_done"]), list(state["records"])
+    return rounds_done, records
 
 
 def run(

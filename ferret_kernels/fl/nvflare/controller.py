@@ -48,6 +48,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 from safetensors.torch import save_file
 
+from ..checkpoint import unshared
 from ..codec import FerretConfig, UpdateCodec
 from ..message import DecodeError
 from ..server import FerretServer, ServerConfig
@@ -134,9 +135,7 @@ class FerretController(ModelController):
 
     def _save(self, name: str) -> None:
         if self._out:
-            save_file(
-                {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}, os.path.join(self._out, name)
-            )
+            save_file(unshared(self.model.state_dict()), os.path.join(self._out, name))  # tied weights too
 
     # ------------------------------------------------------------------ sampling and tasks
     def _sample(self, rnd: int) -> list[str]:

@@ -83,7 +83,9 @@ def reply_update(params, metrics, meta, *, base_round: int, digest: str | None) 
     type: the site chose them); `digest` is the global model's digest the site's copy must
     have (None: not checked). The update record and metrics are checked by fl.replies, as
     the Flower strategy checks its records."""
-    if params:
+    # None or an empty dict: no weights (not truthiness: a numpy array's is an error, or says an
+    # array of one zero carries nothing)
+    if not (params is None or (isinstance(params, dict) and not params)):
         raise DecodeError(f"reply carries params ({type(params).__name__}): a Ferret site sends no weights")
     if not isinstance(meta, dict):
         raise DecodeError(f"reply meta is {describe(meta)}, expected a dict")

@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save_file
 
 from ferret_kernels.fl import FerretConfig, ServerConfig
+from ferret_kernels.fl.checkpoint import unshared
 from ferret_kernels.fl.flower import FerretStrategy
 
 from . import task
@@ -31,7 +32,7 @@ app = ServerApp()
 
 
 def _save(model, path):
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
+    save_file(unshared(model.state_dict()), path)  # tied weights: each tensor its own memory
 
 
 @app.main()

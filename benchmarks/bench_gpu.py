@@ -190,6 +190,7 @@ def bench_project_choice(be, choice, x, K, bs, dev, want):
     """(seconds, same bits as want) of fk.project(x, 7, K, bs) on backend be with the choice set;
     None where this device refuses it (Triton's prefetch before sm_90)."""
     var = PROJECT_CHOICES[be][0]
+    before = os.environ.get(var)
     os.environ[var] = choice
     try:
         with fk.use_backend(be):
@@ -201,8 +202,11 @@ def bench_project_choice(be, choice, x, K, bs, dev, want):
                 print(f"# {be} {choice}: {e}", flush=True)
                 return None
             return do_bench(lambda: fk.project(x, 7, K, bs), dev), bool(torch.equal(got, want))
-    finally:
-        del os.environ[var]
+    finally:  # the caller's own setting back
+        if before is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = before
 
 
 def triton_config(op, be, dist, bs):
@@ -236,6 +240,9 @@ def main(argv=None):
     )
     args = ap.parse_args(argv)
     t_start = time.monotonic()
+    for var, _ in PROJECT_CHOICES.values():  # the backend rows time the shipped kernels
+        if os.environ.pop(var, None) is not None:
+            print(f"# {var} was set: unset for this run (the <backend>:<choice> rows time each choice)", flush=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev != "cuda" and not args.smoke:
         sys.exit("bench_gpu.py needs a CUDA device (use benchmarks/bench_ops.py on the CPU, or --smoke)")
@@ -355,7 +362,7 @@ def main(argv=None):
                     emit(row, extra)
                 if K == 4 and dist == "rademacher" and be in PROJECT_CHOICES:
                     with fk.use_backend(be):
-                        want = fk.project(x, 7, K, bs)
+                        want = fk.project(x, 7, K, bs)  # the shipped kernels (the variables are unset)
                     for choice in PROJECT_CHOICES[be][1]:
                         if out_of_time(f"{be} project K={K} {choice}"):
                             continue

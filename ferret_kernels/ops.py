@@ -232,7 +232,9 @@ def validate_philox(counter, values: bool = True) -> None:
         raise ValueError(f"ferret: counter must have shape [N, 4], got {list(counter.shape)}")
     # the range on CPU tensors (as the C++ kernel); on a GPU it would cost a device-to-host copy
     if values and counter.numel() and counter.device.type == "cpu" and _real(counter):
-        if int(counter.min()) < 0 or int(counter.max()) > 0xFFFFFFFF:
+        # as int64: min / max are not implemented for unsigned dtypes (a uint64 past 2^63 wraps: refused)
+        c = counter.to(torch.int64)
+        if int(c.min()) < 0 or int(c.max()) > 0xFFFFFFFF:
             raise ValueError("ferret: counter words must be in [0, 2^32)")
 
 

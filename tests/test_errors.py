@@ -236,6 +236,8 @@ BAD_CALLS = [
     ("philox", (torch.zeros(3, 4), 1), TypeError, "counter must be an integer tensor, got"),
     ("philox", (torch.tensor([[2**32, 0, 0, 0]]), 1), ValueError, "counter words must be in \\[0, 2\\^32\\)"),
     ("philox", (torch.tensor([[0, -1, 0, 0]]), 1), ValueError, "counter words must be in \\[0, 2\\^32\\)"),
+    ("philox", (torch.tensor([[2**40, 0, 0, 0]], dtype=torch.uint64), 1), ValueError, "counter words must be in"),
+    ("philox", (torch.tensor([[5, 0, 7, 2**32 - 1]], dtype=torch.uint32), 1), None, None),  # unsigned counters run
     # the plan is checked before the output is allocated (2^63 - 1 elements overflowed its size)
     ("reconstruct", (torch.randn(1, 4), 1, 2**63 - 1, 8, 0, "rademacher", 1.0, None, None), ValueError, "below 2\\^32"),
     ("reconstruct", (torch.randn(1, 4), 1, 2**40, 2**33, 0, "rademacher", 1.0, None, None), ValueError, "128 rows"),

@@ -572,6 +572,11 @@ def test_an_oversized_message_says_what_its_header_has_that_differs():
             decode(data, LAY, max_bases=CFG.num_bases)
     with pytest.raises(DecodeError, match="larger than any valid one for this layout \\(\\d+\\)$"):
         decode(b"\x10" + b"\0" * 7 + b"x" * 100_000, LAY, max_bases=CFG.num_bases)
+    # non-ASCII digits in the header are not numbers (int("²") raised ValueError out of decode)
+    for k in ("\u00b2", "\u0661\u0662\u0663"):
+        hdr = json.dumps({"__metadata__": {"K": k, "fp": LAY.fingerprint}}, separators=(",", ":")).encode()
+        with pytest.raises(DecodeError, match="larger than any valid one for this layout \\(\\d+\\)$"):
+            decode(struct.pack("<Q", len(hdr)) + hdr + b"\0" * 100_000, LAY, max_bases=CFG.num_bases)
 
 
 def test_norm_bounds_hold_whatever_k_a_client_sends():

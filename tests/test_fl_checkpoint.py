@@ -237,6 +237,60 @@ def test_models_with_tied_weights_checkpoint_and_resume(tmp_path):
     assert torch.equal(m2.emb.weight, m.emb.weight) and m2.out.weight is m2.emb.weight
 
 
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(40, 16)
+        self.out = torch.nn.Linear(16, 40, bias=False)
+        self.out.weight = self.emb.weight
+        self.register_buffer("stat", torch.randn(3))
+
+
+class _Renamed(torch.nn.Module):
+    """State-dict keys renamed by hooks (a legacy naming): the layout's names are not the file's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(16, 40)
+        self._register_state_dict_hook(lambda m, sd, prefix, local: {("legacy_" + k): v for k, v in sd.items()})
+
+        def pre(sd, prefix, *a):
+            for k in list(sd):
+                if k.startswith("legacy_"):
+                    sd[k[len("legacy_") :]] = sd.pop(k)
+
+        self._register_load_state_dict_pre_hook(pre)
+
+
+def test_the_strategy_checks_a_checkpoint_as_the_model_would_load_it(tmp_path):
+    """The recorded digest is checked, before loading, on the values load_state_dict would leave in
+    each parameter: tied weights (two keys, one parameter: the file must hold equal values, or the
+    digest checked would not be the model's) and keys renamed by state-dict hooks both work."""
+
+    def strategy(model, d):
+        return FerretStrategy(model, FerretConfig(num_bases=4, block_size=256), ServerConfig(), checkpoint_dir=d)
+
+    for cls in (_Tied, _Renamed):
+        d = str(tmp_path / cls.__name__)
+        m = cls()
+        with torch.no_grad():
+            next(m.parameters()).add_(1.0)  # not the fresh model's values
+        strategy(m, d).checkpoint()
+        fresh = cls()
+        assert strategy(fresh, d).resumed_from == 0 and _same(fresh, m)
+    d = str(tmp_path / "_Tied")
+    tensors, state, blobs = load_checkpoint(d)
+    tensors["out.weight"] = tensors["out.weight"] + 1.0  # the aliases differ (re-saved by the library's writer)
+    save_checkpoint(d, tensors, {k: v for k, v in state.items() if k != "version"}, blobs)
+    m = _Tied()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"different values for the tied tensors \['emb.weight', 'out.weight'\]"):
+        strategy(m, d)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
 def test_checkpoint_of_another_kind_or_configuration_is_refused(tmp_path, good_checkpoint):
     d, _ = good_checkpoint
     with pytest.raises(CheckpointError, match="another ferret"):

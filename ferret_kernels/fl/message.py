@@ -260,7 +260,7 @@ def _oversize_hint(data: bytes, layout: ParamLayout, kmax: int) -> str:
         ("bs", "block size", lambda v: v == layout.block_size, str(layout.block_size)),
     ):
         v = meta.get(key, "")
-        if isinstance(v, str) and v.isdigit() and len(v) < 20 and not ok(int(v)):
+        if isinstance(v, str) and _UINT.fullmatch(v) and len(v) < 20 and not ok(int(v)):  # ASCII digits only
             why.append(f"its {what} is {int(v)}, this layout's {want}")
     return ": " + "; ".join(why) if why else ""
 

@@ -223,7 +223,7 @@ class FerretStrategy(Strategy):
             raise CheckpointError(
                 f"checkpoint in {self.checkpoint_dir} has a malformed state ({type(e).__name__}: {str(e)[:200]})"
             ) from None
-        digest = model_digest(tensors, self.codec)
+        digest = model_digest(self._loaded_params(tensors), self.codec)
         if digest != recorded:
             raise CheckpointError(
                 f"checkpoint in {self.checkpoint_dir}: the model's digest differs from the one recorded"
@@ -238,6 +238,28 @@ class FerretStrategy(Strategy):
         self.round_of_node = {}  # nodes keep their copies per run: a restarted run sends each the model once
         self.resumed_from = rnd
         log(INFO, "resumed from the checkpoint of round %d in %s", rnd, self.checkpoint_dir)
+
+    def _loaded_params(self, tensors: dict) -> dict:
+        """The values the model's parameters would hold after load_state_dict(tensors), by layout
+        name, without loading: a parameter's state-dict keys found by identity (tied weights have
+        several, state-dict hooks may rename them), which must hold equal values in the file
+        (load_state_dict would leave the last, and the digest recorded was of one value)."""
+        keys: dict[int, list[str]] = {}
+        for k, v in self.model.state_dict(keep_vars=True).items():
+            keys.setdefault(id(v), []).append(k)
+        out = {}
+        for name, p in self.codec.layout.params(self.model).items():
+            ks = keys.get(id(p), [])
+            if not ks:
+                raise CheckpointError(
+                    f"the model's parameter {name} is not in its state dict; cannot check a checkpoint"
+                )
+            if any(not torch.equal(tensors[ks[0]], tensors[k]) for k in ks[1:]):
+                raise CheckpointError(
+                    f"checkpoint in {self.checkpoint_dir} holds different values for the tied tensors {ks}"
+                )
+            out[name] = tensors[ks[-1]]
+        return out
 
     # ------------------------------------------------------------------ sampling and sending
     def _sample(self, grid: Grid, fraction: float, min_nodes: int, server_round: int, salt: int) -> list[int]:
@@ -439,9 +461,10 @@ class FerretStrategy(Strategy):
         return self._messages(server_round, nodes, config, MessageType.EVALUATE, None)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Example-weighted means of the scalar metrics of well-formed replies (others are skipped and
-        logged). The weights are capped as the training shares are (`max_share`, capped_shares): one
-        node claiming 2^53 examples set the round's metrics, and 1e300 overflowed their sum to inf."""
+        """Means of the scalar metrics of well-formed replies (others are skipped and logged), each
+        node weighted by its claimed examples with the weights capped as the training shares are
+        (`max_share`, capped_shares; all zero: equal weights): one node claiming 2^53 examples set
+        the round's metrics, and 1e300 overflowed their sum to inf."""
         got, seen = [], set()
         for rep in replies:
             try:

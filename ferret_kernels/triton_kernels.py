@@ -283,11 +283,15 @@ def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
 # pair and the bf16 unpack (_to_f32): 899 (3.51 per element and basis; K = 8: 1602 -> 1520).
 # Other bits than the sign flip's (other roundings): within float32 rounding of it. Not yet timed
 # on a GPU.
+# (Inline PTX here is written on one line, without backslash escapes: torch 2.11's inductor pastes a
+# kernel's source and its constexpr globals into a string literal without escaping backslashes, so a
+# "\n" became a newline inside a string and every torch.compile of a Triton op failed to import:
+# "unterminated string literal", H200, 2026-11-27; torch 2.13 escapes them.)
 _NEGSUM8_PTX = tl.constexpr(
-    "{\n\t.reg .pred p<7>;\n\t.reg .b32 m;\n\t.reg .b32 t;\n\tshr.b32 t, $9, $10;\n\t"
-    + "and.b32 m, t, 1;\n\tsetp.ne.b32 p0, m, 0;\n\tselp.f32 $0, $1, 0f80000000, p0;\n\t"
+    "{ .reg .pred p<7>; .reg .b32 m; .reg .b32 t; shr.b32 t, $9, $10; "
+    + "and.b32 m, t, 1; setp.ne.b32 p0, m, 0; selp.f32 $0, $1, 0f80000000, p0; "
     + "".join(
-        f"and.b32 m, t, {1 << i};\n\tsetp.ne.b32 p{i % 7}, m, 0;\n\t@p{i % 7} add.rn.f32 $0, $0, ${i + 1};\n\t"
+        f"and.b32 m, t, {1 << i}; setp.ne.b32 p{i % 7}, m, 0; @p{i % 7} add.rn.f32 $0, $0, ${i + 1}; "
         for i in range(1, 8)
     )
     + "}"
@@ -408,7 +412,7 @@ def _tile_offsets(DIST: tl.constexpr, ROWS: tl.constexpr):
 
 
 # two bf16 in a register ($2: the first in the low half) -> their float32 bits ($0 the first, $1 the second)
-_BF16X2_PTX = tl.constexpr("shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;")
+_BF16X2_PTX = tl.constexpr("shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000;")
 
 
 @triton.jit
@@ -518,8 +522,8 @@ def _prefetch_l2(addr, nbytes):
     if not _PTX_OK:
         return 0
     return tl.inline_asm_elementwise(
-        "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
-        "setp.ne.and.u32 p, $2, 0, p;\n\t@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
+        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "setp.ne.and.u32 p, $2, 0, p; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
         "=r,l,r",
         [addr, nbytes.to(tl.uint32)],
         dtype=tl.int32,

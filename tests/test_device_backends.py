@@ -36,7 +36,9 @@ if (
 
     from ferret_kernels import triton_kernels  # registers ferret::_triton_*
 
-    @triton.jit
+    # (not specialized: on a GPU an int argument equal to 1 becomes a Python constant, which has no .to;
+    # the shipped kernels compute pid and cpb in the kernel)
+    @triton.jit(do_not_specialize=("pid", "live", "cpb", "numel", "block_size"))
     def _chunk_place_kernel(info_ptr, pid, live, cpb, numel, block_size, CHUNK: tl.constexpr):
         """triton_kernels._chunk_place of chunk pid into info (reads nothing)."""
         b, cstart, at, nval = triton_kernels._chunk_place(pid, live != 0, cpb, numel, block_size, CHUNK)
@@ -45,7 +47,7 @@ if (
         tl.store(info_ptr + 2, at)
         tl.store(info_ptr + 3, nval.to(tl.int64))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=("pid", "cpb", "numel", "block_size"))
     def _chunk_input_kernel(x_ptr, o_ptr, info_ptr, pid, cpb, numel, block_size, CHUNK: tl.constexpr):
         """triton_kernels._chunk_input of live chunk pid (rademacher tile, block offset 7, K 4): the
         tile into o, the chunk's block index g into info."""
@@ -258,8 +260,8 @@ def test_triton_bf16_unpack_ptx_gives_each_of_a_packed_pair_its_own_float32(gb):
     lo = np.arange(1 << 16, dtype=np.uint64)
     hi = np.random.default_rng(3).permutation(lo)
     reg = {"$2": lo | (hi << 16)}
-    for ln in tk._BF16X2_PTX.value.split("\n"):
-        op, args = ln.strip().rstrip(";").split(None, 1)
+    for ln in [t for t in tk._BF16X2_PTX.value.split(";") if t.strip()]:
+        op, args = ln.strip().split(None, 1)
         a = [t.strip() for t in args.split(",")]
         if op == "shl.b32":
             reg[a[0]] = (reg[a[1]] << int(a[2])) & 0xFFFFFFFF

@@ -180,7 +180,7 @@ def _run_negsum_ptx(ptx, operands):
     import numpy as np
 
     out = np.empty(len(operands[0]), dtype=np.float32)
-    lines = [ln.strip().rstrip(";") for ln in ptx.strip().strip("{}").split("\n") if ln.strip()]
+    lines = [ln.strip() for ln in ptx.strip().strip("{}").split(";") if ln.strip()]
     for e in range(len(out)):
         reg = {f"${i + 1}": op[e] for i, op in enumerate(operands)}
 

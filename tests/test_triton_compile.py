@@ -81,3 +81,41 @@ def test_shipped_triton_kernels_compile_for_amd_gfx942(tmp_path):
     assert {r["kernel"].split()[0] for r in rows} == KERNEL_KINDS
     bad = [f"{r['kernel']}: {r.get('error')}" for r in rows if not r["ok"]]
     assert not bad, "\n".join(bad)
+
+
+_INDUCTOR_COPY = r"""
+import sys
+from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code as closure
+from ferret_kernels import triton_kernels as tk
+
+Q3 = chr(39) * 3
+for fn in (tk._project_kernel, tk._project_loop_kernel, tk._reconstruct_kernel.fn, tk._project_multi_kernel,
+           tk._reconstruct_multi_kernel, tk._reduce_kernel, tk._philox_kernel):
+    src = closure(fn)
+    bad = [ln.strip() for ln in src.splitlines() if chr(92) in ln]
+    if bad:
+        sys.exit(f"{fn.__name__}: a backslash in {bad[:2]}")
+    ns = {}  # as torch 2.11 writes it: in a triple-quoted string, only triple quotes escaped
+    escaped = src.replace(Q3, (chr(92) + chr(39)) * 3)
+    exec(compile("src = " + Q3 + escaped + Q3, "m", "exec"), ns)
+    assert ns["src"] == src, fn.__name__
+    compile("import triton" + chr(10) + "import triton.language as tl" + chr(10) + src, fn.__name__, "exec")
+    print(fn.__name__, "ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_kernel_sources_survive_inductors_copy_into_a_string_literal():
+    """torch.compile of a Triton op copies each kernel's source, with the jit functions and constexpr
+    globals it reaches, into a triple-quoted string of the generated module; torch 2.11 (the GPU
+    machines') does not escape backslashes there, so a newline escape in an inline-PTX string became
+    a newline inside a string literal and every compiled Triton op failed to import (H200,
+    2026-11-27). Checked on the source inductor builds (in a process without TRITON_INTERPRET, where
+    the kernels are jit functions): no backslash in it, it round-trips through a triple-quoted
+    string literal as torch 2.11 writes one, and it compiles as Python."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run(
+        [sys.executable, "-c", _INDUCTOR_COPY], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert res.stdout.count(" ok") == 7, res.stdout

@@ -71,13 +71,38 @@ if _INTERPRET:
 def _wrap(kernel):
     """wrap_triton(kernel); under the interpreter, torch before 2.12 refuses the interpreter's
     kernel objects (wrap_triton only works on functions annotated with triton.jit), and there is
-    nothing to trace there, so the kernel itself is launched."""
+    nothing to trace there, so the kernel itself is launched. Under the interpreter (CI) every
+    launch is also checked to pass every parameter (_EveryArgument)."""
     if _INTERPRET:
         try:
-            return wrap_triton(kernel)
+            return _EveryArgument(kernel, wrap_triton(kernel))
         except RuntimeError:
-            return kernel
+            return _EveryArgument(kernel, kernel)
     return wrap_triton(kernel)
+
+
+class _EveryArgument:
+    """A launcher that refuses a launch leaving out a parameter (its default would apply): torch
+    2.11's inductor compiled _project_kernel, whose PAIR default was not passed, into a launch with
+    one argument too few ("launcher() missing 1 required positional argument: '_grid_2'", every
+    torch.compile of a Triton project on an H200, 2026-11-27), while eager launches ran. The
+    autotuner's own config keys count as passed."""
+
+    def __init__(self, kernel, launcher):
+        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+        self.name, self.params, self.launcher = fn.__name__, list(fn.arg_names), launcher
+        self.tuned = {k for c in getattr(kernel, "configs", []) for k in c.kwargs}
+
+    def __getitem__(self, grid):
+        run = self.launcher[grid]
+
+        def launch(*args, **kwargs):
+            left = [p for p in self.params[len(args) :] if p not in kwargs and p not in self.tuned]
+            if left:
+                raise TypeError(f"ferret: {self.name} launched without {left} (pass every parameter)")
+            return run(*args, **kwargs)
+
+        return launch
 
 
 def _on_device(t: torch.Tensor):
@@ -1095,7 +1120,9 @@ def project(
                 **common,
             )
         else:
-            _wrap(_project_kernel)[(nb * cpb,)](*head, num_bases, k0, k1, enable_fp_fusion=_FP_FUSION, **common)
+            _wrap(_project_kernel)[(nb * cpb,)](
+                *head, num_bases, k0, k1, PAIR=True, enable_fp_fusion=_FP_FUSION, **common
+            )
         _wrap(_reduce_kernel)[(nb * nt,)](part, out, cpb, num_bases, scale, KT=kt, CB=cb, enable_fp_fusion=_FP_FUSION)
     return out
 

@@ -208,6 +208,24 @@ def test_triton_bf16_load_conversion_is_exact_for_every_bf16(gb):
     assert same.all(), f"{(~same).sum().item()} differ; first at bits {int(bits[(~same).nonzero()[0]]) & 0xFFFF:#06x}"
 
 
+@pytest.mark.skipif(DEV != "cpu", reason="the check runs under the interpreter (CI)")
+def test_triton_launches_pass_every_parameter():
+    """Under the interpreter every Triton launch of the ops is checked to pass every kernel
+    parameter: torch 2.11's inductor compiled a launch that left _project_kernel's PAIR to its
+    default into a call with one argument too few (H200, 2026-11-27). The check refuses such a
+    launch; the ops' own launches (every interpreter test) pass it."""
+    from ferret_kernels import triton_kernels as tk
+
+    if fk.backends.unavailable_reason("triton", torch.device("cpu")):
+        pytest.skip("Triton cannot run here")
+    x, part = torch.randn(256), torch.zeros(2, 4)
+    common = dict(HAS_Y=False, HAS_ACT=False, DIST=0, CHUNK=128)
+    with pytest.raises(TypeError, match="_project_kernel launched without \\['PAIR'\\]"):
+        tk._wrap(tk._project_kernel)[(2,)](x, x, part, part, 256, 256, 0, 4, 1, 2, **common)
+    tk._wrap(tk._project_kernel)[(2,)](x, x, part, part, 256, 256, 0, 4, 1, 2, PAIR=True, **common)
+    assert part.abs().sum() > 0
+
+
 def test_triton_chunk_place_and_input_at_program_ids_past_2_31(gb):
     """_chunk_place / _chunk_input, through which every Triton one-tensor project finds and reads its
     chunk: at chunk ids up to 2^32 - 1 (the pipelined kernel's last program reaches past 2^31 when a

@@ -182,7 +182,7 @@ COLS = [
 # negsum dots round otherwise). Triton's prefetch needs sm_90 (refused before); CUDA's is a no-op there.
 PROJECT_CHOICES = {
     "cuda": ("FERRET_CUDA_PROJECT", ("prefetch:0.5", "prefetch", "prefetch:2", "fused", "fused_prefetch")),
-    "triton": ("FERRET_TRITON_PROJECT", ("negsum", "prefetch:2", "prefetch:4", "negsum_prefetch:4")),
+    "triton": ("FERRET_TRITON_PROJECT", ("signflip", "negsum_prefetch:4", "signflip_prefetch:4")),
 }
 
 

@@ -41,8 +41,8 @@ def test_bench_gpu_smoke():
             assert re.search(rf"^\s*{op}\s+triton\s+{dist}\s", out, re.M), f"no {op}/{dist} row:\n{out}"
     # the candidates through fk.project (FERRET_TRITON_PROJECT), each with whether it kept the bits;
     # the prefetch ones (a no-op in the interpreter) must have
-    for choice in ("negsum", "prefetch:2", "prefetch:4", "negsum_prefetch:4"):
-        bits = "same_bits" if choice.startswith("prefetch") else r"(same|other)_bits"
+    for choice in ("signflip", "negsum_prefetch:4", "signflip_prefetch:4"):
+        bits = "same_bits" if choice.startswith("negsum") else r"(same|other)_bits"
         assert re.search(rf"^\s*project\s+triton:{choice}\s+rademacher\s+4\s.*\s{bits}$", out, re.M), choice
     # the list reconstruct's row says its configuration
     assert re.search(r"^\s*apply_llama2_7b_multi\s+triton\s+rademacher\s.*CHUNK=2048,warps=4$", out, re.M)

@@ -7,10 +7,10 @@ users call the op and run these checks on them; the defaults are the shipped ker
 - CUDA (a GPU only): every choice (`prefetch[:waves]`, `fused`, `fused_prefetch[:waves]`) gives the
   shipped two passes' bits, for every dtype and dist, with y, active counts, an element offset, a
   short last block, twice in a row.
-- Triton (the interpreter on the CPU; a GPU too): each value reaches the pipelined kernel;
-  `prefetch[:m]` gives the shipped bits; `negsum` stays within float32 rounding of a float64
-  projection on the contract's bases, and (on a GPU) gives the same bits under torch.compile as
-  eagerly.
+- Triton (the interpreter on the CPU; a GPU too): each value reaches the pipelined kernel; the
+  prefetch forms give their dots' bits; `negsum` (the default since the H200 timed it, 2026-11-27)
+  and `signflip` stay within float32 rounding of a float64 projection on the contract's bases,
+  and (on a GPU) give the same bits under torch.compile as eagerly.
 - A bad value is a ValueError naming the variable and the choices, whichever kernel would run.
 """
 
@@ -49,11 +49,11 @@ def _inputs(bs, K, dtype=torch.bfloat16, seed=0):
 @pytest.mark.parametrize(
     "value,want",
     [
-        ("", (0, False, 4.0)),
-        ("shipped", (0, False, 4.0)),
+        ("", (1, False, 4.0)),
         ("negsum", (1, False, 4.0)),
-        ("prefetch", (0, True, 4.0)),
-        ("prefetch:2", (0, True, 2.0)),
+        ("signflip", (0, False, 4.0)),
+        ("negsum_prefetch", (1, True, 4.0)),
+        ("signflip_prefetch:2", (0, True, 2.0)),
         ("negsum_prefetch:0.5", (1, True, 0.5)),
     ],
 )
@@ -68,12 +68,26 @@ def test_triton_project_choice_reads_its_variable(monkeypatch, value, want):
 
 @needs_triton
 @pytest.mark.parametrize(
-    "value", ["bogus", "Negsum", "negsum:2", "shipped:1", "prefetch:", "prefetch:x", "prefetch:0", "prefetch:65", ":4"]
+    "value",
+    [
+        "bogus",
+        "shipped",
+        "prefetch",
+        "Negsum",
+        "negsum:2",
+        "signflip:1",
+        "negsum_prefetch:",
+        "negsum_prefetch:x",
+        "signflip_prefetch:0",
+        "negsum_prefetch:65",
+        ":4",
+    ],
 )
 def test_triton_project_choice_refuses_bad_values_in_every_project(monkeypatch, value):
     monkeypatch.setenv("FERRET_TRITON_PROJECT", value)
     msg = (
-        f"FERRET_TRITON_PROJECT='{value}' is not one of shipped, negsum, prefetch\\[:m\\], negsum_prefetch\\[:m\\] "
+        f"FERRET_TRITON_PROJECT='{value}' is not one of negsum, signflip, negsum_prefetch\\[:m\\], "
+        "signflip_prefetch\\[:m\\] "
         r"\(m: a number in \(0, 64\], default 4\)"
     )
     x = torch.randn(600, device=DEV)
@@ -86,7 +100,7 @@ def test_triton_project_choice_refuses_bad_values_in_every_project(monkeypatch, 
 @needs_triton
 @pytest.mark.skipif(PREFETCH_OK, reason="prefetch is allowed here (sm_90 or later, or the interpreter)")
 def test_triton_prefetch_choice_refused_before_sm_90(monkeypatch):
-    monkeypatch.setenv("FERRET_TRITON_PROJECT", "prefetch")
+    monkeypatch.setenv("FERRET_TRITON_PROJECT", "negsum_prefetch")
     with fk.use_backend("triton"), pytest.raises(ValueError, match="needs a GPU of compute capability 9.0 or later"):
         fk.project(torch.randn(600, device=DEV).bfloat16(), 3, 4, 256)
 
@@ -113,7 +127,8 @@ def _float64_project(x, seed, K, bs, act):
 @pytest.mark.parametrize("K", [4, 5])
 def test_triton_project_choices_through_the_op(monkeypatch, K):
     """Each value reaches the pipelined kernel as its NEGSUM / PREFETCH / ahead (a spy on the
-    launch). prefetch: the shipped bits. negsum: within float32 rounding of float64 sums (4.5e-6
+    launch). The prefetch forms: their dots' bits. negsum (the default) and signflip: within float32
+    rounding of float64 sums (4.5e-6
     of the block's l1 norm: the bound of
     test_negsum_project_candidate_against_an_independent_float64_reference), and on a GPU the same
     under torch.compile as eagerly."""
@@ -151,19 +166,18 @@ def test_triton_project_choices_through_the_op(monkeypatch, K):
         assert launched.pop() == want_launch, value
         return out
 
-    shipped = run("shipped", (0, False, 0))
-    assert torch.equal(run("", (0, False, 0)), shipped)
-    if PREFETCH_OK:
-        for value, m in (("prefetch", 4), ("prefetch:0.01", 0.01), ("prefetch:64", 64)):
-            assert torch.equal(run(value, (0, True, max(1, int(m * sms)))), shipped), value
     negsum = run("negsum", (1, False, 0))
+    assert torch.equal(run("", (1, False, 0)), negsum)
+    signflip = run("signflip", (0, False, 0))
+    if PREFETCH_OK:
+        for value, m in (("negsum_prefetch", 4), ("negsum_prefetch:0.01", 0.01), ("negsum_prefetch:64", 64)):
+            assert torch.equal(run(value, (1, True, max(1, int(m * sms)))), negsum), value
+        assert torch.equal(run("signflip_prefetch:2", (0, True, 2 * sms)), signflip)
     want = _float64_project(x, seed, K, bs, act.tolist())
     l1 = torch.stack([x[b * bs : (b + 1) * bs].double().abs().sum().cpu() for b in range(want.shape[0])])
-    for got in (shipped, negsum):
+    for got in (signflip, negsum):
         err = (got.double().cpu() - want).abs()
         assert (err <= 4.5e-6 * l1[:, None]).all(), (err / l1[:, None]).max()
-    if PREFETCH_OK:
-        assert torch.equal(run("negsum_prefetch:2", (1, True, 2 * sms)), negsum)
 
     if DEV == "cpu":
         return  # torch.compile of the Triton kernels needs a GPU (the interpreter runs eager only)
@@ -171,11 +185,12 @@ def test_triton_project_choices_through_the_op(monkeypatch, K):
     def step(x):
         return fk.project(x, seed, K, bs, active=act)
 
-    monkeypatch.setenv("FERRET_TRITON_PROJECT", "negsum")
-    torch._dynamo.reset()
-    with fk.use_backend("triton"):
-        eager = step(x)
-        assert torch.equal(torch.compile(step, fullgraph=True)(x), eager)
+    for value in ("negsum", "signflip"):
+        monkeypatch.setenv("FERRET_TRITON_PROJECT", value)
+        torch._dynamo.reset()
+        with fk.use_backend("triton"):
+            eager = step(x)
+            assert torch.equal(torch.compile(step, fullgraph=True)(x), eager), value
 
 
 # ----------------------------------------------------------------------------- CUDA (a GPU only)

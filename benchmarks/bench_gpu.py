@@ -190,7 +190,6 @@ def bench_project_choice(be, choice, x, K, bs, dev, want):
     """(seconds, same bits as want) of fk.project(x, 7, K, bs) on backend be with the choice set;
     None where this device refuses it (Triton's prefetch before sm_90)."""
     var = PROJECT_CHOICES[be][0]
-    before = os.environ.get(var)
     os.environ[var] = choice
     try:
         with fk.use_backend(be):
@@ -202,11 +201,8 @@ def bench_project_choice(be, choice, x, K, bs, dev, want):
                 print(f"# {be} {choice}: {e}", flush=True)
                 return None
             return do_bench(lambda: fk.project(x, 7, K, bs), dev), bool(torch.equal(got, want))
-    finally:  # the caller's own setting back
-        if before is None:
-            del os.environ[var]
-        else:
-            os.environ[var] = before
+    finally:  # unset again, as main() found it (it unsets both variables first)
+        del os.environ[var]
 
 
 def triton_config(op, be, dist, bs):
@@ -340,6 +336,24 @@ def main(argv=None):
     )
     extra = dict(info, copy_GBps=copy_gbs, baseline_seed=rate_seed, bit_identical=str(ident))
 
+    def timed_row(op, be, dist, K, t, nbytes, rate_of_seed):
+        """A row of n elements and K bases done in t seconds, moving nbytes, with its ratios to this
+        run's copy, per-seed and dense rates."""
+        rate = n * K / t
+        return _row(
+            op,
+            be,
+            dist,
+            n,
+            K,
+            bs,
+            t,
+            nbytes,
+            frac_of_copy=nbytes / t / 1e9 / copy_gbs,
+            x_vs_per_seed=rate / rate_of_seed,
+            x_vs_dense=rate / rate_dense[K],
+        )
+
     # most telling first: K = 4 (memory-bound), rademacher before gaussian, each backend side by side
     out = torch.zeros_like(x)
     for K in Ks:
@@ -356,10 +370,7 @@ def main(argv=None):
                     ("project", t_p, 2 * n, rate_seed),
                     ("reconstruct_", t_r, 4 * n, rate_seed_r),
                 ):
-                    rate = n * K / t
-                    ratios = dict(x_vs_per_seed=rate / rs, x_vs_dense=rate / rate_dense[K])
-                    row = _row(op, be, dist, n, K, bs, t, nbytes, frac_of_copy=nbytes / t / 1e9 / copy_gbs, **ratios)
-                    emit(row, extra)
+                    emit(timed_row(op, be, dist, K, t, nbytes, rs), extra)
                 if K == 4 and dist == "rademacher" and be in PROJECT_CHOICES:
                     with fk.use_backend(be):
                         want = fk.project(x, 7, K, bs)  # the shipped kernels (the variables are unset)
@@ -370,22 +381,8 @@ def main(argv=None):
                         if got is None:
                             continue
                         t, same = got
-                        rate = n * K / t
-                        row = _row(
-                            "project",
-                            f"{be}:{choice}",
-                            dist,
-                            n,
-                            K,
-                            bs,
-                            t,
-                            2 * n,
-                            frac_of_copy=2 * n / t / 1e9 / copy_gbs,
-                            x_vs_per_seed=rate / rate_seed,
-                            x_vs_dense=rate / rate_dense[K],
-                            triton_config="same_bits" if same else "other_bits",
-                        )
-                        emit(row, extra)
+                        row = timed_row("project", f"{be}:{choice}", dist, K, t, 2 * n, rate_seed)
+                        emit(dict(row, triton_config="same_bits" if same else "other_bits"), extra)
     x = out = None  # free them
     if dev == "cuda":
         torch.cuda.empty_cache()

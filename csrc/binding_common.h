@@ -83,6 +83,12 @@ inline int parse_dtype(at::ScalarType t, const char* what) {
 // a >= 0, b > 0, without the overflow of (a + b - 1) / b for a near 2^63 (a hostile numel)
 inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
+// The blocks that numel elements from element `start` of the stream touch (element offsets: below).
+inline int64_t blocks_from(int64_t start, int64_t numel, int64_t block_size) {
+  // (start % block_size + numel) could overflow for numel near 2^63: its quotient and rest apart
+  return numel / block_size + ceil_div(start % block_size + numel % block_size, block_size);
+}
+
 // The same rules, in the same words, as the Python validators of ferret_kernels/ops.py (used by
 // the fake kernels and the Triton / reference paths): ValueError / TypeError naming the argument.
 inline void check_plan(int64_t numel, int64_t num_bases, int64_t block_size, int64_t block_offset) {
@@ -180,6 +186,15 @@ inline void check_reconstruct_args(const at::Tensor& coeffs, int64_t numel, c10:
   if (dtype.has_value()) parse_dtype(*dtype, "dtype");
 }
 
+// coeffs has a row per block the numel elements from element `start` touch; returns that count.
+inline int64_t check_coeff_rows(const at::Tensor& coeffs, int64_t numel, int64_t block_size, int64_t start) {
+  const int64_t nb = blocks_from(start, numel, block_size);
+  const std::string where = start % block_size ? " from element " + num(start) : "";
+  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
+                    " in ", num(numel), " elements", where, "), got shape ", shape(coeffs.sizes()));
+  return nb;
+}
+
 // torch's rule for in-place ops: an inference tensor (made under torch.inference_mode()) is
 // updated only inside inference mode. A kernel writing through data_ptr() bypasses the check
 // torch's own ops make, so it is made here, before anything is written.
@@ -233,9 +248,7 @@ inline ReconstructArgs make_reconstruct(const at::Tensor& out, const at::Tensor&
   const int64_t num_bases = coeffs.size(1);
   check_plan(out.numel(), num_bases, block_size, block_offset);
   const int dist_id = parse_dist(dist);
-  const int64_t nb = ceil_div(out.numel(), block_size);
-  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
-                    " in ", num(out.numel()), " elements), got shape ", shape(coeffs.sizes()));
+  const int64_t nb = check_coeff_rows(coeffs, out.numel(), block_size, 0);
   a.active = checked_active(active, nb, out.device(), num_bases);
   a.coeffs = coeffs.to(at::kFloat).contiguous();
   ReconstructParams& p = a.p;
@@ -280,11 +293,6 @@ inline void check_active_range(const at::Tensor& active_cpu, int64_t num_bases) 
 // zeros (project: they add exact zeros) or scratch (reconstruct: discarded), the body runs in
 // place from the next block boundary. Results: reconstruct bit-identical to the unsharded
 // call's slice; project's rows are the partial sums of the elements given.
-
-inline int64_t blocks_from(int64_t start, int64_t numel, int64_t block_size) {
-  // (start % block_size + numel) could overflow for numel near 2^63: its quotient and rest apart
-  return numel / block_size + ceil_div(start % block_size + numel % block_size, block_size);
-}
 
 // Checks a whole call with an element offset (what make_project / make_reconstruct check for
 // an aligned one), so that its pieces cannot fail halfway.
@@ -363,10 +371,7 @@ inline void check_reconstruct_call(const at::Tensor& coeffs, int64_t numel, int6
                                    int64_t start, c10::optional<at::ScalarType> dtype) {
   check_reconstruct_args(coeffs, numel, dtype);
   check_start_call(numel, coeffs.size(1), block_size, block_offset, start);
-  const int64_t nb = blocks_from(start, numel, block_size);
-  const std::string where = start % block_size ? " from element " + num(start) : "";
-  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
-                    " in ", num(numel), " elements", where, "), got shape ", shape(coeffs.sizes()));
+  check_coeff_rows(coeffs, numel, block_size, start);
 }
 
 inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const at::Tensor& coeffs, int64_t seed,
@@ -390,9 +395,7 @@ inline void reconstruct_from(ReconstructIntoFn aligned, at::Tensor& out, const a
   const int64_t g0 = block_offset + start / block_size;
   check_start_call(n, num_bases, block_size, block_offset, start);
   parse_dist(dist);
-  const int64_t nb = blocks_from(start, n, block_size);
-  TORCH_CHECK_VALUE(coeffs.size(0) == nb, "ferret: coeffs must have ", num(nb), " rows (blocks of ", num(block_size),
-                    " in ", num(n), " elements from element ", num(start), "), got shape ", shape(coeffs.sizes()));
+  const int64_t nb = check_coeff_rows(coeffs, n, block_size, start);
   at::Tensor act = checked_active(active, nb, out.device(), num_bases);
   if (check_counts) check_active_range(act, num_bases);
   const c10::optional<at::Tensor> act_opt = act.defined() ? c10::optional<at::Tensor>(act) : c10::nullopt;
@@ -478,27 +481,24 @@ inline MultiPlan plan_multi(const char* what, at::TensorList ts, at::TensorList 
 // (the launch writes each element once, a loop of reconstruct_ would apply a shared one twice), none
 // sharing memory with coeffs or active (check_apart).
 inline void check_outs(at::TensorList outs, const at::Tensor& coeffs, const c10::optional<at::Tensor>& active) {
-  std::vector<std::pair<uintptr_t, int64_t>> spans;  // (first byte, list index)
+  std::vector<std::pair<std::pair<uintptr_t, uintptr_t>, int64_t>> spans;  // (byte_span, list index)
   for (size_t i = 0; i < outs.size(); ++i) {
-    TORCH_CHECK_VALUE(outs[i].is_contiguous(), "ferret: outs[", num((int64_t)i),
-                      "]: reconstruct_multi_ needs contiguous tensors");
-    check_not_inference(outs[i], "outs[" + std::to_string(i) + "]");
+    const std::string name = "outs[" + std::to_string(i) + "]";
+    TORCH_CHECK_VALUE(outs[i].is_contiguous(), "ferret: ", name, ": reconstruct_multi_ needs contiguous tensors");
+    check_not_inference(outs[i], name);
     // no autograd: a tensor that requires grad is updated only under no_grad (checked here, before
     // any tensor is written, instead of the first in-place write failing halfway)
-    TORCH_CHECK_VALUE(!(outs[i].requires_grad() && at::GradMode::is_enabled()), "ferret: outs[", num((int64_t)i),
-                      "] requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)");
-    const std::string name = "outs[" + std::to_string(i) + "]";
+    TORCH_CHECK_VALUE(!(outs[i].requires_grad() && at::GradMode::is_enabled()), "ferret: ", name,
+                      " requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)");
     check_apart(outs[i], name, coeffs, "coeffs");
     if (active.has_value()) check_apart(outs[i], name, *active, "active");
-    if (outs[i].numel()) spans.emplace_back(reinterpret_cast<uintptr_t>(outs[i].data_ptr()), (int64_t)i);
+    if (outs[i].numel()) spans.emplace_back(byte_span(outs[i]), (int64_t)i);
   }
   std::sort(spans.begin(), spans.end());
   for (size_t k = 1; k < spans.size(); ++k) {
-    const at::Tensor& prev = outs[spans[k - 1].second];
-    const uintptr_t end = spans[k - 1].first + (uintptr_t)(prev.numel() * prev.element_size());
     const int64_t a = std::min(spans[k - 1].second, spans[k].second),
                   b = std::max(spans[k - 1].second, spans[k].second);
-    TORCH_CHECK_VALUE(spans[k].first >= end, "ferret: outs[", num(a), "] and outs[", num(b),
+    TORCH_CHECK_VALUE(spans[k].first.first >= spans[k - 1].first.second, "ferret: outs[", num(a), "] and outs[", num(b),
                       "] overlap in memory (each element is updated once)");
   }
 }

@@ -8,15 +8,13 @@ use_backend), calling the Triton or reference implementation when asked to.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 
 from . import backends, ops
 from ._version import __version__
 from .backends import available as available_backends
 from .backends import get_backend, set_backend, use_backend
-from .ops import DISTS, RNG_VERSION, jl_scale, native_load_error, num_blocks, seed_to_op
+from .ops import DISTS, RNG_VERSION, as_int, jl_scale, native_load_error, num_blocks, seed_to_op
 
 backends.register_lazy("triton", "ferret_kernels.triton_kernels")
 
@@ -59,13 +57,13 @@ def project(
         x,
         y,
         seed_to_op(seed),
-        _int(num_bases, "num_bases"),
-        _int(block_size, "block_size"),
-        _int(block_offset, "block_offset"),
+        as_int(num_bases, "num_bases"),
+        as_int(block_size, "block_size"),
+        as_int(block_offset, "block_offset"),
         dist,
         float(scale),
         active,
-        _int(start, "start"),
+        as_int(start, "start"),
     )
 
 
@@ -77,14 +75,14 @@ def reconstruct(
     return _impl(coeffs.device).reconstruct(
         coeffs,
         seed_to_op(seed),
-        _int(numel, "numel"),
-        _int(block_size, "block_size"),
-        _int(block_offset, "block_offset"),
+        as_int(numel, "numel"),
+        as_int(block_size, "block_size"),
+        as_int(block_offset, "block_offset"),
         dist,
         float(scale),
         dtype,
         active,
-        _int(start, "start"),
+        as_int(start, "start"),
     )
 
 
@@ -96,39 +94,24 @@ def reconstruct_(
         out,
         coeffs,
         seed_to_op(seed),
-        _int(block_size, "block_size"),
-        _int(block_offset, "block_offset"),
+        as_int(block_size, "block_size"),
+        as_int(block_offset, "block_offset"),
         dist,
         float(scale),
         float(alpha),
         active,
-        _int(start, "start"),
+        as_int(start, "start"),
     )
     return out
 
 
-def _int(v, what: str):
-    """An int argument as a Python int: ints, numpy / torch integer scalars (every backend then sees
-    the same value; the Python paths refused numpy ints that the C++ path took, and a numpy
-    block_size left project_multi's default block_offsets all 0); a float, bool or string is refused
-    (int() would truncate 1.7 to 1). A SymInt (torch.compile) passes as it is."""
-    if isinstance(v, torch.SymInt):
-        return v
-    if isinstance(v, bool) or isinstance(v, torch.Tensor) and v.dtype == torch.bool:
-        raise TypeError(f"ferret: {what} must be an int, got a bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"ferret: {what} must be an int, got {type(v).__name__}") from None
-
-
 def _ints(values, what: str) -> list[int]:
-    """Per-tensor offsets as Python ints (_int)."""
-    return [_int(v, f"{what}[{i}]") for i, v in enumerate(values)]
+    """Per-tensor offsets as Python ints (as_int)."""
+    return [as_int(v, f"{what}[{i}]") for i, v in enumerate(values)]
 
 
 def _list_plan(ts, block_size, block_offsets, starts, what="xs"):
-    block_size = _int(block_size, "block_size")
+    block_size = as_int(block_size, "block_size")
     if isinstance(ts, torch.Tensor):
         raise TypeError(f"ferret: {what} must be a list of tensors, got a tensor (wrap it: [t])")
     ts = list(ts)
@@ -174,7 +157,7 @@ def project_multi(
             "ferret: project_multi has no autograd: call it under torch.no_grad(), or use project for gradients"
         )
     return _impl(xs[0].device).project_multi(
-        xs, ys, seed_to_op(seed), _int(num_bases, "num_bases"), block_size, offs, dist, float(scale), active, starts
+        xs, ys, seed_to_op(seed), as_int(num_bases, "num_bases"), block_size, offs, dist, float(scale), active, starts
     )
 
 

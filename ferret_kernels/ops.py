@@ -296,8 +296,9 @@ def check_outs(outs, coeffs, active) -> None:
             raise ValueError(
                 f"ferret: outs[{i}] requires grad: update it under torch.no_grad() (reconstruct_multi_ has no autograd)"
             )
-        if t.numel() and _real(t):
-            spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i))
+        first, end = _byte_span(t)
+        if first != end:
+            spans.append((first, end, i))
     spans.sort()
     for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
         if begin < end:
@@ -721,16 +722,25 @@ def _no_backward(ctx, grad):
 torch.library.register_autograd("ferret::project_multi", _no_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-def seed_to_op(seed: int) -> int:
-    """A seed in [0, 2^64) as the int64 the op schemas carry (two's complement). Integer
-    scalars of numpy and torch are ints here as they are to the ops' other int arguments; a
-    bool or a float is refused (int() would truncate 1.7 to 1)."""
-    if isinstance(seed, bool) or isinstance(seed, torch.Tensor) and seed.dtype == torch.bool:
-        raise TypeError("ferret: seed must be an int, got a bool")
+def as_int(v, what: str):
+    """An int argument of the public functions as a Python int: ints, numpy / torch integer scalars
+    (every backend then sees the same value; the Python paths refused numpy ints that the C++ path
+    took, and a numpy block_size left project_multi's default block_offsets all 0); a float, bool
+    or string is refused (int() would truncate 1.7 to 1). A SymInt (torch.compile) passes as it is."""
+    if isinstance(v, torch.SymInt):
+        return v
+    if isinstance(v, bool) or isinstance(v, torch.Tensor) and v.dtype == torch.bool:
+        raise TypeError(f"ferret: {what} must be an int, got a bool")
     try:
-        seed = operator.index(seed)
+        return operator.index(v)
     except TypeError:
-        raise TypeError(f"ferret: seed must be an int, got {type(seed).__name__}") from None
+        raise TypeError(f"ferret: {what} must be an int, got {type(v).__name__}") from None
+
+
+def seed_to_op(seed: int) -> int:
+    """A seed in [0, 2^64) as the int64 the op schemas carry (two's complement), an int as
+    as_int takes it."""
+    seed = as_int(seed, "seed")
     if not 0 <= seed < 2**64:
         raise ValueError(f"ferret: seed must be in [0, 2^64), got {seed}")
     return seed - 2**64 if seed >= 2**63 else seed

@@ -292,8 +292,8 @@ def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
     return tl.sum((xb ^ sa).to(tl.float32, bitcast=True)), tl.sum((xb ^ sb).to(tl.float32, bitcast=True))
 
 
-# The negsum dot, a candidate (_project_loop_kernel's NEGSUM; benchmarks/tune_triton_project.py
-# times it): a basis' dot with x as total - 2 * negsum, negsum the sum of the elements whose sign
+# The negsum dot (_project_loop_kernel's NEGSUM; what fk.project runs there since an H200 timed it,
+# _project_choice; benchmarks/tune_triton_project.py times it): a basis' dot with x as total - 2 * negsum, negsum the sum of the elements whose sign
 # bit is set, added by predicated adds, as the CUDA kernels do (kernels.cuh rademacher_negsum).
 # Why: the sign flip costs a shift, a logic op and an add per element and basis, two of them on
 # the integer pipe, which issues at half the rate of the float adds; Triton writes no predicated
@@ -306,8 +306,8 @@ def _rademacher_dot2(ROWS: tl.constexpr, xb, cstart, k, g, k0, k1):
 # adding x_0 to -0.0 (the same value) took 1000 -> 992 (ptxas had kept an FADD -RZ, x per x_0: 16).
 # With the 32-bit chunk offsets (_chunk_input), the [output, basis] Philox tensor, one reduction per
 # pair and the bf16 unpack (_to_f32): 899 (3.51 per element and basis; K = 8: 1602 -> 1520).
-# Other bits than the sign flip's (other roundings): within float32 rounding of it. Not yet timed
-# on a GPU.
+# Other bits than the sign flip's (other roundings): within float32 rounding of it. H200, bf16
+# n = 2^28, K = 4: 0.186 ms against the sign flip's 0.225 (2026-11-27).
 # (Inline PTX here is written on one line, without backslash escapes: torch 2.11's inductor pastes a
 # kernel's source and its constexpr globals into a string literal without escaping backslashes, so a
 # "\n" became a newline inside a string and every torch.compile of a Triton op failed to import:
@@ -609,15 +609,15 @@ def _project_kernel(
 # (_rademacher_signs2; not yet timed on a GPU): sm_90 chunk loop at K = 4 1414 -> 1288
 # instructions (22.1 -> 20.1 per element), K = 8 2526 -> 2282 (triton 3.9; 3.6 alike).
 #
-# PREFETCH (a candidate, not what fk.project runs; benchmarks/tune_triton_project.py times it): before
+# PREFETCH (a candidate, not what fk.project runs by default; slower on an H200): before
 # its loads, the program asks for the chunks of the program `ahead` on to be brought into L2
 # (_prefetch_l2: one bulk prefetch a chunk, thread 0, no registers held). Why: CUDA's first pass on
 # the H100 read at the pace of a read kernel with one 16-byte load in flight per thread (0.854 of
 # copy) where one with four reached 0.99; Triton's is slower still. The sums are the same (the same
 # bits).
 #
-# NEGSUM (a candidate, rademacher): 0 the sign-flip dots above (what fk.project runs); 1 the negsum
-# dots (_rademacher_negdot2), predicated adds in inline PTX; 2 the same dots in Triton operations
+# NEGSUM (rademacher): 0 the sign-flip dots above; 1 the negsum dots (_rademacher_negdot2, what
+# fk.project runs by default), predicated adds in inline PTX; 2 the same dots in Triton operations
 # (the same bits as 1: what a GPU run compares 1 with; the interpreter runs 2's form for 1).
 @triton.jit(do_not_specialize=_NO_SPEC + ("num_chunks", "ahead"))
 def _project_loop_kernel(
@@ -662,7 +662,7 @@ def _project_loop_kernel(
         xv, cstart, kb, g = _chunk_input(
             x_ptr, y_ptr, act_ptr, pid, live, cpb, numel, block_size, block_offset, K, HAS_Y, HAS_ACT, DIST, CHUNK
         )
-        if DIST == 0 and NEGSUM > 0:  # the negsum candidate: pairs of bases, an odd K's extra one not stored
+        if DIST == 0 and NEGSUM > 0:  # the negsum dots: pairs of bases, an odd K's extra one not stored
             tot = tl.sum(xv)
             for k in tl.static_range(0, K, 2):
                 da, db = _rademacher_negdot2(ROWS, xv, tot, cstart, k, g, k0, k1, NEGSUM == 1)
@@ -686,6 +686,7 @@ def _project_loop_kernel(
 
 _LOOP_MAX_BASES, _LOOP_CHUNKS, _LOOP_STAGES = 8, 8, 3
 _PROJECT_CHOICES = ("negsum", "signflip", "negsum_prefetch[:m]", "signflip_prefetch[:m]")
+_PROJECT_FORMS = ("",) + tuple(c.split("[")[0] for c in _PROJECT_CHOICES)  # "": unset
 
 
 def _project_choice(device: torch.device) -> tuple[int, bool, float]:
@@ -700,7 +701,7 @@ def _project_choice(device: torch.device) -> tuple[int, bool, float]:
     v = os.environ.get("FERRET_TRITON_PROJECT", "")
     name, colon, m_text = v.partition(":")
     m = 4.0
-    ok = name in ("", "negsum", "signflip", "negsum_prefetch", "signflip_prefetch")
+    ok = name in _PROJECT_FORMS
     prefetch = name.endswith("prefetch")
     if ok and colon:
         try:

@@ -39,7 +39,6 @@ struct ResidentCtas {
 
 cudaError_t project_candidate(const ProjectParams& p, float* part, unsigned* tickets, int kind, double waves,
                               cudaStream_t stream) {
-  if (kind == kProjectTwoPass) return launch_project(p, part, stream);
   if (kind == kProjectFused) return launch_project_fused(p, part, tickets, stream, 0);
   if (kind != kProjectPrefetch && kind != kProjectFusedPrefetch) return cudaErrorInvalidValue;
   if (p.num_blocks == 0) return cudaSuccess;

@@ -21,7 +21,8 @@ int64_t chunks_per_block(int64_t block_size, int dist);
 // part: num_blocks * chunks_per_block * K floats (zeroed when there are active counts).
 cudaError_t project(const ProjectParams& p, float* part, cudaStream_t stream);
 // The candidates for project at small K (kernels.cuh: project_prefetch_kernel, project_fused_kernel),
-// chosen with FERRET_CUDA_PROJECT (ops.cpp); every one gives project's bits. waves: how far ahead a CTA
+// chosen with FERRET_CUDA_PROJECT (ops.cpp; kProjectTwoPass is `project` above, cudaErrorInvalidValue
+// here); every one gives project's bits. waves: how far ahead a CTA
 // prefetches, in waves of the CTAs resident at once on the current device (the occupancy of the kernel
 // that runs x its SM count); tickets: num_blocks zeroed words for the fused kinds (zero again after),
 // else unused.

@@ -195,8 +195,6 @@ def _resume(directory, model, cfg, gen, server) -> tuple[int, list]:
             except KeyError:
                 raise CheckpointError(f"checkpoint in {directory} lacks a momentum blob") from None
             server.load_state(st)
-    except CheckpointError:
-        raise
     except (KeyError, TypeError, ValueError) as e:  # DecodeError (an undecodable blob) is a ValueError
         raise CheckpointError(
             f"checkpoint in {directory} has a malformed state ({type(e).__name__}: {str(e)[:200]})"

@@ -306,6 +306,24 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py",),
     ),
     Mutation(
+        "cuda-quad-sum-tree-reordered",
+        "csrc/cuda/kernels.cuh",
+        "  for (int o = 4; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);\n  return a;\n}",
+        "  for (int o = 1; o < 8; o <<= 1) a += __shfl_xor_sync(0xffffffffu, a, o);\n  return a;\n}",
+        # the same eight lanes' sum grouped otherwise: within float32 rounding of the old one, so only
+        # the order model can tell (project is not bit-identical across backends, only within one)
+        "the four-basis warp sum adds the last lanes in another tree than warp_sum: other bits",
+        ("tests/test_cuda_emulation.py::test_rademacher_project_adds_in_its_documented_order",),
+    ),
+    Mutation(
+        "cuda-quad-sum-wrong-lane-basis",
+        "csrc/cuda/kernels.cuh",
+        "const int j = (lane >> 3) & 3;",
+        "const int j = (lane >> 4) & 3;",
+        "a lane stores its warp sum as another basis of the quad than the one it holds",
+        ("tests/test_cuda_emulation.py::test_project_and_reconstruct_vs_reference",),
+    ),
+    Mutation(
         "cuda-fused-early-ticket-reduces",
         "csrc/cuda/kernels.cuh",
         "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);",

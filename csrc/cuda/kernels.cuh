@@ -10,7 +10,9 @@
 // compute one basis' output and swap words by shuffles (rademacher_words4).
 //   project:     per basis, thread partial -> warp shuffle -> per-warp slots in shared
 //                memory -> fixed-order sum -> partial[chunk, k]; a second kernel adds the
-//                chunks of a block in order (two passes, no atomics: deterministic).
+//                chunks of a block in order (two passes, no atomics: deterministic). Rademacher
+//                reduces a quad of bases in one shuffle tree (half_sum16 + quad_sum), the same
+//                adds as one warp_sum per basis.
 //   reconstruct: per basis, acc[e] += c_k * v_k[e] in fp32 registers; one store (or
 //                read-add-store for the in-place form) at the end, 16-byte vectorized
 //                when aligned.
@@ -104,6 +106,37 @@ __device__ __forceinline__ __half from_f32<__half>(float v) {
   return __float2half_rn(v);
 }
 
+// One 16-byte vector of T widened to fp32 (exact). bf16 by integer ops: a 32-bit word holds elements
+// 2i (low half) and 2i + 1 (high half), whose fp32 bits are the word shifted up 16 and the word with
+// its low half cleared: one instruction each, where __bfloat162float on the halves of a word compiled
+// to a PRMT and a shift for the high one (sm_90, nvcc 13: 16 instructions fewer per rademacher
+// project thread).
+__device__ __forceinline__ float f32_from_bits(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void widen16(const uint4& raw, float* out) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 16 / (int)sizeof(T); ++i) out[i] = to_f32<T>(e[i]);
+}
+template <>
+__device__ __forceinline__ void widen16<__nv_bfloat16>(const uint4& raw, float* out) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = f32_from_bits(w[i] << 16);
+    out[2 * i + 1] = f32_from_bits(w[i] & 0xffff0000u);
+  }
+}
+
 // Loads n consecutive elements starting at p (the first `valid` of them real, the rest 0) as
 // fp32, with 16-byte loads when the whole run is valid and aligned.
 template <typename T, int N>
@@ -113,10 +146,7 @@ __device__ __forceinline__ void load_run(const T* __restrict__ p, int64_t valid,
   if (valid >= N && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
 #pragma unroll
     for (int v = 0; v < N / kPer16; ++v) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + v);
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int i = 0; i < kPer16; ++i) out[v * kPer16 + i] = to_f32<T>(e[i]);
+      widen16<T>(__ldg(reinterpret_cast<const uint4*>(p) + v), out + v * kPer16);
     }
   } else {
 #pragma unroll
@@ -134,12 +164,11 @@ __device__ __forceinline__ void load_diff_run(const T* __restrict__ p, const T* 
   if (valid >= N && ((reinterpret_cast<uintptr_t>(p) | reinterpret_cast<uintptr_t>(q)) & 15) == 0) {
 #pragma unroll
     for (int v = 0; v < N / kPer16; ++v) {
-      const uint4 a = __ldg(reinterpret_cast<const uint4*>(p) + v);
-      const uint4 b = __ldg(reinterpret_cast<const uint4*>(q) + v);
-      const T* ea = reinterpret_cast<const T*>(&a);
-      const T* eb = reinterpret_cast<const T*>(&b);
+      float a[kPer16], b[kPer16];
+      widen16<T>(__ldg(reinterpret_cast<const uint4*>(p) + v), a);
+      widen16<T>(__ldg(reinterpret_cast<const uint4*>(q) + v), b);
 #pragma unroll
-      for (int i = 0; i < kPer16; ++i) out[v * kPer16 + i] = to_f32<T>(ea[i]) - to_f32<T>(eb[i]);
+      for (int i = 0; i < kPer16; ++i) out[v * kPer16 + i] = a[i] - b[i];
     }
   } else {
 #pragma unroll
@@ -189,7 +218,7 @@ __device__ __forceinline__ uint32_t pick(const U32x4& r, int i) {
 __device__ __forceinline__ void rademacher_words4(int64_t j0, uint32_t kq, uint32_t g, uint32_t k0, uint32_t k1,
                                                   uint32_t (&w)[4]) {
   const int q = (int)(threadIdx.x & 3);  // == (j0 >> 5) & 3: a chunk is a whole number of quads
-  const U32x4 r = philox4x32_10((uint32_t)(j0 >> 7), kq + (uint32_t)q, g, kStreamBasis, k0, k1);
+  const U32x4 r = philox4x32_10<true>((uint32_t)(j0 >> 7), kq + (uint32_t)q, g, kStreamBasis, k0, k1);
   U32x4 got;  // got.v[m]: word q of basis kq + (q ^ m), from lane q ^ m
 #pragma unroll
   for (int m = 0; m < 4; ++m) {
@@ -267,6 +296,27 @@ __device__ __forceinline__ float warp_sum(float s) {
   return s;
 }
 
+// warp_sum of four values at once, lane l getting warp_sum(d_{(l >> 3) & 3}) bit for bit, in 6 shuffles
+// and 6 adds where four warp_sums take 20 and 20. After each step of warp_sum's xor tree the lanes it
+// has combined hold the same value (a + b == b + a), so a lane can drop the values its partner keeps:
+// at distance 16 a lane keeps bases 0, 1 (or 2, 3) and sends the other two (half_sum16, one pair at a
+// time: fewer values live at once), at 8 it keeps one of its two, then the tree's last three steps
+// (quad_sum). Why: in the K = 4 rademacher project the four warp_sums and their four shared-memory
+// stores were about 80 of the ~640 instructions a thread issues (sm_90 SASS, nvcc 13), and the
+// H200's ncu run found that kernel issue bound (results/gpu_check/2026-11-27T2107-h200-summary.md).
+__device__ __forceinline__ float half_sum16(float lo, float hi) {  // the step at 16 for bases (lo, hi)
+  const bool h16 = threadIdx.x & 16;
+  return (h16 ? hi : lo) + __shfl_xor_sync(0xffffffffu, h16 ? lo : hi, 16);
+}
+
+__device__ __forceinline__ float quad_sum(float a02, float a13) {  // a02 = half_sum16(d0, d2), a13 likewise
+  const bool h8 = threadIdx.x & 8;
+  float a = (h8 ? a13 : a02) + __shfl_xor_sync(0xffffffffu, h8 ? a02 : a13, 8);
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+  return a;
+}
+
 // A thread's run of N elements of T as raw 16-byte words, fetched ahead of use (prefetch) when
 // the run is whole and 16-byte aligned; `full` false: read element-wise at unpack time.
 template <typename T, int N>
@@ -291,11 +341,7 @@ __device__ __forceinline__ void unpack_run(const T* __restrict__ p, int64_t vali
   constexpr int kPer16 = 16 / sizeof(T);
   if (r.full) {
 #pragma unroll
-    for (int v = 0; v < RawRun<T, N>::kVec; ++v) {
-      const T* e = reinterpret_cast<const T*>(&r.raw[v]);
-#pragma unroll
-      for (int i = 0; i < kPer16; ++i) out[v * kPer16 + i] = to_f32<T>(e[i]);
-    }
+    for (int v = 0; v < RawRun<T, N>::kVec; ++v) widen16<T>(r.raw[v], out + v * kPer16);
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = i < valid ? to_f32<T>(p[i]) : 0.0f;
@@ -368,16 +414,20 @@ __device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t ct
   for (int kt = 0; kt < kb; kt += kTileK) {
     const int kn = min(kTileK, kb - kt);  // uniform across the CTA: every lane runs the shuffles
     if constexpr (DIST == kRademacher) {
+      // A thread past the data holds x = 0 (every caller's load leaves them 0), so its dots are
+      // total - 2 * negsum = +0 - 2 * +0 = +0, the 0 it added before without computing them: no
+      // branch per basis. Bases past kn in the last quad are not computed (kn is uniform).
+      (void)valid;
       for (int i = 0; i < kn; i += 4) {
         uint32_t w[4];
         rademacher_words4(j0, (uint32_t)(kt + i), g, k0, k1, w);
+        float d[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if (i + j < kn) {
-            const float s = warp_sum(valid > 0 ? total - 2.0f * rademacher_negsum(w[j], x) : 0.0f);
-            if (lane == 0) red[warp][i + j] = s;
-          }
-        }
+        for (int j = 0; j < 4; ++j) d[j] = i + j < kn ? total - 2.0f * rademacher_negsum(w[j], x) : 0.0f;
+        const float a02 = half_sum16(d[0], d[2]);
+        const float s = quad_sum(a02, half_sum16(d[1], d[3]));
+        const int j = (lane >> 3) & 3;  // the quad's basis whose warp sum this lane holds
+        if ((lane & 7) == 0 && i + j < kn) red[warp][i + j] = s;
       }
     } else {
       const RoundKeys rk = round_keys(p.seed);
@@ -403,8 +453,11 @@ struct ChunkPos {
   int64_t b, j0, start, valid;
   __device__ __forceinline__ ChunkPos(const ProjectParams& p, int64_t cta, int64_t chunks_per_block) {
     using L = Layout<DIST>;
-    b = cta / chunks_per_block;
-    j0 = (cta % chunks_per_block) * L::kChunk + (int64_t)threadIdx.x * L::kElems;  // in-block
+    // 32-bit division: the binding holds a launch to fewer than 2^31 chunks (check_grid), and the 64-bit
+    // one cost a branch on the divisor's high word and, in the fp32 rademacher build, a register spill
+    const uint32_t c = (uint32_t)cta, cpb = (uint32_t)chunks_per_block;
+    b = c / cpb;
+    j0 = (int64_t)(c % cpb) * L::kChunk + (int64_t)threadIdx.x * L::kElems;  // in-block
     const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);
     start = b * p.block_size + j0;
     valid = blk_len - j0;

@@ -35,17 +35,32 @@ struct U32x4 {
   uint32_t v[4];
 };
 
+// kUmulhi (device code only; the same values): the high word by __umulhi and the low one by a 32-bit
+// multiply, where the default takes both from one 64-bit product. ptxas schedules the two forms
+// differently (sm_90 SASS, nvcc 13, benchmarks/sass_cost.py): in the rademacher kernels' loop over
+// quads of bases the 64-bit product left an add of a zero register after every multiply (project
+// 309 -> 290 instructions with kUmulhi, reconstruct_ 493 -> 478), while in the uniform and gaussian
+// loops kUmulhi made them longer (project 266 -> 280, reconstruct_ 242 -> 265).
+template <bool kUmulhi = false>
 FERRET_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
+#if defined(__CUDA_ARCH__)
+  if (kUmulhi) {
+    *hi = __umulhi(a, b);
+    *lo = a * b;
+    return;
+  }
+#endif
   const uint64_t p = (uint64_t)a * (uint64_t)b;
   *hi = (uint32_t)(p >> 32);
   *lo = (uint32_t)p;
 }
 
 // One Philox4x32 round with round key (k0, k1).
+template <bool kUmulhi = false>
 FERRET_HD void philox_round(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3, uint32_t k0, uint32_t k1) {
   uint32_t hi0, lo0, hi1, lo1;
-  mulhilo32(kPhiloxM0, *c0, &hi0, &lo0);
-  mulhilo32(kPhiloxM1, *c2, &hi1, &lo1);
+  mulhilo32<kUmulhi>(kPhiloxM0, *c0, &hi0, &lo0);
+  mulhilo32<kUmulhi>(kPhiloxM1, *c2, &hi1, &lo1);
   *c0 = hi1 ^ *c1 ^ k0;
   *c1 = lo1;
   *c2 = hi0 ^ *c3 ^ k1;
@@ -53,12 +68,13 @@ FERRET_HD void philox_round(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* 
 }
 
 // Philox4x32 with 10 rounds (Salmon et al., SC'11; Random123's philox4x32_R(10, ...)).
+template <bool kUmulhi = false>
 FERRET_HD U32x4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int r = 0; r < 10; ++r) {
-    philox_round(&c0, &c1, &c2, &c3, k0, k1);
+    philox_round<kUmulhi>(&c0, &c1, &c2, &c3, k0, k1);
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }

@@ -455,8 +455,19 @@ def stage_variants(run: Run, timeout: float, gpu: bool) -> bool:
 
 
 # What the profile stage keeps of ncu's sections, per kernel (Nsight Compute's metric names).
-# (LaunchStats: the registers per thread, which none of the other four reports)
-NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "WarpStateStats", "LaunchStats")
+# (LaunchStats: the registers per thread, which none of the others reports; InstructionStats and
+# ComputeWorkloadAnalysis: the warp instructions a kernel executed and how busy the issue slots were,
+# to read against benchmarks/sass_path.py's count of one thread's path: the H200 run found the K = 4
+# project issue bound, 2026-11-27)
+NCU_SECTIONS = (
+    "SpeedOfLight",
+    "MemoryWorkloadAnalysis",
+    "Occupancy",
+    "WarpStateStats",
+    "LaunchStats",
+    "InstructionStats",
+    "ComputeWorkloadAnalysis",
+)
 NCU_METRICS = (
     "Duration",
     "DRAM Throughput",
@@ -465,6 +476,8 @@ NCU_METRICS = (
     "Achieved Occupancy",
     "Registers Per Thread",
     "Warp Cycles Per Issued Instruction",
+    "Executed Instructions",
+    "Issue Slots Busy",
 )
 
 

@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ferret_kernels as fk
+from ferret_kernels import rng_numpy
 
 DISTS = fk.DISTS
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -67,6 +69,50 @@ def assert_recon_close(got, ref, coeffs, block_size, dist, dtype=torch.float32, 
             f"reconstruct mismatch at {bad.sum().item()} of {n} elements; first j={j} (block {j // block_size}): "
             f"got {got[j].item():.8g}, ref {ref[j].item():.8g}, tol {tol[j].item():.3g}"
         )
+
+
+def cuda_rademacher_project_order(x, seed, K, bs, y=None, block_offset=0, scale=1.0, active=None):
+    """The CUDA rademacher project's float32 adds, restated from csrc/cuda/kernels.cuh's comments with
+    numpy (an order model, independent of the kernel's code; chunks of 8192 elements, 8 warps of 32
+    lanes, 32 elements a lane): a thread sums its 32 elements left to right (total) and, per basis,
+    those where the basis is -1 (negsum); its dot is total - 2 * negsum; a warp adds the lanes' dots
+    by the xor tree 16, 8, 4, 2, 1; the chunk's partial sum adds the 8 warps' in warp order from 0.0;
+    the second pass's lane l adds chunks l, l + 32, ... in order, then the same xor tree, times
+    scale. x, y: CPU tensors; returns [blocks, K] float32."""
+    xf = (x.float() if y is None else x.float() - y.float()).cpu().numpy()
+    n, f32 = xf.size, np.float32
+    nb, cpb = fk.num_blocks(n, bs), -(-bs // 8192)
+    lanes = np.arange(32)
+
+    def tree(v):  # the xor tree over the last axis (32 lanes)
+        for o in (16, 8, 4, 2, 1):
+            v = v + v[..., lanes ^ o]
+        return v
+
+    out = np.zeros((nb, K), f32)
+    for b in range(nb):
+        blk = np.zeros(cpb * 8192, f32)
+        seg = xf[b * bs : min((b + 1) * bs, n)]
+        blk[: seg.size] = seg
+        t = blk.reshape(cpb, 8, 32, 32)  # chunk, warp, lane, the lane's elements
+        total = np.zeros(t.shape[:3], f32)
+        for e in range(32):
+            total = total + t[..., e]
+        kb = K if active is None else min(max(int(active[b]), 0), K)
+        for k in range(kb):
+            neg = rng_numpy.basis(seed, block_offset + b, k, blk.size).reshape(t.shape) < 0
+            ns = np.zeros_like(total)
+            for e in range(32):
+                ns = ns + np.where(neg[..., e], t[..., e], f32(0))
+            warp = tree(total - f32(2) * ns)[..., 0]  # [chunk, warp]
+            part = np.zeros(cpb, f32)
+            for w in range(8):
+                part = part + warp[:, w]
+            lane = np.zeros(32, f32)
+            for c in range(cpb):
+                lane[c % 32] = lane[c % 32] + part[c]
+            out[b, k] = tree(lane)[0] * f32(scale)
+    return torch.from_numpy(out)
 
 
 @pytest.fixture(

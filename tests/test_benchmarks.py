@@ -148,3 +148,46 @@ def test_tune_triton_project_smoke(tmp_path):
     assert ns["compared_with"] == "negsum_triton_form" and 0 <= float(ns["max_rel_diff_vs_shipped"]) < 1e-5, ns
     assert not list(tmp_path.glob("*.tmp"))  # the CSV is rewritten through a temporary file after every row
     assert all(r["identical_to_shipped"] == "True" and r["identical_with_y_active"] == "True" for r in rows), rows
+
+
+def test_sass_path_walks_the_branches_it_is_told():
+    """sass_path.walk on a made-up listing: a taken conditional branch is followed, one not listed
+    falls through, a backward one runs its loop once, a predicated EXIT does not stop the walk."""
+    spec = importlib.util.spec_from_file_location("sass_path", os.path.join(ROOT, "benchmarks", "sass_path.py"))
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    ins = [
+        (0x00, "S2R R0, SR_TID.X"),
+        (0x10, "@P0 BRA 0x40"),
+        (0x20, "IADD3 R1, R1, 0x1, RZ"),
+        (0x30, "BRA 0x50"),
+        (0x40, "IMAD R1, R1, 0x2, RZ"),
+        (0x50, "@!P1 EXIT"),
+        (0x60, "FADD R2, R2, R3"),
+        (0x70, "@P2 BRA 0x60"),
+        (0x80, "EXIT"),
+        (0x90, "BRA 0x90"),
+    ]
+    addrs = lambda take: [a for a, _ in sp.walk(ins, take)]  # noqa: E731
+    assert addrs({0x10}) == [0x00, 0x10, 0x40, 0x50, 0x60, 0x70, 0x80]
+    assert addrs(set()) == [0x00, 0x10, 0x20, 0x30, 0x50, 0x60, 0x70, 0x80]
+    assert addrs({0x70}) == addrs(set())  # backward: one trip, whatever take says
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_sass_path_counts_a_path_through_the_project_kernel():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(ROOT, "benchmarks", "sass_path.py")
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, script, *a], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
+    )
+    res = run("--list")
+    assert res.returncode == 0, res.stderr[-4000:]
+    total = int(re.search(r"project_kernel\S*: (\d+) instructions", res.stdout).group(1))
+    first = re.search(r"^(0x[0-9a-f]+)\s+@", res.stdout, re.M).group(1)  # the first conditional branch
+    counts = []
+    for take in ([], [first]):
+        res = run("--take", *take)
+        assert res.returncode == 0, res.stderr[-4000:]
+        counts.append(int(re.search(r"^path: (\d+) instructions", res.stdout, re.M).group(1)))
+    assert all(0 < c < total for c in counts) and counts[0] != counts[1], (counts, total)

@@ -21,7 +21,7 @@ import torch
 import ferret_kernels as fk
 from ferret_kernels import rng_numpy
 
-from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close
+from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close, cuda_rademacher_project_order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU = os.path.join(ROOT, "tests", "cuda_emu")
@@ -361,52 +361,9 @@ def test_16bit_project_gives_the_fp32_kernels_bits(emu, dtype, K):
     assert_project_close(got, want, 0.5 * x.float(), bs, "rademacher")
 
 
-def _rademacher_project_in_the_kernels_order(x, seed, K, bs, y=None, block_offset=0, scale=1.0, active=None):
-    """The CUDA rademacher project's float32 adds, restated from kernels.cuh's comments with numpy
-    (an order model, independent of the kernel's code): a thread sums its 32 elements left to
-    right (total) and, per basis, those where the basis is -1 (negsum); its dot is total -
-    2 * negsum; a warp adds the lanes' dots by the xor tree 16, 8, 4, 2, 1; the chunk's partial
-    sum adds the 8 warps' in warp order from 0.0; the second pass's lane l adds chunks l, l + 32,
-    ... in order, then the same xor tree, times scale."""
-    xf = (x.float() if y is None else x.float() - y.float()).numpy()
-    n, f32 = xf.size, np.float32
-    nb, cpb = fk.num_blocks(n, bs), -(-bs // CHUNK["rademacher"])
-    lanes = np.arange(32)
-
-    def tree(v):  # the xor tree over the last axis (32 lanes)
-        for o in (16, 8, 4, 2, 1):
-            v = v + v[..., lanes ^ o]
-        return v
-
-    out = np.zeros((nb, K), f32)
-    for b in range(nb):
-        blk = np.zeros(cpb * CHUNK["rademacher"], f32)
-        seg = xf[b * bs : min((b + 1) * bs, n)]
-        blk[: seg.size] = seg
-        t = blk.reshape(cpb, 8, 32, 32)  # chunk, warp, lane, the lane's elements
-        total = np.zeros(t.shape[:3], f32)
-        for e in range(32):
-            total = total + t[..., e]
-        kb = K if active is None else min(max(int(active[b]), 0), K)
-        for k in range(kb):
-            neg = rng_numpy.basis(seed, block_offset + b, k, blk.size).reshape(t.shape) < 0
-            ns = np.zeros_like(total)
-            for e in range(32):
-                ns = ns + np.where(neg[..., e], t[..., e], f32(0))
-            warp = tree(total - f32(2) * ns)[..., 0]  # [chunk, warp]
-            part = np.zeros(cpb, f32)
-            for w in range(8):
-                part = part + warp[:, w]
-            lane = np.zeros(32, f32)
-            for c in range(cpb):
-                lane[c % 32] = lane[c % 32] + part[c]
-            out[b, k] = tree(lane)[0] * f32(scale)
-    return torch.from_numpy(out)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rademacher_project_adds_in_its_documented_order(emu, dtype):
-    """Bit for bit against the order model above: a block of 34 chunks (a second-pass lane adds two
+    """Bit for bit against conftest's model of the kernel's adds: a block of 34 chunks (a second-pass lane adds two
     chunks) with a partial last chunk, a short last block, K = 6 (a quad of bases and a part of
     one), active counts (one past K, 0), y and an unaligned pointer. A change of the kernel's
     reductions that keeps this passing keeps every bit of every result."""
@@ -417,7 +374,7 @@ def test_rademacher_project_adds_in_its_documented_order(emu, dtype):
     active = torch.tensor([7, 0], dtype=torch.int32)
     kw = dict(block_offset=9, scale=0.75)
     for extra in (dict(), dict(y=y, active=active)):
-        want = _rademacher_project_in_the_kernels_order(x, 2**33 + 1, 6, bs, **kw, **extra)
+        want = cuda_rademacher_project_order(x, 2**33 + 1, 6, bs, **kw, **extra)
         assert torch.equal(emu.project(x, 2**33 + 1, 6, bs, **kw, **extra), want)
         assert torch.equal(emu.project(x, 2**33 + 1, 6, bs, misalign=1, **kw, **extra), want)
 

@@ -14,7 +14,7 @@ import torch
 import ferret_kernels as fk
 from ferret_kernels import rng_numpy
 
-from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close
+from conftest import DISTS, DTYPES, assert_project_close, assert_recon_close, cuda_rademacher_project_order
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -328,6 +328,31 @@ def test_rademacher_reconstruct_adds_the_bases_in_order_bit_for_bit(K):
     fk.reconstruct_(out, c.to(DEV), 99, bs, **dict(kw, scale=1.0))  # base + 1 * sum: one rounding, fused or not
     want = _sequential_rademacher(c.numpy(), 99, n, bs, 1.0, active, base.numpy())
     assert np.array_equal(out.cpu().numpy().view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_rademacher_project_adds_in_its_documented_order(gb, dtype):
+    """The CUDA rademacher project on the GPU gives, bit for bit, conftest's model of its adds (the
+    emulator's test of the same name runs the host form; here the inline PTX dots and the four-basis
+    shuffle tree run): a block of 34 chunks with a partial last one, a short last block, K = 6,
+    active counts, y and an element offset (unaligned loads). Triton adds in another order (not
+    pinned: its projections stay within float32 rounding of the reference)."""
+    if gb != "cuda":
+        pytest.skip("the CUDA kernel's order; Triton's is its own")
+    torch.manual_seed(6)
+    bs = 33 * 8192 + 333
+    n = bs + 2 * 8192 + 40
+    x, y = torch.randn(n + 1).to(dtype), torch.randn(n).to(dtype)
+    active = torch.tensor([7, 0], dtype=torch.int32)
+    xd = x.to(DEV)
+    for extra in (dict(), dict(y=y, active=active)):
+        dev = {k: v.to(DEV) for k, v in extra.items()}
+        for off in (0, 1):  # aligned, then one element on (a view: the element-wise loads)
+            want = cuda_rademacher_project_order(
+                x[off : off + n], 2**33 + 1, 6, bs, block_offset=9, scale=0.75, **extra
+            )
+            got = fk.project(xd[off : off + n], 2**33 + 1, 6, bs, block_offset=9, scale=0.75, **dev).cpu()
+            assert torch.equal(got, want)
 
 
 def test_active_counts_adjoint_and_determinism():

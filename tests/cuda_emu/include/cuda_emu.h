@@ -68,6 +68,8 @@ template <typename T>
 inline T max(T a, T b) {
   return a < b ? b : a;
 }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;

@@ -781,24 +781,25 @@ def main(argv=None) -> int:
         )
     if ok:
         ok = stage_build(run, min(run.left() - 30, 300))
-    # the benchmark's share is reserved before the tests start (timings are what a GPU run is for)
-    # (the whole bench took 57 s on an H100, 2026-11-26; the device tests ~250 s with 16 cores)
-    # (the smoke run without a GPU takes ~30 s on 2 cores: a fixed share, the rest to the tests)
-    bench_share = 0 if args.skip_bench else (min(100, 0.3 * run.left()) if gpu else 60)
-    # the variants: nvcc build ~15 s, CUDA run ~20 s, Triton tuning ~30 s on a GPU (a build only
-    # without one, beside the smoke: inside its share)
-    # + the ncu profile, ~30 s where ncu reads counters (the kernels once each, 5 sections)
-    variants_share = 0 if args.skip_variants else (110 if gpu else (0 if bench_share else 20))
+    # On a GPU the benchmark's share is reserved before the tests start (timings are what a GPU run
+    # is for; the whole bench took 57 s on an H100, 2026-11-26; the device tests ~250 s with 16
+    # cores), and the variants': nvcc build ~15 s, CUDA run ~20 s, Triton tuning ~30 s, the ncu
+    # profile ~30 s where ncu reads counters.
+    bench_share = 0 if args.skip_bench else min(100, 0.3 * run.left())
+    variants_share = 0 if args.skip_variants else 110
     built = getattr(run, "built", False)  # an extension is there (perhaps without its CUDA kernels)
-    if built and not args.skip_tests:
-        ok = stage_tests(run, run.left() - bench_share - variants_share - 10, gpu, args.tests) and ok
     if not gpu:
-        # the smoke benchmark (Python, one core) and the variants' nvcc build (one core) side by
-        # side: 2 cores finish both in the time of the longer (~30 s, not ~45 s)
+        # Rehearsal: the tests (two files at a time), the smoke benchmark (Python, one core) and the
+        # variants' nvcc build (one core) all at once. Nothing here is timed, and the 2 cores share the
+        # same work either way, but run after the tests the smoke waited for their last file while a
+        # core idled: from a fresh clone (torch 2.11 + triton 3.6) 302 s with the smoke after the
+        # tests (tests 209 s, then smoke 46 s), 2026-11-28.
         import concurrent.futures
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
             jobs = []
+            if built and not args.skip_tests:
+                jobs.append(pool.submit(stage_tests, run, run.left() - 10, gpu, args.tests))
             if built and not args.skip_bench:
                 jobs.append(pool.submit(stage_bench, run, run.left() - 10, gpu))
             if not args.skip_variants and run.left() > 20:
@@ -806,6 +807,8 @@ def main(argv=None) -> int:
             for job in jobs:
                 ok = job.result() and ok
     else:
+        if built and not args.skip_tests:
+            ok = stage_tests(run, run.left() - bench_share - variants_share - 10, gpu, args.tests) and ok
         if built and not args.skip_bench:  # failing tests do not stop the measurements
             ok = stage_bench(run, run.left() - variants_share - 10, gpu) and ok
         if not args.skip_variants and run.left() > 20:

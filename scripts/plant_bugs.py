@@ -324,6 +324,32 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py::test_project_and_reconstruct_vs_reference",),
     ),
     Mutation(
+        "cuda-chunk-pow2-shift",
+        "csrc/cuda/kernels.cuh",
+        "      b = c >> __popc(cpb - 1);\n",
+        "      b = c >> (cpb >> 1);\n",
+        # right for 1, 2 and 4 chunks a block, wrong from 8 (a second reader's mutation: it passed
+        # every emulator test until a case with blocks of 2^16 elements was added)
+        "the chunk's block for a power of two of chunks a block shifted by the wrong amount",
+        ("tests/test_cuda_emulation.py::test_project_and_reconstruct_vs_reference",),
+    ),
+    Mutation(
+        "cuda-umulhi-low-word",
+        "csrc/ferret/core.h",
+        "    *lo = a * b;\n    return;\n",
+        "    *lo = __umulhi(a, b);\n    return;\n",
+        "the device Philox multiply (kUmulhi, the rademacher words) takes the high word for the low one",
+        ("tests/test_cuda_emulation.py::test_bases_match_contract_and_cpu_kernel",),
+    ),
+    Mutation(
+        "cuda-chunks-unpack-order",
+        "csrc/cuda/kernels.cuh",
+        "for (int v = 0; v < RawRun<T, N>::kVec; ++v) widen16<T>(r.raw[v], out + v * kPer16);",
+        "for (int v = 0; v < RawRun<T, N>::kVec; ++v) widen16<T>(r.raw[v], out + (v ^ 1) * kPer16);",
+        "the four-chunks-a-CTA variant widens its prefetched vectors into each other's places",
+        ("tests/test_cuda_emulation.py::test_four_chunks_a_cta_give_the_shipped_bits",),
+    ),
+    Mutation(
         "cuda-fused-early-ticket-reduces",
         "csrc/cuda/kernels.cuh",
         "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);",

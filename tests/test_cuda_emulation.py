@@ -111,6 +111,7 @@ class Emu:
         misalign=0,
         fused=0,
         prefetch=-1,
+        chunks=1,
     ):
         d = self._dir()
         self._put(os.path.join(d, "x.bin"), x)
@@ -132,6 +133,7 @@ class Emu:
             misalign=misalign,
             fused=fused,
             prefetch=prefetch,
+            chunks=chunks,
         )
         return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
 
@@ -288,8 +290,17 @@ def test_bases_match_contract_and_cpu_kernel(emu, dist):
 
 
 # (numel, block_size, K): single elements, partial warps, block edges, several CTAs per block
-# with a partial last one, and K past the kernel's 32-basis reduction tile
-CASES = [(1, 512, 3), (509, 512, 5), (512, 512, 2), (3 * 512 + 17, 512, 5), (2 * 9000 + 123, 9000, 4), (700, 256, 33)]
+# with a partial last one, K past the kernel's 32-basis reduction tile, and blocks of 2^16 (8 or
+# 16 chunks a block: a power of two past 4, the chunk's block by a shift)
+CASES = [
+    (1, 512, 3),
+    (509, 512, 5),
+    (512, 512, 2),
+    (3 * 512 + 17, 512, 5),
+    (2 * 9000 + 123, 9000, 4),
+    (700, 256, 33),
+    (3 * 65536 + 5, 65536, 3),
+]
 
 
 @pytest.mark.parametrize("dist", DISTS)
@@ -452,6 +463,23 @@ def test_prefetch_candidates_give_the_shipped_bits_and_stay_inside_their_tensors
                     assert torch.equal(got, want), (n, dtype, misalign, ahead)
                 got = emu.project(x, 7, K, bs, **kw, fused=1, prefetch=aheads[-1])
                 assert torch.equal(got, want), (n, dtype, misalign)
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_four_chunks_a_cta_give_the_shipped_bits(emu, dist):
+    """project_kernel with CHUNKS = 4 (a benchmark variant: each CTA takes four chunks, loading the
+    next one's raw words before it works on the current one, then widening them): the shipped
+    launch's bits, through a launch whose chunk count is not a multiple of 4 (the last CTA's chunks
+    past the end), blocks that are not whole chunks, a short last block, y, active counts, bf16 (the
+    raw words widened by widen16), fp32 and fp16, and an unaligned pointer (the element-wise path)."""
+    bs, K = 2 * CHUNK[dist] + 100, 6
+    n = 2 * bs + CHUNK[dist] // 2 + 3  # 3 chunks a block, 7 chunks
+    active = torch.tensor([6, 0, 2], dtype=torch.int32)
+    for dtype in DTYPES:
+        x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+        for kw in (dict(), dict(y=y, active=active, misalign=1)):
+            want = emu.project(x, 5, K, bs, dist=dist, block_offset=4, **kw)
+            assert torch.equal(emu.project(x, 5, K, bs, dist=dist, block_offset=4, chunks=4, **kw), want), (dtype, kw)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -527,6 +527,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
     const int64_t first = (int64_t)blockIdx.x * CHUNKS;
     const int64_t last = min(first + (int64_t)CHUNKS, num_chunks);
     RawRun<T, L::kElems> xr, yr;
+    yr.full = false;  // read only with y, where fetch_run sets it (g++ -Wmaybe-uninitialized cannot tell)
     {
       const ChunkPos<DIST> c(p, first, chunks_per_block);
       fetch_run<T, L::kElems>(xs + c.start, c.valid, xr);

@@ -43,7 +43,7 @@ struct U32x4 {
 // loops kUmulhi made them longer (project 266 -> 280, reconstruct_ 242 -> 265).
 template <bool kUmulhi = false>
 FERRET_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(FERRET_CUDA_EMU)  // (the CUDA emulator, tests/cuda_emu, runs it too)
   if (kUmulhi) {
     *hi = __umulhi(a, b);
     *lo = a * b;

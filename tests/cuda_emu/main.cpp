@@ -5,7 +5,8 @@
 //   cuda_emu project     dir=D dtype=f32|bf16|f16 dist=0|1|2 numel= block_size= block_offset= K= seed=
 //                        scale= [misalign=elements] [fused=1: project_fused_kernel]
 //                        [prefetch=N: each CTA prefetches the chunk N CTAs on (project_prefetch_kernel,
-//                        or the fused kernel's prefetch with fused=1)]
+//                        or the fused kernel's prefetch with fused=1)] [chunks=4: project_kernel with
+//                        CHUNKS = 4, each CTA four chunks, the next one's loads ahead (a benchmark variant)]
 //                        reads x.bin [y.bin] [active.bin], writes out.bin
 //   cuda_emu reconstruct ... alpha= accumulate=0|1           reads coeffs.bin [out.bin] [active.bin]
 //   cuda_emu project_multi dir=D dtype= dist= block_size= K= seed= scale= segs=n:lead:first_block:row,...
@@ -103,6 +104,14 @@ size_t shared_params(const Args& a, Params& p) {
   return es;
 }
 
+// project_kernel with four chunks a CTA (benchmarks/cuda_project_variants.cu times it), then the second pass
+template <typename T, int DIST>
+struct ProjectChunks4 {
+  static cudaError_t run(const ferret::ProjectParams& p, float* part, cudaStream_t s) {
+    return ferret::cuda::launch_project_variant<T, DIST, 1, 4>(p, part, s);
+  }
+};
+
 int project(const Args& a) {
   ferret::ProjectParams p{};
   const size_t es = shared_params(a, p);
@@ -131,6 +140,9 @@ int project(const Args& a) {
       }
   } else if (ahead >= 0) {
     if (int rc = check(ferret::cuda::launch_project_prefetch(p, pp, ahead, nullptr))) return rc;
+  } else if (opt(a, "chunks", 1) == 4) {
+    if (int rc = check(ferret::cuda::dispatch<ProjectChunks4>(p.dtype, p.dist, p, pp, (cudaStream_t) nullptr)))
+      return rc;
   } else if (int rc = check(ferret::cuda::launch_project(p, pp, nullptr))) {
     return rc;
   }

@@ -69,6 +69,9 @@ inline T max(T a, T b) {
   return a < b ? b : a;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+// core.h's device-only forms that have a host equivalent here (its kUmulhi multiply) run in the emulator
+#define FERRET_CUDA_EMU 1
 
 template <typename T>
 inline T __ldg(const T* p) {

@@ -317,11 +317,11 @@ __device__ __forceinline__ float warp_sum(float s) {
 // warp_sum of four values at once, lane l getting warp_sum(d_{(l >> 3) & 3}) bit for bit, in 6 shuffles
 // and 6 adds where four warp_sums take 20 and 20. After each step of warp_sum's xor tree the lanes it
 // has combined hold the same value (a + b == b + a), so a lane can drop the values its partner keeps:
-// at distance 16 a lane keeps bases 0, 1 (or 2, 3) and sends the other two (half_sum16, one pair at a
-// time: fewer values live at once), at 8 it keeps one of its two, then the tree's last three steps
-// (quad_sum). Why: in the K = 4 rademacher project the four warp_sums and their four shared-memory
-// stores were about 80 of the ~640 instructions a thread issues (sm_90 SASS, nvcc 13), and the
-// H200's ncu run found that kernel issue bound (results/gpu_check/2026-11-27T2107-h200-summary.md).
+// at distance 16 a lane keeps bases 0, 1 (or 2, 3) and sends the other two (half_sum16, a pair a call),
+// at 8 it keeps one of its two, then the tree's last three steps (quad_sum). Why: in the K = 4
+// rademacher project the four warp_sums and their four shared-memory stores were about 80 of the ~640
+// instructions a thread issued (sm_90 SASS, nvcc 13), and the H200's ncu run found that kernel issue
+// bound (results/gpu_check/2026-11-27T2107-h200-summary.md).
 __device__ __forceinline__ float half_sum16(float lo, float hi) {  // the step at 16 for bases (lo, hi)
   const bool h16 = threadIdx.x & 16;
   return (h16 ? hi : lo) + __shfl_xor_sync(0xffffffffu, h16 ? lo : hi, 16);

@@ -35,7 +35,7 @@ struct U32x4 {
   uint32_t v[4];
 };
 
-// kUmulhi (device code only; the same values): the high word by __umulhi and the low one by a 32-bit
+// kUmulhi (device code and the CUDA emulator; the same values): the high word by __umulhi and the low one by a 32-bit
 // multiply, where the default takes both from one 64-bit product. ptxas schedules the two forms
 // differently (sm_90 SASS, nvcc 13, benchmarks/sass_cost.py): in the rademacher kernels' loop over
 // quads of bases the 64-bit product left an add of a zero register after every multiply (project

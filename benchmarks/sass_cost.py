@@ -59,6 +59,11 @@ def sass_functions(binary: bytes) -> dict[str, list[str]]:
     return out
 
 
+def opcodes(texts) -> collections.Counter:
+    """The opcodes (no predicate, no modifiers) of SASS instruction texts, counted."""
+    return collections.Counter(re.sub(r"^@!?U?P[T\d]+\s+", "", t).split()[0].split(".")[0] for t in texts)
+
+
 def basis_loop(ins) -> tuple[int, collections.Counter]:
     """The innermost loop (backward branch) that contains a Philox multiply."""
     where = {a: i for i, (a, _) in enumerate(ins)}
@@ -72,15 +77,15 @@ def basis_loop(ins) -> tuple[int, collections.Counter]:
             best = body
     if best is None:
         raise RuntimeError("no loop around a Philox call found")
-    ops = collections.Counter(re.sub(r"^@!?U?P[T\d]+\s+", "", t).split()[0].split(".")[0] for t in best)
-    return len(best), ops
+    return len(best), opcodes(best)
 
 
-def cuda_rows(arch: int):
+def cuda_functions(arch: int) -> dict[str, list[str]] | None:
+    """sass_functions of every kernel of kernels.cuh (csrc/cuda/compile_check.cu compiled with nvcc
+    for sm_<arch>); None without nvcc."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
-        print("# nvcc not found: CUDA kernels skipped")
-        return []
+        return None
     with tempfile.TemporaryDirectory() as d:
         obj = os.path.join(d, "k.o")
         subprocess.run(
@@ -101,7 +106,14 @@ def cuda_rows(arch: int):
             capture_output=True,
         )
         with open(obj, "rb") as f:
-            funcs = sass_functions(f.read())
+            return sass_functions(f.read())
+
+
+def cuda_rows(arch: int):
+    funcs = cuda_functions(arch)
+    if funcs is None:
+        print("# nvcc not found: CUDA kernels skipped")
+        return []
     rows = []
     for op, mangled in (("project", "project_kernel"), ("reconstruct_", "reconstruct_kernel")):
         for di, dist in enumerate(DISTS):

@@ -19,32 +19,25 @@ ncu's cycles and issue rate. A model, not a measurement.
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 
 DEFAULT = r"project_kernelI13__nv_bfloat16Li0ELi4ELi1E"  # bf16, rademacher, 4 CTAs an SM, one chunk a CTA
 
 
-def kernel_sass(pattern: str, arch: int = 90) -> tuple[str, list[tuple[int, str]]]:
+def _sass_cost():
+    """benchmarks/sass_cost.py (imported here, not at the top: it imports triton, which walk does not need)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import sass_cost  # (imports triton: not needed by walk)
+    import sass_cost
 
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
+    return sass_cost
+
+
+def kernel_sass(pattern: str, arch: int = 90) -> tuple[str, list[tuple[int, str]]]:
+    funcs = _sass_cost().cuda_functions(arch)
+    if funcs is None:
         sys.exit("nvcc not found")
-    with tempfile.TemporaryDirectory() as d:
-        obj = os.path.join(d, "k.o")
-        src = os.path.join(sass_cost.ROOT, "csrc", "cuda", "compile_check.cu")
-        inc = os.path.join(sass_cost.ROOT, "csrc")
-        cmd = [nvcc, "-std=c++17", "-O3", "-I", inc, "-gencode", f"arch=compute_{arch},code=sm_{arch}", "-c", src]
-        subprocess.run(cmd + ["-o", obj], check=True, capture_output=True)
-        with open(obj, "rb") as f:
-            funcs = sass_cost.sass_functions(f.read())
     names = [n for n in funcs if re.search(pattern, n)]
     if len(names) != 1:
         sys.exit(f"--kernel {pattern!r} matches {len(names)} kernels: {names[:5]}")
@@ -87,7 +80,7 @@ def main(argv=None):
                 print(f"{a:#06x}  {txt:40s}  after: {before}")
         return
     path = walk(ins, {int(t, 16) for t in args.take})
-    ops = collections.Counter(re.sub(r"^@!?U?P[T\d]+\s+", "", t).split()[0].split(".")[0] for _, t in path)
+    ops = _sass_cost().opcodes(t for _, t in path)
     taken = [f"{a:#x}" for a, t in path if re.search(r"\bBRA\b", t)]
     print(f"path: {len(path)} instructions; branches on it: {' '.join(taken)}")
     print(" ".join(f"{k}:{v}" for k, v in ops.most_common(16)))

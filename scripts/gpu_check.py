@@ -781,12 +781,6 @@ def main(argv=None) -> int:
         )
     if ok:
         ok = stage_build(run, min(run.left() - 30, 300))
-    # On a GPU the benchmark's share is reserved before the tests start (timings are what a GPU run
-    # is for; the whole bench took 57 s on an H100, 2026-11-26; the device tests ~250 s with 16
-    # cores), and the variants': nvcc build ~15 s, CUDA run ~20 s, Triton tuning ~30 s, the ncu
-    # profile ~30 s where ncu reads counters.
-    bench_share = 0 if args.skip_bench else min(100, 0.3 * run.left())
-    variants_share = 0 if args.skip_variants else 110
     built = getattr(run, "built", False)  # an extension is there (perhaps without its CUDA kernels)
     if not gpu:
         # Rehearsal: the tests (two files at a time), the smoke benchmark (Python, one core) and the
@@ -807,6 +801,12 @@ def main(argv=None) -> int:
             for job in jobs:
                 ok = job.result() and ok
     else:
+        # The benchmark's share is reserved before the tests start (timings are what a GPU run is
+        # for; the whole bench took 57 s on an H100, 2026-11-26; the device tests ~250 s with 16
+        # cores), and the variants': nvcc build ~15 s, CUDA run ~20 s, Triton tuning ~30 s, the ncu
+        # profile ~30 s where ncu reads counters.
+        bench_share = 0 if args.skip_bench else min(100, 0.3 * run.left())
+        variants_share = 0 if args.skip_variants else 110
         if built and not args.skip_tests:
             ok = stage_tests(run, run.left() - bench_share - variants_share - 10, gpu, args.tests) and ok
         if built and not args.skip_bench:  # failing tests do not stop the measurements

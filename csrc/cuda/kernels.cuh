@@ -111,16 +111,6 @@ __device__ __forceinline__ __half from_f32<__half>(float v) {
 // its low half cleared: one instruction each, where __bfloat162float on the halves of a word compiled
 // to a PRMT and a shift for the high one (sm_90, nvcc 13: 16 instructions fewer per rademacher
 // project thread).
-__device__ __forceinline__ float f32_from_bits(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
-
 template <typename T>
 __device__ __forceinline__ void widen16(const uint4& raw, float* out) {
   const T* e = reinterpret_cast<const T*>(&raw);
@@ -132,8 +122,8 @@ __device__ __forceinline__ void widen16<__nv_bfloat16>(const uint4& raw, float* 
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    out[2 * i] = f32_from_bits(w[i] << 16);
-    out[2 * i + 1] = f32_from_bits(w[i] & 0xffff0000u);
+    out[2 * i] = bits_to_float(w[i] << 16);  // (core.h)
+    out[2 * i + 1] = bits_to_float(w[i] & 0xffff0000u);
   }
 }
 

@@ -350,6 +350,31 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py::test_four_chunks_a_cta_give_the_shipped_bits",),
     ),
     Mutation(
+        "cuda-quad-negsum-restarts-each-run",
+        "csrc/cuda/kernels.cuh",
+        "neg[j] = rademacher_negsum(w[j], x, neg[j]);",
+        "neg[j] += rademacher_negsum(w[j], x);",
+        # the same sum in another order: a run's negsum from 0, then added (a wrong order, right values)
+        "the quad candidate adds each run's negsum apart, not on from the last run's",
+        ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),
+    ),
+    Mutation(
+        "cuda-quad-run-stride",
+        "csrc/cuda/kernels.cuh",
+        "    const int64_t j0 = j00 + (int64_t)run * L::kChunk;\n",
+        "    const int64_t j0 = j00 + (int64_t)run * L::kElems;\n",
+        "the quad candidate's runs overlap (a run's stride an element run, not a chunk)",
+        ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),
+    ),
+    Mutation(
+        "cuda-quad-inactive-bases-stored",
+        "csrc/cuda/kernels.cuh",
+        "  if ((int)threadIdx.x < kb) {\n    float t = 0.0f;",
+        "  if ((int)threadIdx.x < p.num_bases) {\n    float t = 0.0f;",
+        "the quad candidate writes the partial sums of bases past the block's active count",
+        ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),
+    ),
+    Mutation(
         "cuda-fused-early-ticket-reduces",
         "csrc/cuda/kernels.cuh",
         "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);",

@@ -71,18 +71,25 @@ def assert_recon_close(got, ref, coeffs, block_size, dist, dtype=torch.float32, 
         )
 
 
-def cuda_rademacher_project_order(x, seed, K, bs, y=None, block_offset=0, scale=1.0, active=None):
+def cuda_rademacher_project_order(x, seed, K, bs, y=None, block_offset=0, scale=1.0, active=None, runs=1):
     """The CUDA rademacher project's float32 adds, restated from csrc/cuda/kernels.cuh's comments with
     numpy (an order model, independent of the kernel's code; chunks of 8192 elements, 8 warps of 32
     lanes, 32 elements a lane): a thread sums its 32 elements left to right (total) and, per basis,
     those where the basis is -1 (negsum); its dot is total - 2 * negsum; a warp adds the lanes' dots
     by the xor tree 16, 8, 4, 2, 1; the chunk's partial sum adds the 8 warps' in warp order from 0.0;
     the second pass's lane l adds chunks l, l + 32, ... in order, then the same xor tree, times
-    scale. x, y: CPU tensors; returns [blocks, K] float32."""
+    scale. runs > 1: project_quad_kernel (the K <= 4 candidate), whose CTA takes `runs` consecutive
+    chunks (a span) and whose lane adds its `runs` runs of 32 elements, one a chunk, run 0's first,
+    into one total and one negsum a basis; the warps, the spans and the second pass as above. x, y:
+    CPU tensors; returns [blocks, K] float32."""
     xf = (x.float() if y is None else x.float() - y.float()).cpu().numpy()
     n, f32 = xf.size, np.float32
-    nb, cpb = fk.num_blocks(n, bs), -(-bs // 8192)
+    span = 8192 * runs
+    nb, cpb = fk.num_blocks(n, bs), -(-bs // span)
     lanes = np.arange(32)
+
+    def lane_runs(v):  # [span rows, 8 warps, 32 lanes, the lane's runs x 32 elements in its order]
+        return v.reshape(cpb, runs, 8, 32, 32).transpose(0, 2, 3, 1, 4).reshape(cpb, 8, 32, runs * 32)
 
     def tree(v):  # the xor tree over the last axis (32 lanes)
         for o in (16, 8, 4, 2, 1):
@@ -91,18 +98,18 @@ def cuda_rademacher_project_order(x, seed, K, bs, y=None, block_offset=0, scale=
 
     out = np.zeros((nb, K), f32)
     for b in range(nb):
-        blk = np.zeros(cpb * 8192, f32)
+        blk = np.zeros(cpb * span, f32)
         seg = xf[b * bs : min((b + 1) * bs, n)]
         blk[: seg.size] = seg
-        t = blk.reshape(cpb, 8, 32, 32)  # chunk, warp, lane, the lane's elements
+        t = lane_runs(blk)  # chunk (span), warp, lane, the lane's elements
         total = np.zeros(t.shape[:3], f32)
-        for e in range(32):
+        for e in range(t.shape[-1]):
             total = total + t[..., e]
         kb = K if active is None else min(max(int(active[b]), 0), K)
         for k in range(kb):
-            neg = rng_numpy.basis(seed, block_offset + b, k, blk.size).reshape(t.shape) < 0
+            neg = lane_runs(rng_numpy.basis(seed, block_offset + b, k, blk.size)) < 0
             ns = np.zeros_like(total)
-            for e in range(32):
+            for e in range(t.shape[-1]):
                 ns = ns + np.where(neg[..., e], t[..., e], f32(0))
             warp = tree(total - f32(2) * ns)[..., 0]  # [chunk, warp]
             part = np.zeros(cpb, f32)

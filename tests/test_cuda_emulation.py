@@ -112,6 +112,7 @@ class Emu:
         fused=0,
         prefetch=-1,
         chunks=1,
+        quad=0,
     ):
         d = self._dir()
         self._put(os.path.join(d, "x.bin"), x)
@@ -134,6 +135,7 @@ class Emu:
             fused=fused,
             prefetch=prefetch,
             chunks=chunks,
+            quad=quad,
         )
         return self._get(os.path.join(d, "out.bin"), torch.float32, (fk.num_blocks(x.numel(), bs), K))
 
@@ -480,6 +482,45 @@ def test_four_chunks_a_cta_give_the_shipped_bits(emu, dist):
         for kw in (dict(), dict(y=y, active=active, misalign=1)):
             want = emu.project(x, 5, K, bs, dist=dist, block_offset=4, **kw)
             assert torch.equal(emu.project(x, 5, K, bs, dist=dist, block_offset=4, chunks=4, **kw), want), (dtype, kw)
+
+
+@pytest.mark.parametrize("runs", [2, 4])
+def test_quad_project_adds_in_its_documented_order(emu, runs):
+    """project_quad_kernel (the K <= 4 rademacher candidate: a lane adds `runs` runs of 32 elements, one
+    a chunk apart, into one total and one negsum a basis) bit for bit against conftest's order model with
+    `runs`, and within float32 rounding of the reference: K = 1, 3 and 4; blocks of 2^16 elements (a
+    power of two of spans a block: the shift) and blocks that are not whole spans (the division, a
+    partial last span, a short last block); y, active counts (past K, 0, 2 of 3 or 4, negative), an unaligned
+    pointer (the element-wise loads), a block offset and a scale."""
+    torch.manual_seed(runs)
+    span = runs * CHUNK["rademacher"]
+    cases = [(2**16, 2 * 2**16 + 3 * 8192 + 5), (3 * span + 700, 2 * (3 * span + 700) + span + 9)]
+    counts = ([9, 0, 2], [2, -2, 9])  # past K, none, part of the quad; negative
+    for (bs, n), dtype, count in zip(cases, (torch.bfloat16, torch.float16), counts):
+        x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+        active = torch.tensor(count, dtype=torch.int32)
+        for K in (1, 3, 4):
+            kw = dict(block_offset=5, scale=0.625)
+            for extra, mis in ((dict(), 0), (dict(y=y, active=active), 1)):
+                want = cuda_rademacher_project_order(x, 2**40 + 9, K, bs, runs=runs, **kw, **extra)
+                got = emu.project(x, 2**40 + 9, K, bs, quad=runs, misalign=mis, **kw, **extra)
+                assert torch.equal(got, want), (bs, dtype, K, extra.keys(), mis)
+        got = emu.project(x, 2**40 + 9, 4, bs, quad=runs, block_offset=5)
+        assert_project_close(got, ref(fk.project, x, 2**40 + 9, 4, bs, block_offset=5), x, bs, "rademacher")
+    x = torch.randn(2 * span + 3)  # fp32
+    want = cuda_rademacher_project_order(x, 3, 4, span, runs=runs)
+    assert torch.equal(emu.project(x, 3, 4, span, quad=runs), want)
+    assert not torch.equal(want, cuda_rademacher_project_order(x, 3, 4, span)), "the model cannot tell runs apart"
+
+
+def test_quad_project_refuses_what_it_cannot_do(emu):
+    """The quad candidate's launcher returns cudaErrorInvalidValue (the emulator's exit 2) for K > 4, a
+    distribution other than rademacher and a run count other than 2 or 4, instead of computing
+    something else."""
+    x = torch.randn(20000)
+    for K, dist, runs in ((5, "rademacher", 2), (4, "uniform", 2), (4, "rademacher", 3)):
+        with pytest.raises(AssertionError, match="exit 2"):
+            emu.project(x, 1, K, 16384, dist=dist, quad=runs)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -122,7 +122,8 @@ def test_profile_stage_reads_ncu_csv_and_runs_ncu_on_the_variants(tmp_path, monk
 def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
     """The summary's bars (issue 11) come from the run's own rows: each bar met, missed or
     without a row (never passed for want of one); candidates count only when bit-identical (the
-    Triton ones with y and active counts too)."""
+    Triton ones with y and active counts too), or, where other bits are their design (the negsum dots,
+    CUDA's quad kernel), within float32 rounding of the shipped output."""
     gc = _gpu_check()
     rows = [
         "op=project, backend=cuda, dist=rademacher, K=4, time_ms=0.2, frac_of_copy=0.86, triton_config=-",
@@ -136,6 +137,11 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
         "triton_config=other_bits",
         "op=project, backend=triton:prefetch:4, dist=rademacher, K=4, time_ms=0.24, frac_of_copy=0.75, "
         "triton_config=same_bits",
+        # the quad kernel: other bits by design, counted; a result far off the shipped one never is
+        "op=project, backend=cuda:quad, dist=rademacher, K=4, time_ms=0.18, frac_of_copy=0.9, triton_config=other_bits",
+        "op=project, backend=cuda:quad:4, dist=rademacher, K=4, time_ms=0.17, frac_of_copy=0.99, triton_config=far_off",
+        "op=project, backend=triton:signflip, dist=rademacher, K=4, time_ms=0.17, frac_of_copy=0.99, "
+        "triton_config=far_off",
         "op=apply_llama2_7b, backend=cuda, dist=rademacher, K=64, time_ms=201, triton_config=-",
         "op=apply_llama2_7b_multi, backend=cuda, dist=rademacher, K=64, time_ms=56.7, triton_config=-",
         "op=apply_llama2_7b_multi, backend=triton, dist=gaussian, K=64, time_ms=1023, triton_config=CHUNK=2048,warps=4",
@@ -148,6 +154,8 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
             "pf_1       4   0.2150     2497    0.842    0.990    64     4 yes",
             "pf_2       4   0.2000     2684    0.905    1.060    64     4 NO",
             "pf_2      16   0.2000     2684    0.905    1.060    64     4 yes",
+            "quad2      4   0.1600     3355    0.880    0.950    64     4 close",
+            "quad4      4   0.1500     3579    0.940    1.010    64     4 NO",
             "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3     0.2508 ms    2140 GB/s  0.712 of copy  "
             "identical=True (y, active: True)  (shipped)",
             "rademacher K=  4 chunk=  8192 warps= 4 loop_c8_s3_pf2     0.2300 ms    2334 GB/s  0.777 of copy  "
@@ -174,7 +182,8 @@ def test_bars_table_reads_the_issue_bars_off_the_rows(tmp_path):
     negsum = got[("K = 4, best Triton negsum candidate (other bits; PTX = its Triton form)", "triton")]
     assert negsum == ("0.850 (0.2100 ms, loop_c8_s3_ns)", "yes")
     choice = "K = 4 project through the op, best candidate choice"
-    assert got[(choice, "cuda")] == ("0.870 (0.21 ms, FERRET_CUDA_PROJECT=fused, same bits)", "yes")
+    assert got[("K = 4, best CUDA quad candidate (other bits, harness)", "cuda")] == ("0.880 (0.1600 ms, quad2)", "yes")
+    assert got[(choice, "cuda")] == ("0.900 (0.18 ms, FERRET_CUDA_PROJECT=quad, other bits)", "yes")
     assert got[(choice, "triton")] == ("0.810 (0.2 ms, FERRET_TRITON_PROJECT=negsum, other bits)", "yes")
     assert got[("K = 64 project vs per-seed", "cuda")] == ("2170x", "yes")
     assert got[("K = 64 project vs dense", "cuda")] == ("19.9x", "NO")

@@ -6,7 +6,8 @@ users call the op and run these checks on them; the defaults are the shipped ker
 
 - CUDA (a GPU only): every choice (`prefetch[:waves]`, `fused`, `fused_prefetch[:waves]`) gives the
   shipped two passes' bits, for every dtype and dist, with y, active counts, an element offset, a
-  short last block, twice in a row.
+  short last block, twice in a row. `quad[:runs]` (rademacher, K <= 4) gives conftest's model of its
+  adds bit for bit, and the shipped bits where it does not apply (other dists, K > 4).
 - Triton (the interpreter on the CPU; a GPU too): each value reaches the pipelined kernel; the
   prefetch forms give their dots' bits; `negsum` (the default since the H200 timed it, 2026-11-27)
   and `signflip` stay within float32 rounding of a float64 projection on the contract's bases,
@@ -20,6 +21,8 @@ import pytest
 import torch
 
 import ferret_kernels as fk
+
+from conftest import cuda_rademacher_project_order
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_WHY = (
@@ -219,14 +222,63 @@ def test_cuda_project_choices_give_the_shipped_bits(monkeypatch, value):
 
 
 @needs_cuda
+@pytest.mark.parametrize("value,runs", [("quad", 2), ("quad:2", 2), ("quad:4", 4)])
+def test_cuda_quad_choice_adds_in_its_documented_order(monkeypatch, value, runs):
+    """FERRET_CUDA_PROJECT=quad[:runs] runs project_quad_kernel for rademacher with K <= 4 (the GPU twin of
+    the emulator's test_quad_project_adds_in_its_documented_order: the inline PTX negsums and shuffles
+    here): conftest's model of its adds bit for bit, with y, active counts, an element offset (unaligned
+    loads), blocks of 2^16 (a power of two of spans) and blocks that are not whole spans; uniform and
+    K = 5 run the shipped kernels (their bits)."""
+    torch.manual_seed(runs)
+    for bs, n, dtype in (
+        (2**16, 2 * 2**16 + 3 * 8192 + 5, torch.bfloat16),
+        (3 * runs * 8192 + 700, 200_000, torch.float32),
+    ):
+        x, y = torch.randn(n + 1).to(dtype), torch.randn(n).to(dtype)
+        active = torch.tensor([9, 2, 0, -2, 1], dtype=torch.int32)[: -(-n // bs)]
+        for K in (1, 3, 4):
+            for extra in (dict(), dict(y=y, active=active)):
+                dev = {k: v.to("cuda") for k, v in extra.items()}
+                for off in (0, 1):
+                    want = cuda_rademacher_project_order(
+                        x[off : off + n], 2**40 + 9, K, bs, runs=runs, scale=0.5, **extra
+                    )
+                    monkeypatch.setenv("FERRET_CUDA_PROJECT", value)
+                    with fk.use_backend("cuda"):
+                        got = fk.project(x[off : off + n].cuda(), 2**40 + 9, K, bs, scale=0.5, **dev).cpu()
+                    assert torch.equal(got, want), (bs, dtype, K, extra.keys(), off)
+        for K, dist in ((4, "uniform"), (5, "rademacher")):
+            monkeypatch.delenv("FERRET_CUDA_PROJECT", raising=False)
+            with fk.use_backend("cuda"):
+                want = fk.project(x.cuda(), 7, K, bs, dist=dist)
+                monkeypatch.setenv("FERRET_CUDA_PROJECT", value)
+                assert torch.equal(fk.project(x.cuda(), 7, K, bs, dist=dist), want), (K, dist)
+
+
+@needs_cuda
 @pytest.mark.parametrize(
-    "value", ["bogus", "fused:2", "two_pass:1", "prefetch:", "prefetch:x", "prefetch:0", "prefetch:65", ":1"]
+    "value",
+    [
+        "bogus",
+        "fused:2",
+        "two_pass:1",
+        "prefetch:",
+        "prefetch:x",
+        "prefetch:0",
+        "prefetch:65",
+        ":1",
+        "quad:3",
+        "quad:",
+        "quad:2.0",
+        "Quad",
+    ],
 )
 def test_cuda_project_choice_refuses_bad_values(monkeypatch, value):
     monkeypatch.setenv("FERRET_CUDA_PROJECT", value)
     msg = (
         f"FERRET_CUDA_PROJECT='{value}' is not one of two_pass, fused, prefetch\\[:waves\\], "
-        r"fused_prefetch\[:waves\] \(waves: a number in \(0, 64\], default 1\)"
+        r"fused_prefetch\[:waves\], quad\[:runs\] \(waves: a number in \(0, 64\], default 1; runs: 2 or 4, "
+        r"default 2\)"
     )
     with fk.use_backend("cuda"), pytest.raises(ValueError, match=msg):
         fk.project(torch.randn(600, device="cuda"), 3, 4, 256)

@@ -25,6 +25,12 @@ cudaError_t compile_check_all(const ProjectParams& p, const ReconstructParams& r
       if (e != cudaSuccess) return e;
       e = launch_project_fused(pp, part, tickets, s, 1);
       if (e != cudaSuccess) return e;
+      if (dist == kRademacher) {  // the quad candidate: K <= 4 rademacher only
+        e = launch_project_quad(pp, part, 2, s);
+        if (e != cudaSuccess) return e;
+        e = launch_project_quad(pp, part, 4, s);
+        if (e != cudaSuccess) return e;
+      }
       e = launch_reconstruct(rr, s);
       if (e != cudaSuccess) return e;
       MultiParams mm = m;

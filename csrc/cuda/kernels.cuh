@@ -235,8 +235,7 @@ __device__ __forceinline__ void rademacher_words4(int64_t j0, uint32_t kq, uint3
 // over 4 bases went from 570 to 362 instructions (timings: ProjectLaunch). Results moved by at
 // most 1.4e-7 of the largest partial sum (K = 4; 1.9e-7 at K = 64) from the sign-flip sums.
 template <int N>
-__device__ __forceinline__ float rademacher_negsum(uint32_t wd, const float (&x)[N]) {
-  float s = 0.0f;
+__device__ __forceinline__ float rademacher_negsum(uint32_t wd, const float (&x)[N], float s = 0.0f) {
 #pragma unroll
   for (int t = 0; t < 32; ++t) {
 #ifdef __CUDA_ARCH__
@@ -540,6 +539,85 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
       }
       project_chunk<DIST>(p, cta, c.b, c.j0, c.valid, x, part, red);
     }
+  }
+}
+
+// A candidate for K <= 4 rademacher (one quad of bases), not what ProjectLaunch runs: each thread takes
+// RUNS runs of 32 elements, run r at in-block j0 + r * kChunk (the CTA covers RUNS consecutive chunks, "a
+// span", one partial-sum row), and carries its sums from run to run: the lane's total and its four
+// negsums add the RUNS x 32 elements in order, run 0's first, and the span's four dots go through the
+// shuffle tree and shared memory once. Why: in project_kernel a thread's chunk setup, active count,
+// Philox key schedule, tree, shared-memory sums and barriers are ~190 of the ~480 instructions it issues
+// for 32 elements at K = 4 (sm_90 SASS, nvcc 13; benchmarks/sass_path.py), and the H200 found that kernel
+// issue bound; RUNS runs share them. Holding the next run's loads in registers (project_kernel's
+// CHUNKS) spilled at 64 registers; this keeps one run's 32 floats and four more accumulators. Other
+// bits than project_kernel's (its per-lane sums cover 32 elements): conftest's order model with
+// runs=RUNS states them. Bases past the block's active count are computed (the quad is one Philox
+// output a lane) and not stored.
+template <typename T, int RUNS, int MIN_BLOCKS = 1>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
+    project_quad_kernel(ProjectParams p, int64_t spans_per_block, float* part) {
+  using L = Layout<kRademacher>;
+  __shared__ float red[kWarps][4];
+  const T* xs = static_cast<const T*>(p.x);
+  const T* ys = static_cast<const T*>(p.y);
+  const int64_t span = (int64_t)blockIdx.x;
+  // the span's block, as ChunkPos (32-bit: the binding holds a launch under 2^31 CTAs)
+  const uint32_t c = (uint32_t)span, spb = (uint32_t)spans_per_block;
+  uint32_t r;
+  int64_t b;
+  if ((spb & (spb - 1)) == 0) {
+    b = c >> __popc(spb - 1);
+    r = c & (spb - 1);
+  } else {
+    b = c / spb;
+    r = c % spb;
+  }
+  const int kb = p.active ? min(max(p.active[b], 0), p.num_bases) : p.num_bases;  // clamped: never past the row
+  if (kb <= 0) return;  // uniform across the CTA; the row stays as the host left it (zeros)
+  const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);
+  const int64_t j00 = (int64_t)r * (RUNS * L::kChunk) + (int64_t)threadIdx.x * L::kElems;  // in-block, run 0
+  const uint32_t g = p.block_offset + (uint32_t)b;
+  const uint32_t k0 = seed_lo(p.seed), k1 = seed_hi(p.seed);
+  float total = 0.0f, neg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  // the runs unrolled for 16-bit x (bf16, 2 runs: 774 -> 752 instructions a thread), rolled for fp32,
+  // whose unrolled builds spilled 12 bytes at 64 registers (ptxas, sm_90, nvcc 13), and before sm_90
+  // for 4 runs (bf16 spilled 24 bytes for sm_80)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  [[maybe_unused]] constexpr int kUnroll = sizeof(T) == 4 || RUNS > 2 ? 1 : RUNS;
+#else
+  [[maybe_unused]] constexpr int kUnroll = sizeof(T) == 4 ? 1 : RUNS;  // (g++, the emulator: no pragma)
+#endif
+#pragma unroll kUnroll
+  for (int run = 0; run < RUNS; ++run) {
+    const int64_t j0 = j00 + (int64_t)run * L::kChunk;
+    const int64_t start = b * p.block_size + j0, valid = blk_len - j0;
+    float x[L::kElems];
+    if (ys)
+      load_diff_run<T, L::kElems>(xs + start, ys + start, valid, x);
+    else
+      load_run<T, L::kElems>(xs + start, valid, x);
+#pragma unroll
+    for (int t = 0; t < L::kElems; ++t) total += x[t];
+    uint32_t w[4];
+    rademacher_words4(j0, 0u, g, k0, k1, w);  // every lane: a lane past the data holds x = 0
+#pragma unroll
+    for (int j = 0; j < 4; ++j) neg[j] = rademacher_negsum(w[j], x, neg[j]);
+  }
+  float d[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) d[j] = total - 2.0f * neg[j];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float a02 = half_sum16(d[0], d[2]);
+  const float s = quad_sum(a02, half_sum16(d[1], d[3]));
+  const int j = (lane >> 3) & 3;  // the basis whose warp sum this lane holds
+  if ((lane & 7) == 0) red[warp][j] = s;
+  __syncthreads();
+  if ((int)threadIdx.x < kb) {
+    float t = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t += red[w][threadIdx.x];
+    part[span * p.num_bases + threadIdx.x] = t;
   }
 }
 
@@ -907,6 +985,34 @@ struct ProjectPrefetchLaunch {
   }
 };
 
+// The quad candidate (project_quad_kernel, K <= 4 rademacher only) with ProjectLaunch's occupancy target,
+// then the shipped second pass over its spans. runs: 2 or 4; part: num_blocks * quad_spans_per_block *
+// K floats (zeroed when there are active counts). Anything else: cudaErrorInvalidValue.
+inline int64_t quad_spans_per_block(int64_t block_size, int runs) {
+  const int64_t c = (int64_t)runs * Layout<kRademacher>::kChunk;
+  return (block_size + c - 1) / c;
+}
+
+template <typename T, int DIST>
+struct ProjectQuadLaunch {
+  static cudaError_t run(const ProjectParams& p, float* part, int runs, cudaStream_t stream) {
+    if constexpr (DIST != kRademacher) {
+      return cudaErrorInvalidValue;
+    } else {
+      if (p.num_bases < 1 || p.num_bases > 4 || (runs != 2 && runs != 4)) return cudaErrorInvalidValue;
+      const int64_t spb = quad_spans_per_block(p.block_size, runs);
+      const unsigned grid = (unsigned)(p.num_blocks * spb);
+      if (runs == 2)
+        FERRET_LAUNCH(grid, kThreads, stream, project_quad_kernel<T, 2, kProjectMinBlocks<DIST>>)(p, spb, part);
+      else
+        FERRET_LAUNCH(grid, kThreads, stream, project_quad_kernel<T, 4, kProjectMinBlocks<DIST>>)(p, spb, part);
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+      return launch_reduce(part, spb, p.num_blocks, p.num_bases, p.scale, p.out, stream);
+    }
+  }
+};
+
 template <typename T, int DIST>
 struct ReconstructLaunch {
   static cudaError_t run(const ReconstructParams& p, cudaStream_t stream) {
@@ -966,6 +1072,12 @@ inline cudaError_t launch_project_fused(const ProjectParams& p, float* part, uns
 inline cudaError_t launch_project_prefetch(const ProjectParams& p, float* part, int64_t ahead, cudaStream_t stream) {
   if (p.num_blocks == 0) return cudaSuccess;
   return dispatch<ProjectPrefetchLaunch>(p.dtype, p.dist, p, part, ahead, stream);
+}
+
+// part as quad_spans_per_block says; runs 2 or 4, rademacher with 1 <= K <= 4 only.
+inline cudaError_t launch_project_quad(const ProjectParams& p, float* part, int runs, cudaStream_t stream) {
+  if (p.num_blocks == 0) return cudaSuccess;
+  return dispatch<ProjectQuadLaunch>(p.dtype, p.dist, p, part, runs, stream);
 }
 
 inline cudaError_t launch_reconstruct(const ReconstructParams& p, cudaStream_t stream) {

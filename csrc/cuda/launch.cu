@@ -50,6 +50,12 @@ cudaError_t project_candidate(const ProjectParams& p, float* part, unsigned* tic
                                        : launch_project_prefetch(p, part, ahead, stream);
 }
 
+int64_t quad_spans_per_block(int64_t block_size, int runs) { return cuda::quad_spans_per_block(block_size, runs); }
+
+cudaError_t project_quad(const ProjectParams& p, float* part, int runs, cudaStream_t stream) {
+  return launch_project_quad(p, part, runs, stream);
+}
+
 cudaError_t reconstruct(const ReconstructParams& p, cudaStream_t stream) { return launch_reconstruct(p, stream); }
 
 cudaError_t project_multi(const MultiParams& p, float* part, float* out, cudaStream_t stream) {

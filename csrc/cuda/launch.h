@@ -26,9 +26,20 @@ cudaError_t project(const ProjectParams& p, float* part, cudaStream_t stream);
 // prefetches, in waves of the CTAs resident at once on the current device (the occupancy of the kernel
 // that runs x its SM count); tickets: num_blocks zeroed words for the fused kinds (zero again after),
 // else unused.
-enum ProjectKind { kProjectTwoPass = 0, kProjectPrefetch = 1, kProjectFused = 2, kProjectFusedPrefetch = 3 };
+enum ProjectKind {
+  kProjectTwoPass = 0,
+  kProjectPrefetch = 1,
+  kProjectFused = 2,
+  kProjectFusedPrefetch = 3,
+  kProjectQuad = 4
+};
 cudaError_t project_candidate(const ProjectParams& p, float* part, unsigned* tickets, int kind, double waves,
                               cudaStream_t stream);
+// The quad candidate (kernels.cuh: project_quad_kernel), rademacher with 1 <= K <= 4 only (else
+// cudaErrorInvalidValue): each CTA takes `runs` (2 or 4) consecutive chunks, a span; part: num_blocks *
+// quad_spans_per_block * K floats (zeroed when there are active counts). Other bits than `project`'s.
+int64_t quad_spans_per_block(int64_t block_size, int runs);
+cudaError_t project_quad(const ProjectParams& p, float* part, int runs, cudaStream_t stream);
 cudaError_t reconstruct(const ReconstructParams& p, cudaStream_t stream);
 // out: [num_rows, K] in launch-row order; part as for project, over num_rows.
 cudaError_t project_multi(const MultiParams& p, float* part, float* out, cudaStream_t stream);

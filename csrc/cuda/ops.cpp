@@ -37,10 +37,14 @@ void check_launch(cudaError_t e, const char* what) {
 // bits), for timing them through the op on a GPU and shipping the fastest from that measurement:
 // "prefetch[:waves]" (each CTA first asks L2 for the chunk `waves` x the resident CTAs on; waves
 // defaults to 1), "fused" (one launch, the last CTA of a block adds its partials),
-// "fused_prefetch[:waves]". A bad value is an error naming it, not a silent fallback.
+// "fused_prefetch[:waves]"; and "quad[:runs]" (runs 2, the default, or 4: project_quad_kernel, whose
+// lanes each add `runs` runs of 32 elements before one shuffle tree, for rademacher with K <= 4; other
+// bits than the shipped kernel's; other distributions and K > 4 run the shipped kernels). A bad value
+// is an error naming it, not a silent fallback.
 struct ProjectChoice {
   int kind = entry::kProjectTwoPass;
   double waves = 1.0;
+  int runs = 2;
 };
 
 ProjectChoice project_choice() {
@@ -59,19 +63,26 @@ ProjectChoice project_choice() {
     c.kind = entry::kProjectPrefetch;
   } else if (name == "fused_prefetch") {
     c.kind = entry::kProjectFusedPrefetch;
+  } else if (name == "quad") {
+    c.kind = entry::kProjectQuad;
   } else {
     ok = false;
   }
   const bool takes_waves = c.kind == entry::kProjectPrefetch || c.kind == entry::kProjectFusedPrefetch;
   if (ok && colon != std::string::npos) {
     const std::string w = v.substr(colon + 1);
-    char* end = nullptr;
-    c.waves = std::strtod(w.c_str(), &end);
-    ok = takes_waves && !w.empty() && end == w.c_str() + w.size() && c.waves > 0.0 && c.waves <= 64.0;
+    if (c.kind == entry::kProjectQuad) {
+      ok = w == "2" || w == "4";
+      c.runs = ok ? w[0] - '0' : 0;
+    } else {
+      char* end = nullptr;
+      c.waves = std::strtod(w.c_str(), &end);
+      ok = takes_waves && !w.empty() && end == w.c_str() + w.size() && c.waves > 0.0 && c.waves <= 64.0;
+    }
   }
   TORCH_CHECK_VALUE(ok, "ferret: FERRET_CUDA_PROJECT='", v,
-                    "' is not one of two_pass, fused, prefetch[:waves], fused_prefetch[:waves] (waves: a number in "
-                    "(0, 64], default 1)");
+                    "' is not one of two_pass, fused, prefetch[:waves], fused_prefetch[:waves], quad[:runs] (waves: a "
+                    "number in (0, 64], default 1; runs: 2 or 4, default 2)");
   return c;
 }
 
@@ -83,12 +94,17 @@ at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>&
   ProjectArgs a = make_project(x, y, seed, num_bases, block_size, block_offset, dist, scale, active);
   // active counts are not range-checked here (a device-to-host copy per call, and no CUDA graph
   // capture): the kernels clamp them to [0, num_bases]
-  const int64_t cpb = entry::chunks_per_block(block_size, a.p.dist);
+  // the quad candidate where it applies (rademacher, K <= 4), else the shipped kernels
+  const bool quad = c.kind == entry::kProjectQuad && a.p.dist == kRademacher && num_bases >= 1 && num_bases <= 4;
+  const int64_t cpb =
+      quad ? entry::quad_spans_per_block(block_size, c.runs) : entry::chunks_per_block(block_size, a.p.dist);
   check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
   // partial sums past a block's active count are not written: zeros then; else every entry is
   at::Tensor part = a.active.defined() ? at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat))
                                        : at::empty({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));
-  if (c.kind == entry::kProjectTwoPass) {
+  if (quad) {
+    check_launch(entry::project_quad(a.p, part.data_ptr<float>(), c.runs, at::cuda::getCurrentCUDAStream()), "project");
+  } else if (c.kind == entry::kProjectTwoPass || c.kind == entry::kProjectQuad) {
     check_launch(entry::project(a.p, part.data_ptr<float>(), at::cuda::getCurrentCUDAStream()), "project");
   } else {
     // the fused kinds' tickets: a zeroed word per block (a memset), zero again when the launch ends

@@ -7,6 +7,7 @@
 //                        [prefetch=N: each CTA prefetches the chunk N CTAs on (project_prefetch_kernel,
 //                        or the fused kernel's prefetch with fused=1)] [chunks=4: project_kernel with
 //                        CHUNKS = 4, each CTA four chunks, the next one's loads ahead (a benchmark variant)]
+//                        [quad=2|4: project_quad_kernel, the K <= 4 rademacher candidate, with that many runs]
 //                        reads x.bin [y.bin] [active.bin], writes out.bin
 //   cuda_emu reconstruct ... alpha= accumulate=0|1           reads coeffs.bin [out.bin] [active.bin]
 //   cuda_emu project_multi dir=D dtype= dist= block_size= K= seed= scale= segs=n:lead:first_block:row,...
@@ -122,7 +123,9 @@ int project(const Args& a) {
   if (exists(path(a, "y.bin"))) p.y = (y = load(path(a, "y.bin"), p.numel * es, shift))->data;
   if (exists(path(a, "active.bin")))
     p.active = reinterpret_cast<const int32_t*>((active = load(path(a, "active.bin"), p.num_blocks * 4, 0))->data);
-  const int64_t cpb = ferret::cuda::chunks_per_block(p.block_size, p.dist);
+  const int runs = (int)opt(a, "quad", 0);
+  const int64_t cpb = runs ? ferret::cuda::quad_spans_per_block(p.block_size, runs)
+                           : ferret::cuda::chunks_per_block(p.block_size, p.dist);
   Buffer part(p.num_blocks * cpb * p.num_bases * 4, 0), out(p.num_blocks * p.num_bases * 4, 0);
   memset(part.data, 0, part.bytes);
   memset(out.data, 0xff, out.bytes);  // NaN: an entry the kernels never write shows
@@ -138,6 +141,8 @@ int project(const Args& a) {
         fprintf(stderr, "block %lld's ticket is %u after the launch, not 0\n", (long long)b, tickets[b]);
         return 86;
       }
+  } else if (runs) {
+    if (int rc = check(ferret::cuda::launch_project_quad(p, pp, runs, nullptr))) return rc;
   } else if (ahead >= 0) {
     if (int rc = check(ferret::cuda::launch_project_prefetch(p, pp, ahead, nullptr))) return rc;
   } else if (opt(a, "chunks", 1) == 4) {

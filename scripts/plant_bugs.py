@@ -375,6 +375,15 @@ KERNEL_MUTATIONS = [
         ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),
     ),
     Mutation(
+        "cuda-quad-division-remainder",
+        "csrc/cuda/kernels.cuh",
+        "    r = c % spb;\n",
+        "    r = (c + 1) % spb;\n",
+        # a second reader's: it passed the first quad tests, whose span counts were all powers of two
+        "the quad candidate's span in its block, for a span count not a power of two, off by one",
+        ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),
+    ),
+    Mutation(
         "cuda-fused-early-ticket-reduces",
         "csrc/cuda/kernels.cuh",
         "last = atomicAdd(tickets + b, 1u) == (unsigned)(chunks_per_block - 1);",

@@ -488,18 +488,19 @@ def test_four_chunks_a_cta_give_the_shipped_bits(emu, dist):
 def test_quad_project_adds_in_its_documented_order(emu, runs):
     """project_quad_kernel (the K <= 4 rademacher candidate: a lane adds `runs` runs of 32 elements, one
     a chunk apart, into one total and one negsum a basis) bit for bit against conftest's order model with
-    `runs`, and within float32 rounding of the reference: K = 1, 3 and 4; blocks of 2^16 elements (a
-    power of two of spans a block: the shift) and blocks that are not whole spans (the division, a
-    partial last span, a short last block); y, active counts (past K, 0, 2 of 3 or 4, negative), an unaligned
-    pointer (the element-wise loads), a block offset and a scale."""
+    `runs`, and within float32 rounding of the reference: K = 1 to 4; blocks of 2^16 elements (a power
+    of two of spans a block: the shift) and blocks of 3 spans less a part (the division; a partial last
+    span, a short last block); y, active counts (past K, 0, 2 of 3 or 4, negative), an unaligned pointer
+    (the element-wise loads), a block offset and a scale. (A second reader found the 4-span case this
+    had, called the division's, took the shift: a wrong division passed.)"""
     torch.manual_seed(runs)
     span = runs * CHUNK["rademacher"]
-    cases = [(2**16, 2 * 2**16 + 3 * 8192 + 5), (3 * span + 700, 2 * (3 * span + 700) + span + 9)]
+    cases = [(2**16, 2 * 2**16 + 3 * 8192 + 5), (3 * span - 700, 2 * (3 * span - 700) + span + 9)]
     counts = ([9, 0, 2], [2, -2, 9])  # past K, none, part of the quad; negative
     for (bs, n), dtype, count in zip(cases, (torch.bfloat16, torch.float16), counts):
         x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
         active = torch.tensor(count, dtype=torch.int32)
-        for K in (1, 3, 4):
+        for K in (1, 2, 3, 4):
             kw = dict(block_offset=5, scale=0.625)
             for extra, mis in ((dict(), 0), (dict(y=y, active=active), 1)):
                 want = cuda_rademacher_project_order(x, 2**40 + 9, K, bs, runs=runs, **kw, **extra)
@@ -511,6 +512,29 @@ def test_quad_project_adds_in_its_documented_order(emu, runs):
     want = cuda_rademacher_project_order(x, 3, 4, span, runs=runs)
     assert torch.equal(emu.project(x, 3, 4, span, quad=runs), want)
     assert not torch.equal(want, cuda_rademacher_project_order(x, 3, 4, span)), "the model cannot tell runs apart"
+
+
+@pytest.mark.parametrize("runs", [2, 4])
+def test_quad_project_at_its_edges(emu, runs):
+    """project_quad_kernel against its order model at the edges a second reader tried: blocks of 1 and
+    7 elements (a span almost wholly past its block), a second span of one element, 5 spans a block
+    less one element, a block of one chunk and an element, K = 2 to 4, the three dtypes with y, active
+    counts from -2 to 4 and an unaligned pointer."""
+    torch.manual_seed(10 + runs)
+    span = runs * CHUNK["rademacher"]
+    for bs, n, dtype, K in (
+        (1, 5, torch.float32, 2),
+        (7, 30, torch.float16, 4),
+        (span + 1, 2 * span + 3, torch.float32, 2),
+        (5 * span - 1, 2 * (5 * span - 1) + 1, torch.bfloat16, 3),
+        (8193, 3 * 8193, torch.float32, 4),
+    ):
+        x, y = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+        active = torch.tensor([(i % 7) - 2 for i in range(fk.num_blocks(n, bs))], dtype=torch.int32)
+        for extra, mis in ((dict(), 0), (dict(y=y, active=active), 1)):
+            want = cuda_rademacher_project_order(x, 77, K, bs, runs=runs, block_offset=3, **extra)
+            got = emu.project(x, 77, K, bs, quad=runs, misalign=mis, block_offset=3, **extra)
+            assert torch.equal(got, want), (bs, n, dtype, K, mis)
 
 
 def test_quad_project_refuses_what_it_cannot_do(emu):

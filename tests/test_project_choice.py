@@ -226,17 +226,19 @@ def test_cuda_project_choices_give_the_shipped_bits(monkeypatch, value):
 def test_cuda_quad_choice_adds_in_its_documented_order(monkeypatch, value, runs):
     """FERRET_CUDA_PROJECT=quad[:runs] runs project_quad_kernel for rademacher with K <= 4 (the GPU twin of
     the emulator's test_quad_project_adds_in_its_documented_order: the inline PTX negsums and shuffles
-    here): conftest's model of its adds bit for bit, with y, active counts, an element offset (unaligned
-    loads), blocks of 2^16 (a power of two of spans) and blocks that are not whole spans; uniform and
-    K = 5 run the shipped kernels (their bits)."""
+    here): conftest's model of its adds bit for bit, with y, active counts, an element offset (a view one
+    element into the device tensor: unaligned loads), blocks of 2^16 (a power of two of spans) and
+    blocks of 3 spans less a part (the division); uniform and K = 5 run the shipped kernels (their
+    bits)."""
     torch.manual_seed(runs)
     for bs, n, dtype in (
         (2**16, 2 * 2**16 + 3 * 8192 + 5, torch.bfloat16),
-        (3 * runs * 8192 + 700, 200_000, torch.float32),
+        (3 * runs * 8192 - 700, 200_000, torch.float32),
     ):
         x, y = torch.randn(n + 1).to(dtype), torch.randn(n).to(dtype)
         active = torch.tensor([9, 2, 0, -2, 1], dtype=torch.int32)[: -(-n // bs)]
-        for K in (1, 3, 4):
+        xd = x.cuda()  # sliced on the device: off = 1 is an unaligned pointer there
+        for K in (1, 2, 3, 4):
             for extra in (dict(), dict(y=y, active=active)):
                 dev = {k: v.to("cuda") for k, v in extra.items()}
                 for off in (0, 1):
@@ -245,7 +247,7 @@ def test_cuda_quad_choice_adds_in_its_documented_order(monkeypatch, value, runs)
                     )
                     monkeypatch.setenv("FERRET_CUDA_PROJECT", value)
                     with fk.use_backend("cuda"):
-                        got = fk.project(x[off : off + n].cuda(), 2**40 + 9, K, bs, scale=0.5, **dev).cpu()
+                        got = fk.project(xd[off : off + n], 2**40 + 9, K, bs, scale=0.5, **dev).cpu()
                     assert torch.equal(got, want), (bs, dtype, K, extra.keys(), off)
         for K, dist in ((4, "uniform"), (5, "rademacher")):
             monkeypatch.delenv("FERRET_CUDA_PROJECT", raising=False)

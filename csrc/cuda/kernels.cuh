@@ -987,7 +987,8 @@ struct ProjectPrefetchLaunch {
 
 // The quad candidate (project_quad_kernel, K <= 4 rademacher only) with ProjectLaunch's occupancy target,
 // then the shipped second pass over its spans. runs: 2 or 4; part: num_blocks * quad_spans_per_block *
-// K floats (zeroed when there are active counts). Anything else: cudaErrorInvalidValue.
+// K floats (zeroed when there are active counts). Anything else: cudaErrorInvalidValue (with no block
+// to project, launch_project_quad returns cudaSuccess first, as the other launchers).
 inline int64_t quad_spans_per_block(int64_t block_size, int runs) {
   const int64_t c = (int64_t)runs * Layout<kRademacher>::kChunk;
   return (block_size + c - 1) / c;

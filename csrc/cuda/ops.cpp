@@ -22,9 +22,10 @@ namespace cuda {
 namespace {
 
 // CTAs of one launch: the x dimension of a CUDA grid stops at 2^31 - 1.
-void check_grid(int64_t ctas, int64_t blocks, int64_t chunks) {
+void check_grid(int64_t ctas, int64_t blocks, int64_t chunks, const char* what = "chunks") {
   TORCH_CHECK_VALUE(ctas <= (int64_t(1) << 31) - 1, "ferret: the CUDA launch needs ", num(ctas), " CTAs (", num(blocks),
-                    " blocks x ", num(chunks), " chunks), over the GPU's limit of 2^31 - 1; use a larger block_size");
+                    " blocks x ", num(chunks), " ", what,
+                    "), over the GPU's limit of 2^31 - 1; use a larger block_size");
 }
 
 void check_launch(cudaError_t e, const char* what) {
@@ -98,7 +99,7 @@ at::Tensor project_aligned(const at::Tensor& x, const c10::optional<at::Tensor>&
   const bool quad = c.kind == entry::kProjectQuad && a.p.dist == kRademacher && num_bases >= 1 && num_bases <= 4;
   const int64_t cpb =
       quad ? entry::quad_spans_per_block(block_size, c.runs) : entry::chunks_per_block(block_size, a.p.dist);
-  check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb);
+  check_grid(a.p.num_blocks * cpb, a.p.num_blocks, cpb, quad ? "spans" : "chunks");
   // partial sums past a block's active count are not written: zeros then; else every entry is
   at::Tensor part = a.active.defined() ? at::zeros({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat))
                                        : at::empty({a.p.num_blocks * cpb, num_bases}, x.options().dtype(at::kFloat));

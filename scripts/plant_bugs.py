@@ -326,8 +326,8 @@ KERNEL_MUTATIONS = [
     Mutation(
         "cuda-chunk-pow2-shift",
         "csrc/cuda/kernels.cuh",
-        "      b = c >> __popc(cpb - 1);\n",
-        "      b = c >> (cpb >> 1);\n",
+        "    b = c >> __popc(per - 1);\n",
+        "    b = c >> (per >> 1);\n",
         # right for 1, 2 and 4 chunks a block, wrong from 8 (a second reader's mutation: it passed
         # every emulator test until a case with blocks of 2^16 elements was added)
         "the chunk's block for a power of two of chunks a block shifted by the wrong amount",
@@ -377,8 +377,8 @@ KERNEL_MUTATIONS = [
     Mutation(
         "cuda-quad-division-remainder",
         "csrc/cuda/kernels.cuh",
-        "    r = c % spb;\n",
-        "    r = (c + 1) % spb;\n",
+        "  return c % per;\n",
+        "  return (c + 1) % per;\n",
         # a second reader's: it passed the first quad tests, whose span counts were all powers of two
         "the quad candidate's span in its block, for a span count not a power of two, off by one",
         ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),

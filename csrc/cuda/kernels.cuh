@@ -454,25 +454,27 @@ __device__ __forceinline__ void project_chunk(const ProjectParams& p, int64_t ct
   }
 }
 
+// CTA c of a launch of `per` CTAs a block: its block (b) and its place in the block (returned). 32-bit
+// division: the binding holds a launch to fewer than 2^31 CTAs (check_grid), and the 64-bit one cost a
+// branch on the divisor's high word and, in the fp32 rademacher build, a register spill. Blocks of 2^m
+// elements (the usual) have a power of two of chunks (and spans): a shift and a mask, where the division
+// took 16 instructions (sm_90, nvcc 13); the test is uniform across the launch.
+__device__ __forceinline__ uint32_t split_cta(uint32_t c, uint32_t per, int64_t& b) {
+  if ((per & (per - 1)) == 0) {
+    b = c >> __popc(per - 1);
+    return c & (per - 1);
+  }
+  b = c / per;
+  return c % per;
+}
+
 // Where chunk `cta` of the flat input starts, for this thread.
 template <int DIST>
 struct ChunkPos {
   int64_t b, j0, start, valid;
   __device__ __forceinline__ ChunkPos(const ProjectParams& p, int64_t cta, int64_t chunks_per_block) {
     using L = Layout<DIST>;
-    // 32-bit division: the binding holds a launch to fewer than 2^31 chunks (check_grid), and the 64-bit
-    // one cost a branch on the divisor's high word and, in the fp32 rademacher build, a register spill.
-    // Blocks of 2^m elements (the usual) have a power of two of chunks: a shift and a mask, where the
-    // division took 16 instructions (sm_90, nvcc 13); the test is uniform across the launch.
-    const uint32_t c = (uint32_t)cta, cpb = (uint32_t)chunks_per_block;
-    uint32_t r;
-    if ((cpb & (cpb - 1)) == 0) {
-      b = c >> __popc(cpb - 1);
-      r = c & (cpb - 1);
-    } else {
-      b = c / cpb;
-      r = c % cpb;
-    }
+    const uint32_t r = split_cta((uint32_t)cta, (uint32_t)chunks_per_block, b);
     j0 = (int64_t)r * L::kChunk + (int64_t)threadIdx.x * L::kElems;  // in-block
     const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);
     start = b * p.block_size + j0;
@@ -562,17 +564,8 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   const T* xs = static_cast<const T*>(p.x);
   const T* ys = static_cast<const T*>(p.y);
   const int64_t span = (int64_t)blockIdx.x;
-  // the span's block, as ChunkPos (32-bit: the binding holds a launch under 2^31 CTAs)
-  const uint32_t c = (uint32_t)span, spb = (uint32_t)spans_per_block;
-  uint32_t r;
   int64_t b;
-  if ((spb & (spb - 1)) == 0) {
-    b = c >> __popc(spb - 1);
-    r = c & (spb - 1);
-  } else {
-    b = c / spb;
-    r = c % spb;
-  }
+  const uint32_t r = split_cta((uint32_t)span, (uint32_t)spans_per_block, b);
   const int kb = p.active ? min(max(p.active[b], 0), p.num_bases) : p.num_bases;  // clamped: never past the row
   if (kb <= 0) return;  // uniform across the CTA; the row stays as the host left it (zeros)
   const int64_t blk_len = min(p.block_size, p.numel - b * p.block_size);

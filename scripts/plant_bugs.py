@@ -318,10 +318,18 @@ KERNEL_MUTATIONS = [
     Mutation(
         "cuda-quad-sum-wrong-lane-basis",
         "csrc/cuda/kernels.cuh",
-        "const int j = (lane >> 3) & 3;",
-        "const int j = (lane >> 4) & 3;",
+        "const int j = (lane >> 3) & 3;  // the quad's basis whose warp sum this lane holds",
+        "const int j = (lane >> 4) & 3;  // the quad's basis whose warp sum this lane holds",
         "a lane stores its warp sum as another basis of the quad than the one it holds",
         ("tests/test_cuda_emulation.py::test_project_and_reconstruct_vs_reference",),
+    ),
+    Mutation(
+        "cuda-quad-kernel-wrong-lane-basis",
+        "csrc/cuda/kernels.cuh",
+        "const int j = (lane >> 3) & 3;  // the basis whose warp sum this lane holds",
+        "const int j = (lane >> 4) & 3;  // the basis whose warp sum this lane holds",
+        "the quad candidate's lane stores its warp sum as another basis than the one it holds",
+        ("tests/test_cuda_emulation.py::test_quad_project_adds_in_its_documented_order",),
     ),
     Mutation(
         "cuda-chunk-pow2-shift",

@@ -157,9 +157,13 @@ int ctas_per_sm(Kernel kernel) {
 }
 
 // A row: `kernel`'s registers and occupancy, and whether p.out equals the reference (is_ref: it is
-// the reference, copied to out_ref).
+// the reference, copied to out_ref). close (a candidate with other bits, the quad kernel): whether every
+// entry is finite and within 1e-4 x the largest |reference| entry of it instead (float32 rounding of
+// sums of 2^20 terms is ~1e-6 of their l1 norm; a wrong basis, element or block is off by about the
+// whole entry).
 template <typename Kernel>
-Result finish(const char* name, const ProjectParams& p, float ms, Kernel kernel, float* out_ref, bool is_ref) {
+Result finish(const char* name, const ProjectParams& p, float ms, Kernel kernel, float* out_ref, bool is_ref,
+              bool close = false) {
   cudaFuncAttributes attr;
   CK(cudaFuncGetAttributes(&attr, kernel));
   const int regs = attr.numRegs, ctas = ctas_per_sm(kernel);
@@ -168,24 +172,15 @@ Result finish(const char* name, const ProjectParams& p, float ms, Kernel kernel,
   CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
   if (is_ref) CK(cudaMemcpy(out_ref, p.out, nout * 4, cudaMemcpyDeviceToDevice));
   CK(cudaMemcpy(ref.data(), out_ref, nout * 4, cudaMemcpyDeviceToHost));
-  const bool same = std::memcmp(got.data(), ref.data(), nout * 4) == 0;
-  return {name, p.num_bases, ms, regs, ctas, same};
-}
-
-// For a candidate with other bits (the quad kernel): every entry within 1e-4 x the largest |reference|
-// entry of it (float32 rounding of sums of 2^20 terms is ~1e-6 of their l1 norm; a wrong basis, element
-// or block is off by about the whole entry), and finite.
-Result finish_close(const char* name, const ProjectParams& p, float ms, int regs, int ctas, const float* out_ref) {
-  const size_t nout = (size_t)p.num_blocks * p.num_bases;
-  std::vector<float> got(nout), ref(nout);
-  CK(cudaMemcpy(got.data(), p.out, nout * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(ref.data(), out_ref, nout * 4, cudaMemcpyDeviceToHost));
-  float top = 0.0f;
-  for (float v : ref) top = std::max(top, std::fabs(v));
-  bool ok = true;
-  for (size_t i = 0; i < nout; ++i) ok = ok && std::isfinite(got[i]) && std::fabs(got[i] - ref[i]) <= 1e-4f * top;
-  Result r{name, p.num_bases, ms, regs, ctas, ok};
-  r.close = true;
+  bool same = std::memcmp(got.data(), ref.data(), nout * 4) == 0;
+  if (close) {
+    float top = 0.0f;
+    for (float v : ref) top = std::max(top, std::fabs(v));
+    same = true;
+    for (size_t i = 0; i < nout; ++i) same = same && std::isfinite(got[i]) && std::fabs(got[i] - ref[i]) <= 1e-4f * top;
+  }
+  Result r{name, p.num_bases, ms, regs, ctas, same};
+  r.close = close;
   return r;
 }
 
@@ -249,9 +244,7 @@ Result run_quad(const char* name, ProjectParams p, float* part, float* out_ref) 
   const float ms = median_ms(launch);
   fill_nans(p, part);
   launch();
-  cudaFuncAttributes attr;
-  CK(cudaFuncGetAttributes(&attr, kernel));
-  return finish_close(name, p, ms, attr.numRegs, ctas_per_sm(kernel), out_ref);
+  return finish(name, p, ms, kernel, out_ref, false, true);
 }
 
 // The CTAs of `kernel` resident on the whole device at once (a wave).

@@ -166,6 +166,16 @@ __device__ __forceinline__ void load_diff_run(const T* __restrict__ p, const T* 
   }
 }
 
+// project's input at flat index `start`: x, or x - y where y is given (load_run / load_diff_run).
+template <typename T, int N>
+__device__ __forceinline__ void load_input(const T* __restrict__ xs, const T* __restrict__ ys, int64_t start,
+                                           int64_t valid, float (&out)[N]) {
+  if (ys)
+    load_diff_run<T, N>(xs + start, ys + start, valid, out);
+  else
+    load_run<T, N>(xs + start, valid, out);
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void store_run(T* __restrict__ p, int64_t valid, const float (&v)[N], bool accumulate,
                                           float f) {
@@ -492,10 +502,7 @@ __device__ __forceinline__ int64_t project_own_chunk(const ProjectParams& p, int
   const int64_t cta = (int64_t)blockIdx.x;
   const ChunkPos<DIST> c(p, cta, chunks_per_block);
   float x[L::kElems];
-  if (ys)
-    load_diff_run<T, L::kElems>(xs + c.start, ys + c.start, c.valid, x);
-  else
-    load_run<T, L::kElems>(xs + c.start, c.valid, x);
+  load_input<T>(xs, ys, c.start, c.valid, x);
   project_chunk<DIST>(p, cta, c.b, c.j0, c.valid, x, part, red);
   return c.b;
 }
@@ -586,10 +593,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
     const int64_t j0 = j00 + (int64_t)run * L::kChunk;
     const int64_t start = b * p.block_size + j0, valid = blk_len - j0;
     float x[L::kElems];
-    if (ys)
-      load_diff_run<T, L::kElems>(xs + start, ys + start, valid, x);
-    else
-      load_run<T, L::kElems>(xs + start, valid, x);
+    load_input<T>(xs, ys, start, valid, x);
 #pragma unroll
     for (int t = 0; t < L::kElems; ++t) total += x[t];
     uint32_t w[4];
